@@ -1,0 +1,50 @@
+# The README's two commands: `make demo` and `make test`. Both install what they need.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUROBOROS := $(VENV)/bin/ouroboros
+DEMO ?= .demo
+
+.PHONY: demo demo-tinygpt test install system bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# System packages: bubblewrap for the sandbox, Chromium for the report's browser test.
+# Installed where we are root with apt; elsewhere the tests that need them say so and skip.
+system:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	   { ! command -v bwrap >/dev/null || ! command -v chromium >/dev/null; }; then \
+	   echo "installing bubblewrap and chromium (apt)"; \
+	   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap chromium chromium-driver >/dev/null; \
+	fi
+
+# A short loop with the random agent on the default task (examples/quadratic): seconds, no API key.
+demo: install system
+	rm -rf $(DEMO)/quadratic
+	$(OUROBOROS) init $(DEMO)/quadratic --template quadratic
+	$(OUROBOROS) run -C $(DEMO)/quadratic --agent random --max-experiments 30 --tag demo
+	@echo
+	@echo "results: $(DEMO)/quadratic/.ouroboros/runs/demo/results.tsv   (ouroboros log -C $(DEMO)/quadratic)"
+
+# The ML task on the CPU: a small GPT, 20-second budget, 4 experiments (about 2 minutes).
+demo-tinygpt: install
+	rm -rf $(DEMO)/tinygpt
+	$(OUROBOROS) init $(DEMO)/tinygpt --template tinygpt
+	$(OUROBOROS) run -C $(DEMO)/tinygpt --agent random --max-experiments 4 --budget 20 --tag demo
+
+test: install system
+	$(PY) -m pytest -q -n 2 --timeout 600
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench examples
+
+bench: install
+	$(PY) bench/overhead.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

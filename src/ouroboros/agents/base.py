@@ -1,0 +1,72 @@
+"""The agent protocol: one required method, optional hooks that default to doing nothing.
+
+Lifecycle, as the loop calls it:
+
+    start(ctx)        once per process, before the first proposal (also on resume)
+    observe(exp)      after every finished experiment, in order; on resume, once for each
+                      experiment already in the ledger, so an agent can rebuild its state
+    propose(ctx)      once per experiment: edit files under ctx.worktree, return a Proposal
+    close()           once, when the loop ends for any reason
+
+An agent edits files in the worktree and nothing else. It never runs git, writes the ledger,
+starts timers or enforces budgets: the harness owns those (workspace.py, ledger.py, sandbox.py),
+so a new agent cannot break them. To fail a proposal, raise AgentError with a one-line reason;
+the experiment is recorded as a crash and the loop goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ouroboros.ledger import Experiment
+from ouroboros.task import Task
+
+
+class AgentError(Exception):
+    """A proposal failed (the agent exited non-zero, timed out, replied garbage...)."""
+
+
+@dataclass
+class Context:
+    task: Task
+    worktree: Path  # the task folder inside the run's worktree, at the best commit
+    n: int  # the number of the experiment being proposed
+    history: list[Experiment]  # finished experiments, baseline first
+    best: Experiment
+    run_dir: Path  # the run's records: notes.md, guidance.md, artifacts/
+    exp_dir: Path  # this experiment's records: write agent.log here
+    seed: int
+    prompt: Callable[[], str]  # the assembled prompt (memory.build_prompt), built on demand
+    session: int = 0
+
+
+@dataclass
+class Proposal:
+    description: str
+    params: dict[str, Any] = field(default_factory=dict)
+    model: str = ""
+    session: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+
+
+class Agent:
+    """Subclass and implement propose(); the hooks are optional."""
+
+    name = "agent"
+
+    def start(self, ctx: Context) -> None:
+        """Called once before the first proposal of this process."""
+
+    def observe(self, exp: Experiment) -> None:
+        """Called with every finished experiment (its verdict, metric and params)."""
+
+    def propose(self, ctx: Context) -> Proposal:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Called once when the loop ends: stop sessions, release resources."""

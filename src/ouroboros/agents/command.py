@@ -1,0 +1,57 @@
+"""`cmd:<shell command>`: any program that edits files, run in the worktree once per experiment.
+
+The program gets, in its environment:
+    OUROBOROS_PROMPT       path of the assembled prompt (program, rules, files, results, last failure)
+    OUROBOROS_DESCRIPTION  path where it may write a one-line description of its change
+    OUROBOROS_EXPERIMENT   the experiment number
+    OUROBOROS_NOTES        path of the notes file it may keep across experiments
+    OUROBOROS_ARTIFACTS    a folder for files it wants to keep across experiments
+Its output goes to the experiment's agent.log. A non-zero exit or a run past the agent timeout
+fails the proposal (recorded as a crash with the reason), and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from ouroboros import sandbox
+from ouroboros.agents.base import Agent, AgentError, Context, Proposal
+
+NOTES_FILE = "notes.md"
+
+
+class CommandAgent(Agent):
+    def __init__(self, command: str, timeout: float | None = None, name: str | None = None):
+        if not command.strip():
+            raise AgentError("cmd: needs a command, e.g. --agent 'cmd:python my_agent.py'")
+        self.command, self.timeout = command, timeout
+        self.name = name or f"cmd:{command}"
+
+    def env(self, ctx: Context, prompt_path: Path, desc_path: Path) -> dict[str, str]:
+        artifacts = ctx.run_dir / "artifacts"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        return {**os.environ, "OUROBOROS_PROMPT": str(prompt_path), "OUROBOROS_DESCRIPTION": str(desc_path),
+                "OUROBOROS_EXPERIMENT": str(ctx.n), "OUROBOROS_NOTES": str(ctx.run_dir / NOTES_FILE),
+                "OUROBOROS_ARTIFACTS": str(artifacts), "PYTHONUNBUFFERED": "1"}
+
+    def argv(self, ctx: Context, prompt_path: Path) -> list[str] | str:
+        return self.command
+
+    def propose(self, ctx: Context) -> Proposal:
+        prompt_path, desc_path = ctx.exp_dir / "prompt.md", ctx.exp_dir / "description.txt"
+        prompt_path.write_text(ctx.prompt())
+        desc_path.unlink(missing_ok=True)
+        timeout = self.timeout or ctx.task.agent.timeout
+        start = time.monotonic()
+        outcome = sandbox.run(self.argv(ctx, prompt_path), ctx.worktree, timeout, 0.0, ctx.exp_dir / "agent.log",
+                              env=self.env(ctx, prompt_path, desc_path), max_log_mb=50)
+        if outcome.timed_out:
+            raise AgentError(f"agent ran past its timeout ({timeout:g} s)")
+        if outcome.returncode != 0:
+            tail = (ctx.exp_dir / "agent.log").read_text(errors="replace").strip().splitlines()[-1:]
+            raise AgentError(f"agent exited {outcome.returncode}" + (f": {tail[0][:160]}" if tail else ""))
+        description = desc_path.read_text(errors="replace").strip().splitlines()[0] \
+            if desc_path.exists() and desc_path.read_text().strip() else ""
+        return Proposal(description or f"{self.name} change ({time.monotonic() - start:.0f} s)")

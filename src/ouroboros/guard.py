@@ -1,0 +1,186 @@
+"""The guard: refuse a proposal that breaks the task's bound, before anything of it runs.
+
+Protects against (each is attacked in tests/cheats/):
+- changes outside the editable globs, and new files outside `allow_new_files`;
+- any change to a protected file (the task file, the evaluator, danger zones), however it is made:
+  the protected files are hashed against the baseline, not just asked of `git status`;
+- frozen dependency files (pyproject.toml, requirements*.txt, uv.lock, setup.*);
+- interpreter start-up hooks (sitecustomize.py, usercustomize.py, *.pth, conftest.py, .env) unless a
+  glob names them explicitly;
+- symlinks that leave the worktree or point at a protected file, and hardlinks of any kind;
+- git history, config or hooks rewritten by the agent (HEAD must still be the best commit);
+- diffs larger than `max_diff_lines`.
+
+Does not protect against: what a run does at run time (that is sandbox.py's and isolation.py's job),
+or a change that is within the rules but games the metric (the evaluator's and the judge's job).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+from pathlib import Path
+
+from ouroboros.task import Task, matches
+from ouroboros.workspace import Workspace
+
+STARTUP_HOOKS = ("sitecustomize.py", "usercustomize.py", "*.pth", "conftest.py", ".env", ".pythonrc*")
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _Hashes:
+    """File hashes with a stat cache, so unchanged large danger zones cost one stat each."""
+
+    def __init__(self) -> None:
+        self._cache: dict[Path, tuple[tuple[int, int, int], str]] = {}
+
+    def __call__(self, path: Path) -> str | None:
+        try:
+            st = path.lstat()
+        except OSError:
+            return None
+        if not path.is_file() or path.is_symlink():
+            return f"not a regular file (mode {st.st_mode:o})"
+        key = (st.st_size, st.st_mtime_ns, st.st_ino)
+        hit = self._cache.get(path)
+        if hit and hit[0] == key:
+            return hit[1]
+        digest = _digest(path)
+        self._cache[path] = (key, digest)
+        return digest
+
+
+def _hook_named(rel: str, patterns: list[str]) -> bool:
+    """Whether a glob names this start-up hook itself, not merely a wildcard that happens to match."""
+    base = os.path.basename(rel)
+    return any(os.path.basename(p) == base or p == rel for p in patterns)
+
+
+class Guard:
+    """Created once per run from the baseline worktree; `check` before every run of a proposal."""
+
+    def __init__(self, task: Task, ws: Workspace):
+        self.task, self.ws = task, ws
+        self.hash = _Hashes()
+        self.protected = {rel: self.hash(ws.task_dir / rel) for rel in task.protected_files(ws.task_dir)}
+        self._git_dirs = self._git_paths()
+        self.git_state = self._git_snapshot()
+
+    def _git_paths(self) -> list[Path]:
+        dotgit = self.ws.path / ".git"
+        gitdir = Path(dotgit.read_text().split(":", 1)[1].strip()) if dotgit.is_file() else dotgit
+        common = (gitdir / (gitdir / "commondir").read_text().strip()).resolve() \
+            if (gitdir / "commondir").exists() else gitdir
+        self.gitdir, self.common = gitdir, common
+        return [common / "config", common / "hooks", common / "info", gitdir / "config.worktree"]
+
+    def _git_snapshot(self) -> dict[str, str | None]:
+        state: dict[str, str | None] = {}
+        for path in self._git_dirs:
+            if path.is_dir():
+                for child in sorted(path.rglob("*")):
+                    state[str(child)] = self.hash(child) if child.is_file() else "dir"
+            else:
+                state[str(path)] = self.hash(path)
+        return state
+
+    def head(self) -> str | None:
+        """The worktree's HEAD commit, read from the git files (no subprocess on the hot path)."""
+        try:
+            head = (self.gitdir / "HEAD").read_text().strip()
+            if not head.startswith("ref: "):
+                return head
+            ref = head[5:]
+            path = self.common / ref
+            if path.exists():
+                return path.read_text().strip()
+            for line in (self.common / "packed-refs").read_text().splitlines():
+                if line.endswith(" " + ref):
+                    return line.split()[0]
+        except OSError:
+            pass
+        return None
+
+    def check(self, best_commit: str) -> list[str]:
+        """Every way the current worktree breaks the bound; empty when the proposal may run."""
+        task, bound = self.task, self.task.bound
+        out: list[str] = []
+        head = self.head()
+        if head != best_commit:
+            out.append(f"HEAD moved from {best_commit[:8]} to {(head or '?')[:8]}: the harness owns git history")
+        if self._git_snapshot() != self.git_state:
+            out.append("git config, hooks or info changed: the harness owns .git")
+        for rel, digest in self.protected.items():
+            if self.hash(self.ws.task_dir / rel) != digest:
+                out.append(f"protected file {rel} changed (it must stay byte-identical to the baseline)")
+        changes = self.ws.changes()
+        for change in changes:
+            rel = change.path
+            path = self.ws.task_dir / rel
+            new = change.status in ("??", "!!")
+            if rel.startswith("../"):
+                out.append(f"{rel[3:]} is outside the task folder")
+            elif task.is_protected(rel):
+                if rel not in self.protected:
+                    out.append(f"{rel} is protected")
+            elif matches(rel, bound.frozen):
+                out.append(f"{rel} is a frozen dependency file")
+            elif any(fnmatch.fnmatch(os.path.basename(rel), h) for h in STARTUP_HOOKS) and not _hook_named(
+                    rel, task.task.editable + bound.allow_new_files):
+                out.append(f"{rel} is an interpreter start-up hook; name it in editable to allow it")
+            elif new and not (task.is_editable(rel) or matches(rel, bound.allow_new_files)):
+                out.append(f"new file {rel} is not allowed (editable: {', '.join(task.task.editable)}"
+                           + (f"; allow_new_files: {', '.join(bound.allow_new_files)})" if bound.allow_new_files
+                              else ")"))
+            elif not new and not task.is_editable(rel):
+                out.append(f"{rel} is not editable (editable: {', '.join(task.task.editable)})")
+            out.extend(self._links(rel, path))
+        if bound.max_diff_lines is not None and changes:
+            lines = self._diff_lines(changes)
+            if lines > bound.max_diff_lines:
+                out.append(f"the diff has {lines} lines, more than max_diff_lines={bound.max_diff_lines}")
+        return out
+
+    def _links(self, rel: str, path: Path) -> list[str]:
+        try:
+            st = path.lstat()
+        except OSError:
+            return []
+        if path.is_symlink():
+            target = Path(os.path.realpath(path))
+            root = self.ws.path.resolve()
+            if root not in target.parents and target != root:
+                return [f"{rel} is a symlink that leaves the worktree ({os.readlink(path)})"]
+            inside = target.relative_to(self.ws.task_dir.resolve()).as_posix() \
+                if self.ws.task_dir.resolve() in target.parents else None
+            if inside is None or self.task.is_protected(inside):
+                return [f"{rel} is a symlink to a protected or outside file ({os.readlink(path)})"]
+        elif path.is_file() and st.st_nlink > 1:
+            return [f"{rel} is a hardlink ({st.st_nlink} names): links may not alias other files"]
+        elif path.is_dir():
+            bad = []
+            for child in path.rglob("*"):
+                bad += self._links(child.relative_to(self.ws.task_dir).as_posix(), child)
+            return bad
+        return []
+
+    def _diff_lines(self, changes: list) -> int:
+        total = 0
+        for line in self.ws.git("diff", "--numstat", "HEAD").splitlines():
+            added, deleted, _ = line.split("\t", 2)
+            total += int(added) + int(deleted) if added.isdigit() and deleted.isdigit() else 0
+        for change in changes:
+            if change.status in ("??", "!!"):
+                try:
+                    total += len((self.ws.task_dir / change.path).read_text(errors="replace").splitlines())
+                except (OSError, IsADirectoryError):
+                    pass
+        return total

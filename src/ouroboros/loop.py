@@ -1,0 +1,308 @@
+"""The loop: propose, guard, commit, run, evaluate, judge, record; keep or revert. Resumable.
+
+One experiment reads top to bottom in `Loop.experiment`. Outcomes are verdicts, not exceptions: an
+exception escaping the loop is a harness bug, except OuroborosError (a user's mistake) and
+KeyboardInterrupt (Ctrl-C), after which `ouroboros run --resume TAG` continues: an experiment
+that had not finished is run again from its recorded attempt commit, so none is lost or counted
+twice.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from ouroboros import evaluate, isolation, sandbox
+from ouroboros.agents import Agent, AgentError, Context, Proposal, make_agent
+from ouroboros.errors import OuroborosError
+from ouroboros.guard import Guard
+from ouroboros.judge import Verdict, effective_min_delta, gain, judge
+from ouroboros.ledger import Experiment, Ledger, Run
+from ouroboros.memory import build_prompt
+from ouroboros.task import RECORDS_DIR, Task
+from ouroboros.workspace import Workspace, count_loc, ensure_clean, exclude_records, repo_root
+
+
+@dataclass
+class Options:
+    agent: str = "random"
+    tag: str | None = None
+    max_experiments: int | None = None
+    hours: float | None = None
+    budget: float | None = None
+    seed: int = 0
+    resume: bool = False
+    study: str | None = None
+    condition: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def default_tag(ledger: Ledger) -> str:
+    stem = datetime.now().strftime("%b%d").lower()
+    taken = {r.tag for r in ledger.runs()}
+    i = 1
+    while f"{stem}-{i}" in taken:
+        i += 1
+    return f"{stem}-{i}"
+
+
+class Loop:
+    def __init__(self, task: Task, options: Options, agent: Agent | None = None,
+                 on_experiment: Callable[[Experiment, Experiment], None] | None = None):
+        self.task, self.opts = task, options
+        self.on_experiment = on_experiment or (lambda exp, best: None)
+        self.repo = repo_root(task.root)
+        self.records = task.root / RECORDS_DIR
+        exclude_records(self.repo)
+        self.ledger = Ledger(self.records)
+        self.run_rec = self._open_run()
+        self.tag = self.run_rec.tag
+        self.ws = Workspace(self.repo, task.root.relative_to(self.repo).as_posix(), self.records, self.tag)
+        self.ws.open(self.run_rec.base_commit)
+        self.agent = agent or make_agent(self.run_rec.agent, self.run_rec.seed)
+        self.budget = options.budget or self.run_rec.config.get("budget") or task.task.budget
+        self.history = self.ledger.experiments(self.tag)
+        self.isolation = isolation.choose(task, self.ws.task_dir, self.records)
+
+    # -- setup -------------------------------------------------------------------------------
+    def _open_run(self) -> Run:
+        opts = self.opts
+        if opts.resume:
+            run = self.ledger.run(opts.tag or "")
+            if run is None:
+                known = ", ".join(r.tag for r in self.ledger.runs()) or "none"
+                raise OuroborosError(f"no run {opts.tag!r} to resume in {self.records} (runs: {known})")
+            cfg = dict(run.config)
+            for key in ("max_experiments", "hours", "budget"):
+                if getattr(opts, key) is not None:
+                    cfg[key] = getattr(opts, key)
+            run.config, run.status = cfg, "running"
+            self.ledger.save_run(run)
+            return run
+        tag = opts.tag or default_tag(self.ledger)
+        if self.ledger.run(tag) is not None:
+            raise OuroborosError(f"run {tag!r} already exists; continue it with `ouroboros run --resume {tag}` "
+                                 "or pick another --tag")
+        base = ensure_clean(self.repo, self.task.root.relative_to(self.repo).as_posix() or ".")
+        run = Run(tag=tag, task=self.task.name, agent=opts.agent, metric=self.task.metric.name,
+                  direction=self.task.metric.direction, trust=self.task.trust, branch=f"ouroboros/{tag}",
+                  base_commit=base, seed=opts.seed, study=opts.study, condition=opts.condition,
+                  config={"max_experiments": opts.max_experiments, "hours": opts.hours, "budget": opts.budget,
+                          **opts.extra})
+        self.ledger.save_run(run)
+        return run
+
+    @property
+    def finished(self) -> list[Experiment]:
+        return [e for e in self.history if e.status != "running"]
+
+    @property
+    def best(self) -> Experiment:
+        keeps = [e for e in self.history if e.status == Verdict.KEEP]
+        return keeps[-1]
+
+    def _context(self, n: int) -> Context:
+        run_dir = self.ledger.run_dir(self.tag)
+        history = self.finished
+        return Context(self.task, self.ws.task_dir, n, history, self.best, run_dir, self.ledger.exp_dir(self.tag, n),
+                       self.run_rec.seed + n, lambda: build_prompt(self.task, self.ws.task_dir, history, run_dir),
+                       self.run_rec.sessions)
+
+    def _left(self) -> bool:
+        cfg = self.run_rec.config
+        done = len(self.finished) - 1
+        if cfg.get("max_experiments") is not None and done >= cfg["max_experiments"]:
+            return False
+        if cfg.get("hours") is not None and sum(e.wall_s for e in self.finished) >= cfg["hours"] * 3600:
+            return False
+        return True
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> Run:
+        try:
+            pending = self._recover()
+            if not self.finished:
+                self.baseline()
+            self.agent.start(self._context(len(self.history)))
+            for exp in self.finished:
+                self.agent.observe(exp)
+            if pending is not None:
+                self._execute(pending, self.best)
+            while self._left():
+                self.step()
+            self.run_rec.status = "finished"
+        except KeyboardInterrupt:
+            self.run_rec.status = "stopped"
+            raise
+        finally:
+            self.ledger.save_run(self.run_rec)
+            self.agent.close()
+        return self.run_rec
+
+    def _recover(self) -> Experiment | None:
+        """After a kill: the unfinished experiment to re-run from its commit, with the worktree there."""
+        pending = [e for e in self.history if e.status == "running"]
+        self.history = self.finished
+        self.ledger.write_tsv(self.tag)
+        if not self.history:
+            return None
+        self.ws.reset(self.best.commit_sha)
+        self.guard = Guard(self.task, self.ws)
+        if pending:
+            self.ws.reset(pending[0].commit_sha)
+            return pending[0]
+        return None
+
+    def baseline(self) -> Experiment:
+        base = self.run_rec.base_commit
+        self.ws.reset(base)
+        self.guard = Guard(self.task, self.ws)
+        self.ws.pin(0, base)
+        exp = Experiment(self.tag, 0, commit_sha=base, parent=base, description="baseline", agent="baseline",
+                         loc=count_loc(self.ws.task_dir, self.task.editable_files(self.ws.task_dir)))
+        self.ledger.begin(exp)
+        self._execute(exp, None)
+        if exp.status != Verdict.KEEP:
+            raise OuroborosError(f"the baseline failed ({exp.status}: {exp.reason}); fix the task first, see "
+                                 f"{self.ledger.exp_dir(self.tag, 0)}")
+        return exp
+
+    def step(self) -> Experiment:
+        """One experiment: propose, guard, commit, then run, evaluate, judge, record."""
+        if not hasattr(self, "guard"):
+            self.guard = Guard(self.task, self.ws)
+        best = self.best
+        n = max(e.n for e in self.history) + 1
+        ctx = self._context(n)
+        start = time.monotonic()
+        try:
+            proposal = self.agent.propose(ctx)
+            failure = None
+        except AgentError as exc:
+            proposal, failure = Proposal(f"agent failed: {exc}"), str(exc)
+        exp = Experiment(self.tag, n, parent=best.commit_sha, description=proposal.description,
+                         agent=self.agent.name, model=proposal.model, session=proposal.session or ctx.session,
+                         tokens_in=proposal.tokens_in, tokens_out=proposal.tokens_out, cost_usd=proposal.cost_usd,
+                         params=proposal.params, agent_s=time.monotonic() - start)
+        violations = [] if failure else self.guard.check(best.commit_sha)
+        if not failure and not violations and not self.ws.changes():
+            failure = "the proposal changed no file"
+        if self.guard.head() != best.commit_sha:  # history rewritten: put the branch back first
+            self.ws.reset(best.commit_sha)
+        exp.commit_sha = self.ws.commit(proposal.description, n)
+        exp.loc = count_loc(self.ws.task_dir, self.task.editable_files(self.ws.task_dir))
+        (ctx.exp_dir / "diff.patch").write_text(self.ws.diff(best.commit_sha, exp.commit_sha))
+        self.ledger.begin(exp)
+        if failure or violations:
+            exp.status = Verdict.CRASH if failure else Verdict.VIOLATION
+            exp.reason = failure or "; ".join(violations)
+            exp.wall_s = time.monotonic() - start
+            self._record(exp, best)
+            return exp
+        self._execute(exp, best, start)
+        return exp
+
+    def _execute(self, exp: Experiment, best: Experiment | None, start: float | None = None) -> None:
+        """Run, evaluate and judge an attempt already committed and begun in the ledger."""
+        start = start if start is not None else time.monotonic()
+        exp_dir = self.ledger.exp_dir(self.tag, exp.n)
+        env = sandbox.scrubbed_env({"OUROBOROS_BUDGET_S": f"{self.budget:g}",
+                                    "OUROBOROS_SEED": str(self.run_rec.seed)})
+        self.ws.clean()
+        outcome = self._run_phase(exp_dir, env)
+        exp.run_s, exp.peak_rss_mb, exp.isolation = outcome.wall_s, outcome.peak_rss_mb, outcome.isolation
+        vram = evaluate.parse_key(exp_dir / "run.log", "peak_vram_mb")
+        exp.peak_gpu_mb = outcome.peak_gpu_mb or vram or None
+        if outcome.timed_out:
+            exp.status, exp.reason = Verdict.TIMEOUT, f"killed at budget + grace ({self.budget + self.task.task.grace_s:g} s)"
+        elif not outcome.ok:
+            exp.status = Verdict.CRASH
+            exp.reason = f"run {outcome.killed}" if outcome.killed else f"run exited {outcome.returncode}"
+        else:
+            m = self._measure(exp_dir, env)
+            exp.eval_s, exp.trust, exp.metrics = m.eval_s, m.trust, m.metrics
+            if m.error is None and self.task.metric.fingerprint:
+                m.error = self._fingerprint(m.metrics.get(self.task.metric.fingerprint))
+            if m.error:
+                exp.status, exp.reason = Verdict.CRASH, m.error
+            else:
+                exp.metric = m.metric
+                exp.status, exp.reason = self._judge(exp, best, exp_dir, env)
+        exp.wall_s = time.monotonic() - start
+        self._record(exp, best)
+
+    def _run_phase(self, exp_dir: Path, env: dict[str, str], name: str = "run.log") -> sandbox.Outcome:
+        argv, level = self.isolation.wrap(["bash", "-c", self.task.task.run], "run")
+        return sandbox.run(argv, self.ws.task_dir, self.budget, self.task.task.grace_s, exp_dir / name, env=env,
+                           memory_mb=self.task.bound.memory_mb, max_log_mb=self.task.bound.max_log_mb,
+                           isolation=level, gpu=sandbox.cuda_present())
+
+    def _measure(self, exp_dir: Path, env: dict[str, str], name: str = "eval.log",
+                 command: str | None = None) -> evaluate.Measurement:
+        if not (command or self.task.task.evaluate):
+            return evaluate.from_stdout(self.task, exp_dir / name.replace("eval", "run"))
+        self.ws.restore(self.run_rec.base_commit, sorted(self.guard.protected))
+        return evaluate.sealed(self.task, self.ws.task_dir, exp_dir / name, env,
+                               wrap=lambda argv, out: self.isolation.wrap(argv, "evaluate", [out]), command=command)
+
+    def _fingerprint(self, value: object) -> str | None:
+        if value is None:
+            return f"the evaluator reported no {self.task.metric.fingerprint}"
+        if self.run_rec.fingerprint is None:
+            self.run_rec.fingerprint = str(value)
+            self.ledger.save_run(self.run_rec)
+        elif str(value) != self.run_rec.fingerprint:
+            return (f"{self.task.metric.fingerprint} {value} differs from the baseline's {self.run_rec.fingerprint}: "
+                    "results on different data are never compared")
+        return None
+
+    def _judge(self, exp: Experiment, best: Experiment | None, exp_dir: Path,
+               env: dict[str, str]) -> tuple[Verdict, str]:
+        if best is None:
+            return Verdict.KEEP, "baseline"
+        j = self.task.judge
+        min_delta = effective_min_delta(j.min_delta, self.run_rec.noise_sigma, j.noise_z)
+        assert exp.metric is not None and best.metric is not None
+        verdict = judge(exp.metric, best.metric, self.task.minimize, min_delta, exp.loc, best.loc, j.simplicity)
+        implausible = j.plausibility is not None and gain(exp.metric, best.metric, self.task.minimize) > j.plausibility
+        if verdict.verdict == Verdict.KEEP and (j.confirm or implausible):
+            again = self._confirm(exp, exp_dir, env)
+            if again is None:
+                return Verdict.DISCARD, "the confirmation re-run failed"
+            exp.metrics["confirm_metric"] = again
+            worse = max(exp.metric, again) if self.task.minimize else min(exp.metric, again)
+            second = judge(worse, best.metric, self.task.minimize, min_delta, exp.loc, best.loc, j.simplicity)
+            if second.verdict != Verdict.KEEP:
+                why = "implausible gain" if implausible else "confirmation"
+                return Verdict.DISCARD, f"{why}: re-run with another seed gave {again:.6g}, not a keep"
+            exp.metric = worse
+        if verdict.verdict == Verdict.KEEP and self.task.task.holdout:
+            h = self._measure(exp_dir, env, "holdout.log", self.task.task.holdout)
+            exp.holdout = h.metric
+        return verdict.verdict, verdict.reason
+
+    def _confirm(self, exp: Experiment, exp_dir: Path, env: dict[str, str]) -> float | None:
+        env = {**env, "OUROBOROS_SEED": str(self.run_rec.seed + 1000 + exp.n)}
+        self.ws.clean()
+        outcome = self._run_phase(exp_dir, env, "confirm.log")
+        if not outcome.ok:
+            return None
+        m = self._measure(exp_dir, env, "confirm-eval.log") if self.task.task.evaluate else \
+            evaluate.from_stdout(self.task, exp_dir / "confirm.log")
+        return m.metric if m.error is None and m.metric is not None and math.isfinite(m.metric) else None
+
+    def _record(self, exp: Experiment, best: Experiment | None) -> None:
+        self.ledger.finish(exp)
+        self.history.append(exp)
+        if exp.status != Verdict.KEEP and best is not None:
+            self.ws.reset(best.commit_sha)
+        else:
+            self.ws.clean()
+        if best is not None:
+            self.agent.observe(exp)
+        self.on_experiment(exp, self.best)
+

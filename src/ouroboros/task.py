@@ -1,0 +1,196 @@
+"""The task file, `ouroboros.toml`: one frozen, validated object.
+
+Typos are errors (pydantic `extra="forbid"`), so a misspelt key never silently falls back to a
+default. `load_task` is the only way the rest of the harness sees a task.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tomllib
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ouroboros.errors import OuroborosError
+
+TASK_FILE = "ouroboros.toml"
+RECORDS_DIR = ".ouroboros"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskSection(_Model):
+    name: str
+    program: str = "program.md"
+    editable: list[str] = Field(min_length=1)
+    protected: list[str] = []
+    run: str
+    evaluate: str | None = None
+    budget: float = Field(300.0, gt=0, description="seconds one experiment's run may use")
+    grace: float | None = Field(None, ge=0, description="seconds after the budget before the kill")
+    eval_timeout: float = Field(300.0, gt=0)
+    holdout: str | None = Field(None, description="a private evaluate command run for every keep, never shown")
+
+    @property
+    def grace_s(self) -> float:
+        return self.grace if self.grace is not None else max(2.0, 0.1 * self.budget)
+
+
+class MetricSection(_Model):
+    name: str
+    direction: Literal["minimize", "maximize"] = "minimize"
+    pattern: str | None = None
+    fingerprint: str | None = None
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"pattern is not a regular expression: {exc}") from exc
+        return v
+
+    @property
+    def regex(self) -> re.Pattern[str]:
+        return re.compile(self.pattern or rf"^\s*{re.escape(self.name)}\s*[:=]\s*(\S+)", re.MULTILINE)
+
+
+class JudgeSection(_Model):
+    min_delta: float = Field(0.0, ge=0)
+    simplicity: bool = True
+    noise_z: float = Field(2.0, ge=0)
+    confirm: bool = False
+    plausibility: float | None = Field(None, gt=0, description="a gain larger than this is re-run first")
+
+
+class KnobSpec(_Model):
+    low: float | None = None
+    high: float | None = None
+    log: bool | None = None
+    step: float | None = None
+    choices: list[int | float | bool | str] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> KnobSpec:
+        if self.choices is None and (self.low is None or self.high is None):
+            raise ValueError("give either low and high, or choices")
+        if self.choices is None and self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        return self
+
+
+class BoundSection(_Model):
+    danger_zones: list[str] = []
+    never: list[str] = []
+    iron_laws: list[str] = []
+    max_diff_lines: int | None = Field(None, gt=0)
+    allow_new_files: list[str] = []
+    frozen: list[str] = ["pyproject.toml", "requirements*.txt", "uv.lock", "setup.py", "setup.cfg"]
+    network: bool = False
+    memory_mb: int | None = Field(None, gt=0)
+    max_processes: int | None = Field(None, gt=0)
+    max_log_mb: float = Field(20.0, gt=0)
+    max_artifact_mb: float = Field(512.0, gt=0)
+    isolation: Literal["auto", "bwrap", "unshare", "process"] = "auto"
+
+
+class AgentSection(_Model):
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = Field(900.0, gt=0)
+    notes_max_chars: int = Field(4000, gt=0)
+
+
+class Task(_Model):
+    task: TaskSection
+    metric: MetricSection
+    judge: JudgeSection = JudgeSection()
+    knobs: dict[str, KnobSpec] = {}
+    bound: BoundSection = BoundSection()
+    agent: AgentSection = AgentSection()
+
+    # Where the task lives; set by load_task, not part of the file.
+    root: Path = Field(Path("."), exclude=True)
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    @property
+    def minimize(self) -> bool:
+        return self.metric.direction == "minimize"
+
+    @property
+    def trust(self) -> str:
+        return "sealed" if self.task.evaluate else "stdout"
+
+    @cached_property
+    def protected_patterns(self) -> tuple[str, ...]:
+        """Globs no proposal may change: the task file, the evaluator, the danger zones."""
+        return tuple(dict.fromkeys([TASK_FILE, *self.task.protected, *self.bound.danger_zones]))
+
+    def is_editable(self, rel: str) -> bool:
+        return matches(rel, self.task.editable)
+
+    def is_protected(self, rel: str) -> bool:
+        return matches(rel, self.protected_patterns)
+
+    def editable_files(self, root: Path | None = None) -> list[str]:
+        return glob_files(root or self.root, self.task.editable)
+
+    def protected_files(self, root: Path | None = None) -> list[str]:
+        return glob_files(root or self.root, self.protected_patterns)
+
+
+def matches(rel: str, patterns: tuple[str, ...] | list[str]) -> bool:
+    """Whether a task-relative posix path matches any glob; `**` crosses folders, `*` does too."""
+    return any(fnmatch.fnmatchcase(rel, p) or rel == p.rstrip("/") or rel.startswith(p.rstrip("/") + "/")
+               for p in patterns)
+
+
+def glob_files(root: Path, patterns: tuple[str, ...] | list[str]) -> list[str]:
+    found: set[str] = set()
+    for pattern in patterns:
+        for path in root.glob(pattern):
+            if path.is_file() and RECORDS_DIR not in path.relative_to(root).parts:
+                found.add(path.relative_to(root).as_posix())
+            elif path.is_dir():
+                found.update(p.relative_to(root).as_posix() for p in path.rglob("*") if p.is_file())
+    return sorted(found)
+
+
+def load_task(root: Path | str) -> Task:
+    """Read and validate `<root>/ouroboros.toml`; every problem is one OuroborosError line."""
+    root = Path(root).resolve()
+    path = root / TASK_FILE
+    if not path.is_file():
+        raise OuroborosError(f"no {TASK_FILE} in {root}: create one with `ouroboros init {root} --template quadratic`"
+                             " or `ouroboros init --from-autoresearch {root}`")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise OuroborosError(f"{path} is not valid TOML: {exc}") from exc
+    try:
+        task = Task.model_validate({**data, "root": root})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        hint = " (unknown key: check its spelling against the task file reference in the README)" \
+            if first["type"] == "extra_forbidden" else ""
+        raise OuroborosError(f"{path}: {where}: {first['msg']}{hint}") from exc
+    for pattern in task.task.editable:
+        if not glob_files(root, [pattern]):
+            raise OuroborosError(f"{path}: editable glob {pattern!r} matches no file in {root}; "
+                                 "fix the glob or create the file")
+    if not (root / task.task.program).is_file():
+        raise OuroborosError(f"{path}: program file {task.task.program!r} not found; write the agent's "
+                             "instructions there or set task.program")
+    return task
