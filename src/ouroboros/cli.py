@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -43,13 +43,13 @@ def init(
 @app.command()
 def run(
     task: TaskDir = Path("."),
-    agent: Annotated[Optional[str], typer.Option(help="random | tpe | cmd:<shell command>")] = None,
-    max_experiments: Annotated[Optional[int], typer.Option("--max-experiments", "-n", min=0)] = None,
-    hours: Annotated[Optional[float], typer.Option(help="stop after this many hours of experiments", min=0)] = None,
-    budget: Annotated[Optional[float], typer.Option(help="seconds per experiment run (overrides the task)",
+    agent: Annotated[str | None, typer.Option(help="random | tpe | cmd:<shell command>")] = None,
+    max_experiments: Annotated[int | None, typer.Option("--max-experiments", "-n", min=0)] = None,
+    hours: Annotated[float | None, typer.Option(help="stop after this many hours of experiments", min=0)] = None,
+    budget: Annotated[float | None, typer.Option(help="seconds per experiment run (overrides the task)",
                                                     min=0.001)] = None,
-    tag: Annotated[Optional[str], typer.Option(help="run name; the branch is ouroboros/<tag>")] = None,
-    resume: Annotated[Optional[str], typer.Option(help="continue the run with this tag")] = None,
+    tag: Annotated[str | None, typer.Option(help="run name; the branch is ouroboros/<tag>")] = None,
+    resume: Annotated[str | None, typer.Option(help="continue the run with this tag")] = None,
     seed: Annotated[int, typer.Option(help="seed for the agent and the run")] = 0,
 ) -> None:
     """Run the loop: the baseline first, then experiments until a limit is reached."""
@@ -72,7 +72,7 @@ def run(
 
 @app.command()
 def log(task: TaskDir = Path("."),
-        run: Annotated[Optional[str], typer.Option("--run", help="run tag (default: the latest)")] = None) -> None:
+        run: Annotated[str | None, typer.Option("--run", help="run tag (default: the latest)")] = None) -> None:
     """Print a run's experiments."""
     views.log(console, load_task(task), run)
 

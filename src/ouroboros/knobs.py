@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,14 +56,14 @@ def _assignments(source: str) -> list[tuple[str, ast.expr]]:
     return [(name, value) for name, value in out if _NAME.match(name)]
 
 
-def extract(root: Path, files: list[str]) -> list[Knob]:
-    """All knobs in the given task-relative files, in file order."""
+def extract(root: Path, files: list[str], read: Callable[[str], str] | None = None) -> list[Knob]:
+    """All knobs in the given task-relative files, in file order (read from root, or with read)."""
     raw: list[Knob] = []
     for rel in files:
         if not rel.endswith(".py"):
             continue
         try:
-            source = (root / rel).read_text()
+            source = read(rel) if read else (root / rel).read_text()
             assigns = _assignments(source)
         except SyntaxError as exc:
             raise OuroborosError(f"{rel} does not parse ({exc.msg}, line {exc.lineno}); fix it before "
@@ -146,10 +147,15 @@ def infer(knob: Knob, spec: KnobSpec | None = None) -> BaseDistribution | None:
     return None
 
 
-def space(task: Task, root: Path | None = None) -> tuple[list[Knob], dict[str, BaseDistribution]]:
-    """The knobs of a task's editable files and their distributions; unknown overrides are errors."""
+def space(task: Task, root: Path | None = None,
+          read: Callable[[str], str] | None = None) -> tuple[list[Knob], dict[str, BaseDistribution]]:
+    """The knobs of a task's editable files and their distributions; unknown overrides are errors.
+
+    Ranges are inferred from the values in `read` (the baseline's files) when given, so that a
+    resumed run searches the same space as it started with.
+    """
     root = root or task.root
-    knobs = extract(root, task.editable_files(root))
+    knobs = extract(root, task.editable_files(root), read)
     names = {k.name for k in knobs} | {k.var for k in knobs}
     unknown = sorted(set(task.knobs) - names)
     if unknown:

@@ -110,7 +110,8 @@ class Loop:
         history = self.finished
         return Context(self.task, self.ws.task_dir, n, history, self.best, run_dir, self.ledger.exp_dir(self.tag, n),
                        self.run_rec.seed + n, lambda: build_prompt(self.task, self.ws.task_dir, history, run_dir),
-                       self.run_rec.sessions)
+                       self.run_rec.sessions,
+                       lambda rel: self.ws.show(self.run_rec.base_commit, rel).decode(errors="replace"))
 
     def _left(self) -> bool:
         cfg = self.run_rec.config
@@ -124,14 +125,7 @@ class Loop:
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> Run:
         try:
-            pending = self._recover()
-            if not self.finished:
-                self.baseline()
-            self.agent.start(self._context(len(self.history)))
-            for exp in self.finished:
-                self.agent.observe(exp)
-            if pending is not None:
-                self._execute(pending, self.best)
+            self.prepare()
             while self._left():
                 self.step()
             self.run_rec.status = "finished"
@@ -142,6 +136,17 @@ class Loop:
             self.ledger.save_run(self.run_rec)
             self.agent.close()
         return self.run_rec
+
+    def prepare(self) -> None:
+        """Recover from a kill, run the baseline if there is none, start the agent on the history."""
+        pending = self._recover()
+        if not self.finished:
+            self.baseline()
+        self.agent.start(self._context(len(self.history)))
+        for exp in self.finished:
+            self.agent.observe(exp)
+        if pending is not None:
+            self._execute(pending, self.best)
 
     def _recover(self) -> Experiment | None:
         """After a kill: the unfinished experiment to re-run from its commit, with the worktree there."""
@@ -171,19 +176,22 @@ class Loop:
                                  f"{self.ledger.exp_dir(self.tag, 0)}")
         return exp
 
-    def step(self) -> Experiment:
-        """One experiment: propose, guard, commit, then run, evaluate, judge, record."""
-        if not hasattr(self, "guard"):
-            self.guard = Guard(self.task, self.ws)
+    def step(self, proposal: Proposal | None = None) -> Experiment:
+        """One experiment: propose, guard, commit, then run, evaluate, judge, record.
+
+        With a proposal given, the worktree already holds the change (agent-driven mode: the
+        agent edited the files itself and called `ouroboros exp`), and the agent is not asked.
+        """
         best = self.best
         n = max(e.n for e in self.history) + 1
         ctx = self._context(n)
         start = time.monotonic()
-        try:
-            proposal = self.agent.propose(ctx)
-            failure = None
-        except AgentError as exc:
-            proposal, failure = Proposal(f"agent failed: {exc}"), str(exc)
+        failure = None
+        if proposal is None:
+            try:
+                proposal = self.agent.propose(ctx)
+            except AgentError as exc:
+                proposal, failure = Proposal(f"agent failed: {exc}"), str(exc)
         exp = Experiment(self.tag, n, parent=best.commit_sha, description=proposal.description,
                          agent=self.agent.name, model=proposal.model, session=proposal.session or ctx.session,
                          tokens_in=proposal.tokens_in, tokens_out=proposal.tokens_out, cost_usd=proposal.cost_usd,

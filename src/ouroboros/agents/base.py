@@ -41,6 +41,7 @@ class Context:
     seed: int
     prompt: Callable[[], str]  # the assembled prompt (memory.build_prompt), built on demand
     session: int = 0
+    read_baseline: Callable[[str], str] | None = None  # a task-relative file as it was at the baseline
 
 
 @dataclass

@@ -26,7 +26,7 @@ class SearchAgent(Agent):
         self.pending: dict[int, optuna.trial.Trial] = {}
 
     def start(self, ctx: Context) -> None:
-        self.knobs, self.dists = knobs.space(ctx.task, ctx.worktree)
+        self.knobs, self.dists = knobs.space(ctx.task, ctx.worktree, ctx.read_baseline)
         sampler: optuna.samplers.BaseSampler
         if self.name == "tpe":
             sampler = optuna.samplers.TPESampler(seed=ctx.seed, n_startup_trials=5, multivariate=True)
