@@ -24,7 +24,7 @@ system:
 	fi
 
 # A short loop with the random agent on the default task (examples/quadratic): seconds, no API key.
-demo: install system
+demo: install
 	rm -rf $(DEMO)/quadratic
 	$(OUROBOROS) init $(DEMO)/quadratic --template quadratic
 	$(OUROBOROS) run -C $(DEMO)/quadratic --agent random --max-experiments 30 --tag demo

@@ -1,0 +1,43 @@
+"""The ledger: results.tsv keeps autoresearch's columns, whatever the description holds."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from ouroboros.ledger import Experiment, Ledger, Run
+
+
+def test_results_tsv_rows_survive_hostile_descriptions(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    ledger.save_run(Run(tag="t", metric="val_bpb"))
+    ledger.finish(Experiment("t", 0, commit_sha="a" * 40, status="keep", metric=1.5, description="baseline"))
+    ledger.finish(Experiment("t", 1, commit_sha="b" * 40, status="crash", metric=None,
+                             description="tabs\tand\nnewlines\r\nand \"quotes\"", peak_rss_mb=2048))
+    with open(tmp_path / "runs/t/results.tsv", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert rows[0] == ["commit", "val_bpb", "memory_gb", "status", "description"]
+    assert rows[1] == ["aaaaaaa", "1.500000", "0.0", "keep", "baseline"]
+    assert rows[2] == ["bbbbbbb", "0.000000", "2.0", "crash", 'tabs and newlines and "quotes"']
+
+
+def test_experiments_round_trip_and_tsv_rebuilds_from_the_ledger(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    ledger.save_run(Run(tag="t", metric="loss", config={"budget": 3}))
+    exp = Experiment("t", 0, commit_sha="c" * 40, status="keep", metric=0.5, metrics={"loss": 0.5, "x": [1]},
+                     params={"LR": 0.1})
+    ledger.finish(exp)
+    got = ledger.experiments("t")[0]
+    assert got.metrics == {"loss": 0.5, "x": [1]} and got.params == {"LR": 0.1} and got.metric == 0.5
+    assert ledger.run("t").config == {"budget": 3}
+    (tmp_path / "runs/t/results.tsv").write_text("commit\tloss\n")  # cut short by a kill
+    ledger.write_tsv("t")
+    assert (tmp_path / "runs/t/results.tsv").read_text().splitlines()[1].startswith("ccccccc\t0.500000")
+
+
+def test_running_rows_are_not_in_the_table(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    ledger.save_run(Run(tag="t", metric="loss"))
+    ledger.begin(Experiment("t", 0, commit_sha="d" * 40))
+    assert ledger.experiments("t", finished_only=True) == []
+    assert len(ledger.write_tsv("t").read_text().splitlines()) == 1

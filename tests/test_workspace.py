@@ -1,0 +1,58 @@
+"""Git for a run: a worktree of its own, attempt refs, keep and revert, never the user's checkout."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ouroboros.errors import OuroborosError
+from ouroboros.workspace import Workspace, count_loc, ensure_clean, exclude_records
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_worktree_commit_pin_and_reset(quadratic: Path) -> None:
+    base = ensure_clean(quadratic)
+    ws = Workspace(quadratic, ".", quadratic / ".ouroboros", "w")
+    ws.open(base)
+    assert ws.head() == base and git(quadratic, "rev-parse", "ouroboros/w") == base
+    (ws.task_dir / "train.py").write_text("STEPS = 1\n")
+    (ws.task_dir / "new.txt").write_text("x")
+    changes = {c.path: c.status for c in ws.changes()}
+    assert changes == {"train.py": " M", "new.txt": "??"}
+    sha = ws.commit("try", 1)
+    assert ws.head() == sha == git(quadratic, "rev-parse", "refs/ouroboros/w/1")
+    assert git(quadratic, "show", "-s", "--format=%s", sha) == "try"
+    ws.reset(base)
+    assert not (ws.task_dir / "new.txt").exists() and ws.changes() == []
+    assert git(quadratic, "cat-file", "-t", "refs/ouroboros/w/1") == "commit"  # the attempt stays reachable
+    assert git(quadratic, "status", "--porcelain") == ""  # the user's checkout never moved
+
+
+def test_head_is_read_without_git(quadratic: Path) -> None:
+    ws = Workspace(quadratic, ".", quadratic / ".ouroboros", "h")
+    ws.open(ensure_clean(quadratic))
+    git(quadratic, "pack-refs", "--all")  # a packed branch ref is found too
+    assert ws.head() == git(quadratic, "rev-parse", "HEAD")
+
+
+def test_dirty_tree_is_refused(quadratic: Path) -> None:
+    (quadratic / "train.py").write_text("changed\n")
+    with pytest.raises(OuroborosError, match="uncommitted changes"):
+        ensure_clean(quadratic)
+
+
+def test_records_are_ignored_without_touching_the_users_files(quadratic: Path) -> None:
+    exclude_records(quadratic)
+    exclude_records(quadratic)
+    exclude = (quadratic / ".git/info/exclude").read_text()
+    assert exclude.count(".ouroboros/") == 1
+
+
+def test_count_loc_skips_blank_and_comment_lines(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("# c\n\nx = 1\n  # indented comment\ny = 2  # trailing\n")
+    assert count_loc(tmp_path, ["a.py"]) == 2
