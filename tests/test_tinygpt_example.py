@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,9 @@ SUMMARY_KEYS = [
     "depth",
 ]
 UNIFORM_BPB = 8.0  # a model that knows nothing: log2(256) bits per byte
+# A smaller model than the default, set the way a search sets knobs: it takes enough steps in a
+# 3-second budget to learn byte statistics even on a loaded 2-core CI machine.
+SMALL = {"DEPTH": 2, "N_EMBD": 64, "LEARNING_RATE": 1e-2}
 
 
 @pytest.fixture(scope="session")
@@ -41,8 +45,14 @@ def _env(cache: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _copy_example(dest: Path) -> Path:
+def _copy_example(dest: Path, **knobs: object) -> Path:
     shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("__pycache__", "ckpt.pt"))
+    train_py = dest / "train.py"
+    source = train_py.read_text()
+    for name, value in knobs.items():
+        source, found = re.subn(rf"(?m)^{name} = [^#\n]*", f"{name} = {value!r}  ", source)
+        assert found == 1, name
+    train_py.write_text(source)
     return dest
 
 
@@ -77,7 +87,7 @@ def _summary(stdout: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, cache) -> tuple[Path, subprocess.CompletedProcess]:
-    workdir = _copy_example(tmp_path_factory.mktemp("trained") / "tinygpt")
+    workdir = _copy_example(tmp_path_factory.mktemp("trained") / "tinygpt", **SMALL)
     return workdir, _train(workdir, cache, budget=3)
 
 
@@ -103,7 +113,8 @@ def test_train_prints_summary_block_and_saves_checkpoint(trained):
     summary = _summary(proc.stdout)
     assert list(summary) == SUMMARY_KEYS
     assert int(summary["num_steps"]) > 0
-    assert float(summary["training_seconds"]) <= 3.0 + 0.5
+    # Training stops at the first step past the deadline; slack for a loaded CI machine.
+    assert float(summary["training_seconds"]) <= 3.0 + 5.0
     assert (workdir / "ckpt.pt").is_file()
 
 
@@ -130,7 +141,7 @@ def test_trained_model_beats_uniform_baseline(evaluated, trained):
 
 
 def test_noncausal_attention_fails_evaluation(tmp_path, cache):
-    workdir = _copy_example(tmp_path / "tinygpt")
+    workdir = _copy_example(tmp_path / "tinygpt", **SMALL)
     train_py = workdir / "train.py"
     source = train_py.read_text()
     assert source.count("is_causal=True") == 1
@@ -143,15 +154,11 @@ def test_noncausal_attention_fails_evaluation(tmp_path, cache):
 
 
 def test_model_code_runs_without_data_pointers_in_its_environment(trained, tmp_path, cache):
-    workdir = _copy_example(tmp_path / "tinygpt")
-    shutil.copy(trained[0] / "ckpt.pt", workdir / "ckpt.pt")
-    spy = "\nimport json as _json, os as _os\n_json.dump(dict(_os.environ), open('seen_env.json', 'w'))\n"
-    with open(workdir / "train.py", "a") as f:
-        f.write(spy)
-    proc, _ = _evaluate(workdir, cache)
+    spy = "import json as _json, os as _os\n_json.dump(dict(_os.environ), open('seen_env.json', 'w'))\n"
+    workdir, proc, _ = _evaluate_with_appended_code(trained, tmp_path, cache, spy)
     assert proc.returncode == 0, proc.stderr
     seen = json.loads((workdir / "seen_env.json").read_text())
-    assert not {"OUROBOROS_CACHE", "OUROBOROS_METRICS"} & set(seen)
+    assert not [k for k in seen if k.startswith(("OUROBOROS_", "TINYGPT_"))]
 
 
 def test_evaluate_without_checkpoint_fails_with_one_line(tmp_path, cache):
@@ -160,4 +167,24 @@ def test_evaluate_without_checkpoint_fails_with_one_line(tmp_path, cache):
     assert proc.returncode != 0
     assert proc.stderr.strip().count("\n") == 0
     assert "no ckpt.pt" in proc.stderr
+    assert not metrics_path.exists()
+
+
+def _evaluate_with_appended_code(trained, tmp_path, cache, code: str):
+    """Evaluate the trained checkpoint with `code` appended to train.py (runs in the child)."""
+    workdir = _copy_example(tmp_path / "tinygpt")
+    shutil.copy(trained[0] / "ckpt.pt", workdir / "ckpt.pt")
+    with open(workdir / "train.py", "a") as f:
+        f.write("\n" + code)
+    return workdir, *_evaluate(workdir, cache)
+
+
+def test_nondeterministic_outputs_fail_evaluation(trained, tmp_path, cache):
+    noisy = (
+        "_forward = GPT.forward\n"
+        "GPT.forward = lambda self, idx: _forward(self, idx) * (1 + 0.05 * torch.randn(1))\n"
+    )
+    _, proc, metrics_path = _evaluate_with_appended_code(trained, tmp_path, cache, noisy)
+    assert proc.returncode != 0
+    assert "deterministic" in proc.stderr
     assert not metrics_path.exists()

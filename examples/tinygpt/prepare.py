@@ -38,13 +38,16 @@ What `evaluate` protects against:
   - looking ahead: windows whose future tokens were altered are mixed, in a secret random order,
     into the scored ones; if outputs at earlier positions change, the model is not causal and
     the evaluation fails;
+  - hiding a leak in noise: one window is scored twice, and outputs that differ by more than
+    MAX_NOISE fail the evaluation;
   - broken outputs: wrong shape or non-finite logits fail the evaluation.
 What it does not protect against:
   - the child is not sandboxed: it can read the filesystem, including the cache and the standard
     library the default corpus is built from, so a model could look the validation text up.
     Filesystem isolation is the sandbox's job (sandbox.py), and the guard should reject
     train.py changes that read data files;
-  - a model that detects the causality probes (a repeated prefix) and behaves only then;
+  - a model that detects the causality probes (a repeated prefix) and behaves only then, or
+    that leaks less than the tolerance (CAUSALITY_TOL plus 10x its own noise, at most ~1e-2);
   - training on the validation split inside train.py (it can reach the same cache);
   - a tampered cache: the fingerprint is recomputed from the bytes actually scored, so tampering
     shows up as a changed `corpus_sha256`, which the harness compares with the baseline's.
@@ -77,8 +80,9 @@ VAL_FRACTION = 0.1  # the last 10% of the corpus bytes is the validation split
 EVAL_TOKENS = 32 * 1024  # bytes scored: 128 windows, ~1 s for the default model on 2 CPU cores
 EVAL_BATCH = 16  # windows per request to the model server
 CORPUS_MAX_BYTES = 4_000_000  # cap on the stdlib corpus (about 1.8 MB with CPython 3.11)
-CAUSALITY_PROBES = 4  # altered-future copies of scored windows mixed into the requests
-CAUSALITY_TOL = 1e-4  # allowed change in log-probabilities, added to the measured noise floor
+CAUSALITY_MIN_PROBES = 4  # altered-future copies of scored windows; more fill the last request
+CAUSALITY_TOL = 1e-4  # allowed change in log-probabilities, added to 10x the measured noise
+MAX_NOISE = 1e-3  # a window scored twice may differ by this much (log-probabilities), no more
 CORPUS_BUILDER_VERSION = 1  # bump when the corpus recipe changes (keys the source cache)
 TINYSHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -87,7 +91,7 @@ CHECKPOINT = "ckpt.pt"
 # ------------------------------------------------------------------------------------------------
 
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
-_DATA_ENV = ("OUROBOROS_CACHE", "OUROBOROS_METRICS", "TINYGPT_CORPUS")
+_DATA_ENV_PREFIXES = ("OUROBOROS_", "TINYGPT_")  # the cache, metrics path, corpus choice, ...
 
 
 class PrepareError(Exception):
@@ -288,7 +292,6 @@ def serve() -> None:
     wire_in = sys.stdin.buffer
     sys.path.insert(0, os.getcwd())
     import torch
-
     import train  # editable code, imported only in this child
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -316,7 +319,7 @@ def serve() -> None:
 
 class _ModelServer:
     def __init__(self, workdir: Path):
-        env = {k: v for k, v in os.environ.items() if k not in _DATA_ENV}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_DATA_ENV_PREFIXES)}
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "serve"],
             cwd=workdir,
@@ -390,7 +393,10 @@ def evaluate(workdir: Path) -> dict:
     # Causality probes: copies of scored windows with everything after a cut replaced.
     rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
     probes, cuts, sources = [], [], []
-    for i in rng.choice(len(inputs), size=CAUSALITY_PROBES, replace=False):
+    # Fill every request to EVAL_BATCH windows: equal shapes keep a causal model's outputs
+    # bit-identical across requests, and the probes cost no extra request.
+    n_probes = CAUSALITY_MIN_PROBES + (-(len(inputs) + 1 + CAUSALITY_MIN_PROBES) % EVAL_BATCH)
+    for i in rng.choice(len(inputs), size=n_probes, replace=False):
         cut = int(rng.integers(0, CONTEXT_LEN - 1))
         probe = inputs[i].copy()
         probe[cut + 1 :] = rng.integers(0, VOCAB_SIZE, size=CONTEXT_LEN - cut - 1, dtype=np.uint8)
@@ -419,7 +425,12 @@ def evaluate(workdir: Path) -> dict:
 
     scored = logits[: len(inputs)]
     noise = float(np.abs(_log_softmax(logits[-1]) - _log_softmax(scored[twin])).max())
-    for k, (src, cut) in enumerate(zip(sources, cuts)):
+    if noise > MAX_NOISE:
+        raise PrepareError(
+            f"the same window scored twice gave log-probabilities {noise:.3g} apart "
+            f"(allowed {MAX_NOISE:g}); the model must be deterministic in eval mode"
+        )
+    for k, (src, cut) in enumerate(zip(sources, cuts, strict=True)):
         probe = _log_softmax(logits[len(inputs) + k][: cut + 1])
         base = _log_softmax(scored[src][: cut + 1])
         change = float(np.abs(probe - base).max())
