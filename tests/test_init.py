@@ -83,7 +83,7 @@ def test_tinygpt_runs_end_to_end_with_a_few_seconds_budget(tmp_path: Path) -> No
     db = sqlite3.connect(task / ".ouroboros/ledger.sqlite")
     (status0, metric0, trust0), (status1, _, _) = db.execute(
         "SELECT status, metric, trust FROM experiments ORDER BY n").fetchall()
-    assert status0 == "keep" and trust0 == "sealed"
+    assert status0 == "keep" and trust0 == "isolated"
     assert 0 < metric0 < 8  # bits per byte: better than a uniform guess over 256 bytes
     assert status1 in {"keep", "discard", "crash", "timeout"}
     fingerprint = db.execute("SELECT fingerprint FROM runs").fetchone()[0]
