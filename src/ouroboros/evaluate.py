@@ -117,22 +117,22 @@ def sealed(task: Task, task_dir: Path, log_path: Path, env: dict[str, str],
             try:
                 metrics = json.loads(metrics_path.read_text())
             except json.JSONDecodeError as exc:
-                return Measurement(None, {}, "sealed", outcome.wall_s, f"evaluator wrote invalid JSON: {exc}",
+                return Measurement(None, {}, task.trust, outcome.wall_s, f"evaluator wrote invalid JSON: {exc}",
                                    isolation)
             if not isinstance(metrics, dict):
-                return Measurement(None, {}, "sealed", outcome.wall_s, "evaluator's JSON is not an object",
+                return Measurement(None, {}, task.trust, outcome.wall_s, "evaluator's JSON is not an object",
                                    isolation)
             raw = metrics.get(task.metric.name)
         else:
             raw = parse_metric(log_path.read_text(errors="replace"), task)
         if outcome.timed_out:
-            return Measurement(None, metrics, "sealed", outcome.wall_s,
+            return Measurement(None, metrics, task.trust, outcome.wall_s,
                                f"evaluator ran past eval_timeout ({task.task.eval_timeout:g} s)", isolation)
         if outcome.returncode != 0:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            return Measurement(None, metrics, "sealed", outcome.wall_s,
+            return Measurement(None, metrics, task.trust, outcome.wall_s,
                                f"evaluator exited {outcome.returncode}: {tail[0][:200]}", isolation)
         metric, error = _check(raw, task, "the evaluator's output")
-        return Measurement(metric, metrics, "sealed", outcome.wall_s, error, isolation)
+        return Measurement(metric, metrics, task.trust, outcome.wall_s, error, isolation)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)

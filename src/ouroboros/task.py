@@ -35,6 +35,7 @@ class TaskSection(_Model):
     budget: float = Field(300.0, gt=0, description="seconds one experiment's run may use")
     grace: float | None = Field(None, ge=0, description="seconds after the budget before the kill")
     eval_timeout: float = Field(300.0, gt=0)
+    isolated: bool = Field(False, description="the evaluator keeps editable code out of its own process")
     holdout: str | None = Field(None, description="a private evaluate command run for every keep, never shown")
 
     @property
@@ -89,6 +90,7 @@ class KnobSpec(_Model):
 
 class BoundSection(_Model):
     danger_zones: list[str] = []
+    hidden: list[str] = Field([], description="evaluation data (globs, committed) masked from the run phase")
     never: list[str] = []
     iron_laws: list[str] = []
     max_diff_lines: int | None = Field(None, gt=0)
@@ -130,12 +132,14 @@ class Task(_Model):
 
     @property
     def trust(self) -> str:
-        return "sealed" if self.task.evaluate else "stdout"
+        if not self.task.evaluate:
+            return "stdout"
+        return "isolated" if self.task.isolated else "sealed"
 
     @cached_property
     def protected_patterns(self) -> tuple[str, ...]:
-        """Globs no proposal may change: the task file, the evaluator, the danger zones."""
-        return tuple(dict.fromkeys([TASK_FILE, *self.task.protected, *self.bound.danger_zones]))
+        """Globs no proposal may change: the task file, the evaluator, the danger zones, hidden data."""
+        return tuple(dict.fromkeys([TASK_FILE, *self.task.protected, *self.bound.danger_zones, *self.bound.hidden]))
 
     def is_editable(self, rel: str) -> bool:
         return matches(rel, self.task.editable)
