@@ -8,7 +8,9 @@ Protects against (each is attacked in tests/cheats/):
 - interpreter start-up hooks (sitecustomize.py, usercustomize.py, *.pth, conftest.py, .env) unless a
   glob names them explicitly;
 - symlinks that leave the worktree or point at a protected file, and hardlinks of any kind;
-- git history, config or hooks rewritten by the agent (HEAD must still be the best commit);
+- git history, config or hooks rewritten by the agent (HEAD must still be the best commit); changed
+  config, hooks and info files are put back at once, so a planted hook never runs in the user's
+  checkout (the harness's own git calls run with hooks switched off anyway);
 - diffs larger than `max_diff_lines`.
 
 Does not protect against: what a run does at run time (that is sandbox.py's and isolation.py's job),
@@ -20,6 +22,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 from ouroboros.task import Task, matches
@@ -73,13 +76,11 @@ class Guard:
         self.protected = {rel: self.hash(ws.task_dir / rel) for rel in task.protected_files(ws.task_dir)}
         self._git_dirs = self._git_paths()
         self.git_state = self._git_snapshot()
+        self._git_files = {p: (Path(p).read_bytes(), Path(p).stat().st_mode) for p, h in self.git_state.items()
+                           if h not in (None, "dir") and Path(p).is_file() and not Path(p).is_symlink()}
 
     def _git_paths(self) -> list[Path]:
-        dotgit = self.ws.path / ".git"
-        gitdir = Path(dotgit.read_text().split(":", 1)[1].strip()) if dotgit.is_file() else dotgit
-        common = (gitdir / (gitdir / "commondir").read_text().strip()).resolve() \
-            if (gitdir / "commondir").exists() else gitdir
-        self.gitdir, self.common = gitdir, common
+        gitdir, common = self.ws._gitdirs()
         return [common / "config", common / "hooks", common / "info", gitdir / "config.worktree"]
 
     def _git_snapshot(self) -> dict[str, str | None]:
@@ -93,21 +94,31 @@ class Guard:
         return state
 
     def head(self) -> str | None:
-        """The worktree's HEAD commit, read from the git files (no subprocess on the hot path)."""
-        try:
-            head = (self.gitdir / "HEAD").read_text().strip()
-            if not head.startswith("ref: "):
-                return head
-            ref = head[5:]
-            path = self.common / ref
-            if path.exists():
-                return path.read_text().strip()
-            for line in (self.common / "packed-refs").read_text().splitlines():
-                if line.endswith(" " + ref):
-                    return line.split()[0]
-        except OSError:
-            pass
-        return None
+        return self.ws.head()
+
+    def _restore_git(self) -> None:
+        """Put git's config, hooks and info back as they were: a planted hook must never run."""
+        now = self._git_snapshot()
+        for path in sorted(set(now) - set(self.git_state), reverse=True):  # children before parents
+            p = Path(path)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        for path, digest in self.git_state.items():
+            p = Path(path)
+            if digest == "dir":
+                if p.is_symlink() or not p.is_dir():
+                    p.unlink(missing_ok=True)
+                p.mkdir(parents=True, exist_ok=True)
+            elif path in self._git_files and now.get(path) != digest:
+                data, mode = self._git_files[path]
+                if p.is_symlink() or p.is_dir():
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                p.write_bytes(data)
+                os.chmod(p, mode & 0o7777)
+            elif digest is None and now.get(path) is not None:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
     def check(self, best_commit: str) -> list[str]:
         """Every way the current worktree breaks the bound; empty when the proposal may run."""
@@ -117,20 +128,30 @@ class Guard:
         if head != best_commit:
             out.append(f"HEAD moved from {best_commit[:8]} to {(head or '?')[:8]}: the harness owns git history")
         if self._git_snapshot() != self.git_state:
-            out.append("git config, hooks or info changed: the harness owns .git")
+            out.append("git config, hooks or info changed: the harness owns .git (put back as it was)")
+            self._restore_git()
         for rel, digest in self.protected.items():
             if self.hash(self.ws.task_dir / rel) != digest:
                 out.append(f"protected file {rel} changed (it must stay byte-identical to the baseline)")
-        changes = self.ws.changes()
+        changes = self.changes = self.ws.changes()
         for change in changes:
             rel = change.path
             path = self.ws.task_dir / rel
             new = change.status in ("??", "!!")
+            if change.status == "!!" and not task.is_protected(rel):
+                # Ignored files (caches, build output) are deleted before the run; only the ones
+                # that could act at start-up or alias another file matter.
+                if any(fnmatch.fnmatch(os.path.basename(rel.rstrip("/")), h) for h in STARTUP_HOOKS):
+                    out.append(f"{rel} is an interpreter start-up hook (hidden by .gitignore)")
+                out.extend(self._links(rel.rstrip("/"), self.ws.task_dir / rel.rstrip("/")))
+                continue
             if rel.startswith("../"):
                 out.append(f"{rel[3:]} is outside the task folder")
             elif task.is_protected(rel):
                 if rel not in self.protected:
                     out.append(f"{rel} is protected")
+                elif self.hash(path) == self.protected[rel]:  # same bytes, but git sees a change: its mode
+                    out.append(f"protected file {rel} changed its mode (it must stay as in the baseline)")
             elif matches(rel, bound.frozen):
                 out.append(f"{rel} is a frozen dependency file")
             elif any(fnmatch.fnmatch(os.path.basename(rel), h) for h in STARTUP_HOOKS) and not _hook_named(

@@ -3,13 +3,24 @@
 Protects against:
 - a run that overstays: at budget + grace the process group and every descendant the harness has
   seen (or that was orphaned onto it, since the harness is a child subreaper) get SIGKILL;
-- a daemon left behind: whatever descendant is still alive when the command ends is killed;
-- secrets leaking into experiments: API keys, tokens and passwords are scrubbed from the environment;
-- a log filling the disk: output beyond the cap ends the run.
+- a daemon left behind: whatever descendant is still alive when the command ends is killed, and the
+  run fails ("left N processes running"), so a daemon can never tamper with the evaluation;
+- a fork bomb: more than `max_processes` processes in the tree (polled) ends the run;
+- a memory hog: RSS of the whole tree above `memory_mb` (polled) ends the run; on CPU-only machines
+  RLIMIT_AS (2 x memory_mb + 4 GiB per process) stops a single huge allocation between polls
+  (never with CUDA, whose address-space reservations it breaks);
+- filling the disk: RLIMIT_FSIZE caps every file at `max_artifact_mb`, and growth of the watched
+  worktree beyond `max_artifact_mb` (polled) ends the run; output beyond the log cap ends the run
+  and the log is truncated to the cap;
+- secrets leaking into experiments: API keys, tokens and passwords are scrubbed from the environment.
 
 Does not protect against (see `isolation.py` for the levels that do more):
 - a process that escapes both the group and the subreaper (e.g. through a system daemon);
-- reading or writing files outside the worktree, or the network, at isolation level `process`.
+- a burst between two polls (up to 0.1 s: a fork bomb may briefly exceed the limit before it dies);
+- a process forked in the microseconds between the command's start and its prlimit call;
+- disk use outside the watched worktree at level `process` (bwrap caps /tmp and $HOME as tmpfs);
+- reading or writing files outside the worktree, the network, or reading the harness's own
+  /proc/<pid>/environ, at isolation level `process`.
 """
 
 from __future__ import annotations
@@ -29,7 +40,9 @@ import psutil
 
 _SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION)", re.IGNORECASE)
 _KEEP = {"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR",
-         "CUDA_VISIBLE_DEVICES", "PYTHONHASHSEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VIRTUAL_ENV"}
+         "CUDA_VISIBLE_DEVICES", "PYTHONHASHSEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VIRTUAL_ENV",
+         "OUROBOROS_CACHE"}
+_STRAYS = re.compile(rb"^\[ouroboros\] strays (\d+)$", re.MULTILINE)  # isolation._REAPER's report
 _SUBREAPER = False
 
 
@@ -76,11 +89,48 @@ def _become_subreaper() -> None:
         pass
 
 
-def _tree(proc: psutil.Process) -> list[psutil.Process]:
+def _child_pids(pid: int) -> list[int] | None:
+    """Direct children from /proc/<pid>/task/*/children; None where the kernel does not offer it."""
+    out: list[int] = []
     try:
-        return [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return []
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []  # it has exited
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.extend(int(c) for c in f.read().split())
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}"):
+                continue
+            return None
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _tree(proc: psutil.Process, cache: dict[int, psutil.Process] | None = None) -> list[psutil.Process]:
+    """proc and its descendants. Walks the children files (a few reads per process) rather than
+    psutil's scan of every process on the machine, which costs milliseconds per poll."""
+    cache = {} if cache is None else cache
+    found, todo = [proc], [proc.pid]
+    while todo:
+        kids = _child_pids(todo.pop())
+        if kids is None:
+            try:
+                return [proc, *proc.children(recursive=True)]
+            except psutil.Error:
+                return []
+        for pid in kids:
+            p = cache.get(pid)
+            if p is None:
+                try:
+                    p = cache[pid] = psutil.Process(pid)
+                except psutil.Error:
+                    continue
+            found.append(p)
+            todo.append(pid)
+    return found
 
 
 def _rss_mb(procs: list[psutil.Process]) -> float:
@@ -103,10 +153,23 @@ def _kill(procs: list[psutil.Process]) -> None:
 
 
 def _children() -> dict[int, psutil.Process]:
+    """Our direct children, from /proc/self/task/*/children where the kernel has it (one small
+    read instead of psutil's scan of every process on the machine)."""
+    tasks = Path("/proc/self/task")
     try:
-        return {p.pid: p for p in psutil.Process().children(recursive=True)}
-    except psutil.Error:
-        return {}
+        pids = {int(pid) for t in tasks.iterdir() for pid in (t / "children").read_text().split()}
+    except OSError:
+        try:
+            return {p.pid: p for p in psutil.Process().children()}
+        except psutil.Error:
+            return {}
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = psutil.Process(pid)
+        except psutil.Error:
+            pass
+    return out
 
 
 def _strays(known: dict[int, psutil.Process], before: set[int]) -> list[psutil.Process]:
@@ -127,19 +190,77 @@ def _strays(known: dict[int, psutil.Process], before: set[int]) -> list[psutil.P
     return out
 
 
+def _du(folder: Path) -> int:
+    """Bytes of the files under folder, .git excluded; links are not followed."""
+    total = 0
+    stack = [str(folder)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            if entry.name != ".git":
+                                stack.append(entry.path)
+                        else:
+                            total += entry.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        pass
+        except OSError:
+            pass
+    return total
+
+
+def _rlimits(pid: int, fsize: int | None, address_space: int | None) -> None:
+    """Set the per-process limits on the command just started, before it has started anything.
+
+    prlimit from the parent rather than a preexec_fn: no Python code runs in the forked child (a
+    Ctrl-C there would surface as a SubprocessError), and subprocess keeps its fast spawn path.
+    """
+    import resource
+
+    try:
+        if fsize is not None:
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (fsize, fsize))
+        if address_space is not None:
+            resource.prlimit(pid, resource.RLIMIT_AS, (address_space, address_space))
+    except (OSError, ValueError):
+        pass  # it has already exited
+
+
+def reported_strays(log_path: Path) -> int:
+    """Leftover processes the sandbox's reaper counted when the command ended (the largest report)."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 4096))
+            found = _STRAYS.findall(f.read())
+    except OSError:
+        return 0
+    return max((int(n) for n in found), default=0)
+
+
 def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path: Path,
         env: dict[str, str] | None = None, memory_mb: int | None = None, max_log_mb: float = 20.0,
-        isolation: str = "process", gpu: bool = False) -> Outcome:
+        isolation: str = "process", gpu: bool = False, max_processes: int | None = None,
+        max_artifact_mb: float | None = None, watch: Path | None = None, overhead: int = 0) -> Outcome:
     """Run argv (or a shell command) in cwd; output goes to log_path; killed at budget + grace.
 
-    The caller chooses the isolation wrapper (argv already wrapped); this function owns time,
-    memory, log size and the process tree.
+    The caller chooses the isolation wrapper (argv already wrapped; `overhead` is how many of the
+    tree's processes are the wrapper's); this function owns time, memory, processes, file sizes,
+    log size and the process tree. `watch` is the folder whose growth counts against
+    max_artifact_mb (the worktree).
     """
     _become_subreaper()
     if isinstance(argv, str):
         argv = ["bash", "-c", argv]
     deadline_s = budget + grace
     cap = int(max_log_mb * 2**20)
+    artifact_cap = int(max_artifact_mb * 2**20) if max_artifact_mb is not None else None
+    fsize = max(artifact_cap, cap + 2**20) if artifact_cap is not None else None
+    address_space = (2 * memory_mb + 4096) * 2**20 if memory_mb is not None and not gpu else None
+    watched = _du(watch) if watch is not None and artifact_cap is not None else 0
+    next_du = 0.0
     before = set(_children())
     start = time.monotonic()
     with open(log_path, "wb") as log:
@@ -150,6 +271,7 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
             log.write(f"could not start {argv[0]}: {exc}\n".encode())
             return Outcome(127, False, 0.0, 0.0, isolation=isolation)
         pgid = proc.pid
+        _rlimits(proc.pid, fsize, address_space)
         ps = psutil.Process(proc.pid)
         known: dict[int, psutil.Process] = {proc.pid: ps}
         peak, peak_gpu, killed = 0.0, None, None
@@ -167,7 +289,7 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
                     proc.returncode = os.waitstatus_to_exitcode(status)
                     break
                 interval = min(interval * 2, 0.1)
-                tree = _tree(ps)
+                tree = _tree(ps, known)
                 for p in tree:
                     known.setdefault(p.pid, p)
                 rss = _rss_mb(tree)
@@ -181,19 +303,41 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
                     killed = "memory limit"
                 elif log.tell() > cap or (log_path.exists() and log_path.stat().st_size > cap):
                     killed = "log limit"
+                elif max_processes is not None and len(tree) - overhead > max_processes:
+                    killed = f"process limit ({len(tree) - overhead} processes > max_processes={max_processes})"
+                elif watch is not None and artifact_cap is not None and elapsed >= next_du:
+                    next_du = elapsed + 0.25
+                    grown = _du(watch) - watched
+                    if grown > artifact_cap:
+                        killed = f"artifact limit ({grown / 2**20:.0f} MB written > max_artifact_mb)"
                 if killed:
                     _killpg(pgid)
                     _kill(list(known.values()))
-                    _, status, rusage = os.wait4(proc.pid, 0)
-                    proc.returncode = os.waitstatus_to_exitcode(status)
+                    try:
+                        _, status, rusage = os.wait4(proc.pid, 0)
+                        proc.returncode = os.waitstatus_to_exitcode(status)
+                    except ChildProcessError:  # already reaped by the kill above
+                        proc.returncode = -signal.SIGKILL
                     break
+        except BaseException:  # Ctrl-C or SIGTERM of the harness: the experiment dies with it
+            _killpg(pgid)
+            _kill(list(known.values()))
+            raise
         finally:
             if fd is not None:
                 os.close(fd)
         wall = time.monotonic() - start
     _killpg(pgid)
-    strays = _strays(known, before)
-    if strays:
+    stray = 0
+    for _ in range(5):  # killing an orphan can orphan its own children onto us: sweep until none
+        strays = _strays(known, before)
+        if strays:  # a wrapper process tearing itself down (bwrap's init) is not a stray
+            strays = psutil.wait_procs(strays, timeout=0.1)[1]
+        if not strays:
+            break
+        stray += len(strays)
+        for p in strays:
+            known.update((c.pid, c) for c in _tree(p))
         _kill(strays)
     if rusage is not None:
         peak = max(peak, rusage.ru_maxrss / 1024)
@@ -202,7 +346,22 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
             f.truncate(cap)
             f.seek(cap)
             f.write(b"\n[ouroboros: log truncated at the cap]\n")
-    return Outcome(proc.returncode, killed == "timeout", wall, peak, peak_gpu, isolation, killed, len(strays))
+    stray = max(stray, reported_strays(log_path))
+    if stray and killed is None:
+        killed = f"left {stray} process{'es' if stray > 1 else ''} running after it ended (killed)"
+    return Outcome(proc.returncode, killed == "timeout", wall, peak, peak_gpu, isolation, killed, stray)
+
+
+def kill_inside(folder: Path) -> int:
+    """Kill every process whose working directory is inside folder (left by a killed harness)."""
+    folder = folder.resolve()
+    found = []
+    for p in psutil.process_iter(["cwd"]):
+        cwd = p.info.get("cwd")
+        if cwd and p.pid != os.getpid() and (Path(cwd) == folder or folder in Path(cwd).parents):
+            found.append(p)
+    _kill(found)
+    return len(found)
 
 
 def _killpg(pgid: int) -> None:

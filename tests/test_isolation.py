@@ -1,0 +1,159 @@
+"""isolation.py's claims, checked from inside each level's sandbox."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ouroboros import isolation, sandbox
+from ouroboros.errors import OuroborosError
+from ouroboros.loop import Loop, Options
+from ouroboros.task import load_task
+from ouroboros.testing import commit_all
+
+needs_bwrap = pytest.mark.skipif(not isolation.available("bwrap"), reason="bubblewrap missing or refused here")
+needs_unshare = pytest.mark.skipif(not isolation.available("unshare"), reason="unshare missing or refused here")
+
+
+def _loop(repo: Path, bound: str = "") -> Loop:
+    if bound:
+        toml = repo / "ouroboros.toml"
+        toml.write_text(toml.read_text() + "\n[bound]\n" + bound + "\n")
+        commit_all(repo, "bound")
+    return Loop(load_task(repo), Options(agent="random", max_experiments=1, tag="iso"))
+
+
+def _sh(loop: Loop, script: str, phase: str = "run", writable: list[Path] | None = None) -> tuple[int, str]:
+    argv, level = loop.isolation.wrap(["bash", "-c", script], phase, writable)
+    log = loop.records / f"iso-{uuid.uuid4().hex[:6]}.log"
+    outcome = sandbox.run(argv, loop.ws.task_dir, 20, 1, log, env=sandbox.scrubbed_env(), isolation=level,
+                          overhead=loop.isolation.overhead)
+    return outcome.returncode or 0, log.read_text()
+
+
+def test_auto_falls_back_from_bwrap_to_unshare_to_process(quadratic, monkeypatch):
+    task = load_task(quadratic)
+    for missing, expected in [((), "bwrap"), (("bwrap",), "unshare"), (("bwrap", "unshare"), "process")]:
+        monkeypatch.setattr(isolation, "available", lambda level, m=missing: level not in m)
+        assert isolation.choose(task, quadratic, quadratic / ".ouroboros").level == expected
+
+
+def test_a_level_that_does_not_work_here_is_an_error(quadratic, monkeypatch):
+    toml = quadratic / "ouroboros.toml"
+    toml.write_text(toml.read_text() + '\n[bound]\nisolation = "bwrap"\n')
+    monkeypatch.setattr(isolation, "available", lambda level: level == "process")
+    with pytest.raises(OuroborosError, match="bubblewrap"):
+        isolation.choose(load_task(quadratic), quadratic, quadratic / ".ouroboros")
+
+
+def test_every_experiment_records_its_isolation(quadratic):
+    loop = _loop(quadratic)
+    loop.run()
+    assert {e.isolation for e in loop.history} == {loop.isolation.level}
+    assert loop.isolation.level == next(lv for lv in isolation.LEVELS if isolation.available(lv))
+
+
+@needs_bwrap
+def test_bwrap_hides_the_records_and_the_checkout(quadratic):
+    loop = _loop(quadratic)
+    assert loop.isolation.level == "bwrap"
+    loop.ledger.write_tsv(loop.tag)
+    rc, out = _sh(loop, f"ls {loop.records}/ledger.sqlite; cat {quadratic}/evaluate.py; "
+                        f"touch {quadratic}/planted; touch {loop.records}/planted; "
+                        f"ls {loop.records}/runs/iso/results.tsv")
+    assert "No such file" in out and "Read-only file system" in out
+    assert not (quadratic / "planted").exists() and not (loop.records / "planted").exists()
+
+
+@needs_bwrap
+def test_bwrap_keeps_the_worktree_writable_and_python_working(quadratic):
+    loop = _loop(quadratic)
+    rc, out = _sh(loop, "echo ok > made.txt && python -c 'import json, psutil; print(open(\"made.txt\").read())'")
+    assert rc == 0 and "ok" in out
+    assert (loop.ws.task_dir / "made.txt").read_text() == "ok\n"
+
+
+@needs_bwrap
+def test_bwrap_is_read_only_outside_the_worktree(quadratic):
+    loop = _loop(quadratic)
+    target = Path("/var/tmp") / f"ouroboros-{uuid.uuid4().hex}"
+    rc, out = _sh(loop, f"touch {target}")
+    assert rc != 0 and not target.exists()
+
+
+@needs_bwrap
+def test_bwrap_masks_hidden_data_from_the_run_only(quadratic, tmp_path):
+    (quadratic / "data").mkdir()
+    (quadratic / "data" / "answer.json").write_text("42\n")
+    loop = _loop(quadratic, 'hidden = ["data/answer.json"]')
+    rc, out = _sh(loop, "echo run:$(cat data/answer.json)")
+    assert "run:\n" in out
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    rc, out = _sh(loop, f"echo eval:$(cat data/answer.json); echo 1 > {metrics}/m.json", "evaluate", [metrics])
+    assert "eval:42" in out and (metrics / "m.json").exists()
+
+
+@needs_bwrap
+def test_bwrap_hides_home_and_the_harness(quadratic, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".netrc").write_text("machine x password hunter2\n")
+    monkeypatch.setenv("HOME", str(home))
+    loop = _loop(quadratic)
+    rc, out = _sh(loop, f"cat ~/.netrc; kill -0 {os.getpid()} 2>/dev/null && echo visible-$((6 * 7))")
+    assert "hunter2" not in out and "visible-42" not in out
+
+
+def _server() -> socket.socket:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    srv.settimeout(0.5)
+    return srv
+
+
+@pytest.mark.parametrize("level", [pytest.param("bwrap", marks=needs_bwrap),
+                                   pytest.param("unshare", marks=needs_unshare)])
+def test_no_network_unless_the_task_allows_it(quadratic, level):
+    srv = _server()
+    port = srv.getsockname()[1]
+    loop = _loop(quadratic, f'isolation = "{level}"')
+    probe = f"python -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), timeout=2)' && echo connected"
+    rc, out = _sh(loop, probe)
+    assert rc != 0 and "connected" not in out
+    with pytest.raises(TimeoutError):
+        srv.accept()
+    srv.close()
+
+
+@needs_bwrap
+def test_network_true_shares_the_network(tmp_path):
+    from ouroboros.scaffold import from_template
+
+    repo = from_template(tmp_path / "q", "quadratic")
+    srv = _server()
+    loop = _loop(repo, "network = true")
+    rc, out = _sh(loop, f"python -c 'import socket; socket.create_connection((\"127.0.0.1\", "
+                        f"{srv.getsockname()[1]}), timeout=2)' && echo connected")
+    assert "connected" in out
+    srv.close()
+
+
+@pytest.mark.parametrize("level", [pytest.param("bwrap", marks=needs_bwrap),
+                                   pytest.param("unshare", marks=needs_unshare), "process"])
+def test_a_daemon_dies_with_the_run_and_fails_it(quadratic, level):
+    marker = f"d-{uuid.uuid4().hex[:8]}"
+    loop = _loop(quadratic, f'isolation = "{level}"')
+    argv, lv = loop.isolation.wrap(["bash", "-c", f"setsid bash -c 'exec -a {marker} sleep 30' & sleep 0.3; echo started"],
+                                   "run")
+    outcome = sandbox.run(argv, loop.ws.task_dir, 10, 1, loop.records / "d.log", env=sandbox.scrubbed_env(),
+                          isolation=lv, overhead=loop.isolation.overhead)
+    assert not outcome.ok and "left 1 process" in (outcome.killed or "")
+    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+    assert left == []

@@ -1,0 +1,122 @@
+"""sandbox.py's claims: budget, leftover processes, process, memory, file and log limits, secrets."""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ouroboros import sandbox
+
+PY = sys.executable
+
+
+def _alive(marker: str) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if marker in " ".join(p.info["cmdline"] or []) and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _run(tmp_path: Path, code: str, budget: float = 5.0, **kw) -> tuple[sandbox.Outcome, str]:
+    marker = f"m-{uuid.uuid4().hex[:10]}"
+    (tmp_path / "prog.py").write_text(code.replace("MARKER", marker))
+    log = tmp_path / "run.log"
+    outcome = sandbox.run([PY, "prog.py", marker], tmp_path, budget, 0.5, log, env=sandbox.scrubbed_env(), **kw)
+    assert _alive(marker) == []  # whatever happened, nothing of it is left running
+    return outcome, log.read_text(errors="replace")
+
+
+def test_an_honest_command_succeeds(tmp_path):
+    outcome, log = _run(tmp_path, "print('hello')")
+    assert outcome.ok and outcome.returncode == 0 and log == "hello\n"
+
+
+def test_a_run_past_budget_and_grace_is_killed(tmp_path):
+    start = time.monotonic()
+    outcome, _ = _run(tmp_path, "import time\ntime.sleep(60)", budget=0.5)
+    assert outcome.timed_out and outcome.killed == "timeout"
+    assert time.monotonic() - start < 10
+
+
+def test_a_daemon_left_behind_is_killed_and_fails_the_run(tmp_path):
+    code = ("import subprocess, sys\n"
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)', sys.argv[1]], "
+            "start_new_session=True)\n")
+    outcome, _ = _run(tmp_path, code)
+    assert outcome.stray == 1 and not outcome.ok
+    assert "left 1 process running" in outcome.killed
+
+
+def test_a_double_forked_daemon_is_caught(tmp_path):
+    code = ("import os, time\n"
+            "if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(30)\n    os._exit(0)\n"
+            "os.wait()\n")
+    outcome, _ = _run(tmp_path, code)
+    assert outcome.stray >= 1 and not outcome.ok
+
+
+def test_a_fork_bomb_hits_the_process_limit(tmp_path):
+    code = ("import os, time\nend = time.time() + 5\n"
+            "for _ in range(7):\n    os.fork()\n"
+            "while time.time() < end:\n    time.sleep(0.05)\n")
+    outcome, _ = _run(tmp_path, code, max_processes=10)
+    assert outcome.killed.startswith("process limit") and not outcome.ok
+
+
+def test_memory_above_the_limit_ends_the_run(tmp_path):
+    code = "import time\nblob = bytearray(400 * 2**20)\nblob[::4096] = b'x' * len(blob[::4096])\ntime.sleep(5)\n"
+    outcome, _ = _run(tmp_path, code, memory_mb=150)
+    assert outcome.killed == "memory limit" and not outcome.ok
+
+
+def test_a_file_above_the_artifact_limit_cannot_be_written(tmp_path):
+    code = "open('big.bin', 'wb').write(b'x' * 12 * 2**20)\n"
+    outcome, log = _run(tmp_path, code, max_artifact_mb=5, max_log_mb=1)
+    assert not outcome.ok and "File too large" in log
+    assert (tmp_path / "big.bin").stat().st_size <= 5 * 2**20
+
+
+def test_many_small_files_hit_the_artifact_limit(tmp_path):
+    code = ("import os, time\nos.mkdir('junk')\n"
+            "for i in range(30):\n    open(f'junk/{i}', 'wb').write(os.urandom(2**20))\n    time.sleep(0.01)\n"
+            "time.sleep(5)\n")
+    outcome, _ = _run(tmp_path, code, max_artifact_mb=10, watch=tmp_path)
+    assert outcome.killed.startswith("artifact limit")
+
+
+def test_the_log_is_capped(tmp_path):
+    code = "import sys\nwhile True:\n    sys.stdout.write('x' * 65536 + '\\n')\n"
+    outcome, _ = _run(tmp_path, code, max_log_mb=1)
+    assert outcome.killed == "log limit"
+    assert (tmp_path / "run.log").stat().st_size < 1.1 * 2**20
+
+
+def test_secrets_are_scrubbed_from_the_environment():
+    env = sandbox.scrubbed_env(base={"OPENAI_API_KEY": "sk-1", "GITHUB_TOKEN": "t", "AWS_SECRET_ACCESS_KEY": "s",
+                                     "MY_PASSWORD": "p", "HOME": "/root", "PATH": "/usr/bin", "LANG": "C",
+                                     "OUROBOROS_METRICS": "/x", "OUROBOROS_CACHE": "/c"})
+    assert not {"OPENAI_API_KEY", "GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "MY_PASSWORD", "OUROBOROS_METRICS"} & set(env)
+    assert env["HOME"] == "/root" and env["LANG"] == "C" and env["OUROBOROS_CACHE"] == "/c"
+    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+
+
+def test_a_report_of_strays_can_only_raise_the_count(tmp_path):
+    log = tmp_path / "log"
+    log.write_bytes(b"[ouroboros] strays 0\nnoise\n[ouroboros] strays 2\n")
+    assert sandbox.reported_strays(log) == 2
+
+
+@pytest.mark.parametrize("count", [0, 3])
+def test_reported_strays_fail_the_run(tmp_path, count):
+    code = f"print('[ouroboros] strays {count}')" if count else "print('fine')"
+    outcome, _ = _run(tmp_path, code)
+    assert outcome.ok == (count == 0)
