@@ -8,6 +8,8 @@ Lifecycle, as the loop calls it:
     propose(ctx)      once per experiment: edit files under ctx.worktree, return a Proposal
     close()           once, when the loop ends for any reason
 
+propose() may raise StopRun to end the run cleanly before the experiment begins (a spend cap).
+
 An agent edits files in the worktree and nothing else. It never runs git, writes the ledger,
 starts timers or enforces budgets: the harness owns those (workspace.py, ledger.py, sandbox.py),
 so a new agent cannot break them. To fail a proposal, raise AgentError with a one-line reason;
@@ -26,7 +28,31 @@ from ouroboros.task import Task
 
 
 class AgentError(Exception):
-    """A proposal failed (the agent exited non-zero, timed out, replied garbage...)."""
+    """A proposal failed (the agent exited non-zero, timed out, replied garbage...).
+
+    `usage` carries what the failed attempt cost (model, tokens, dollars), so the crash recorded
+    for it still counts toward the run's spend.
+    """
+
+    def __init__(self, message: str, usage: Proposal | None = None):
+        super().__init__(message)
+        self.usage = usage
+
+    def proposal(self) -> Proposal:
+        """The Proposal the loop records for this failure: its reason, and what it cost."""
+        u = self.usage or Proposal("")
+        return Proposal(f"agent failed: {self}", model=u.model, session=u.session, tokens_in=u.tokens_in,
+                        tokens_out=u.tokens_out, cost_usd=u.cost_usd)
+
+
+class StopRun(Exception):
+    """Raised by propose() to end the run cleanly before the experiment begins (a spend cap reached,
+    a replay with nothing left to re-apply). Nothing of the experiment is recorded; the run's status
+    becomes `status` and the message is kept in its config as `stop_reason`."""
+
+    def __init__(self, message: str, status: str = "finished"):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass

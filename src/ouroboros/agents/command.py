@@ -20,6 +20,22 @@ from ouroboros import sandbox
 from ouroboros.agents.base import Agent, AgentError, Context, Proposal
 
 NOTES_FILE = "notes.md"
+TRUNCATED = "[... older notes dropped: notes.md is kept under {max} characters ...]\n"
+
+
+def bound_notes(path: Path, max_chars: int) -> None:
+    """Keep the agent's notes under max_chars: the newest text survives, behind a marker."""
+    if not path.exists():
+        return
+    text = path.read_text(errors="replace")
+    if len(text) <= max_chars:
+        return
+    marker = TRUNCATED.format(max=max_chars)
+    keep = text[len(text) - max(0, max_chars - len(marker)):]
+    cut = keep.find("\n")  # start at a line boundary where there is one
+    if 0 <= cut < len(keep) // 2:
+        keep = keep[cut + 1:]
+    path.write_text(marker + keep)
 
 
 class CommandAgent(Agent):
@@ -45,8 +61,11 @@ class CommandAgent(Agent):
         desc_path.unlink(missing_ok=True)
         timeout = self.timeout or ctx.task.agent.timeout
         start = time.monotonic()
-        outcome = sandbox.run(self.argv(ctx, prompt_path), ctx.worktree, timeout, 0.0, ctx.exp_dir / "agent.log",
-                              env=self.env(ctx, prompt_path, desc_path), max_log_mb=50)
+        try:
+            outcome = sandbox.run(self.argv(ctx, prompt_path), ctx.worktree, timeout, 0.0, ctx.exp_dir / "agent.log",
+                                  env=self.env(ctx, prompt_path, desc_path), max_log_mb=50)
+        finally:
+            bound_notes(ctx.run_dir / NOTES_FILE, ctx.task.agent.notes_max_chars)
         if outcome.timed_out:
             raise AgentError(f"agent ran past its timeout ({timeout:g} s)")
         if outcome.returncode != 0:
