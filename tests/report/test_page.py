@@ -1,0 +1,102 @@
+"""The report written from ledgers, and the page opened in headless Chromium (no network)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from ouroboros.ledger import Experiment, Ledger, Run
+from ouroboros.report import build, load
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def fake_study(folder: Path, runs: int = 3, exps: int = 8) -> Path:
+    """A study folder with a manifest and one ledger per condition, written straight to the ledger."""
+    import json
+    import random
+
+    rng = random.Random(1)
+    conds = {}
+    for cond in ("random", "tpe"):
+        task_dir = folder / "conditions" / cond
+        ledger = Ledger(task_dir / ".ouroboros")
+        for k in range(runs):
+            tag = f"s-{cond}-r{k}"
+            ledger.save_run(Run(tag, agent=cond, metric="loss", study="s", condition=cond, seed=k,
+                                status="finished", config={"budget": 1.0, "max_experiments": exps}))
+            best = 10.0
+            for n in range(exps + 1):
+                m = best * rng.uniform(0.8, 1.2) if n else best
+                keep = n == 0 or m < best
+                best = m if keep else best
+                ledger.finish(Experiment(tag, n, status="keep" if keep else "discard", metric=m,
+                                         description=f"[{rng.choice(['lr', 'arch'])}] idea {n}", started=n,
+                                         finished=n + 1.0))
+        ledger.close()
+        conds[cond] = str(task_dir)
+    manifest = {"study": {"name": "s", "task": ".", "repeats": runs, "limits": {"max_experiments": exps},
+                          "conditions": [{"name": c, "agent": c} for c in conds]}, "conditions": conds}
+    (folder / "study.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_study_report_writes_png_svg_html_and_the_numbers(tmp_path: Path) -> None:
+    folder = fake_study(tmp_path / "study")
+    page = build.study_report(folder, tmp_path / "out")
+    for stem in ("best_so_far", "per_run", "categories"):
+        assert (tmp_path / "out" / f"{stem}.png").stat().st_size > 1000
+        ET.parse(tmp_path / "out" / f"{stem}.svg")  # well-formed SVG
+    text = page.read_text()
+    assert text.count("<svg") == 3 and not re.search(r"""(src|href)=["']?(https?:|//)""", text)
+    assert "Mann-Whitney" in text and "<td>tpe</td>" in text
+    _, runs = load.study_runs(folder)
+    assert len(runs) == 6 and {r.condition for r in runs} == {"random", "tpe"}
+
+
+def test_report_cli_single_run_view(quadratic: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "COLUMNS": "200"}
+    run = [sys.executable, "-m", "ouroboros.cli"]
+    subprocess.run([*run, "run", "-C", str(quadratic), "-n", "3", "--tag", "t"], check=True, env=env,
+                   capture_output=True)
+    proc = subprocess.run([*run, "report", "-C", str(quadratic), "--run", "t", "--out", str(tmp_path / "r")],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    html = (tmp_path / "r" / "index.html").read_text()
+    assert "baseline" in html and html.count("<tr>") == 5  # header + 4 experiments
+    bad = subprocess.run([*run, "report", "--out", str(tmp_path / "x")], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--study" in bad.stderr
+
+
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="needs Debian chromium at /usr/bin/chromium")
+def test_page_renders_every_figure_offline_in_headless_chromium(tmp_path: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
+    page_path = build.study_report(fake_study(tmp_path / "study"), tmp_path / "out")
+    requests: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(page_path.as_uri())
+            page.wait_for_load_state("load")
+            figures = page.locator("figure svg")
+            assert figures.count() == 3
+            for i in range(figures.count()):
+                box = figures.nth(i).bounding_box()
+                assert box is not None and box["width"] > 100 and box["height"] > 100
+                # the SVG drew something: paths inside it have a size too
+                assert figures.nth(i).locator("path").count() > 10
+            assert page.locator("table#summary tbody tr").count() == 2
+        finally:
+            browser.close()
+    assert all(u.startswith("file://") for u in requests), requests
