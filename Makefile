@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 OUROBOROS := $(VENV)/bin/ouroboros
 DEMO ?= .demo
 
-.PHONY: demo demo-tinygpt test install system bench lint clean
+.PHONY: demo demo-tinygpt study-demo test install system bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -37,6 +37,12 @@ demo-tinygpt: install
 	$(OUROBOROS) init $(DEMO)/tinygpt --template tinygpt
 	$(OUROBOROS) run -C $(DEMO)/tinygpt --agent random --max-experiments 4 --budget 20 --tag demo
 
+# A study: random vs tpe on a CPU-sized tinygpt, 3 repeats each, then the report (a few minutes).
+study-demo: install
+	$(OUROBOROS) study run examples/studies/baselines.toml --dir $(DEMO)/study
+	$(OUROBOROS) report --study $(DEMO)/study --out $(DEMO)/study/report
+	@echo "report: $(DEMO)/study/report/index.html"
+
 test: install system
 	$(PY) -m pytest -q -n 2 --timeout 600
 
@@ -45,6 +51,10 @@ lint: install
 
 bench: install
 	$(PY) bench/overhead.py
+	$(PY) bench/guard_overhead.py
+	$(PY) bench/parallel_scaling.py
+	$(PY) bench/report_speed.py
+	$(PY) bench/noise_false_keeps.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli, commit_all
+from ouroboros.testing import cli, commit_all
 
 STDOUT_TASK = """\
 [task]

@@ -12,9 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from conftest import cli, commit_all
+from ouroboros.testing import cli, commit_all
 
 VERDICTS = {"keep", "discard", "crash", "timeout", "violation"}
 
@@ -142,7 +140,12 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(quadratic: Path) -> None:
     proc = _start(quadratic, "-n", "50", "--tag", "c")
     _wait_for_running(quadratic / ".ouroboros/ledger.sqlite", "c", 1)
     os.killpg(proc.pid, signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"Ctrl-C did not stop the run:\n{out}") from None
     assert proc.returncode == 130
     assert "--resume c" in out and "Traceback" not in out
     db = sqlite3.connect(quadratic / ".ouroboros/ledger.sqlite")

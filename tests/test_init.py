@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli, commit_all
+from ouroboros.testing import cli, commit_all
 
 AUTORESEARCH_TRAIN = '''"""A stand-in for autoresearch's train.py: trains for the budget, prints the summary block."""
 import os, time

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from conftest import cli
 from ouroboros.errors import OuroborosError
 from ouroboros.task import Task, load_task
+from ouroboros.testing import cli
 
 GOOD = """\
 [task]

@@ -182,7 +182,7 @@ def _evaluate_with_appended_code(trained, tmp_path, cache, code: str):
 def test_nondeterministic_outputs_fail_evaluation(trained, tmp_path, cache):
     noisy = (
         "_forward = GPT.forward\n"
-        "GPT.forward = lambda self, idx: _forward(self, idx) * (1 + 0.05 * torch.randn(1))\n"
+        "GPT.forward = lambda self, idx: (lambda out: out + 0.05 * torch.randn_like(out))(_forward(self, idx))\n"
     )
     _, proc, metrics_path = _evaluate_with_appended_code(trained, tmp_path, cache, noisy)
     assert proc.returncode != 0

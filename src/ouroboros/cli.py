@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ouroboros import drive as agent_drive
 from ouroboros import scaffold, views
 from ouroboros.errors import OuroborosError
 from ouroboros.loop import Loop, Options
@@ -17,7 +19,7 @@ from ouroboros.task import load_task
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Autonomous research loops: propose, run under a budget, evaluate out of reach, keep or revert.")
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # one line per message: logs and agents grep them
 err = Console(stderr=True, highlight=False)
 
 TaskDir = Annotated[Path, typer.Option("--task", "-C", help="the task folder (holds ouroboros.toml)")]
@@ -43,7 +45,8 @@ def init(
 @app.command()
 def run(
     task: TaskDir = Path("."),
-    agent: Annotated[str | None, typer.Option(help="random | tpe | cmd:<shell command>")] = None,
+    agent: Annotated[str | None, typer.Option(help="random | tpe | cmd:<shell command> | codex | claude | aider | "
+                                              "opencode | gemini | api:<model> | replay:<run> | a=0.7,b=0.3")] = None,
     max_experiments: Annotated[int | None, typer.Option("--max-experiments", "-n", min=0)] = None,
     hours: Annotated[float | None, typer.Option(help="stop after this many hours of experiments", min=0)] = None,
     budget: Annotated[float | None, typer.Option(help="seconds per experiment run (overrides the task)",
@@ -51,6 +54,18 @@ def run(
     tag: Annotated[str | None, typer.Option(help="run name; the branch is ouroboros/<tag>")] = None,
     resume: Annotated[str | None, typer.Option(help="continue the run with this tag")] = None,
     seed: Annotated[int, typer.Option(help="seed for the agent and the run")] = 0,
+    model: Annotated[str | None, typer.Option(help="the agent's model (CLI presets, api)")] = None,
+    drive: Annotated[str | None, typer.Option(help="harness: one agent call per experiment (default); agent: "
+                                              "the agent runs `ouroboros exp` itself, in sessions")] = None,
+    base_url: Annotated[str | None, typer.Option(help="api: an OpenAI-compatible endpoint")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="api: the environment variable holding the key")] = None,
+    spend_cap: Annotated[float | None, typer.Option(help="api: end the run when it has cost this many dollars",
+                                                    min=0)] = None,
+    price: Annotated[str | None, typer.Option(help="api: dollars per million tokens, IN,OUT")] = None,
+    agent_timeout: Annotated[float | None, typer.Option(help="seconds one agent call (or session) may take",
+                                                        min=1)] = None,
+    parallel: Annotated[int, typer.Option(help="proposals per round, run side by side (one GPU each where there "
+                                          "are GPUs); the round's best is judged", min=1)] = 1,
 ) -> None:
     """Run the loop: the baseline first, then experiments until a limit is reached."""
     t = load_task(task)
@@ -58,16 +73,42 @@ def run(
         raise OuroborosError("give a limit: --max-experiments N or --hours H (or both)")
     opts = Options(agent=agent or "random", tag=resume or tag, max_experiments=max_experiments, hours=hours,
                    budget=budget, seed=seed, resume=resume is not None)
+    options = agent_drive.agent_options(model=model, base_url=base_url, api_key_env=api_key_env, spend_cap=spend_cap,
+                                        price=agent_drive.parse_price(price), timeout=agent_timeout)
+    if agent_drive.configure(t, opts, drive, options) == "agent":
+        agent_drive.drive(t, opts, console)
+        return
     live = views.Live(console, t)
     loop = Loop(t, opts, on_experiment=live.line)
     live.header(loop)
     try:
-        loop.run()
+        if parallel > 1:
+            from ouroboros.parallel import ParallelLoop
+            from ouroboros.study.executors import visible_gpus
+
+            ParallelLoop(loop, parallel, visible_gpus()).run()
+        else:
+            loop.run()
     except KeyboardInterrupt:
         console.print(f"[yellow]stopped[/]; nothing recorded is lost. Continue with: "
                       f"ouroboros run -C {task} --resume {loop.tag}")
         raise typer.Exit(130) from None
+    if loop.run_rec.config.get("stop_reason"):
+        console.print(f"run ended early: {loop.run_rec.config['stop_reason']}")
     live.summary(loop)
+
+
+@app.command()
+def exp(
+    message: Annotated[str, typer.Option("--message", "-m", help="one line: what the change is and why")],
+    task: Annotated[Path | None, typer.Option("--task", "-C", help="the task folder (default: found from the "
+                                              "worktree or the session)")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="run tag (default: found from the worktree or the "
+                                            "session)")] = None,
+) -> None:
+    """Record the worktree's change as one experiment: guard, run, evaluate, judge, keep or revert."""
+    code, _ = agent_drive.exp(message, task, run, console)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -83,12 +124,95 @@ def status(task: TaskDir = Path(".")) -> None:
     views.status(console, load_task(task))
 
 
+study_app = typer.Typer(no_args_is_help=True, help="Studies: conditions x repeats of runs, compared.")
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("run")
+def study_run(
+    study_file: Annotated[Path, typer.Argument(help="the study file (study.toml)")],
+    backend: Annotated[str, typer.Option(help="local | ray | slurm")] = "local",
+    address: Annotated[str | None, typer.Option(help="ray: the cluster address (auto, ray://host:10001)")] = None,
+    cluster: Annotated[str | None, typer.Option(help="slurm: submitit cluster (slurm, local, debug)")] = None,
+    gpus: Annotated[str | None, typer.Option(help="local: GPU ids to share out (default: all visible)")] = None,
+    directory: Annotated[Path | None, typer.Option("--dir", help="the study folder (default: "
+                                                   ".ouroboros/studies/<name> beside the file)")] = None,
+) -> None:
+    """Run every condition x repeat; finished runs are skipped, unfinished ones resumed."""
+    from ouroboros.study import load_study
+    from ouroboros.study.runner import run_study
+
+    results = run_study(load_study(study_file), directory, backend, address,
+                        None if gpus is None else [g for g in gpus.split(",") if g], cluster, echo=console.print)
+    failed = [r for r in results if r["status"] != "finished"]
+    if failed:
+        raise OuroborosError(f"{len(failed)} run(s) did not finish ({', '.join(r['tag'] for r in failed)}); "
+                             "their logs are in the study folder's logs/; `study run` again resumes them")
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option(help="folder for the figures (PNG, SVG) and index.html")],
+    study: Annotated[Path | None, typer.Option(help="a study file or study folder")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="one run's view: its tag")] = None,
+    task: TaskDir = Path("."),
+) -> None:
+    """Write figures and a self-contained HTML page for a study, or for one run."""
+    from ouroboros.report import build
+
+    if (study is None) == (run is None):
+        raise OuroborosError("give --study S (a study file or folder) or --run TAG (with -C TASK)")
+    page = build.study_report(study, out) if study is not None else build.run_report(load_task(task), run, out)
+    console.print(f"wrote {page}")
+
+
+@app.command()
+def noise(
+    task: TaskDir = Path("."),
+    repeats: Annotated[int, typer.Option("--repeats", "-R", min=2, help="baseline evaluations")] = 5,
+    seed: Annotated[int, typer.Option(help="seed of the first re-run; each re-run adds one")] = 0,
+    budget: Annotated[float | None, typer.Option(help="seconds per run (overrides the task)", min=0.001)] = None,
+) -> None:
+    """Evaluate the baseline R times and store the noise floor the judge then uses."""
+    from ouroboros import noise as noise_mod
+
+    floor = noise_mod.measure(load_task(task), repeats, seed=seed, budget=budget)
+    z = load_task(task).judge.noise_z
+    console.print(f"noise floor of {floor.commit[:7]}: sigma {floor.sigma:.6g} over {len(floor.values)} re-runs "
+                  f"(mean {floor.mean:.6g}); new runs keep only gains above max(min_delta, {z:g} x sigma) = "
+                  f"{noise_mod.min_delta_for(load_task(task), floor.sigma):.6g}")
+
+
+@app.command()
+def cheats(
+    attack: Annotated[list[str] | None, typer.Option("--attack", "-a", help="run only these attacks")] = None,
+    keep: Annotated[Path | None, typer.Option(help="keep each attack's task and records under this folder")] = None,
+) -> None:
+    """Attack the bound with the cheat suite; print attack, verdict and what caught it. Exit 1 if any got through."""
+    from ouroboros import cheats as suite
+
+    results = suite.run_all(attack, keep)
+    console.print(suite.table(results, console.width), end="")
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+_MAIN_PID = os.getpid()
+
+
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops a run the way Ctrl-C does: cleanly, resumable
+    # SIGTERM stops a run the way Ctrl-C does: cleanly, resumable. Only in the harness itself: a
+    # forked child (a pool worker of --parallel, a child between fork and exec) must not become a
+    # second harness that goes on running Python; it dies the default way.
+    if os.getpid() == _MAIN_PID:
+        raise KeyboardInterrupt
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         app()
     except OuroborosError as exc:

@@ -10,14 +10,16 @@ twice.
 from __future__ import annotations
 
 import math
+import shlex
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from ouroboros import evaluate, isolation, sandbox
-from ouroboros.agents import Agent, AgentError, Context, Proposal, make_agent
+from ouroboros import evaluate, isolation, noise, sandbox
+from ouroboros.agents import Agent, AgentError, Context, Proposal, StopRun, make_agent
 from ouroboros.errors import OuroborosError
 from ouroboros.guard import Guard
 from ouroboros.judge import Verdict, effective_min_delta, gain, judge
@@ -39,6 +41,25 @@ class Options:
     study: str | None = None
     condition: str | None = None
     extra: dict = field(default_factory=dict)
+
+
+_SHELL_WORDS = {"cd", "exec", "source", ".", "set", "export", "env", "if", "for", "while", "(", "{", "!", "time",
+                "test", "[", "true", "false", "echo", "printf", "sleep", "timeout", "nice"}
+
+
+def check_command(command: str, root: Path, what: str) -> None:
+    """Fail before the baseline when the command's program cannot be found (a typo, a missing tool)."""
+    try:
+        first = shlex.split(command)[0] if command.strip() else ""
+    except ValueError as exc:
+        raise OuroborosError(f"task.{what} {command!r} is not a valid shell command: {exc}") from exc
+    if not first or first in _SHELL_WORDS or "=" in first or "$" in first:
+        return
+    path = sandbox.scrubbed_env()["PATH"]
+    found = (root / first).exists() if "/" in first else shutil.which(first, path=path) is not None
+    if not found:
+        raise OuroborosError(f"task.{what}: program {first!r} not found (PATH or task folder); install it or fix "
+                             f"the command in ouroboros.toml")
 
 
 def default_tag(ledger: Ledger) -> str:
@@ -63,7 +84,8 @@ class Loop:
         self.tag = self.run_rec.tag
         self.ws = Workspace(self.repo, task.root.relative_to(self.repo).as_posix(), self.records, self.tag)
         self.ws.open(self.run_rec.base_commit)
-        self.agent = agent or make_agent(self.run_rec.agent, self.run_rec.seed)
+        self.agent = agent or make_agent(self.run_rec.agent, self.run_rec.seed,
+                                         self.run_rec.config.get("agent_options"))
         self.budget = options.budget or self.run_rec.config.get("budget") or task.task.budget
         self.history = self.ledger.experiments(self.tag)
         self.isolation = isolation.choose(task, self.ws.task_dir, self.records)
@@ -88,9 +110,13 @@ class Loop:
             raise OuroborosError(f"run {tag!r} already exists; continue it with `ouroboros run --resume {tag}` "
                                  "or pick another --tag")
         base = ensure_clean(self.repo, self.task.root.relative_to(self.repo).as_posix() or ".")
+        check_command(self.task.task.run, self.task.root, "run")
+        if self.task.task.evaluate:
+            check_command(self.task.task.evaluate, self.task.root, "evaluate")
         run = Run(tag=tag, task=self.task.name, agent=opts.agent, metric=self.task.metric.name,
                   direction=self.task.metric.direction, trust=self.task.trust, branch=f"ouroboros/{tag}",
                   base_commit=base, seed=opts.seed, study=opts.study, condition=opts.condition,
+                  noise_sigma=noise.stored_sigma(self.records, base),  # from `ouroboros noise`
                   config={"max_experiments": opts.max_experiments, "hours": opts.hours, "budget": opts.budget,
                           **opts.extra})
         self.ledger.save_run(run)
@@ -129,6 +155,10 @@ class Loop:
             while self._left():
                 self.step()
             self.run_rec.status = "finished"
+        except StopRun as exc:  # the agent ended the run before an experiment began: nothing half-recorded
+            self.ws.reset(self.best.commit_sha)
+            self.run_rec.status = exc.status
+            self.run_rec.config["stop_reason"] = str(exc)
         except KeyboardInterrupt:
             self.run_rec.status = "stopped"
             raise
@@ -152,6 +182,8 @@ class Loop:
         """After a kill: the unfinished experiment to re-run from its commit, with the worktree there."""
         pending = [e for e in self.history if e.status == "running"]
         self.history = self.finished
+        if pending:
+            sandbox.kill_inside(self.ws.path)  # a killed harness may have left its experiment running
         self.ledger.write_tsv(self.tag)
         if not self.history:
             return None
@@ -191,17 +223,19 @@ class Loop:
             try:
                 proposal = self.agent.propose(ctx)
             except AgentError as exc:
-                proposal, failure = Proposal(f"agent failed: {exc}"), str(exc)
+                proposal, failure = exc.proposal(), str(exc)
         exp = Experiment(self.tag, n, parent=best.commit_sha, description=proposal.description,
                          agent=self.agent.name, model=proposal.model, session=proposal.session or ctx.session,
                          tokens_in=proposal.tokens_in, tokens_out=proposal.tokens_out, cost_usd=proposal.cost_usd,
                          params=proposal.params, agent_s=time.monotonic() - start)
         violations = [] if failure else self.guard.check(best.commit_sha)
-        if not failure and not violations and not self.ws.changes():
+        changes = self.guard.changes if not failure else self.ws.changes()
+        if not failure and not violations and not changes:
             failure = "the proposal changed no file"
-        if self.guard.head() != best.commit_sha:  # history rewritten: put the branch back first
+        if self.ws.head() != best.commit_sha:  # history rewritten: put the branch back first
             self.ws.reset(best.commit_sha)
-        exp.commit_sha = self.ws.commit(proposal.description, n)
+        exp.commit_sha = self.ws.commit(proposal.description, n, untracked=any(c.status == "??" for c in changes))
+        self._dirty = any(c.status == "!!" for c in changes)
         exp.loc = count_loc(self.ws.task_dir, self.task.editable_files(self.ws.task_dir))
         (ctx.exp_dir / "diff.patch").write_text(self.ws.diff(best.commit_sha, exp.commit_sha))
         self.ledger.begin(exp)
@@ -220,7 +254,9 @@ class Loop:
         exp_dir = self.ledger.exp_dir(self.tag, exp.n)
         env = sandbox.scrubbed_env({"OUROBOROS_BUDGET_S": f"{self.budget:g}",
                                     "OUROBOROS_SEED": str(self.run_rec.seed)})
-        self.ws.clean()
+        if getattr(self, "_dirty", True):  # ignored files the proposal left (caches): not part of it
+            self.ws.clean()
+        self._dirty = True
         outcome = self._run_phase(exp_dir, env)
         exp.run_s, exp.peak_rss_mb, exp.isolation = outcome.wall_s, outcome.peak_rss_mb, outcome.isolation
         vram = evaluate.parse_key(exp_dir / "run.log", "peak_vram_mb")
@@ -247,7 +283,9 @@ class Loop:
         argv, level = self.isolation.wrap(["bash", "-c", self.task.task.run], "run")
         return sandbox.run(argv, self.ws.task_dir, self.budget, self.task.task.grace_s, exp_dir / name, env=env,
                            memory_mb=self.task.bound.memory_mb, max_log_mb=self.task.bound.max_log_mb,
-                           isolation=level, gpu=sandbox.cuda_present())
+                           isolation=level, gpu=sandbox.cuda_present(), max_processes=self.task.bound.max_processes,
+                           max_artifact_mb=self.task.bound.max_artifact_mb, watch=self.ws.path,
+                           overhead=self.isolation.overhead)
 
     def _measure(self, exp_dir: Path, env: dict[str, str], name: str = "eval.log",
                  command: str | None = None) -> evaluate.Measurement:
@@ -270,7 +308,9 @@ class Loop:
 
     def _judge(self, exp: Experiment, best: Experiment | None, exp_dir: Path,
                env: dict[str, str]) -> tuple[Verdict, str]:
-        if best is None:
+        if best is None:  # the baseline's holdout too: the first keep is compared with it
+            if self.task.task.holdout:
+                exp.holdout = self._measure(exp_dir, env, "holdout.log", self.task.task.holdout).metric
             return Verdict.KEEP, "baseline"
         j = self.task.judge
         min_delta = effective_min_delta(j.min_delta, self.run_rec.noise_sigma, j.noise_z)
@@ -310,7 +350,9 @@ class Loop:
             self.ws.reset(best.commit_sha)
         else:
             self.ws.clean()
+        self._dirty = False
         if best is not None:
             self.agent.observe(exp)
-        self.on_experiment(exp, self.best)
+        keeps = [e for e in self.history if e.status == Verdict.KEEP]
+        self.on_experiment(exp, keeps[-1] if keeps else exp)
 
