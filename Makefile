@@ -6,13 +6,20 @@ DEMO ?= .demo
 
 .PHONY: demo demo-tinygpt study-demo test install system bench lint clean
 
-$(VENV)/.installed: pyproject.toml
+$(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+
+# The core for the demo (seconds to install); the dev extra (torch, ray, playwright...) for tests.
+$(VENV)/.core: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
 	touch $@
 
-install: $(VENV)/.installed
+$(VENV)/.dev: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.core
+
+install: $(VENV)/.dev
 
 # System packages: bubblewrap for the sandbox, Chromium for the report's browser test.
 # Installed where we are root with apt; elsewhere the tests that need them say so and skip.
@@ -24,7 +31,7 @@ system:
 	fi
 
 # A short loop with the random agent on the default task (examples/quadratic): seconds, no API key.
-demo: install
+demo: $(VENV)/.core
 	rm -rf $(DEMO)/quadratic
 	$(OUROBOROS) init $(DEMO)/quadratic --template quadratic
 	$(OUROBOROS) run -C $(DEMO)/quadratic --agent random --max-experiments 30 --tag demo
@@ -43,7 +50,7 @@ study-demo: install
 	$(OUROBOROS) report --study $(DEMO)/study --out $(DEMO)/study/report
 	@echo "report: $(DEMO)/study/report/index.html"
 
-test: install system
+test: $(VENV)/.dev system
 	$(PY) -m pytest -q -n 2 --timeout 600
 
 lint: install

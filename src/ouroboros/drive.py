@@ -162,7 +162,7 @@ def drive(task: Task, opts: Options, console: Console) -> None:
     hours = loop.run_rec.config.get("hours")
     deadline = time.time() + hours * 3600 if hours is not None else None
     stalls = 0
-    try:
+    with loop.running():
         loop.prepare()
         with _lock(run_dir):
             (run_dir / GUARD_FILE).write_text(json.dumps({"protected": loop.guard.protected,
@@ -176,16 +176,8 @@ def drive(task: Task, opts: Options, console: Console) -> None:
                 loop.run_rec.status = "stalled"
                 reason = f"{stalls} sessions in a row recorded no experiment"
                 break
-        else:
-            loop.run_rec.status = "finished"
         console.print(f"agent-driven run ends: {reason}; {loop.run_rec.sessions} sessions")
         loop.run_rec.config["stop_reason"] = reason
-    except KeyboardInterrupt:
-        loop.run_rec.status = "stopped"
-        raise
-    finally:
-        loop.ledger.save_run(loop.run_rec)
-        loop.agent.close()
     live.summary(loop)
 
 

@@ -13,7 +13,8 @@ import math
 import shlex
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -89,6 +90,7 @@ class Loop:
         self.budget = options.budget or self.run_rec.config.get("budget") or task.task.budget
         self.history = self.ledger.experiments(self.tag)
         self.isolation = isolation.choose(task, self.ws.task_dir, self.records)
+        self._dirty = True  # the worktree may hold ignored files (caches) that are no proposal's part
 
     # -- setup -------------------------------------------------------------------------------
     def _open_run(self) -> Run:
@@ -150,12 +152,22 @@ class Loop:
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> Run:
-        try:
+        with self.running():
             self.prepare()
             while self._left():
                 self.step()
-            self.run_rec.status = "finished"
-        except StopRun as exc:  # the agent ended the run before an experiment began: nothing half-recorded
+        return self.run_rec
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """How a run ends, whoever drives it: finished (unless the driver set another status), the
+        agent's StopRun (a spend cap: nothing half-recorded), or Ctrl-C; the record is saved and the
+        agent closed in every case."""
+        try:
+            yield
+            if self.run_rec.status == "running":
+                self.run_rec.status = "finished"
+        except StopRun as exc:
             self.ws.reset(self.best.commit_sha)
             self.run_rec.status = exc.status
             self.run_rec.config["stop_reason"] = str(exc)
@@ -165,7 +177,6 @@ class Loop:
         finally:
             self.ledger.save_run(self.run_rec)
             self.agent.close()
-        return self.run_rec
 
     def prepare(self) -> None:
         """Recover from a kill, run the baseline if there is none, start the agent on the history."""
@@ -254,7 +265,7 @@ class Loop:
         exp_dir = self.ledger.exp_dir(self.tag, exp.n)
         env = sandbox.scrubbed_env({"OUROBOROS_BUDGET_S": f"{self.budget:g}",
                                     "OUROBOROS_SEED": str(self.run_rec.seed)})
-        if getattr(self, "_dirty", True):  # ignored files the proposal left (caches): not part of it
+        if self._dirty:
             self.ws.clean()
         self._dirty = True
         outcome = self._run_phase(exp_dir, env)

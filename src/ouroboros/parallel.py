@@ -23,7 +23,6 @@ import multiprocessing
 import time
 
 from ouroboros import isolation, sandbox
-from ouroboros.agents import StopRun
 from ouroboros.guard import Guard
 from ouroboros.judge import Verdict, gain
 from ouroboros.ledger import Experiment, Run
@@ -98,21 +97,13 @@ class ParallelLoop:
     def run(self) -> Run:
         loop = self.loop
         try:
-            loop.prepare()
-            self.slots = [Slot(loop, i, self.gpus[i % len(self.gpus)] if self.gpus else None)
-                          for i in range(self.k)]
-            while loop._left():
-                self.round()
-            loop.run_rec.status = "finished"
-        except StopRun as exc:
-            loop.run_rec.status = exc.status
-            loop.run_rec.config["stop_reason"] = str(exc)
-        except KeyboardInterrupt:
-            loop.run_rec.status = "stopped"
-            raise
+            with loop.running():
+                loop.prepare()
+                self.slots = [Slot(loop, i, self.gpus[i % len(self.gpus)] if self.gpus else None)
+                              for i in range(self.k)]
+                while loop._left():
+                    self.round()
         finally:
-            loop.ledger.save_run(loop.run_rec)
-            loop.agent.close()
             for slot in self.slots:
                 slot.ws.remove()
                 git(loop.repo, "branch", "-D", slot.ws.branch, check=False)
