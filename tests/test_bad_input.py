@@ -66,6 +66,8 @@ def test_evaluator_that_prints_no_metric_fails_the_baseline_and_keeps_its_record
     one_line_error(proc, "baseline failed", "has no loss")
     assert experiments(root, "b") == [(0, "crash", "the run's output has no loss")]
     assert "all done" in (root / ".ouroboros/runs/b/exp/0/run.log").read_text()
+    one_line_error(cli("run", "-C", str(root), "--resume", "b"), "failed at its baseline", "start a new run")
+    assert cli("status", "-C", str(root), check=True).stdout.count("failed") == 1
 
 
 def test_unknown_agent(quadratic: Path) -> None:

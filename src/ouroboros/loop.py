@@ -83,10 +83,13 @@ class Loop:
         self.ledger = Ledger(self.records)
         self.run_rec = self._open_run()
         self.tag = self.run_rec.tag
-        self.ws = Workspace(self.repo, task.root.relative_to(self.repo).as_posix(), self.records, self.tag)
-        self.ws.open(self.run_rec.base_commit)
+        # The agent is made and checked (a missing CLI or key) before anything is recorded.
         self.agent = agent or make_agent(self.run_rec.agent, self.run_rec.seed,
                                          self.run_rec.config.get("agent_options"))
+        self.agent.check(task)
+        self.ledger.save_run(self.run_rec)
+        self.ws = Workspace(self.repo, task.root.relative_to(self.repo).as_posix(), self.records, self.tag)
+        self.ws.open(self.run_rec.base_commit)
         self.budget = options.budget or self.run_rec.config.get("budget") or task.task.budget
         self.history = self.ledger.experiments(self.tag)
         self.isolation = isolation.choose(task, self.ws.task_dir, self.records)
@@ -94,18 +97,22 @@ class Loop:
 
     # -- setup -------------------------------------------------------------------------------
     def _open_run(self) -> Run:
+        """The run to continue, or a new one (saved by the caller once its agent checks out)."""
         opts = self.opts
         if opts.resume:
             run = self.ledger.run(opts.tag or "")
             if run is None:
                 known = ", ".join(r.tag for r in self.ledger.runs()) or "none"
                 raise OuroborosError(f"no run {opts.tag!r} to resume in {self.records} (runs: {known})")
+            base = self.ledger.experiments(run.tag)[:1]
+            if base and base[0].status not in ("keep", "running"):
+                raise OuroborosError(f"run {run.tag!r} failed at its baseline ({base[0].status}: {base[0].reason}); "
+                                     "fix the task, commit, and start a new run")
             cfg = dict(run.config)
             for key in ("max_experiments", "hours", "budget"):
                 if getattr(opts, key) is not None:
                     cfg[key] = getattr(opts, key)
             run.config, run.status = cfg, "running"
-            self.ledger.save_run(run)
             return run
         tag = opts.tag or default_tag(self.ledger)
         if self.ledger.run(tag) is not None:
@@ -121,7 +128,6 @@ class Loop:
                   noise_sigma=noise.stored_sigma(self.records, base),  # from `ouroboros noise`
                   config={"max_experiments": opts.max_experiments, "hours": opts.hours, "budget": opts.budget,
                           **opts.extra})
-        self.ledger.save_run(run)
         return run
 
     @property
@@ -173,6 +179,10 @@ class Loop:
             self.run_rec.config["stop_reason"] = str(exc)
         except KeyboardInterrupt:
             self.run_rec.status = "stopped"
+            raise
+        except OuroborosError as exc:  # e.g. a failed baseline: `--resume` can go on once it is fixed
+            self.run_rec.status = "failed"
+            self.run_rec.config["stop_reason"] = str(exc)
             raise
         finally:
             self.ledger.save_run(self.run_rec)

@@ -25,6 +25,7 @@ from ouroboros.agents import edits
 from ouroboros.agents.base import Agent, AgentError, Context, Proposal, StopRun
 from ouroboros.agents.command import NOTES_FILE, bound_notes
 from ouroboros.errors import OuroborosError
+from ouroboros.task import Task
 
 # Dollars per million tokens (input, output): OpenAI's list prices when this table was written.
 # They change; pass --price IN,OUT to be exact, and for any model not listed here.
@@ -67,19 +68,29 @@ class ApiAgent(Agent):
         self.name = f"api:{model}"
         self.client: Any = None
 
-    def start(self, ctx: Context) -> None:
+    def check(self, task: Task) -> None:
+        self._endpoint(task)
+
+    def _endpoint(self, task: Task) -> tuple[str | None, str]:
+        """The endpoint and key to use; a missing package or key is an error."""
         try:
-            import openai
+            import openai  # noqa: F401
         except ImportError as exc:
             raise OuroborosError("the api agent needs the openai package: pip install 'ouroboros[api]'") from exc
-        base_url = self.base_url or ctx.task.agent.base_url
-        key_env = self.api_key_env or ctx.task.agent.api_key_env
+        base_url = self.base_url or task.agent.base_url
+        key_env = self.api_key_env or task.agent.api_key_env
         key = os.environ.get(key_env)
         if not key:
             if base_url is None:
                 raise OuroborosError(f"--agent {self.name}: set {key_env} to your OpenAI key, or point --base-url "
                                      "at an OpenAI-compatible server (vLLM, Ollama, llama.cpp)")
             key = "no-key"  # local servers accept any key
+        return base_url, key
+
+    def start(self, ctx: Context) -> None:
+        import openai
+
+        base_url, key = self._endpoint(ctx.task)
         self.client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=1,
                                     timeout=self.timeout or ctx.task.agent.timeout, http_client=self.http_client)
 

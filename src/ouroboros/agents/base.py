@@ -2,6 +2,7 @@
 
 Lifecycle, as the loop calls it:
 
+    check(task)       once per process, before the baseline: fail early (a missing key or CLI)
     start(ctx)        once per process, before the first proposal (also on resume)
     observe(exp)      after every finished experiment, in order; on resume, once for each
                       experiment already in the ledger, so an agent can rebuild its state
@@ -85,6 +86,10 @@ class Agent:
     """Subclass and implement propose(); the hooks are optional."""
 
     name = "agent"
+
+    def check(self, task: Task) -> None:
+        """Called once before the baseline: raise OuroborosError if the agent cannot work here (a
+        missing key, a missing package), so that a run fails before it spends a baseline."""
 
     def start(self, ctx: Context) -> None:
         """Called once before the first proposal of this process."""

@@ -10,12 +10,17 @@ import random
 
 from ouroboros.agents.base import Agent, Context, Proposal
 from ouroboros.ledger import Experiment
+from ouroboros.task import Task
 
 
 class EnsembleAgent(Agent):
     def __init__(self, members: list[tuple[Agent, float]]):
         self.members = members
         self.name = ",".join(f"{a.name}={w:g}" for a, w in members)
+
+    def check(self, task: Task) -> None:
+        for agent, _ in self.members:
+            agent.check(task)
 
     def start(self, ctx: Context) -> None:
         for agent, _ in self.members:
