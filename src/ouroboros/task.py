@@ -177,7 +177,7 @@ def load_task(root: Path | str) -> Task:
     path = root / TASK_FILE
     if not path.is_file():
         raise OuroborosError(f"no {TASK_FILE} in {root}: create one with `ouroboros init {root} --template quadratic`"
-                             " or `ouroboros init --from-autoresearch {root}`")
+                             f" or `ouroboros init --from-autoresearch {root}`")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:

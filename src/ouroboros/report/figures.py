@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ouroboros.report.data import BOXES, CategoryStat, Curve, RunView  # noqa: E402
 
@@ -56,6 +57,7 @@ def curves_figure(curves: dict[str, Curve], baseline: str | None, metric: str, m
             ax.plot(*c.best_at, marker="*", ms=14, color=color, mec="black", mew=0.6, ls="none")
     _maybe_log(ax, [v for c in curves.values() for v in c.q25 + c.q75 + c.best_line])
     ax.set_xlabel("experiment (0 = baseline)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"best {metric} so far ({'lower' if minimize else 'higher'} is better)")
     ax.set_title("best so far: median, interquartile band, best run dashed (star: its best)")
     ax.grid(alpha=0.3)
@@ -135,6 +137,7 @@ def run_figure(view: RunView, minimize: bool) -> Figure:
                     rotation=20, color="#1a5e1a")
     _maybe_log(ax, [a[1] for a in view.attempts])
     ax.set_xlabel("experiment")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"{view.metric} ({'lower' if minimize else 'higher'} is better)")
     ax.set_title(f"run {view.tag}: {len(view.attempts)} measured, {len(view.keeps)} kept")
     ax.grid(alpha=0.3)
