@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ouroboros.evaluate import tail_text
 from ouroboros.ledger import Experiment
 from ouroboros.task import Task
 
@@ -17,12 +18,7 @@ LOG_TAIL_LINES = 40
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    if not path.exists():
-        return ""
-    with open(path, "rb") as f:
-        f.seek(0, 2)
-        f.seek(max(0, f.tell() - 64_000))
-        return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
+    return "\n".join(tail_text(path).splitlines()[-lines:]) if path.exists() else ""
 
 
 def results_table(task: Task, history: list[Experiment]) -> str:
