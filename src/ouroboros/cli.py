@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +10,7 @@ import typer
 from rich.console import Console
 
 from ouroboros import drive as agent_drive
-from ouroboros import scaffold, views
+from ouroboros import interrupt, scaffold, views
 from ouroboros.errors import OuroborosError
 from ouroboros.loop import Loop, Options
 from ouroboros.task import load_task
@@ -197,22 +195,8 @@ def cheats(
         raise typer.Exit(1)
 
 
-_MAIN_PID = os.getpid()
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    # SIGTERM stops a run the way Ctrl-C does: cleanly, resumable. Only in the harness itself: a
-    # forked child (a pool worker of --parallel, a child between fork and exec) must not become a
-    # second harness that goes on running Python; it dies the default way.
-    if os.getpid() == _MAIN_PID:
-        raise KeyboardInterrupt
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    interrupt.install()
     try:
         app()
     except OuroborosError as exc:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ouroboros import interrupt
 from ouroboros.errors import OuroborosError
 from ouroboros.ledger import Ledger, Run
 from ouroboros.study.spec import Limits, RunSpec
@@ -104,12 +104,8 @@ def run_in_subprocess(spec_json: str, env: dict[str, str] | None = None,
     return asdict(RunResult(spec.tag, "failed", error=f"the run's process exited {code}; see {spec.log}"))
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops the run cleanly, so a later `study run` resumes it
-
-
 def main(argv: list[str]) -> int:
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt.install()  # SIGTERM stops the run cleanly, so a later `study run` resumes it
     spec = RunSpec.model_validate_json(Path(argv[0]).read_text())
     try:
         result = execute(spec)
