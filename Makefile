@@ -38,7 +38,8 @@ demo: $(VENV)/.core
 	@echo
 	@echo "results: $(DEMO)/quadratic/.ouroboros/runs/demo/results.tsv   (ouroboros log -C $(DEMO)/quadratic)"
 
-# The ML task on the CPU: a small GPT, 20-second budget, 4 experiments (about 2 minutes).
+# The ML task on the CPU: a small GPT, 20-second budget, 4 experiments (3-4 minutes on 2 cores:
+# the evaluation and the larger models a search tries take longer than the budget).
 demo-tinygpt: install
 	rm -rf $(DEMO)/tinygpt
 	$(OUROBOROS) init $(DEMO)/tinygpt --template tinygpt
