@@ -123,3 +123,9 @@ def test_an_edit_to_a_protected_file_is_a_violation(quadratic: Path, tmp_path: P
     cli("run", "-C", str(quadratic), "-n", "1", "--agent", agent, "--tag", "v", check=True)
     (n, status, reason), = experiments(quadratic, "v")[1:]
     assert status == "violation" and f"protected file {bad} changed" in reason
+
+
+def test_shell_builtins_and_keywords_are_valid_run_commands(tmp_path: Path) -> None:
+    root = stdout_task(tmp_path, run="ulimit -n 1024; python train.py")
+    cli("run", "-C", str(root), "-n", "1", "--agent", "cmd:true", "--tag", "u", check=True)
+    assert experiments(root, "u")[0][1] == "keep"

@@ -153,3 +153,23 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(quadratic: Path) -> None:
     done = db.execute("SELECT COUNT(*) FROM experiments WHERE tag='c' AND status!='running'").fetchone()[0]
     proc = cli("run", "-C", str(quadratic), "--resume", "c", "-n", str(done + 1), check=True)
     assert db.execute("SELECT COUNT(*) FROM experiments WHERE tag='c' AND status='running'").fetchone()[0] == 0
+
+
+def test_resume_with_several_unfinished_experiments_overwrites_none(quadratic: Path) -> None:
+    from ouroboros.ledger import Experiment, Ledger
+
+    cli("run", "-C", str(quadratic), "-n", "2", "--tag", "m", check=True)
+    ledger = Ledger(quadratic / ".ouroboros")
+    done = ledger.experiments("m")
+    # an interrupted --parallel round leaves two begun attempts behind
+    for n in (3, 4):
+        ledger.begin(Experiment("m", n, commit_sha=done[1].commit_sha, parent=done[0].commit_sha,
+                                description=f"slot {n}", agent="random"))
+    git(quadratic, "update-ref", "refs/ouroboros/m/4", done[1].commit_sha)
+    cli("run", "-C", str(quadratic), "--resume", "m", "-n", "5", check=True)
+    after = ledger.experiments("m")
+    assert [e.n for e in after] == [0, 1, 2, 3, 4, 5]
+    assert after[3].description == "slot 3" and after[3].status in VERDICTS - {"violation"}  # re-run
+    assert (after[4].status, after[4].reason) == ("crash", "interrupted with its round; not re-run")
+    assert git(quadratic, "rev-parse", "refs/ouroboros/m/4").strip() == done[1].commit_sha  # not re-pinned
+    assert len(tsv(quadratic / ".ouroboros/runs/m/results.tsv")) == 6

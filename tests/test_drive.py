@@ -11,7 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+from ouroboros.drive import GUARD_FILE
+from ouroboros.guard import Guard
 from ouroboros.ledger import Ledger
+from ouroboros.loop import Loop, Options
+from ouroboros.task import load_task
 from ouroboros.testing import cli, path_with, stand_in
 
 # A stand-in `codex`: session 1 records two experiments, leaves an edit it never records, and
@@ -127,6 +131,32 @@ def test_two_exp_calls_never_interleave(quadratic):
     assert {a.description, b.description} == {"call 0", "call 1"} and a.n + 1 == b.n
     assert a.finished <= b.started  # the second began after the first was recorded
     assert b.status == "crash" and "changed no file" in b.reason  # the change was the first's
+
+
+def test_exp_keeps_the_runs_status(quadratic):
+    worktree = harness_run(quadratic)
+    assert records(quadratic, "h")[0].status == "finished"
+    set_knob(worktree, "STEPS", "300")
+    assert cli("exp", "-m", "late idea", cwd=worktree).returncode == 0
+    run, exps = records(quadratic, "h")
+    assert exps[-1].description == "late idea" and run.status == "finished"
+
+
+def test_exp_puts_back_a_tampered_git_config_and_records_the_next_change(quadratic):
+    worktree = harness_run(quadratic)
+    loop = Loop(load_task(quadratic), Options(tag="h", resume=True))
+    Guard(loop.task, loop.ws).save(quadratic / ".ouroboros/runs/h" / GUARD_FILE)  # as an agent-driven run does
+    loop.ledger.close()
+    config = loop.ws._gitdirs()[1] / "config"
+    original = config.read_text()
+    config.write_text(original + "[alias]\n\tst = !touch /tmp/pwned\n")  # the agent plants an alias
+    set_knob(worktree, "STEPS", "300")
+    cli("exp", "-m", "with a planted alias", cwd=worktree)
+    assert config.read_text() == original  # put back from the baseline's bytes, not the tampered ones
+    set_knob(worktree, "STEPS", "350")
+    cli("exp", "-m", "honest", cwd=worktree)
+    _, exps = records(quadratic, "h")
+    assert exps[-2].status == "violation" and exps[-1].status in ("keep", "discard")
 
 
 def test_exp_outside_a_run_says_how_to_call_it(tmp_path):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ouroboros.agents import Agent, AgentError
 from ouroboros.ledger import Ledger
 from ouroboros.loop import Loop, Options
 from ouroboros.parallel import ParallelLoop
@@ -56,3 +57,28 @@ def test_run_parallel_cli(quadratic: Path) -> None:
                           env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr
     assert len(Ledger(quadratic / ".ouroboros").experiments("pc", finished_only=True)) == 5
+
+
+def test_every_seed_ends_on_the_best_with_no_false_crashes(quadratic: Path) -> None:
+    for seed in range(3):
+        tag = f"s{seed}"
+        loop = Loop(load_task(quadratic), Options(agent="random", tag=tag, max_experiments=6, seed=seed))
+        ParallelLoop(loop, 3).run()
+        exps = Ledger(quadratic / ".ouroboros").experiments(tag)
+        assert [e.status for e in exps if e.status in ("crash", "timeout")] == []  # quadratic never fails
+        assert git(quadratic, "rev-parse", f"ouroboros/{tag}") == loop.best.commit_sha
+
+
+class _Failing(Agent):
+    name = "failing"
+
+    def propose(self, ctx):
+        raise AgentError("no idea")
+
+
+def test_a_round_where_every_proposal_fails_is_recorded_and_the_run_goes_on(quadratic: Path) -> None:
+    loop = Loop(load_task(quadratic), Options(agent="random", tag="f", max_experiments=4), agent=_Failing())
+    ParallelLoop(loop, 2).run()
+    exps = Ledger(quadratic / ".ouroboros").experiments("f")
+    assert [(e.status, e.reason) for e in exps[1:]] == [("crash", "no idea")] * 4
+    assert loop.run_rec.status == "finished"

@@ -73,13 +73,15 @@ def run(
                    budget=budget, seed=seed, resume=resume is not None)
     options = agent_drive.agent_options(model=model, base_url=base_url, api_key_env=api_key_env, spend_cap=spend_cap,
                                         price=agent_drive.parse_price(price), timeout=agent_timeout)
-    if agent_drive.configure(t, opts, drive, options) == "agent":
-        agent_drive.drive(t, opts, console)
-        return
-    live = views.Live(console, t)
-    loop = Loop(t, opts, on_experiment=live.line)
-    live.header(loop)
+    agent_driven = agent_drive.configure(t, opts, drive, options) == "agent"
     try:
+        if agent_driven:
+            agent_drive.drive(t, opts, console)
+            return
+        live = views.Live(console, t)
+        loop = Loop(t, opts, on_experiment=live.line)
+        opts.tag = loop.tag  # for the resume hint
+        live.header(loop)
         if parallel > 1:
             from ouroboros.parallel import ParallelLoop
             from ouroboros.study.executors import visible_gpus
@@ -89,7 +91,7 @@ def run(
             loop.run()
     except KeyboardInterrupt:
         console.print(f"[yellow]stopped[/]; nothing recorded is lost. Continue with: "
-                      f"ouroboros run -C {task} --resume {loop.tag}")
+                      f"ouroboros run -C {task} --resume {opts.tag}")
         raise typer.Exit(130) from None
     if loop.run_rec.config.get("stop_reason"):
         console.print(f"run ended early: {loop.run_rec.config['stop_reason']}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import math
 import os
 import time
@@ -153,6 +152,7 @@ def drive(task: Task, opts: Options, console: Console) -> None:
     """Run the baseline, then agent sessions until the window closes or the limit is reached."""
     live = views.Live(console, task)
     loop = Loop(task, opts, on_experiment=live.line)
+    opts.tag = loop.tag  # for the caller's resume hint
     live.header(loop)
     agent = _session_agent(loop.agent)
     run_dir = loop.ledger.run_dir(loop.tag)
@@ -165,8 +165,7 @@ def drive(task: Task, opts: Options, console: Console) -> None:
     with loop.running():
         loop.prepare()
         with _lock(run_dir):
-            (run_dir / GUARD_FILE).write_text(json.dumps({"protected": loop.guard.protected,
-                                                          "git_state": loop.guard.git_state}))
+            loop.guard.save(run_dir / GUARD_FILE)
             loop.run_rec.config["window_end"] = deadline
             loop.ledger.save_run(loop.run_rec)
         while (reason := _closed(loop, deadline)) is None:
@@ -286,6 +285,8 @@ def exp(message: str, task_dir: Path | None = None, tag: str | None = None,
     run_dir = records / "runs" / tag
     with _lock(run_dir):
         loop = Loop(task, Options(tag=tag, resume=True), agent=_Recorded(run.agent))
+        loop.run_rec.status = run.status  # recording one experiment neither starts nor ends the run
+        loop.ledger.save_run(loop.run_rec)
         try:
             window_end = loop.run_rec.config.get("window_end")
             if window_end is not None and time.time() >= window_end:
@@ -314,8 +315,7 @@ def _guard(loop: Loop, run_dir: Path) -> Guard:
     guard = Guard(loop.task, loop.ws)
     saved = run_dir / GUARD_FILE
     if saved.exists():
-        data = json.loads(saved.read_text())
-        guard.protected, guard.git_state = data["protected"], data["git_state"]
+        guard.load(saved)
     else:  # a harness-driven run: hash the protected files as they are in the base commit
         base = loop.run_rec.base_commit
         guard.protected = {rel: hashlib.sha256(loop.ws.show(base, rel)).hexdigest() for rel in guard.protected}

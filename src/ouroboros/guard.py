@@ -19,8 +19,10 @@ or a change that is within the rules but games the metric (the evaluator's and t
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -78,6 +80,17 @@ class Guard:
         self.git_state = self._git_snapshot()
         self._git_files = {p: (Path(p).read_bytes(), Path(p).stat().st_mode) for p, h in self.git_state.items()
                            if h not in (None, "dir") and Path(p).is_file() and not Path(p).is_symlink()}
+
+    def save(self, path: Path) -> None:
+        """Keep the baseline's hashes and git files, for guards made later in other processes
+        (`ouroboros exp`), when the worktree and .git may already have been changed."""
+        files = {p: [base64.b64encode(data).decode(), mode] for p, (data, mode) in self._git_files.items()}
+        path.write_text(json.dumps({"protected": self.protected, "git_state": self.git_state, "git_files": files}))
+
+    def load(self, path: Path) -> None:
+        data = json.loads(path.read_text())
+        self.protected, self.git_state = data["protected"], data["git_state"]
+        self._git_files = {p: (base64.b64decode(d), mode) for p, (d, mode) in data.get("git_files", {}).items()}
 
     def _git_paths(self) -> list[Path]:
         gitdir, common = self.ws._gitdirs()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import shlex
-import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,20 +44,19 @@ class Options:
     extra: dict = field(default_factory=dict)
 
 
-_SHELL_WORDS = {"cd", "exec", "source", ".", "set", "export", "env", "if", "for", "while", "(", "{", "!", "time",
-                "test", "[", "true", "false", "echo", "printf", "sleep", "timeout", "nice"}
-
-
 def check_command(command: str, root: Path, what: str) -> None:
     """Fail before the baseline when the command's program cannot be found (a typo, a missing tool)."""
     try:
         first = shlex.split(command)[0] if command.strip() else ""
     except ValueError as exc:
         raise OuroborosError(f"task.{what} {command!r} is not a valid shell command: {exc}") from exc
-    if not first or first in _SHELL_WORDS or "=" in first or "$" in first:
+    if not first or "=" in first or "$" in first:
         return
-    path = sandbox.scrubbed_env()["PATH"]
-    found = (root / first).exists() if "/" in first else shutil.which(first, path=path) is not None
+    if "/" in first:
+        found = (root / first).exists()
+    else:  # bash itself says whether it is a program, a builtin or a keyword (ulimit, [[, case...)
+        found = subprocess.run(["bash", "-c", 'type -t -- "$1"', "_", first], cwd=root, capture_output=True,
+                               env=sandbox.scrubbed_env()).stdout.strip() != b""
     if not found:
         raise OuroborosError(f"task.{what}: program {first!r} not found (PATH or task folder); install it or fix "
                              f"the command in ouroboros.toml")
@@ -203,11 +202,15 @@ class Loop:
         """After a kill: the unfinished experiment to re-run from its commit, with the worktree there."""
         pending = [e for e in self.history if e.status == "running"]
         self.history = self.finished
-        if pending:
-            sandbox.kill_inside(self.ws.path)  # a killed harness may have left its experiment running
+        if pending:  # a killed harness may have left experiments running (slots of --parallel too)
+            sandbox.kill_inside(self.ledger.run_dir(self.tag))
         self.ledger.write_tsv(self.tag)
         if not self.history:
             return None
+        for exp in pending[1:]:  # the rest of an interrupted --parallel round: recorded, not re-run
+            exp.status, exp.reason = Verdict.CRASH, "interrupted with its round; not re-run"
+            self.ledger.finish(exp)
+            self.history.append(exp)
         self.ws.reset(self.best.commit_sha)
         self.guard = Guard(self.task, self.ws)
         if pending:

@@ -19,8 +19,11 @@ unfinished experiment of that round; the round's other unfinished ones are dropp
 
 from __future__ import annotations
 
-import multiprocessing
+import os
+import pickle
+import signal
 import time
+import traceback
 
 from ouroboros import isolation, sandbox
 from ouroboros.guard import Guard
@@ -38,7 +41,7 @@ class Slot(Loop):
     def __init__(self, loop: Loop, i: int, devices: str | None):
         self.__dict__.update(loop.__dict__)  # not Loop.__init__: the run, ledger, agent and history are shared
         self.index, self.devices, self.deferred = i, devices, None
-        self.running = False
+        self.measuring = False
         ws = Workspace(loop.repo, loop.ws.task_rel, loop.records, loop.tag)
         ws.path = loop.records / "runs" / loop.tag / "slots" / str(i)
         ws.branch = f"ouroboros-slots/{loop.tag}/{i}"
@@ -58,32 +61,69 @@ class Slot(Loop):
         return super()._measure(exp_dir, self._env(env), name, command)
 
     def _execute(self, exp, best, start=None):
-        if not self.running:  # proposal phase: hold the committed attempt for the round
+        if not self.measuring:  # proposal phase: hold the committed attempt for the round
             self.deferred = (exp, best, time.monotonic() if start is None else start)
             self.history.append(exp)  # a placeholder (status running), so the next slot numbers on
             return
         super()._execute(exp, best, start)
 
     def _judge(self, exp, best, exp_dir, env):
-        if self.running:
+        if self.measuring:
             return MEASURED, ""
         return super()._judge(exp, best, exp_dir, env)
 
     def _record(self, exp, best):
-        if not self.running:
+        if not self.measuring:
             super()._record(exp, best)
 
 
-_HELD: list[Slot] = []  # the round's slots, inherited by the forked processes that run them
+def _measure_forked(slot: Slot) -> tuple[int, int]:
+    """Fork a process that runs and evaluates the slot's attempt (no judging, no ledger writes) and
+    sends the experiment back through a pipe; (pid, read end of the pipe)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's stack
+        code = 1
+        try:
+            os.close(read)
+            slot.measuring = True
+            exp, best, start = slot.deferred
+            slot._execute(exp, best, start)
+            with os.fdopen(write, "wb") as out:
+                pickle.dump(exp, out)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(write)
+    return pid, read
 
 
-def _execute_slot(i: int) -> Experiment:
-    """In a forked process: run and evaluate slot i's attempt (no judging, no ledger writes)."""
-    slot = _HELD[i]
-    slot.running = True
-    exp, best, start = slot.deferred
-    slot._execute(exp, best, start)
-    return exp
+def _measure_all(held: list[Slot]) -> list[Experiment | None]:
+    """Run every held attempt at once, one forked process per slot.
+
+    Processes, not threads: the sandbox kills and reaps what is left among the harness's children,
+    which in threads would include a sibling slot's run. A bare fork with a pipe, not a Pool: a pool
+    keeps workers and threads alive between tasks, and their shutdown raced with the signals.
+    """
+    children = [_measure_forked(slot) for slot in held]
+    done: list[Experiment | None] = []
+    try:
+        for pid, read in children:
+            with os.fdopen(read, "rb") as pipe:
+                data = pipe.read()
+            os.waitpid(pid, 0)
+            done.append(pickle.loads(data) if data else None)
+    except BaseException:  # Ctrl-C: the slots' processes go with the harness
+        for pid, _ in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        raise
+    return done
 
 
 class ParallelLoop:
@@ -105,6 +145,8 @@ class ParallelLoop:
                     self.round()
         finally:
             for slot in self.slots:
+                # A pool worker killed by Ctrl-C dies without its sandbox's cleanup: end what it ran.
+                sandbox.kill_inside(slot.ws.path)
                 slot.ws.remove()
                 git(loop.repo, "branch", "-D", slot.ws.branch, check=False)
         return loop.run_rec
@@ -118,23 +160,19 @@ class ParallelLoop:
         loop, best = self.loop, self.loop.best
         slots = self.slots[:self._room()]
         for slot in slots:
-            slot.running, slot.deferred = False, None
+            slot.measuring, slot.deferred = False, None
             slot.ws.reset(best.commit_sha)
             slot.step()  # a failed proposal (violation, crash) is recorded right here
         held = [s for s in slots if s.deferred is not None]
         placeholders = {id(s.deferred[0]) for s in held}
         loop.history[:] = [e for e in loop.history if id(e) not in placeholders]
 
-        global _HELD
-        _HELD = held
-        try:
-            # One forked process per slot, not a thread: the sandbox reaps and kills strays among the
-            # harness's children, which would include a sibling slot's run.
-            with multiprocessing.get_context("fork").Pool(len(held)) as pool:
-                done = pool.map(_execute_slot, range(len(held)), chunksize=1)
-        finally:
-            _HELD = []
-        for s, exp in zip(held, done, strict=True):
+        if not held:  # every proposal of the round failed, and each is recorded already
+            return []
+        for s, exp in zip(held, _measure_all(held), strict=True):
+            if exp is None:  # the slot's process died (its traceback is on the harness's stderr)
+                exp = s.deferred[0]
+                exp.status, exp.reason = Verdict.CRASH, "the slot's process failed"
             s.deferred = (exp, *s.deferred[1:])
         measured = [s for s in held if s.deferred[0].status == MEASURED]
         winner = None
@@ -155,4 +193,5 @@ class ParallelLoop:
                 exp.status = Verdict.DISCARD
                 exp.reason = f"not the best of its round (experiment {winner.deferred[0].n} was)"
             loop._record(exp, best)
+        loop.ws.reset(loop.best.commit_sha)  # a discard recorded after the winner reset to the old best
         return [s.deferred[0] for s in held]

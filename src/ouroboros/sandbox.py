@@ -43,7 +43,7 @@ _KEEP = {"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "USER", "LO
          "CUDA_VISIBLE_DEVICES", "PYTHONHASHSEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VIRTUAL_ENV",
          "OUROBOROS_CACHE"}
 _STRAYS = re.compile(rb"^\[ouroboros\] strays (\d+)$", re.MULTILINE)  # isolation._REAPER's report
-_SUBREAPER = False
+_SUBREAPER = 0  # the pid that made itself a subreaper: a forked child is not one
 
 
 @dataclass
@@ -79,12 +79,12 @@ def scrubbed_env(extra: dict[str, str] | None = None, base: dict[str, str] | Non
 def _become_subreaper() -> None:
     """Orphans of experiment processes are re-parented to us, so a double fork cannot hide one."""
     global _SUBREAPER
-    if _SUBREAPER or not sys.platform.startswith("linux"):
+    if _SUBREAPER == os.getpid() or not sys.platform.startswith("linux"):
         return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-        _SUBREAPER = True
+        _SUBREAPER = os.getpid()
     except (OSError, AttributeError):
         pass
 
