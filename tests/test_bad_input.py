@@ -129,3 +129,19 @@ def test_shell_builtins_and_keywords_are_valid_run_commands(tmp_path: Path) -> N
     root = stdout_task(tmp_path, run="ulimit -n 1024; python train.py")
     cli("run", "-C", str(root), "-n", "1", "--agent", "cmd:true", "--tag", "u", check=True)
     assert experiments(root, "u")[0][1] == "keep"
+
+
+def test_an_agent_that_commits_is_a_violation_and_its_change_is_still_recorded(quadratic: Path, tmp_path: Path) -> None:
+    agent = _agent(tmp_path, """
+import subprocess
+src = open('train.py').read()
+open('train.py', 'w').write(src.replace('STEPS = 200', 'STEPS = 300'))
+subprocess.run(['git', '-c', 'user.name=a', '-c', 'user.email=a@a', 'commit', '-qam', 'mine'], check=True)
+""")
+    cli("run", "-C", str(quadratic), "-n", "1", "--agent", agent, "--tag", "h", check=True)
+    (_, status, reason), = experiments(quadratic, "h")[1:]
+    assert status == "violation" and "HEAD moved" in reason
+    diff = (quadratic / ".ouroboros/runs/h/exp/1/diff.patch").read_text()
+    assert "+STEPS = 300" in diff  # the attempt holds the agent's change
+    best = subprocess.run(["git", "show", "ouroboros/h:train.py"], cwd=quadratic, capture_output=True, text=True)
+    assert "STEPS = 200" in best.stdout  # and the branch does not

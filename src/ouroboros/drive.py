@@ -212,8 +212,9 @@ def _session(loop: Loop, agent: CommandAgent, sessions_dir: Path, deadline: floa
         made = [e for e in loop.finished[before:]]
         for exp in made:
             live.line(exp, loop.best)
-        leftover = loop.ws.changes()
+        leftover = [c for c in loop.ws.changes() if c.status != "!!"]  # ignored files are caches
         if leftover:
+            loop.ws.git("add", "-A", "-N")  # new files into the patch too (intent to add; reset below)
             (sessions_dir / f"{k}.leftover.patch").write_text(loop.ws.git("diff", "--no-color", "HEAD"))
         loop.ws.reset(loop.best.commit_sha)
         bound_notes(run_dir / NOTES_FILE, loop.task.agent.notes_max_chars)

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from ouroboros.errors import OuroborosError
 from ouroboros.task import Task, glob_files
+from ouroboros.workspace import git_root
 
 LEVELS = ("bwrap", "unshare", "process")
 
@@ -61,14 +62,6 @@ _REAPER = (
 
 def _mb(value: float) -> str:
     return str(int(value * 2**20))
-
-
-def _git_root(path: Path) -> Path:
-    """The nearest folder at or above path holding a `.git` entry (file for worktrees, dir for repos)."""
-    for p in (path, *path.parents):
-        if (p / ".git").exists():
-            return p
-    return path
 
 
 def _runtime_paths(masked: list[Path], keep_out: list[Path]) -> list[Path]:
@@ -109,8 +102,8 @@ class Isolation:
 
     def __init__(self, task: Task, worktree: Path, records: Path):
         self.task, self.task_dir, self.records = task, worktree, records
-        self.worktree = _git_root(worktree)  # the git worktree root; worktree may be a task subfolder
-        self.repo = _git_root(task.root)
+        self.worktree = git_root(worktree)  # the git worktree root; worktree may be a task subfolder
+        self.repo = git_root(task.root)
 
     def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None) -> tuple[list[str], str]:
         return argv, self.level

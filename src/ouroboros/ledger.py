@@ -200,8 +200,3 @@ class Ledger:
         tmp.write_text(f"commit\t{metric}\tmemory_gb\tstatus\tdescription\n" + "".join(rows))
         tmp.replace(path)
         return path
-
-
-def find_records(start: Path) -> Path:
-    """The `.ouroboros` folder for a task folder (created on first use)."""
-    return start.resolve() / ".ouroboros"

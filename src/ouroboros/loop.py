@@ -256,8 +256,8 @@ class Loop:
         changes = self.guard.changes if not failure else self.ws.changes()
         if not failure and not violations and not changes:
             failure = "the proposal changed no file"
-        if self.ws.head() != best.commit_sha:  # history rewritten: put the branch back first
-            self.ws.reset(best.commit_sha)
+        if self.ws.head() != best.commit_sha:  # history rewritten: the branch goes back, the change is kept
+            self.ws.rewind(best.commit_sha)
         exp.commit_sha = self.ws.commit(proposal.description, n, untracked=any(c.status == "??" for c in changes))
         self._dirty = any(c.status == "!!" for c in changes)
         exp.loc = count_loc(self.ws.task_dir, self.task.editable_files(self.ws.task_dir))

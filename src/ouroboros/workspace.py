@@ -44,6 +44,15 @@ def repo_root(path: Path) -> Path:
     return Path(out.stdout.strip()).resolve()
 
 
+def git_root(path: Path) -> Path:
+    """The nearest folder at or above path holding a `.git` entry (a file in worktrees, a folder in
+    repos), found without running git; path itself where there is none."""
+    for p in (path, *path.parents):
+        if (p / ".git").exists():
+            return p
+    return path
+
+
 def exclude_records(repo: Path) -> None:
     """Ignore `.ouroboros/` through .git/info/exclude, so the user's files stay unchanged."""
     exclude = Path(git(repo, "rev-parse", "--git-path", "info/exclude").strip())
@@ -161,8 +170,11 @@ class Workspace:
     def pin(self, n: int, sha: str) -> None:
         self.git("update-ref", f"refs/ouroboros/{self.tag}/{n}", sha)
 
-    def attempt(self, n: int) -> str | None:
-        return self.git("rev-parse", "--verify", "-q", f"refs/ouroboros/{self.tag}/{n}", check=False).strip() or None
+    def rewind(self, commit: str) -> None:
+        """Put the run's branch back at commit, and HEAD on it, leaving the files as they are: an agent
+        that committed or switched branches still gets its change recorded as an attempt."""
+        self.git("symbolic-ref", "HEAD", f"refs/heads/{self.branch}")
+        self.git("reset", "-q", "--soft", commit)
 
     def reset(self, commit: str) -> None:
         """Make the worktree exactly `commit`: tracked files reset, untracked and ignored files gone."""

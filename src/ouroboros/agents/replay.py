@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ouroboros.agents.base import Agent, AgentError, Context, Proposal, StopRun
 from ouroboros.errors import OuroborosError
+from ouroboros.workspace import git_root
 
 FAILED = "agent failed: "
 
@@ -54,7 +55,7 @@ class ReplayAgent(Agent):
         if not patch.is_file():
             raise AgentError(f"replay: {patch} is missing")
         if patch.read_text().strip():
-            root = _worktree_root(ctx.worktree)
+            root = git_root(ctx.worktree)
             proc = subprocess.run(["git", "apply", "--whitespace=nowarn", str(patch.resolve())], cwd=root,
                                   capture_output=True, text=True)
             if proc.returncode != 0:
@@ -63,8 +64,3 @@ class ReplayAgent(Agent):
         return Proposal(description)
 
 
-def _worktree_root(path: Path) -> Path:
-    for p in (path, *path.parents):
-        if (p / ".git").exists():
-            return p
-    return path
