@@ -11,7 +11,6 @@ The re-runs are recorded as their own run (`noise-<commit>-<i>`, agent `noise`),
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -69,8 +68,8 @@ def _store(records: Path, floor: NoiseFloor) -> None:
 
 def measure(task: Task, repeats: int, seed: int = 0, budget: float | None = None) -> NoiseFloor:
     """Run and evaluate the baseline `repeats` times; store and return the noise floor."""
-    from ouroboros import sandbox
     from ouroboros.guard import Guard
+    from ouroboros.judge import Verdict
     from ouroboros.ledger import Experiment, Ledger
     from ouroboros.loop import Loop, Options
     from ouroboros.task import RECORDS_DIR
@@ -92,33 +91,18 @@ def measure(task: Task, repeats: int, seed: int = 0, budget: float | None = None
     loop.ws.reset(base)
     loop.guard = Guard(task, loop.ws)
     values = []
-    for k in range(repeats):
-        exp = Experiment(loop.tag, k, commit_sha=base, parent=base, agent="noise",
-                         description=f"noise: baseline re-run {k + 1}/{repeats}, seed {seed + k}")
-        loop.ws.pin(k, base)
-        loop.ledger.begin(exp)
-        exp_dir = loop.ledger.exp_dir(loop.tag, k)
-        env = sandbox.scrubbed_env({"OUROBOROS_BUDGET_S": f"{loop.budget:g}", "OUROBOROS_SEED": str(seed + k)})
-        start = time.monotonic()
-        loop.ws.reset(base)
-        outcome = loop._run_phase(exp_dir, env)
-        exp.run_s, exp.peak_rss_mb = outcome.wall_s, outcome.peak_rss_mb
-        if outcome.ok:
-            m = loop._measure(exp_dir, env)
-            exp.metrics, exp.eval_s = m.metrics, m.eval_s
-            if m.error is None and m.metric is not None and math.isfinite(m.metric):
-                exp.metric, exp.status, exp.reason = m.metric, "keep", "noise re-run"
-                values.append(m.metric)
-            else:
-                exp.status, exp.reason = "crash", m.error or "no metric"
-        else:
-            exp.status = "timeout" if outcome.timed_out else "crash"
-            exp.reason = f"run {outcome.killed or f'exited {outcome.returncode}'}"
-        exp.wall_s = time.monotonic() - start
-        loop.ledger.finish(exp)
-    floor = NoiseFloor(base, estimate(values), statistics.fmean(values), values, loop.tag, time.time())
-    loop.run_rec.noise_sigma, loop.run_rec.status = floor.sigma, "finished"
-    loop.ledger.save_run(loop.run_rec)
+    with loop.running():  # a failure (fewer than 2 good re-runs) leaves the run marked failed
+        for k in range(repeats):
+            loop.run_rec.seed = seed + k  # each re-run gets its own OUROBOROS_SEED
+            exp = Experiment(loop.tag, k, commit_sha=base, parent=base, agent="noise",
+                             description=f"noise: baseline re-run {k + 1}/{repeats}, seed {seed + k}")
+            loop.ws.pin(k, base)
+            loop.ledger.begin(exp)
+            loop._execute(exp, None)  # run and evaluate exactly as a baseline is
+            if exp.status == Verdict.KEEP and exp.metric is not None:
+                values.append(exp.metric)
+        floor = NoiseFloor(base, estimate(values), statistics.fmean(values), values, loop.tag, time.time())
+        loop.run_rec.noise_sigma, loop.run_rec.seed = floor.sigma, seed
     loop.ws.reset(base)
     _store(loop.records, floor)
     loop.ledger.close()
