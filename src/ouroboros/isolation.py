@@ -129,8 +129,30 @@ class Bwrap(Isolation):
     overhead = 3  # bwrap, its init in the PID namespace, the reaper shell
 
     def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None) -> tuple[list[str], str]:
-        bound = self.task.bound
-        size = _mb(bound.max_artifact_mb)
+        mounts, repo_masks = self._mounts
+        args = list(mounts)
+        if phase == "run":
+            for rel in self._hidden:
+                args += ["--ro-bind", "/dev/null", str(self.task_dir / rel)]
+        for path in writable or []:
+            args += ["--bind", str(path), str(path)]
+        for hide in repo_masks:  # after the binds inside them: the mask itself takes no writes
+            args += ["--remount-ro", str(hide)]
+        args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        if not self.task.bound.network:
+            args.append("--unshare-net")
+        args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--chdir", str(self.task_dir),
+                 "--", "bash", "-c", _REAPER, _shell(argv)]
+        return args, self.level
+
+    @functools.cached_property
+    def _hidden(self) -> list[str]:
+        return self.hidden_files()  # committed files, protected: the same for the whole run
+
+    @functools.cached_property
+    def _mounts(self) -> tuple[list[str], list[Path]]:
+        """The mounts every experiment of the run shares (computed once: they walk PATH and sys paths)."""
+        size = _mb(self.task.bound.max_artifact_mb)
         args = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
                 "--size", size, "--tmpfs", "/dev/shm", "--size", size, "--tmpfs", "/tmp"]
         for dev in sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri")):
@@ -151,20 +173,7 @@ class Bwrap(Isolation):
         cache = cache_dir()
         cache.mkdir(parents=True, exist_ok=True)
         args += ["--bind", str(cache), str(cache), "--bind", str(self.worktree), str(self.worktree)]
-        if phase == "run":
-            for rel in self.hidden_files():
-                path = self.task_dir / rel
-                args += ["--ro-bind", "/dev/null", str(path)]
-        for path in writable or []:
-            args += ["--bind", str(path), str(path)]
-        for hide in repo_masks:  # after the binds inside them: the mask itself takes no writes
-            args += ["--remount-ro", str(hide)]
-        args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
-        if not bound.network:
-            args.append("--unshare-net")
-        args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--chdir", str(self.task_dir),
-                 "--", "bash", "-c", _REAPER, _shell(argv)]
-        return args, self.level
+        return args, repo_masks
 
 
 def _shell(argv: list[str]) -> str:

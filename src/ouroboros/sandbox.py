@@ -9,15 +9,16 @@ Protects against:
 - a memory hog: RSS of the whole tree above `memory_mb` (polled) ends the run; on CPU-only machines
   RLIMIT_AS (2 x memory_mb + 4 GiB per process) stops a single huge allocation between polls
   (never with CUDA, whose address-space reservations it breaks);
-- filling the disk: RLIMIT_FSIZE caps every file at `max_artifact_mb`, and growth of the watched
-  worktree beyond `max_artifact_mb` (polled) ends the run; output beyond the log cap ends the run
-  and the log is truncated to the cap;
+- filling the disk: RLIMIT_FSIZE (set by prlimit before the command starts) caps every file at
+  `max_artifact_mb`, and growth of the watched worktree beyond `max_artifact_mb` (polled, and once
+  more when the command ends) fails the run; output beyond the log cap ends the run and the log
+  is truncated to the cap;
 - secrets leaking into experiments: API keys, tokens and passwords are scrubbed from the environment.
 
 Does not protect against (see `isolation.py` for the levels that do more):
 - a process that escapes both the group and the subreaper (e.g. through a system daemon);
 - a burst between two polls (up to 0.1 s: a fork bomb may briefly exceed the limit before it dies);
-- a process forked in the microseconds between the command's start and its prlimit call;
+- a single file past RLIMIT_FSIZE where util-linux's `prlimit` is missing (the polled limit holds);
 - disk use outside the watched worktree at level `process` (bwrap caps /tmp and $HOME as tmpfs);
 - reading or writing files outside the worktree, the network, or reading the harness's own
   /proc/<pid>/environ, at isolation level `process`.
@@ -29,6 +30,7 @@ import ctypes
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -211,21 +213,23 @@ def _du(folder: Path) -> int:
     return total
 
 
-def _rlimits(pid: int, fsize: int | None, address_space: int | None) -> None:
-    """Set the per-process limits on the command just started, before it has started anything.
+def _with_limits(argv: list[str], fsize: int | None, address_space: int | None) -> list[str]:
+    """argv started under util-linux's prlimit, which sets the limits and then execs it (same pid).
 
-    prlimit from the parent rather than a preexec_fn: no Python code runs in the forked child (a
-    Ctrl-C there would surface as a SubprocessError), and subprocess keeps its fast spawn path.
+    The limits must be in place before the command starts anything: set from the parent after the
+    start, a wrapper such as bwrap could fork the experiment first and it would run without them.
+    No preexec_fn either: no Python code may run in the forked child (a Ctrl-C there would surface
+    as a SubprocessError), and subprocess keeps its fast spawn path. Without prlimit the command
+    runs unlimited and the polled limits (worktree growth, RSS) still hold.
     """
-    import resource
+    limits = ([f"--fsize={fsize}"] if fsize is not None else []) + \
+        ([f"--as={address_space}"] if address_space is not None else [])
+    if not limits or _PRLIMIT is None:
+        return argv
+    return [_PRLIMIT, *limits, "--", *argv]
 
-    try:
-        if fsize is not None:
-            resource.prlimit(pid, resource.RLIMIT_FSIZE, (fsize, fsize))
-        if address_space is not None:
-            resource.prlimit(pid, resource.RLIMIT_AS, (address_space, address_space))
-    except (OSError, ValueError):
-        pass  # it has already exited
+
+_PRLIMIT = shutil.which("prlimit")
 
 
 def reported_strays(log_path: Path) -> int:
@@ -265,13 +269,13 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
     start = time.monotonic()
     with open(log_path, "wb") as log:
         try:
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(_with_limits(argv, fsize, address_space), cwd=cwd, env=env,
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
         except OSError as exc:
             log.write(f"could not start {argv[0]}: {exc}\n".encode())
             return Outcome(127, False, 0.0, 0.0, isolation=isolation)
         pgid = proc.pid
-        _rlimits(proc.pid, fsize, address_space)
         ps = psutil.Process(proc.pid)
         known: dict[int, psutil.Process] = {proc.pid: ps}
         peak, peak_gpu, killed = 0.0, None, None
@@ -327,6 +331,10 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
             if fd is not None:
                 os.close(fd)
         wall = time.monotonic() - start
+    if killed is None and watch is not None and artifact_cap is not None:  # written between two polls
+        grown = _du(watch) - watched
+        if grown > artifact_cap:
+            killed = f"artifact limit ({grown / 2**20:.0f} MB written > max_artifact_mb)"
     _killpg(pgid)
     stray = 0
     for _ in range(5):  # killing an orphan can orphan its own children onto us: sweep until none
