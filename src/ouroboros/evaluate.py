@@ -81,18 +81,11 @@ def parse_key(log: Path, key: str) -> float | None:
     """A `key: number` line from a run's summary (the last one), e.g. peak_vram_mb."""
     if not log.exists():
         return None
-    found = re.findall(rf"^\s*{re.escape(key)}\s*:\s*([-+0-9.eE]+)\s*$", tail_text(log), re.MULTILINE)
+    found = re.findall(rf"^\s*{re.escape(key)}\s*:\s*([-+0-9.eE]+)\s*$", sandbox.tail_text(log), re.MULTILINE)
     try:
         return float(found[-1]) if found else None
     except ValueError:
         return None
-
-
-def tail_text(log: Path, size: int = 64_000) -> str:
-    with open(log, "rb") as f:
-        f.seek(0, 2)
-        f.seek(max(0, f.tell() - size))
-        return f.read().decode(errors="replace")
 
 
 def sealed(task: Task, task_dir: Path, log_path: Path, env: dict[str, str],

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ouroboros.evaluate import tail_text
 from ouroboros.ledger import Experiment
+from ouroboros.sandbox import tail_text
 from ouroboros.task import Task
 
 MAX_FILE_CHARS = 60_000

@@ -44,7 +44,7 @@ _SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|
 _KEEP = {"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR",
          "CUDA_VISIBLE_DEVICES", "PYTHONHASHSEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VIRTUAL_ENV",
          "OUROBOROS_CACHE"}
-_STRAYS = re.compile(rb"^\[ouroboros\] strays (\d+)$", re.MULTILINE)  # isolation._REAPER's report
+_STRAYS = re.compile(r"^\[ouroboros\] strays (\d+)$", re.MULTILINE)  # isolation._REAPER's report
 _SUBREAPER = 0  # the pid that made itself a subreaper: a forked child is not one
 
 
@@ -155,12 +155,9 @@ def _kill(procs: list[psutil.Process]) -> None:
 
 
 def _children() -> dict[int, psutil.Process]:
-    """Our direct children, from /proc/self/task/*/children where the kernel has it (one small
-    read instead of psutil's scan of every process on the machine)."""
-    tasks = Path("/proc/self/task")
-    try:
-        pids = {int(pid) for t in tasks.iterdir() for pid in (t / "children").read_text().split()}
-    except OSError:
+    """Our direct children (from the children files where the kernel offers them, else psutil)."""
+    pids = _child_pids(os.getpid())
+    if pids is None:
         try:
             return {p.pid: p for p in psutil.Process().children()}
         except psutil.Error:
@@ -232,13 +229,18 @@ def _with_limits(argv: list[str], fsize: int | None, address_space: int | None) 
 _PRLIMIT = shutil.which("prlimit")
 
 
+def tail_text(log: Path, size: int = 64_000) -> str:
+    """The last `size` bytes of a log, decoded: logs can be large, their ends are what matter."""
+    with open(log, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - size))
+        return f.read().decode(errors="replace")
+
+
 def reported_strays(log_path: Path) -> int:
     """Leftover processes the sandbox's reaper counted when the command ended (the largest report)."""
     try:
-        with open(log_path, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 4096))
-            found = _STRAYS.findall(f.read())
+        found = _STRAYS.findall(tail_text(log_path, 4096))
     except OSError:
         return 0
     return max((int(n) for n in found), default=0)
