@@ -165,7 +165,8 @@ def test_resume_with_several_unfinished_experiments_overwrites_none(quadratic: P
     for n in (3, 4):
         ledger.begin(Experiment("m", n, commit_sha=done[1].commit_sha, parent=done[0].commit_sha,
                                 description=f"slot {n}", agent="random"))
-    git(quadratic, "update-ref", "refs/ouroboros/m/4", done[1].commit_sha)
+    for n in (3, 4):  # each begun attempt was committed and pinned first, as in a real round
+        git(quadratic, "update-ref", f"refs/ouroboros/m/{n}", done[1].commit_sha)
     cli("run", "-C", str(quadratic), "--resume", "m", "-n", "5", check=True)
     after = ledger.experiments("m")
     assert [e.n for e in after] == [0, 1, 2, 3, 4, 5]

@@ -17,7 +17,7 @@ def test_results_tsv_rows_survive_hostile_descriptions(tmp_path: Path) -> None:
     with open(tmp_path / "runs/t/results.tsv", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t"))
     assert rows[0] == ["commit", "val_bpb", "memory_gb", "status", "description"]
-    assert rows[1] == ["aaaaaaa", "1.500000", "0.0", "keep", "baseline"]
+    assert rows[1] == ["aaaaaaa", "1.5", "0.0", "keep", "baseline"]
     assert rows[2] == ["bbbbbbb", "0.000000", "2.0", "crash", 'tabs and newlines and "quotes"']
 
 
@@ -32,7 +32,7 @@ def test_experiments_round_trip_and_tsv_rebuilds_from_the_ledger(tmp_path: Path)
     assert ledger.run("t").config == {"budget": 3}
     (tmp_path / "runs/t/results.tsv").write_text("commit\tloss\n")  # cut short by a kill
     ledger.write_tsv("t")
-    assert (tmp_path / "runs/t/results.tsv").read_text().splitlines()[1].startswith("ccccccc\t0.500000")
+    assert (tmp_path / "runs/t/results.tsv").read_text().splitlines()[1].startswith("ccccccc\t0.5\t")
 
 
 def test_running_rows_are_not_in_the_table(tmp_path: Path) -> None:

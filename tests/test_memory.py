@@ -23,7 +23,7 @@ def test_prompt_holds_everything_the_agent_needs(quadratic: Path, tmp_path: Path
     assert "Make `train.py` end as close as possible" in prompt  # program.md
     assert "You may edit only: train.py" in prompt and "evaluate.py" in prompt  # the bound
     assert "LEARNING_RATE = 0.001" in prompt  # the editable file itself
-    assert "| 1 | 3.000000 | discard | lr x2 |" in prompt  # results, one line per experiment
+    assert "| 1 | 3 | discard | lr x2 |" in prompt  # results, one line per experiment
     assert "| 2 | - | crash | divide (run exited 1) |" in prompt
     assert "momentum above 0.9 diverges" in prompt and "try fewer steps" in prompt
     assert "Last failure: experiment 2" in prompt and "ZeroDivisionError" in prompt

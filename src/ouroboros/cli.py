@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ouroboros import drive as agent_drive
 from ouroboros import interrupt, scaffold, views
@@ -124,6 +125,33 @@ def status(task: TaskDir = Path(".")) -> None:
     views.status(console, load_task(task))
 
 
+@app.command()
+def verify(task: TaskDir = Path("."),
+           run: Annotated[str | None, typer.Argument(help="run tag (default: every run)")] = None) -> None:
+    """Check each run's records: the ledger's HMAC chain, the attempt refs and results.tsv against each other.
+    Exit 1 if anything disagrees."""
+    if views.verify(console, load_task(task), run):
+        raise typer.Exit(1)
+
+
+@app.command()
+def audit(
+    run: Annotated[str, typer.Argument(help="the run to audit")],
+    task: TaskDir = Path("."),
+    sample: Annotated[int | None, typer.Option(help="re-run only this many keeps, drawn at random", min=1)] = None,
+    seed: Annotated[int, typer.Option(help="seed for drawing the sample")] = 0,
+) -> None:
+    """Re-run each keep from a fresh export of its commit with the base commit's evaluator; flag any whose
+    recorded metric does not reproduce within the task's noise. Exit 1 if any is flagged."""
+    from ouroboros import audit as audit_mod
+
+    result = audit_mod.audit(load_task(task), run, sample=sample, seed=seed, echo=console.print)
+    console.print(audit_mod.table(result))
+    console.print(audit_mod.summary(result))
+    if not result.ok:
+        raise typer.Exit(1)
+
+
 study_app = typer.Typer(no_args_is_help=True, help="Studies: conditions x repeats of runs, compared.")
 app.add_typer(study_app, name="study")
 
@@ -202,7 +230,7 @@ def main() -> None:
     try:
         app()
     except OuroborosError as exc:
-        err.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
 
 

@@ -13,19 +13,29 @@ Layout under `.ouroboros/` (gitignored):
 results.tsv columns (tab-separated, one header line, one row per finished experiment):
 
     commit       7-char attempt commit
-    <metric>     the metric, 6 decimals; 0.000000 when there is none (crash, timeout, violation)
+    <metric>     the metric, %.10g (so 5.6e-14 stays 5.6e-14); 0.000000 when there is none (crash,
+                 timeout, violation), as in autoresearch
     memory_gb    peak GPU memory if measured, else peak RSS, in GB, 1 decimal
     status       keep | discard | crash | timeout | violation
-    description  one line; tabs and newlines become spaces, so a free-text field never breaks a row
+    description  one line of at most 300 characters; control characters are dropped and tabs and
+                 newlines become spaces, so a free-text field never breaks a row (the full text,
+                 control characters dropped, is in the ledger)
 
 An experiment row is written as `running` once its attempt commit exists, and finished with its
 verdict; a row still `running` after a crash of the harness is re-run from that same commit.
+
+The chain: every write of a row (runs and experiments) appends an entry to the `chain` table holding
+the SHA-256 of the row as stored and an HMAC over that digest and the previous entry's HMAC, keyed by
+a secret in the user's config folder (chain.py). A row changed, added or deleted outside Ouroboros
+no longer matches its last entry, and an entry changed or removed breaks the HMACs after it;
+`ouroboros verify` reports both (chain.verify).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -47,7 +57,31 @@ CREATE TABLE IF NOT EXISTS experiments (
     params TEXT, holdout REAL, started REAL, finished REAL,
     PRIMARY KEY (tag, n)
 );
+CREATE TABLE IF NOT EXISTS chain (
+    seq INTEGER PRIMARY KEY, kind TEXT, tag TEXT, n INTEGER, digest TEXT, mac TEXT
+);
 """
+
+TSV_DESCRIPTION_CHARS = 300
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean_text(text: str | None) -> str:
+    """Agent-written text as data: control and bidi characters dropped (tabs and newlines kept), and
+    anything that is not valid UTF-8 (lone surrogates) replaced, so no string can break a write."""
+    text = _CONTROL.sub("", str(text or "")).replace("\r", "")
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def one_line(text: str | None, limit: int = TSV_DESCRIPTION_CHARS) -> str:
+    """Clean text on one line, whitespace collapsed, at most `limit` characters."""
+    line = " ".join(clean_text(text).split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def fmt_metric(value: float | None, missing: str = "-") -> str:
+    """A metric as people read it: %.10g, so 5.6e-14 is never shown as 0.000000."""
+    return missing if value is None else f"{value:.10g}"
 
 
 @dataclass
@@ -87,9 +121,9 @@ class Experiment:
         return (mb or 0.0) / 1024
 
     def tsv_row(self) -> str:
-        metric = f"{self.metric:.6f}" if self.metric is not None and math.isfinite(self.metric) else "0.000000"
-        desc = " ".join((self.description or "").split())
-        return f"{self.commit_sha[:7]}\t{metric}\t{self.memory_gb:.1f}\t{self.status}\t{desc}\n"
+        ok = self.metric is not None and math.isfinite(self.metric)
+        metric = fmt_metric(self.metric) if ok else "0.000000"
+        return f"{self.commit_sha[:7]}\t{metric}\t{self.memory_gb:.1f}\t{self.status}\t{one_line(self.description)}\n"
 
 
 @dataclass
@@ -138,6 +172,7 @@ class Ledger:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        self._key: bytes | None = None
 
     def close(self) -> None:
         self.db.close()
@@ -150,12 +185,31 @@ class Ledger:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    # writes: each row and its chain entry in one transaction
+    def _write(self, kind: str, row: dict[str, Any]) -> None:
+        from ouroboros import chain
+
+        if self._key is None:
+            self._key = chain.key()
+        table = "runs" if kind == "run" else "experiments"
+        n = row.get("n", -1)
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute(f"INSERT OR REPLACE INTO {table} ({','.join(row)}) VALUES ({','.join('?' * len(row))})",
+                            list(row.values()))
+            where = "tag=?" + (" AND n=?" if kind == "exp" else "")
+            stored = self.db.execute(f"SELECT * FROM {table} WHERE {where}",
+                                     (row["tag"], n) if kind == "exp" else (row["tag"],)).fetchone()
+            chain.append(self, self._key, kind, row["tag"], n, chain.digest(stored))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
     # runs
     def save_run(self, run: Run) -> None:
         run.updated = time.time()
-        row = _encode(run)
-        self.db.execute(f"INSERT OR REPLACE INTO runs ({','.join(row)}) VALUES ({','.join('?' * len(row))})",
-                        list(row.values()))
+        self._write("run", _encode(run))
 
     def run(self, tag: str) -> Run | None:
         row = self.db.execute("SELECT * FROM runs WHERE tag=?", (tag,)).fetchone()
@@ -166,9 +220,8 @@ class Ledger:
 
     # experiments
     def begin(self, exp: Experiment) -> None:
-        row = _encode(exp)
-        self.db.execute(f"INSERT OR REPLACE INTO experiments ({','.join(row)}) "
-                        f"VALUES ({','.join('?' * len(row))})", list(row.values()))
+        exp.description, exp.reason = clean_text(exp.description), clean_text(exp.reason)
+        self._write("exp", _encode(exp))
 
     def finish(self, exp: Experiment) -> None:
         """Record the verdict (the ledger first, then the table), and the metrics beside the logs."""

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from ouroboros import evaluate, isolation, noise, sandbox
+from ouroboros import chain, evaluate, isolation, noise, sandbox
 from ouroboros.agents import Agent, AgentError, Context, Proposal, StopRun, make_agent
 from ouroboros.errors import OuroborosError
 from ouroboros.guard import Guard
-from ouroboros.judge import Verdict, effective_min_delta, gain, judge
-from ouroboros.ledger import Experiment, Ledger, Run
+from ouroboros.judge import Verdict, effective_min_delta, implausible, judge, standing
+from ouroboros.ledger import Experiment, Ledger, Run, clean_text
 from ouroboros.memory import build_prompt
 from ouroboros.task import RECORDS_DIR, Task
 from ouroboros.workspace import Workspace, count_loc, ensure_clean, exclude_records, repo_root
@@ -103,6 +103,7 @@ class Loop:
             if run is None:
                 known = ", ".join(r.tag for r in self.ledger.runs()) or "none"
                 raise OuroborosError(f"no run {opts.tag!r} to resume in {self.records} (runs: {known})")
+            chain.refuse_broken(self.ledger, self.repo, run.tag)
             base = self.ledger.experiments(run.tag)[:1]
             if base and base[0].status not in ("keep", "running"):
                 raise OuroborosError(f"run {run.tag!r} failed at its baseline ({base[0].status}: {base[0].reason}); "
@@ -248,7 +249,7 @@ class Loop:
                 proposal = self.agent.propose(ctx)
             except AgentError as exc:
                 proposal, failure = exc.proposal(), str(exc)
-        exp = Experiment(self.tag, n, parent=best.commit_sha, description=proposal.description,
+        exp = Experiment(self.tag, n, parent=best.commit_sha, description=clean_text(proposal.description),
                          agent=self.agent.name, model=proposal.model, session=proposal.session or ctx.session,
                          tokens_in=proposal.tokens_in, tokens_out=proposal.tokens_out, cost_usd=proposal.cost_usd,
                          params=proposal.params, agent_s=time.monotonic() - start)
@@ -258,7 +259,7 @@ class Loop:
             failure = "the proposal changed no file"
         if self.ws.head() != best.commit_sha:  # history rewritten: the branch goes back, the change is kept
             self.ws.rewind(best.commit_sha)
-        exp.commit_sha = self.ws.commit(proposal.description, n, untracked=any(c.status == "??" for c in changes))
+        exp.commit_sha = self.ws.commit(exp.description, n, untracked=any(c.status == "??" for c in changes))
         self._dirty = any(c.status == "!!" for c in changes)
         exp.loc = count_loc(self.ws.task_dir, self.task.editable_files(self.ws.task_dir))
         (ctx.exp_dir / "diff.patch").write_text(self.ws.diff(best.commit_sha, exp.commit_sha))
@@ -338,18 +339,21 @@ class Loop:
             return Verdict.KEEP, "baseline"
         j = self.task.judge
         min_delta = effective_min_delta(j.min_delta, self.run_rec.noise_sigma, j.noise_z)
-        assert exp.metric is not None and best.metric is not None
-        verdict = judge(exp.metric, best.metric, self.task.minimize, min_delta, exp.loc, best.loc, j.simplicity)
-        implausible = j.plausibility is not None and gain(exp.metric, best.metric, self.task.minimize) > j.plausibility
-        if verdict.verdict == Verdict.KEEP and (j.confirm or implausible):
+        assert exp.metric is not None
+        # Against the best ever kept, and the gain since the last confirmed keep (judge.standing), so
+        # neither the simplicity tolerance nor the plausibility bound can be walked step by step.
+        st = standing([e for e in self.history if e.status == Verdict.KEEP], self.task.minimize)
+        verdict = judge(exp.metric, st.best, self.task.minimize, min_delta, exp.loc, st.loc, j.simplicity)
+        suspect = implausible(exp.metric, st, self.task.minimize, j.plausibility)
+        if verdict.verdict == Verdict.KEEP and (j.confirm or suspect):
             again = self._confirm(exp, exp_dir, env)
             if again is None:
                 return Verdict.DISCARD, "the confirmation re-run failed"
             exp.metrics["confirm_metric"] = again
             worse = max(exp.metric, again) if self.task.minimize else min(exp.metric, again)
-            second = judge(worse, best.metric, self.task.minimize, min_delta, exp.loc, best.loc, j.simplicity)
+            second = judge(worse, st.best, self.task.minimize, min_delta, exp.loc, st.loc, j.simplicity)
             if second.verdict != Verdict.KEEP:
-                why = "implausible gain" if implausible else "confirmation"
+                why = "implausible gain" if suspect else "confirmation"
                 return Verdict.DISCARD, f"{why}: re-run with another seed gave {again:.6g}, not a keep"
             exp.metric = worse
         if verdict.verdict == Verdict.KEEP and self.task.task.holdout:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ouroboros.ledger import Experiment
+from ouroboros.ledger import Experiment, fmt_metric, one_line
 from ouroboros.sandbox import tail_text
 from ouroboros.task import Task
 
@@ -24,9 +24,9 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 def results_table(task: Task, history: list[Experiment]) -> str:
     rows = [f"| n | {task.metric.name} | status | description |", "| --- | --- | --- | --- |"]
     for e in history:
-        metric = f"{e.metric:.6f}" if e.metric is not None else "-"
-        why = f" ({e.reason})" if e.status in ("crash", "timeout", "violation") and e.reason else ""
-        rows.append(f"| {e.n} | {metric} | {e.status} | {' '.join(e.description.split())}{why} |")
+        metric = fmt_metric(e.metric)
+        why = f" ({one_line(e.reason)})" if e.status in ("crash", "timeout", "violation") and e.reason else ""
+        rows.append(f"| {e.n} | {metric} | {e.status} | {one_line(e.description)}{why} |")
     return "\n".join(rows)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ouroboros.errors import OuroborosError
+from ouroboros.ledger import clean_text
 from ouroboros.task import RECORDS_DIR
 
 _SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false", "-c", "user.name=ouroboros",
@@ -161,8 +162,10 @@ class Workspace:
         """
         if untracked:
             self.git("add", "-A")
-        self.git("commit", "-q", "--no-verify", "--allow-empty", *(() if untracked else ("-a",)),
-                 "-m", message or f"experiment {n}")
+        # The message goes by file (stdin), cleaned: agent text is data, never an argument (a NUL in
+        # argv cannot even be passed) or an option.
+        git(self.path, "commit", "-q", "--no-verify", "--allow-empty", *(() if untracked else ("-a",)),
+            "--cleanup=verbatim", "-F", "-", input=clean_text(message).strip() or f"experiment {n}")
         sha = self.head()
         self.pin(n, sha)
         return sha

@@ -1,0 +1,207 @@
+"""The ledger's chain: records that cannot be changed without it showing.
+
+Every write of a ledger row (a run, an experiment) appends an entry to the ledger's `chain` table:
+the SHA-256 of the row as stored, and HMAC-SHA256(key, previous entry's HMAC, the entry). The key
+is a random secret in the user's config folder (`~/.config/ouroboros/ledger.key`, or
+`$OUROBOROS_CONFIG_DIR`), mode 0600, never inside a task repo; the newest entry's sequence number and
+HMAC are also kept there (`heads/<ledger id>`), so cutting entries off the end shows too.
+
+What it stops: a run, an evaluator or an agent that edits `ledger.sqlite` (a row changed, added or
+deleted, a forged best), and cannot read the key: at isolation level `bwrap` the run and the
+evaluation see no `$HOME`, so the key is out of their reach. `verify` then names the rows that
+disagree, `run --resume` refuses to build on them, `log` and `status` warn.
+
+What it does not stop: code that can read the key (a run at levels `unshare` or `process`, where
+`$HOME` is visible; an agent process that is not confined; `ouroboros exp` runs inside the agent's
+session in agent-driven mode and must write rows, so that agent holds the harness's power) can
+write a valid chain. Records copied to another machine verify only with the key of the machine
+that wrote them. A ledger written before chaining has rows with no entry: they are reported as
+unchained, never as verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ouroboros.errors import OuroborosError
+
+if TYPE_CHECKING:
+    from ouroboros.ledger import Ledger
+
+KEY_FILE = "ledger.key"
+
+
+def config_dir() -> Path:
+    override = os.environ.get("OUROBOROS_CONFIG_DIR")
+    if override:
+        return Path(override)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "ouroboros"
+
+
+def key() -> bytes:
+    """The chain key, made on first use (32 random bytes, file mode 0600, folder 0700)."""
+    folder = config_dir()
+    path = folder / KEY_FILE
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        text = path.read_text().strip()
+    except FileExistsError:  # another process made it between our check and our open
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise OuroborosError(f"cannot read or create the ledger key {path}: {exc.strerror}; make "
+                             f"{folder} writable by you, or set OUROBOROS_CONFIG_DIR to a private folder") from exc
+    if len(text) != 64:
+        raise OuroborosError(f"the ledger key {path} is not 64 hex characters; restore it from a backup (records "
+                             "written with it verify only with it), or move it away to start a new key")
+    return bytes.fromhex(text)
+
+
+def digest(row: sqlite3.Row) -> str:
+    """The SHA-256 of a row as stored, columns in name order, values as SQLite returns them."""
+    data = {k: row[k] for k in sorted(row.keys())}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def _mac(k: bytes, prev: str, seq: int, kind: str, tag: str, n: int, dig: str) -> str:
+    msg = "\n".join((prev, str(seq), kind, tag, str(n), dig)).encode("utf-8", "replace")
+    return hmac.new(k, msg, hashlib.sha256).hexdigest()
+
+
+def _head_file(ledger: Ledger) -> Path:
+    ident = hashlib.sha256(str((ledger.records / "ledger.sqlite").resolve()).encode()).hexdigest()[:24]
+    return config_dir() / "heads" / ident
+
+
+def append(ledger: Ledger, k: bytes, kind: str, tag: str, n: int, dig: str) -> None:
+    """Add the entry for a row just written (inside the caller's transaction) and move the head."""
+    last = ledger.db.execute("SELECT seq, mac FROM chain ORDER BY seq DESC LIMIT 1").fetchone()
+    seq, prev = (last["seq"] + 1, last["mac"]) if last else (1, "")
+    mac = _mac(k, prev, seq, kind, tag, n, dig)
+    ledger.db.execute("INSERT INTO chain (seq, kind, tag, n, digest, mac) VALUES (?,?,?,?,?,?)",
+                      (seq, kind, tag, n, dig, mac))
+    head = _head_file(ledger)
+    head.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = head.with_name(f"{head.name}.{os.getpid()}.tmp")
+    tmp.write_text(f"{seq} {mac}\n")
+    tmp.replace(head)
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str  # what disagrees: "chain", "run <tag>", "experiment <n>", "ref <name>", "results.tsv"
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what}"
+
+
+def verify_chain(ledger: Ledger, tag: str | None = None) -> list[Problem]:
+    """The HMACs of every entry, the head, and each row (of `tag`, or all) against its last entry."""
+    k = key()
+    problems: list[Problem] = []
+    prev, expect_seq, last_of = "", 1, {}
+    for e in ledger.db.execute("SELECT * FROM chain ORDER BY seq"):
+        if e["seq"] != expect_seq:
+            problems.append(Problem("chain", f"entries {expect_seq}..{e['seq'] - 1} are missing"))
+        if not hmac.compare_digest(_mac(k, prev, e["seq"], e["kind"], e["tag"], e["n"], e["digest"]), e["mac"]):
+            problems.append(Problem("chain", f"entry {e['seq']} ({e['kind']} {e['tag']} {e['n']}) has a wrong HMAC: "
+                                             "written outside Ouroboros, or with another key"))
+        prev, expect_seq = e["mac"], e["seq"] + 1
+        last_of[(e["kind"], e["tag"], e["n"])] = e["digest"]
+    head = _head_file(ledger)
+    if head.is_file():
+        seq, _, mac = head.read_text().strip().partition(" ")
+        if int(seq) != expect_seq - 1 or mac != prev:
+            problems.append(Problem("chain", f"ends at entry {expect_seq - 1}, but Ouroboros last wrote entry {seq}: "
+                                             "entries were cut off or rewritten"))
+    elif expect_seq > 1:
+        problems.append(Problem("chain", f"no record of this ledger's last entry in {head.parent}: written on "
+                                         "another machine or account, so a cut-off end cannot be ruled out"))
+    where = " WHERE tag=?" if tag else ""
+    args = (tag,) if tag else ()
+    for row in ledger.db.execute("SELECT * FROM runs" + where, args):
+        problems += _row(last_of, "run", row["tag"], -1, digest(row), f"run {row['tag']}")
+    for row in ledger.db.execute("SELECT * FROM experiments" + where + " ORDER BY tag, n", args):
+        problems += _row(last_of, "exp", row["tag"], row["n"], digest(row), f"experiment {row['tag']}/{row['n']}")
+    for kind, t, n in last_of:
+        if tag and t != tag:
+            continue
+        table, cond = ("runs", "tag=?") if kind == "run" else ("experiments", "tag=? AND n=?")
+        if ledger.db.execute(f"SELECT 1 FROM {table} WHERE {cond}", (t,) if kind == "run" else (t, n)).fetchone() \
+                is None:
+            problems.append(Problem(f"{'run' if kind == 'run' else 'experiment'} {t}" + ("" if kind == "run" else
+                                    f"/{n}"), "was recorded, and is now gone from the ledger"))
+    return problems
+
+
+def _row(last_of: dict, kind: str, tag: str, n: int, dig: str, where: str) -> list[Problem]:
+    recorded = last_of.get((kind, tag, n))
+    if recorded is None:
+        return [Problem(where, "has no chain entry: added outside Ouroboros (or written before records were "
+                               "chained)")]
+    if recorded != dig:
+        return [Problem(where, "differs from what Ouroboros wrote: changed outside Ouroboros")]
+    return []
+
+
+def verify_refs(ledger: Ledger, repo: Path, tag: str) -> list[Problem]:
+    """Each experiment's attempt commit against its ref refs/ouroboros/<tag>/<n>."""
+    from ouroboros.workspace import git
+
+    out = git(repo, "for-each-ref", "--format=%(refname) %(objectname)", f"refs/ouroboros/{tag}/", check=False)
+    refs = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    problems = []
+    for e in ledger.experiments(tag):
+        if not e.commit_sha:
+            continue
+        name = f"refs/ouroboros/{tag}/{e.n}"
+        sha = refs.get(name)
+        if sha is None:
+            problems.append(Problem(f"ref {name}", f"is missing; the ledger says experiment {e.n} is commit "
+                                                   f"{e.commit_sha[:12]}"))
+        elif sha != e.commit_sha:
+            problems.append(Problem(f"ref {name}", f"points to {sha[:12]}, the ledger says {e.commit_sha[:12]}"))
+    return problems
+
+
+def verify_tsv(ledger: Ledger, tag: str) -> list[Problem]:
+    """results.tsv against the rows the ledger would write. A table that is only behind (a kill between
+    the ledger's write and the table's) is healed on resume, and not a problem."""
+    path = ledger.run_dir(tag) / "results.tsv"
+    if not path.is_file():
+        return []
+    expected = [e.tsv_row().rstrip("\n") for e in ledger.experiments(tag, finished_only=True)]
+    lines = path.read_text(errors="replace").splitlines()[1:]
+    missing = [r for r in expected if r not in lines]
+    extra = [r for r in lines if r not in expected]
+    problems = [Problem("results.tsv", f"row {r[:120]!r} is not in the ledger") for r in extra]
+    if extra:  # a row changed: the ledger's version of it is missing too
+        problems += [Problem("results.tsv", f"the ledger's row {r[:120]!r} is not in the table") for r in missing]
+    return problems
+
+
+def verify(ledger: Ledger, repo: Path, tag: str, table: bool = True) -> list[Problem]:
+    """Everything that disagrees between the chain, the rows, the attempt refs and results.tsv."""
+    return verify_chain(ledger, tag) + verify_refs(ledger, repo, tag) + (verify_tsv(ledger, tag) if table else [])
+
+
+def refuse_broken(ledger: Ledger, repo: Path, tag: str) -> None:
+    """Refuse to build on records that were changed outside Ouroboros (`run --resume`, `exp`)."""
+    problems = verify(ledger, repo, tag, table=False)
+    if problems:
+        raise OuroborosError(f"the records of run {tag!r} do not verify ({len(problems)} problem(s), first: "
+                             f"{problems[0]}); they were changed outside Ouroboros, so the run is not continued. "
+                             f"See `ouroboros verify {tag}`, and start a new run (--tag NEW)")
