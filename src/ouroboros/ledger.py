@@ -220,7 +220,8 @@ class Ledger:
 
     # experiments
     def begin(self, exp: Experiment) -> None:
-        exp.description, exp.reason = clean_text(exp.description), clean_text(exp.reason)
+        for name in ("description", "reason", "agent", "model"):  # agent-written text: data, cleaned
+            setattr(exp, name, clean_text(getattr(exp, name)))
         self._write("exp", _encode(exp))
 
     def finish(self, exp: Experiment) -> None:

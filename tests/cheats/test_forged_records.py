@@ -1,0 +1,89 @@
+"""Forged records: the agent edits ledger.sqlite and results.tsv to plant a best.
+
+The agent process (a `cmd:` agent, unconfined) rewrites a finished experiment as a keep with a
+metric it never reached, in the ledger and in results.tsv. The chain shows it: `--resume` refuses
+to build on it, `verify` names the row, `log` and `status` warn, and `audit` re-runs the keep from
+its commit and flags the recorded metric.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sqlite3
+import sys
+from pathlib import Path
+
+from ouroboros import audit
+from ouroboros.loop import Loop, Options
+from ouroboros.task import load_task
+from ouroboros.testing import cli
+
+FORGER = '''
+import pathlib, re, sqlite3, sys
+records = pathlib.Path(sys.argv[1])
+db = sqlite3.connect(records / "ledger.sqlite")
+done = db.execute("SELECT n FROM experiments WHERE tag='f' AND status != 'running'").fetchall()
+if len(done) == 2:  # after experiment 1: make it a keep with a loss it never had
+    db.execute("UPDATE experiments SET metric=1e-30, status='keep' WHERE tag='f' AND n=1")
+    db.commit()
+    tsv = records / "runs/f/results.tsv"
+    lines = tsv.read_text().splitlines()
+    cols = lines[2].split("\\t")
+    cols[1], cols[3] = "1e-30", "keep"
+    lines[2] = "\\t".join(cols)
+    tsv.write_text("\\n".join(lines) + "\\n")
+train = pathlib.Path("train.py")
+train.write_text(re.sub(r"STEPS = (\\d+)", lambda m: f"STEPS = {int(m.group(1)) * 2}", train.read_text()))
+'''
+
+
+def test_a_forged_best_is_refused_on_resume_reported_and_flagged_by_the_audit(quadratic: Path, tmp_path: Path):
+    script = tmp_path / "forger.py"
+    script.write_text(FORGER)
+    records = quadratic / ".ouroboros"
+    agent = f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(script))} {shlex.quote(str(records))}"
+    Loop(load_task(quadratic), Options(agent=agent, max_experiments=2, tag="f")).run()
+    with sqlite3.connect(records / "ledger.sqlite") as db:
+        assert db.execute("SELECT metric FROM experiments WHERE tag='f' AND n=1").fetchone()[0] == 1e-30
+
+    resumed = cli("run", "-C", str(quadratic), "--resume", "f", "-n", "4")
+    assert resumed.returncode == 2
+    assert "the records of run 'f' do not verify" in resumed.stderr
+    assert "experiment f/1: differs from what Ouroboros wrote" in resumed.stderr
+    assert "ouroboros verify f" in resumed.stderr
+    with sqlite3.connect(records / "ledger.sqlite") as db:  # nothing was built on it
+        assert db.execute("SELECT max(n) FROM experiments WHERE tag='f'").fetchone()[0] == 2
+
+    verified = cli("verify", "-C", str(quadratic), "f")
+    assert verified.returncode == 1
+    assert "experiment f/1: differs from what Ouroboros wrote" in verified.stdout
+    for command in ("log", "status"):
+        shown = cli(command, "-C", str(quadratic), check=True)
+        assert "warning: the records" in shown.stdout and "do not verify" in shown.stdout
+
+    result = audit.audit(load_task(quadratic), "f")
+    flagged = {r.n: r for r in result.rows}
+    assert not result.ok
+    assert flagged[1].status == "NOT REPRODUCED" and flagged[1].recorded == 1e-30 and flagged[1].again > 1e-6
+    assert flagged[0].status == "reproduced"
+
+
+def test_an_edited_table_a_deleted_row_and_a_cut_off_chain_are_reported(quadratic: Path):
+    Loop(load_task(quadratic), Options(agent="random", max_experiments=2, tag="d")).run()
+    records = quadratic / ".ouroboros"
+    honest = cli("verify", "-C", str(quadratic), check=True)
+    assert "run d: verified (3 experiments" in honest.stdout
+    tsv = records / "runs/d/results.tsv"
+    lines = tsv.read_text().splitlines()
+    cols = lines[2].split("\t")
+    cols[1], cols[3] = "1e-30", "keep"
+    tsv.write_text("\n".join([*lines[:2], "\t".join(cols), *lines[3:]]) + "\n")
+    with sqlite3.connect(records / "ledger.sqlite") as db:
+        db.execute("DELETE FROM experiments WHERE tag='d' AND n=2")
+        last = db.execute("SELECT max(seq) FROM chain").fetchone()[0]
+        db.execute("DELETE FROM chain WHERE seq=?", (last,))
+    out = cli("verify", "-C", str(quadratic), "d")
+    assert out.returncode == 1
+    assert "experiment d/2: was recorded, and is now gone from the ledger" in out.stdout
+    assert "entries were cut off or rewritten" in out.stdout
+    assert f"results.tsv: row '{cols[0]}\\t1e-30" in out.stdout  # the forged row, as written
