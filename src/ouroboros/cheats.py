@@ -479,6 +479,11 @@ def _effects(attack: Attack, loop, server: _Server, marker: str, exp_dir: Path) 
     for tsv in loop.records.glob("runs/*/results.tsv"):
         if marker in tsv.read_text():
             out.append(f"{tsv.name} has a forged row")
+    from ouroboros import chain
+
+    broken = chain.verify_chain(loop.ledger)
+    if broken:
+        out.append(f"the ledger's chain does not verify ({broken[0]})")
     log = exp_dir / "run.log"
     if log.exists() and f"sk-{marker}" in log.read_text(errors="replace"):
         out.append("the API key reached the run")

@@ -87,3 +87,35 @@ def test_an_edited_table_a_deleted_row_and_a_cut_off_chain_are_reported(quadrati
     assert "experiment d/2: was recorded, and is now gone from the ledger" in out.stdout
     assert "entries were cut off or rewritten" in out.stdout
     assert f"results.tsv: row '{cols[0]}\\t1e-30" in out.stdout  # the forged row, as written
+
+
+def test_at_level_bwrap_the_run_cannot_read_the_chain_key(quadratic: Path, tmp_path: Path, monkeypatch):
+    from ouroboros import chain, isolation
+
+    if not isolation.available("bwrap"):
+        import pytest
+
+        pytest.skip("bubblewrap does not work on this machine")
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("OUROBOROS_CONFIG_DIR")
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    key_file = chain.config_dir() / chain.KEY_FILE
+    snippet = tmp_path / "steal.py"
+    snippet.write_text(f"\ntry:\n    print('KEY:' + open({str(key_file)!r}).read())\nexcept OSError as e:\n"
+                       "    print('NOKEY', e)\n")
+    thief = tmp_path / "thief.py"
+    thief.write_text(f"import pathlib\nt = pathlib.Path('train.py')\n"
+                     f"t.write_text(t.read_text() + pathlib.Path({str(snippet)!r}).read_text())\n")
+    toml = quadratic / "ouroboros.toml"
+    toml.write_text(toml.read_text().replace("[judge]", "[bound]\nisolation = \"bwrap\"\n\n[judge]"))
+    from ouroboros.testing import commit_all
+
+    commit_all(quadratic, "bwrap")
+    loop = Loop(load_task(quadratic), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(thief))}",
+                                              max_experiments=1, tag="k"))
+    loop.run()
+    assert key_file.is_file()
+    assert loop.history[-1].status in ("keep", "discard", "crash"), (loop.history[-1].status, loop.history[-1].reason)
+    log = (quadratic / ".ouroboros/runs/k/exp/1/run.log").read_text()
+    assert "NOKEY" in log and "KEY:" not in log and key_file.read_text() not in log
