@@ -95,7 +95,7 @@ def run(
                       f"ouroboros run -C {task} --resume {opts.tag}")
         raise typer.Exit(130) from None
     if loop.run_rec.config.get("stop_reason"):
-        console.print(f"run ended early: {loop.run_rec.config['stop_reason']}")
+        console.print(f"run ended early: {loop.run_rec.config['stop_reason']}", markup=False)
     live.summary(loop)
 
 

@@ -175,7 +175,7 @@ def drive(task: Task, opts: Options, console: Console) -> None:
                 loop.run_rec.status = "stalled"
                 reason = f"{stalls} sessions in a row recorded no experiment"
                 break
-        console.print(f"agent-driven run ends: {reason}; {loop.run_rec.sessions} sessions")
+        console.print(f"agent-driven run ends: {reason}; {loop.run_rec.sessions} sessions", markup=False)
         loop.run_rec.config["stop_reason"] = reason
     live.summary(loop)
 
@@ -307,7 +307,7 @@ def exp(message: str, task_dir: Path | None = None, tag: str | None = None,
             bound_notes(run_dir / NOTES_FILE, task.agent.notes_max_chars)
         finally:
             loop.ledger.close()
-    console.print(verdict_line(task, result, loop), soft_wrap=True)
+    console.print(verdict_line(task, result, loop), soft_wrap=True, markup=False)  # agent text: data
     return 0, result
 
 
