@@ -116,11 +116,14 @@ class AuditLoop(Loop):
         self.history: list[Experiment] = []
         strongest = task.model_copy(update={"bound": task.bound.model_copy(update={"isolation": "auto"})})
         self.isolation = isolation.choose(strongest, self.ws.task_dir, records)
+        # The export has no .git: mask the real task repo, and bind the whole export writable.
+        self.isolation.repo, self.isolation.worktree = repo, path
         self.guard = SimpleNamespace(protected=dict.fromkeys(protected))
         self._dirty = True
 
     def rerun(self, i: int, keep: Experiment) -> Experiment:
         self.ws.reset(keep.commit_sha)
+        self._dirty = False  # just exported
         exp = Experiment(self.tag, i, commit_sha=keep.commit_sha, parent=keep.commit_sha, agent="audit",
                          description=f"audit of {self.run_rec.config['audit_of']} experiment {keep.n}")
         self.ledger.begin(exp)
@@ -193,7 +196,7 @@ def audit(task: Task, tag: str, sample: int | None = None, seed: int = 0,
         try:
             for k, keep in enumerate(chosen):
                 if echo:
-                    echo(f"audit {escape(tag)}: re-running keep {keep.n} [{keep.commit_sha[:7]}] "
+                    echo(f"audit {escape(tag)}: re-running keep {keep.n} {escape(f'[{keep.commit_sha[:7]}]')} "
                          f"({k + 1}/{len(chosen)})")
                 exp = loop.rerun(k, keep)
                 if exp.status != Verdict.KEEP or exp.metric is None:
