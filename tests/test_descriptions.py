@@ -104,3 +104,20 @@ def test_small_metrics_keep_their_digits_everywhere(quadratic: Path) -> None:
     assert "0.000000" not in shown
     assert shown.count("5.5e-14") >= 4 and "5.6e-14" in shown  # line, summary, log, status; the baseline
     assert "-1e-15 vs baseline" in shown
+
+
+def test_exp_takes_a_message_with_markup_and_newlines_as_data(quadratic: Path) -> None:
+    cli("run", "-C", str(quadratic), "--agent", "random", "-n", "1", "--tag", "e", check=True)
+    ledger = Ledger(quadratic / ".ouroboros")
+    run = ledger.run("e")
+    run.config["max_experiments"] = None  # open again, for an `exp` call by hand
+    ledger.save_run(run)
+    worktree = quadratic / ".ouroboros/runs/e/worktree"
+    train = worktree / "train.py"
+    train.write_text(train.read_text().replace("STEPS = 200", "STEPS = 400"))
+    proc = cli("exp", "-m", "[/] more [bold]steps\nsecond line", cwd=worktree)
+    assert proc.returncode == 0, proc.stderr
+    assert "experiment 2:" in proc.stdout
+    exp = ledger.experiments("e")[-1]
+    assert exp.description == "[/] more [bold]steps second line" and exp.status in ("keep", "discard")
+    assert "[/] more [bold]steps second line" in cli("log", "-C", str(quadratic), check=True).stdout
