@@ -195,6 +195,26 @@ def report(
 
 
 @app.command()
+def dashboard(
+    task: Annotated[Path | None, typer.Option("--task", "-C", help="the task folder whose runs to show")] = None,
+    study: Annotated[Path | None, typer.Option(help="a study folder (written by `study run`) to show")] = None,
+    port: Annotated[int, typer.Option(help="port to listen on", min=1, max=65535)] = 8765,
+    host: Annotated[str, typer.Option(help="address to listen on; anything but 127.0.0.1 is reachable by others "
+                                      "(the token is required all the same)")] = "127.0.0.1",
+) -> None:
+    """Serve a live web view of a task's runs or a study's; the printed address carries its token."""
+    from ouroboros import dashboard as web
+
+    if task is not None and study is not None:
+        raise OuroborosError("give -C TASK or --study DIR, not both")
+    if study is not None:
+        from ouroboros.study.runner import study_dir
+
+        study = study_dir(study)
+    web.serve(None if study else (task or Path(".")).resolve(), study, host, port, echo=console.print)
+
+
+@app.command()
 def noise(
     task: TaskDir = Path("."),
     repeats: Annotated[int, typer.Option("--repeats", "-R", min=2, help="baseline evaluations")] = 5,
