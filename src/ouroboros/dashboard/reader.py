@@ -26,8 +26,7 @@ TAIL_BYTES = 32_000
 DIFF_BYTES = 400_000
 GUIDANCE_MAX = 64_000
 # The table's columns: small, so 5,000 rows stay a few hundred kilobytes (metrics JSON is per row, on click).
-_ROW = ("n, status, reason, metric, description, agent, model, cost_usd, wall_s, run_s, started, finished, "
-        "parent, commit_sha")
+_ROW = "n, status, reason, metric, description, agent, model, cost_usd, wall_s, started, finished"
 
 
 def connect(records: Path) -> sqlite3.Connection:

@@ -125,11 +125,13 @@ function renderChart() {
   el("line", {x1: L, x2: L, y1: T, y2: H - B, class: "axis"}, svg);
   el("line", {x1: L, x2: W - R, y1: H - B, y2: H - B, class: "axis"}, svg);
   el("text", {x: (L + W) / 2, y: H - 6, "text-anchor": "middle"}, svg).textContent =
-    "experiment (" + list.length + " finished)" + (log ? ", log scale" : "");
+    "experiment (" + Math.max(list.length - 1, 0) + " finished after the baseline)" + (log ? ", log scale" : "");
   let best = null, pts = [];
   for (const r of list) {
     const ok = r.metric !== null && Number.isFinite(r.metric);
+    const before = best;
     if (r.status === "keep" && ok && (best === null || (MINIMIZE ? r.metric < best : r.metric > best))) best = r.metric;
+    if (before !== null && before !== best) pts.push(x(r.n).toFixed(1) + "," + y(before).toFixed(1));  // a step
     if (best !== null) pts.push(x(r.n).toFixed(1) + "," + y(best).toFixed(1));
   }
   el("polyline", {points: pts.join(" "), class: "best"}, svg);
