@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -137,6 +138,55 @@ def test_lineage_hangs_each_experiment_under_its_parent_and_survives_unknown_par
     source.close()
 
 
+def test_secrets_in_the_dashboards_environment_are_redacted_from_what_it_shows(quadratic: Path,
+                                                                               monkeypatch) -> None:
+    key = "sk-test-0123456789abcdef"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    ledger = Ledger(quadratic / ".ouroboros")
+    ledger.save_run(Run("k", metric="loss", status="finished"))
+    ledger.finish(Experiment("k", 0, status="keep", metric=1.0, description=f"baseline {key}"))
+    (ledger.exp_dir("k", 0) / "agent.log").write_text(f"env: OPENAI_API_KEY={key}\n")
+    ledger.close()
+    with serving(quadratic) as base:
+        rows = get(base + "/api/run/k", {"X-Ouroboros-Token": TOKEN})[1]
+        detail = json.loads(get(base + "/api/run/k/exp/0", {"X-Ouroboros-Token": TOKEN})[1])
+    assert key not in rows and "baseline [redacted]" in rows
+    assert detail["agent_log"] == "env: OPENAI_API_KEY=[redacted]\n"
+
+
+def test_cli_prints_the_tokened_address_and_warns_when_listening_beyond_localhost(quadratic: Path) -> None:
+    cli("run", "-C", str(quadratic), "-n", "1", "--tag", "t", check=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "ouroboros.cli", "dashboard", "-C", str(quadratic), "--host",
+                             "0.0.0.0", "--port", str(port)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "300"})
+    try:
+        warning, address = proc.stdout.readline(), proc.stdout.readline()
+        assert warning.startswith("warning: listening on 0.0.0.0") and "token is required" in warning
+        url = address.split()[1]
+        assert url.startswith(f"http://127.0.0.1:{port}/?token=")
+        for _ in range(100):
+            try:
+                status = get(f"http://127.0.0.1:{port}/")[0]
+                break
+            except OSError:
+                proc.poll()
+                assert proc.returncode is None
+                threading.Event().wait(0.1)
+        assert status == 401
+        assert get(url)[0] == 303
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_task_without_runs_is_a_one_line_error(quadratic: Path) -> None:
+    proc = cli("dashboard", "-C", str(quadratic))
+    assert proc.returncode == 2 and "no runs yet" in proc.stderr and "ouroboros run" in proc.stderr
+
+
 def test_a_missing_extra_is_one_line_with_the_install_command(quadratic: Path) -> None:
     code = ("import sys; sys.modules['fastapi'] = None; sys.argv = ['ouroboros', 'dashboard', '-C', sys.argv[1]]\n"
             "from ouroboros.cli import main; main()")
@@ -171,7 +221,10 @@ def test_study_page_shows_progress_and_the_reports_statistics(tmp_path: Path) ->
         {"name": c, "agent": c} for c in conds]}, "conditions": conds}))
     with serving(study_dir=folder) as base:
         status, page, _ = get(base + "/study", {"X-Ouroboros-Token": TOKEN})
+        curves = json.loads(get(base + "/api/study", {"X-Ouroboros-Token": TOKEN})[1])["curves"]
     assert status == 200
+    assert sorted((c["tag"], c["best"][-1]) for c in curves if c["condition"] == "tpe") == [
+        ("s-tpe-r0", 2.0), ("s-tpe-r1", 1.9)]  # finished runs only
     rows = page.split('<table id="progress"')[1].split("</table>")[0]
     assert "<td class=\"text\">random</td><td>2</td><td>1</td><td>0</td><td>1</td>" in rows  # 2 done, 1 running, 1 queued
     assert "Mann-Whitney" in page and "too few finished runs" not in page
@@ -179,7 +232,7 @@ def test_study_page_shows_progress_and_the_reports_statistics(tmp_path: Path) ->
 
 
 # -- in a real browser -------------------------------------------------------------------------------
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser():
     if not shutil.which(CHROMIUM):
         pytest.skip("needs Debian chromium at /usr/bin/chromium (make system)")

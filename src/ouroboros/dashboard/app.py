@@ -129,6 +129,14 @@ def create_app(task_dir: Path | None = None, study_dir: Path | None = None, toke
             raise HTTPException(404, "started with -C TASK: no study here (start with --study DIR)")
         return page("study.html", view=study.view(sources.all()))
 
+    @app.get("/api/study")
+    async def api_study() -> dict:
+        """Each finished run's best-so-far curve (the report's own), by condition."""
+        if study is None:
+            raise HTTPException(404, "started with -C TASK: no study here")
+        stats = study.view(sources.all())["stats"]
+        return {"curves": stats["curves"] if stats else [], "conditions": list(study.conditions)}
+
     @app.get("/api/runs")
     async def api_runs() -> list[dict]:
         return [r for s in sources.all() for r in s.runs()]
@@ -209,6 +217,6 @@ async def _stream(source: reader.Source, tag: str, request: Request, since: floa
         key = (n, reader.file_size(log) if log else -1)
         if key != log_key:
             log_key = key
-            text = reader.read_tail(log, TAIL_LIVE) if log else None
+            text = reader.redact(reader.read_tail(log, TAIL_LIVE), source.secrets) if log else None
             yield {"event": "tail", "data": json.dumps({"n": n, "text": text or ""})}
         await asyncio.sleep(poll_s)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import stat
 import time
@@ -27,6 +28,25 @@ DIFF_BYTES = 400_000
 GUIDANCE_MAX = 64_000
 # The table's columns: small, so 5,000 rows stay a few hundred kilobytes (metrics JSON is per row, on click).
 _ROW = "n, status, reason, metric, description, agent, model, cost_usd, wall_s, started, finished"
+
+
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+def env_secrets(environ: dict[str, str] | None = None) -> list[str]:
+    """Values of this process's secret-looking environment variables (API keys, tokens), longest first."""
+    env = os.environ if environ is None else environ
+    found = {v for k, v in env.items() if _SECRET_NAME.search(k) and len(v) >= 8}
+    return sorted(found, key=len, reverse=True)
+
+
+def redact(text: str | None, secrets: list[str]) -> str | None:
+    """A log that printed a key (an agent echoing its environment) shows `[redacted]` instead."""
+    if text is None:
+        return None
+    for value in secrets:
+        text = text.replace(value, "[redacted]")
+    return text
 
 
 def connect(records: Path) -> sqlite3.Connection:
@@ -69,6 +89,13 @@ def _num(v: Any) -> float | None:
     return v if isinstance(v, int | float) and v == v and v not in (float("inf"), float("-inf")) else None
 
 
+def _json(text: str | None) -> Any:
+    try:
+        return json.loads(text or "{}")
+    except ValueError:
+        return {"unreadable": text}
+
+
 @dataclass
 class Source:
     """One task's records, read-only."""
@@ -78,6 +105,7 @@ class Source:
     def __post_init__(self) -> None:
         self.records = self.task_dir / RECORDS_DIR
         self.db = connect(self.records)
+        self.secrets = env_secrets()
         self._budget: float | None = None
         if (self.task_dir / TASK_FILE).is_file():
             try:
@@ -157,20 +185,30 @@ class Source:
         if since is not None:
             sql += " AND (status = 'running' OR finished >= ?)"
             args = (tag, since)
-        return [dict(r) for r in self.db.execute(sql + " ORDER BY n", args)]
+        rows = [dict(r) for r in self.db.execute(sql + " ORDER BY n", args)]
+        if self.secrets:
+            for r in rows:
+                r["description"] = redact(r["description"], self.secrets)
+                r["reason"] = redact(r["reason"], self.secrets)
+        return rows
 
     def experiment(self, tag: str, n: int) -> dict[str, Any]:
         row = self.db.execute("SELECT * FROM experiments WHERE tag=? AND n=?", (tag, n)).fetchone()
         if row is None:
             raise KeyError(n)
         folder = self.run_dir(tag) / "exp" / str(n)
-        diff = read_tail(folder / "diff.patch", DIFF_BYTES)
+
+        def text(name: str, size: int = TAIL_BYTES) -> str | None:
+            return redact(read_tail(folder / name, size), self.secrets)
+
         return {
-            "n": n, "status": row["status"], "reason": row["reason"], "metric": _num(row["metric"]),
-            "description": row["description"], "commit": row["commit_sha"], "parent": row["parent"],
-            "agent": row["agent"], "model": row["model"], "metrics": json.loads(row["metrics"] or "{}"),
-            "diff": diff, "run_log": read_tail(folder / "run.log"), "eval_log": read_tail(folder / "eval.log"),
-            "agent_log": read_tail(folder / "agent.log"),
+            "n": n, "status": row["status"], "reason": redact(row["reason"], self.secrets),
+            "metric": _num(row["metric"]), "description": redact(row["description"], self.secrets),
+            "commit": row["commit_sha"], "parent": row["parent"],
+            "agent": row["agent"], "model": row["model"],
+            "metrics": _json(redact(row["metrics"], self.secrets)),
+            "diff": text("diff.patch", DIFF_BYTES), "run_log": text("run.log"), "eval_log": text("eval.log"),
+            "agent_log": text("agent.log"),
             "guard": row["reason"] if row["status"] == "violation" else None,
         }
 

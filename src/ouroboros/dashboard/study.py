@@ -51,7 +51,7 @@ class StudyView:
     def _statistics(self, sources: list) -> dict[str, Any]:
         try:
             from ouroboros.report import stats
-            from ouroboros.report.data import Attempt, RunData
+            from ouroboros.report.data import Attempt, RunData, best_so_far
         except ImportError:
             return {"stats": None, "note": "statistics need the report extra: pip install 'ouroboros[report]'"}
         finished = []
@@ -63,5 +63,7 @@ class StudyView:
                                         attempts=attempts, metric=row["metric"]))
         if not finished:
             return {"stats": None, "note": "no run has finished yet: statistics appear with the first"}
+        curves = [{"tag": r.tag, "condition": r.condition, "best": best_so_far(r)} for r in finished]
         return {"stats": {"summary": stats.summary(finished), "pairs": stats.pairwise(finished),
-                          "metric": finished[0].metric, "minimize": finished[0].minimize}, "note": ""}
+                          "metric": finished[0].metric, "minimize": finished[0].minimize, "curves": curves},
+                "note": ""}
