@@ -262,11 +262,17 @@ def test_runs_started_elsewhere_show_up_and_new_experiments_arrive_without_reloa
             assert resumed.wait(120) == 0, resumed.stderr.read() if resumed.stderr else ""
         assert page.evaluate("window.__sameDocument") is True  # arrived by events, not a reload
         assert page.locator("#chart circle").count() >= 5
+        page.uncheck('#filters input[value="discard"]')
+        assert page.locator("#exps td.discard").count() == 0 and page.locator("#exps td.keep").count() >= 1
+        page.check('#filters input[value="discard"]')
+        page.click('#exps th[data-key="metric"]')  # ascending: the best (lowest loss) first
+        metrics = [float(t) for t in page.locator("#exps tbody tr td:nth-child(3)").all_inner_texts() if t != "-"]
+        assert metrics == sorted(metrics)
         page.click("#exp-3")
         page.wait_for_selector("#detail:not([hidden])")
         diff = (quadratic / ".ouroboros" / "runs" / "live" / "exp" / "3" / "diff.patch").read_text()
         added = next(line for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++"))
-        page.wait_for_function("document.querySelector('#d-n').textContent === '3'")
+        page.wait_for_function("() => document.querySelector('#d-n').textContent === '3'")
         assert added in page.locator("#d-diff .add").all_inner_texts()
         assert page.locator("#d-metrics").inner_text().strip().startswith("{")
         page.close()
@@ -292,6 +298,27 @@ def test_agent_written_markup_is_shown_as_text_and_runs_nothing(tmp_path: Path, 
         page.close()
 
 
+def test_the_running_experiments_log_is_tailed_live(tmp_path: Path, browser) -> None:
+    task = tmp_path / "task"
+    ledger = Ledger(task / ".ouroboros")
+    ledger.save_run(Run("r", metric="loss", status="running", config={"budget": 60}))
+    ledger.finish(Experiment("r", 0, status="keep", metric=1.0, description="baseline"))
+    ledger.begin(Experiment("r", 1, status="running", description="trying"))
+    log = ledger.exp_dir("r", 1) / "run.log"
+    log.write_text("step 1 loss 0.9\n")
+    with serving(task) as base:
+        page = browser.new_page()
+        page.goto(f"{base}/run/r?token={TOKEN}")
+        page.wait_for_function("() => document.querySelector('#tail').textContent.includes('step 1 loss 0.9')")
+        with open(log, "a") as f:
+            f.write("step 2 loss <b>0.8</b>\n")
+        page.wait_for_function("() => document.querySelector('#tail').textContent.includes('step 2 loss <b>0.8</b>')")
+        assert page.locator("#tail-n").inner_text() == "#1" and page.locator("#tail b").count() == 0
+        assert "experiment 1 running" in page.locator("#summary").inner_text()
+        page.close()
+    ledger.close()
+
+
 def test_guidance_saved_on_the_page_is_in_the_next_prompt(quadratic: Path, browser) -> None:
     cli("run", "-C", str(quadratic), "-n", "1", "--tag", "g", check=True)
     note = "Try a smaller LEARNING_RATE first; <b>not</b> bigger."
@@ -300,7 +327,7 @@ def test_guidance_saved_on_the_page_is_in_the_next_prompt(quadratic: Path, brows
         page.goto(f"{base}/run/g?token={TOKEN}")
         page.fill("#guidance", note)
         page.click("#save-guidance")
-        page.wait_for_function("document.querySelector('#guidance-status').textContent.startsWith('saved')")
+        page.wait_for_function("() => document.querySelector('#guidance-status').textContent.startsWith('saved')")
         page.close()
     task = load_task(quadratic)
     prompt = build_prompt(task, quadratic, [], quadratic / ".ouroboros" / "runs" / "g")
