@@ -145,7 +145,7 @@ def create_app(task_dir: Path | None = None, study_dir: Path | None = None, toke
     async def api_run(tag: str) -> JSONResponse:
         """The run page's data: the run and every experiment's table row."""
         source = sources.find(tag)
-        return JSONResponse({"run": source.run(tag), "experiments": source.experiments(tag), "now": time.time()})
+        return JSONResponse({"run": source.run(tag), "table": source.table(tag), "now": time.time()})
 
     @app.get("/api/run/{tag}/exp/{n}")
     async def api_experiment(tag: str, n: int) -> dict:
@@ -206,10 +206,11 @@ async def _stream(source: reader.Source, tag: str, request: Request, since: floa
         changed = v != version
         if changed:
             version = v
-            rows = source.experiments(tag, since=since)
-            if rows:
-                since = max([since] + [r["finished"] for r in rows if r["finished"]])
-                yield {"event": "exps", "data": json.dumps(rows)}
+            table = source.table(tag, since=since)
+            if table["rows"]:
+                at = table["columns"].index("finished")
+                since = max([since] + [r[at] for r in table["rows"] if r[at]])
+                yield {"event": "exps", "data": json.dumps(table)}
         if changed or now - last_run >= 2:
             last_run = now
             yield {"event": "run", "data": json.dumps(source.run(tag))}

@@ -26,8 +26,11 @@ function gainOf(r, base) {
   return MINIMIZE ? base - r.metric : r.metric - base;
 }
 
-function upsert(list) {
-  for (const r of list) {
+function upsert(table) {
+  const cols = table.columns;
+  for (const values of table.rows) {
+    const r = {};
+    cols.forEach((c, i) => { r[c] = values[i]; });
     rows.set(r.n, r);
     if (r.finished && r.finished > since) since = r.finished;
   }
@@ -196,7 +199,7 @@ async function start() {
   const res = await fetch(BASE, {credentials: "same-origin"});
   const data = await res.json();
   summary(data.run);
-  upsert(data.experiments);
+  upsert(data.table);
   const events = new EventSource(BASE + "/events?since=" + since);
   events.addEventListener("exps", (ev) => upsert(JSON.parse(ev.data)));
   events.addEventListener("run", (ev) => summary(JSON.parse(ev.data)));
