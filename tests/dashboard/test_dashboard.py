@@ -87,6 +87,7 @@ def test_every_request_needs_the_token_and_writes_need_the_csrf_header(quadratic
             assert get(base + path + "?token=wrong")[0] == 403, path
         status, _, headers = get(f"{base}/?token={TOKEN}")
         assert status == 303 and headers["location"] == "/"  # the token leaves the address bar
+        assert get(f"{base}//evil.example/x?token={TOKEN}")[2]["location"] == "/evil.example/x"  # stays here
         cookie = headers["set-cookie"]
         assert f"={TOKEN}" in cookie and "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
         name = cookie.split("=")[0]

@@ -88,7 +88,8 @@ def create_app(task_dir: Path | None = None, study_dir: Path | None = None, toke
         if given is not None and hmac.compare_digest(given.encode(), token.encode()):
             if request.method == "GET":  # the token leaves the address bar and history
                 query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
-                response: Response = RedirectResponse(request.url.path + (f"?{query}" if query else ""), 303)
+                path = "/" + request.url.path.lstrip("/")  # never `//host`: a redirect off this server
+                response: Response = RedirectResponse(path + (f"?{query}" if query else ""), 303)
             else:
                 response = await call_next(request)
             response.set_cookie(cookie, token, httponly=True, samesite="strict", path="/")
