@@ -437,7 +437,7 @@ def run_attack(attack: Attack, workdir: Path, isolation: str | None = None,
     agent = f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(script))}"
     before = set(os.listdir(workdir))
     try:
-        loop = Loop(load_task(task), Options(agent=agent, max_experiments=1, budget=attack.budget,
+        loop = Loop(load_task(task), Options(agent=agent, max_experiments=1, budget=attack.budget, allow_weak_isolation=True,
                                              tag="cheat"))
         loop.run()
         exp = loop.history[-1]
