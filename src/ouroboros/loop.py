@@ -30,7 +30,7 @@ from ouroboros.guard import Guard
 from ouroboros.judge import Verdict, effective_min_delta, implausible, judge, standing
 from ouroboros.ledger import Experiment, Ledger, Run, clean_text
 from ouroboros.memory import build_prompt
-from ouroboros.task import RECORDS_DIR, Task
+from ouroboros.task import RECORDS_DIR, TASK_FILE, Task, load_task
 from ouroboros.workspace import Workspace, count_loc, ensure_clean, exclude_records, repo_root
 
 
@@ -82,6 +82,31 @@ def export(repo: Path, commit: str, dest: Path) -> None:
         tar.extractall(dest, filter="data")
 
 
+def task_at(root: Path, commit: str) -> Task:
+    """The task as its file was in commit (a run's base commit): what the run obeys, whatever the
+    checkout's ouroboros.toml says now (an agent may have edited it between two calls)."""
+    root = Path(root).resolve()
+    proc = subprocess.run(["git", "-C", str(root), "-c", "core.fsmonitor=false", "show",
+                           "--no-textconv", f"{commit}:./{TASK_FILE}"], capture_output=True)
+    if proc.returncode != 0:
+        raise OuroborosError(f"{TASK_FILE} is not in the run's base commit {commit[:8]}; the run's records do "
+                             f"not belong to {root}")
+    return load_task(root, proc.stdout.decode(errors="replace"))
+
+
+def task_changes(old: Task, new: Task) -> list[str]:
+    """The task file keys (section.key) whose values differ."""
+    a, b = old.model_dump(), new.model_dump()
+    out = []
+    for section in sorted(set(a) | set(b)):
+        x, y = a.get(section), b.get(section)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += [f"{section}.{k}" for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)]
+        elif x != y:
+            out.append(section)
+    return out
+
+
 def default_tag(ledger: Ledger) -> str:
     stem = datetime.now().strftime("%b%d").lower()
     taken = {r.tag for r in ledger.runs()}
@@ -102,6 +127,15 @@ class Loop:
         self.ledger = Ledger(self.records)
         self.run_rec = self._open_run()
         self.tag = self.run_rec.tag
+        self.warnings: list[str] = []
+        if options.resume:  # the run goes on under the task it started with
+            base_task = task_at(task.root, self.run_rec.base_commit)
+            changed = task_changes(base_task, task)
+            if changed:
+                self.warnings.append(f"{TASK_FILE} in the checkout differs from the run's base commit "
+                                     f"({', '.join(changed[:6])}); the run goes on with the base commit's task, "
+                                     "start a new run to use the new one")
+            self.task = task = base_task
         # The agent is made and checked (a missing CLI or key) before anything is recorded.
         self.agent = agent or make_agent(self.run_rec.agent, self.run_rec.seed,
                                          self.run_rec.config.get("agent_options"))
@@ -109,7 +143,12 @@ class Loop:
         self.ws = Workspace(self.repo, task.root.relative_to(self.repo).as_posix(), self.records, self.tag)
         self.env_dir = self.ledger.run_dir(self.tag) / "env"
         self.isolation = isolation.choose(task, self.ws.task_dir, self.records, self.env_dir)
-        isolation.require_boundary(self.isolation.level, self.agent, options.allow_weak_isolation)
+        allowed = options.allow_weak_isolation or bool(self.run_rec.config.get("allow_weak_isolation"))
+        isolation.require_boundary(self.isolation.level, self.agent, allowed)
+        if options.allow_weak_isolation:  # the user's choice holds for the run's resumes and `exp` calls
+            self.run_rec.config["allow_weak_isolation"] = True
+        # recorded with the run: whether the agent's own process ran inside the sandbox
+        self.run_rec.config["agent_confined"] = self.agent_confined if hasattr(self.agent, "command") else None
         self.ledger.save_run(self.run_rec)
         self.ws.open(self.run_rec.base_commit)
         self.budget = options.budget or self.run_rec.config.get("budget") or task.task.budget

@@ -372,16 +372,21 @@ def _sweep(known: dict[int, psutil.Process], before: set[int]) -> int:
 
     Strays are stopped (SIGSTOP) before anything is killed, and the search goes on until a pass
     finds no running one: a stopped process cannot fork, so a daemon that re-forks each
-    generation (or whose children orphan onto us as we kill it) cannot stay one step ahead.
+    generation (or whose children orphan onto us as we kill it) is caught as soon as one
+    generation is seen alive. One whose generations live shorter than a pass (well under a
+    millisecond) can still outrun it: only the PID namespaces of levels unshare and bwrap end
+    such a chain for certain, which is why level process is refused for agents that write code.
     """
     stopped: dict[int, psutil.Process] = {}
-    deadline = time.monotonic() + 10.0
+    deadline = time.monotonic() + 3.0
     first = True
     while time.monotonic() < deadline:
         strays = [p for p in _strays(known, before) if p.pid not in stopped]
         if strays and first:  # a wrapper process tearing itself down (bwrap's init) is not a stray
+            first = False
             strays = psutil.wait_procs(strays, timeout=0.1)[1]
-        first = False
+            if not strays:
+                continue  # but what it orphaned onto us while ending is: look again
         if not strays:
             break
         for p in strays:
