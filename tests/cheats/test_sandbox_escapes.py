@@ -107,9 +107,9 @@ def test_host_sockets_are_out_of_reach(level, tmp_path):
         servers.append(s)
     try:
         loop = _loop(from_template(tmp_path / "q", "quadratic"), f'isolation = "{level}"')
-        probe = ("import socket\nfor a in (%r, %r):\n    s = socket.socket(socket.AF_UNIX)\n    try:\n"
-                 "        s.connect(a); print('CONNECTED', repr(a))\n    except OSError as e:\n        print('refused', e)\n"
-                 % (path, abstract))
+        probe = (f"import socket\nfor a in {(path, abstract)!r}:\n    s = socket.socket(socket.AF_UNIX)\n"
+                 "    try:\n        s.connect(a); print('CONNECTED', repr(a))\n"
+                 "    except OSError as e:\n        print('refused', e)\n")
         rc, log = _sh(loop, f"{sys.executable} -c {_q(probe)}")
         assert "refused" in log and "CONNECTED" not in log, log
     finally:
@@ -135,7 +135,8 @@ def test_a_cmd_agent_runs_confined_with_its_key(tmp_path, monkeypatch):
     script = tmp_path / "agent.py"
     script.write_text(
         "import os, re\n"
-        "probes = {'ledger': %r, 'home': %r, 'checkout': %r}\n"
+        "probes = " + repr({"ledger": str(root / ".ouroboros" / "ledger.sqlite"), "home": str(home / "secret.txt"),
+                            "checkout": str(root / "train.py")}) + "\n"
         "seen = []\n"
         "for name, path in probes.items():\n"
         "    try:\n"
@@ -149,8 +150,7 @@ def test_a_cmd_agent_runs_confined_with_its_key(tmp_path, monkeypatch):
         "s = open('train.py').read()\n"
         "open('train.py', 'w').write(re.sub(r'^STEPS = \\d+', 'STEPS = 201', s, flags=re.M))\n"
         "key = 'key' if os.environ.get('OPENAI_API_KEY') == 'sk-agent-key' else 'nokey'\n"
-        "open(os.environ['OUROBOROS_DESCRIPTION'], 'w').write(key + ' reached:' + ','.join(seen) + '\\n')\n"
-        % (str(root / ".ouroboros" / "ledger.sqlite"), str(home / "secret.txt"), str(root / "train.py")))
+        "open(os.environ['OUROBOROS_DESCRIPTION'], 'w').write(key + ' reached:' + ','.join(seen) + '\\n')\n")
     loop = Loop(load_task(root), Options(agent=f"cmd:{sys.executable} {script}", max_experiments=1, tag="conf"))
     loop.run()
     exp = loop.history[-1]
