@@ -314,7 +314,8 @@ class Loop:
 
     def experiment_env(self, extra: dict[str, str]) -> dict[str, str]:
         """The environment of run and evaluate: scrubbed, with the project's environment when setup made one."""
-        venv = isolation.project_env(self.env_dir)
+        env_dir = getattr(self, "env_dir", None)  # loops built without __init__ (the audit's) have none
+        venv = isolation.project_env(env_dir) if env_dir is not None else None
         return sandbox.scrubbed_env({"OUROBOROS_CACHE": str(isolation.cache_dir()), **extra}, venv=venv)
 
     def interpreter(self) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from ouroboros import audit
 from ouroboros.loop import Loop, Options
 from ouroboros.task import load_task
-from ouroboros.testing import cli
+from ouroboros.testing import cli, commit_all
 
 FORGER = '''
 import pathlib, re, sqlite3, sys
@@ -42,7 +42,11 @@ def test_a_forged_best_is_refused_on_resume_reported_and_flagged_by_the_audit(qu
     script.write_text(FORGER)
     records = quadratic / ".ouroboros"
     agent = f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(script))} {shlex.quote(str(records))}"
-    Loop(load_task(quadratic), Options(agent=agent, max_experiments=2, tag="f")).run()
+    # an unconfined agent (at level bwrap it could not even see the ledger): the chain must catch it
+    toml = quadratic / "ouroboros.toml"
+    toml.write_text(toml.read_text() + '\n[bound]\nisolation = "process"\n')
+    commit_all(quadratic, "process level")
+    Loop(load_task(quadratic), Options(agent=agent, max_experiments=2, tag="f", allow_weak_isolation=True)).run()
     with sqlite3.connect(records / "ledger.sqlite") as db:
         assert db.execute("SELECT metric FROM experiments WHERE tag='f' AND n=1").fetchone()[0] == 1e-30
 
