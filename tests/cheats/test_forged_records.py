@@ -109,8 +109,8 @@ def test_at_level_bwrap_the_run_cannot_read_the_chain_key(quadratic: Path, tmp_p
     snippet.write_text(f"\ntry:\n    print('KEY:' + open({str(key_file)!r}).read())\nexcept OSError as e:\n"
                        "    print('NOKEY', e)\n")
     thief = tmp_path / "thief.py"
-    thief.write_text(f"import pathlib\nt = pathlib.Path('train.py')\n"
-                     f"t.write_text(t.read_text() + pathlib.Path({str(snippet)!r}).read_text())\n")
+    thief.write_text(f"import pathlib\nt = pathlib.Path('train.py')\n"  # inline: the agent runs confined
+                     f"t.write_text(t.read_text() + {snippet.read_text()!r})\n")
     toml = quadratic / "ouroboros.toml"
     toml.write_text(toml.read_text().replace("[judge]", "[bound]\nisolation = \"bwrap\"\n\n[judge]"))
     from ouroboros.testing import commit_all
