@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 OUROBOROS := $(VENV)/bin/ouroboros
 DEMO ?= .demo
 
-.PHONY: demo demo-tinygpt study-demo test install system bench lint clean
+.PHONY: demo demo-tinygpt study-demo test install system bwrap bench lint clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -30,8 +30,16 @@ system:
 	   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap chromium chromium-driver >/dev/null; \
 	fi
 
+# bubblewrap alone (the sandbox's strongest level), where we are root with apt: a newcomer's first
+# run is then at level bwrap. Elsewhere `ouroboros run` prints the line that installs it.
+bwrap:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v bwrap >/dev/null; then \
+	   echo "installing bubblewrap (apt)"; \
+	   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
+	fi
+
 # A short loop with the random agent on the default task (examples/quadratic): seconds, no API key.
-demo: $(VENV)/.core
+demo: $(VENV)/.core bwrap
 	rm -rf $(DEMO)/quadratic
 	$(OUROBOROS) init $(DEMO)/quadratic --template quadratic
 	$(OUROBOROS) run -C $(DEMO)/quadratic --agent random --max-experiments 30 --tag demo

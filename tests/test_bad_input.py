@@ -138,7 +138,11 @@ src = open('train.py').read()
 open('train.py', 'w').write(src.replace('STEPS = 200', 'STEPS = 300'))
 subprocess.run(['git', '-c', 'user.name=a', '-c', 'user.email=a@a', 'commit', '-qam', 'mine'], check=True)
 """)
-    cli("run", "-C", str(quadratic), "-n", "1", "--agent", agent, "--tag", "h", check=True)
+    # an unconfined agent (a confined one cannot reach the repository's git dir at all)
+    toml = quadratic / "ouroboros.toml"
+    toml.write_text(toml.read_text() + '\n[bound]\nisolation = "process"\n')
+    commit_all(quadratic, "process level")
+    cli("run", "-C", str(quadratic), "-n", "1", "--agent", agent, "--tag", "h", "--allow-weak-isolation", check=True)
     (_, status, reason), = experiments(quadratic, "h")[1:]
     assert status == "violation" and "HEAD moved" in reason
     diff = (quadratic / ".ouroboros/runs/h/exp/1/diff.patch").read_text()

@@ -180,3 +180,61 @@ def test_agent_driven_mode_needs_an_agent_that_runs_commands(quadratic):
     proc = cli("run", "-C", str(quadratic), "--agent", "random", "--drive", "agent", "-n", "1")
     assert proc.returncode == 2 and "--drive agent needs" in proc.stderr
     assert not (quadratic / ".ouroboros" / "ledger.sqlite").exists() or not records(quadratic, "x")[0]
+
+
+def test_exp_obeys_the_runs_task_not_the_checkouts(quadratic):
+    """An agent swaps the checkout's evaluate command for one `exp` call: the run's base commit decides."""
+    worktree = harness_run(quadratic)
+    toml = quadratic / "ouroboros.toml"
+    honest = toml.read_text()
+    toml.write_text(honest.replace('evaluate = "python evaluate.py"',
+                                   'evaluate = "echo \'{\\"loss\\": 0.0}\' > $OUROBOROS_METRICS"'))
+    set_knob(worktree, "STEPS", "201")
+    proc = cli("exp", "-m", "one more step", cwd=worktree)
+    toml.write_text(honest)
+    assert proc.returncode == 0, proc.stderr
+    _, exps = records(quadratic, "h")
+    assert exps[-1].metric is not None and exps[-1].metric > 0.0  # the real evaluator scored it
+
+
+def test_exp_refuses_while_the_harness_asks_its_agent(quadratic):
+    """In harness-driven mode an `exp` from inside a proposal would record one experiment twice."""
+    worktree = harness_run(quadratic)
+    proposer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (quadratic / ".ouroboros" / "runs" / "h" / "proposing").write_text(str(proposer.pid))
+        set_knob(worktree, "STEPS", "201")
+        proc = cli("exp", "-m", "from inside", cwd=worktree)
+    finally:
+        proposer.kill()
+        proposer.wait()
+    assert proc.returncode == 2 and "harness-driven" in proc.stdout + proc.stderr
+    _, exps = records(quadratic, "h")
+    assert len(exps) == 2
+    tsv = (quadratic / ".ouroboros" / "runs" / "h" / "results.tsv").read_text().splitlines()
+    assert len(tsv) == 1 + len(exps)
+
+
+def test_an_exp_call_inside_a_proposal_records_nothing(quadratic, tmp_path):
+    script = tmp_path / "agent.py"
+    script.write_text(
+        "import re, subprocess, sys\n"
+        "s = open('train.py').read()\n"
+        "open('train.py', 'w').write(re.sub(r'^STEPS = \\d+', 'STEPS = 201', s, flags=re.M))\n"
+        "subprocess.run([sys.executable, '-m', 'ouroboros.cli', 'exp', '-m', 'sneaky'])\n")
+    cli("run", "-C", str(quadratic), "--agent", f"cmd:{sys.executable} {script}", "-n", "2", "--tag", "in",
+        "--allow-weak-isolation", check=True)
+    _, exps = records(quadratic, "in")
+    assert [e.n for e in exps] == [0, 1, 2] and "sneaky" not in {e.description for e in exps}
+    tsv = (quadratic / ".ouroboros" / "runs" / "in" / "results.tsv").read_text().splitlines()
+    assert len(tsv) == 1 + len(exps)
+
+
+def test_resume_goes_on_with_the_base_commits_task_and_says_so(quadratic):
+    loop = Loop(load_task(quadratic), Options(agent="random", tag="r", max_experiments=1))
+    loop.run()
+    toml = quadratic / "ouroboros.toml"
+    toml.write_text(toml.read_text().replace("budget = 10", "budget = 99"))
+    again = Loop(load_task(quadratic), Options(agent="random", tag="r", resume=True, max_experiments=2))
+    assert again.task.task.budget == 10
+    assert any("task.budget" in w and "base commit" in w for w in again.warnings)

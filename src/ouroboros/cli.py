@@ -65,13 +65,16 @@ def run(
                                                         min=1)] = None,
     parallel: Annotated[int, typer.Option(help="proposals per round, run side by side (one GPU each where there "
                                           "are GPUs); the round's best is judged", min=1)] = 1,
+    allow_weak_isolation: Annotated[bool, typer.Option(
+        "--allow-weak-isolation", help="let an agent that writes code run at isolation level process (no "
+        "boundary: its code can read and write your files)")] = False,
 ) -> None:
     """Run the loop: the baseline first, then experiments until a limit is reached."""
     t = load_task(task)
     if resume is None and max_experiments is None and hours is None:
         raise OuroborosError("give a limit: --max-experiments N or --hours H (or both)")
     opts = Options(agent=agent or "random", tag=resume or tag, max_experiments=max_experiments, hours=hours,
-                   budget=budget, seed=seed, resume=resume is not None)
+                   budget=budget, seed=seed, resume=resume is not None, allow_weak_isolation=allow_weak_isolation)
     options = agent_drive.agent_options(model=model, base_url=base_url, api_key_env=api_key_env, spend_cap=spend_cap,
                                         price=agent_drive.parse_price(price), timeout=agent_timeout)
     agent_driven = agent_drive.configure(t, opts, drive, options) == "agent"

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 from rich.console import Console
 
 from ouroboros import sandbox, views
@@ -40,9 +41,9 @@ from ouroboros.agents.presets import session_env
 from ouroboros.errors import OuroborosError
 from ouroboros.guard import Guard
 from ouroboros.ledger import Experiment, Ledger
-from ouroboros.loop import Loop, Options
+from ouroboros.loop import PROPOSING, Loop, Options, task_at
 from ouroboros.memory import build_prompt
-from ouroboros.task import RECORDS_DIR, Task, load_task
+from ouroboros.task import RECORDS_DIR, Task
 
 LOCK_FILE = "exp.lock"
 GUARD_FILE = "guard.json"
@@ -153,8 +154,9 @@ def drive(task: Task, opts: Options, console: Console) -> None:
     live = views.Live(console, task)
     loop = Loop(task, opts, on_experiment=live.line)
     opts.tag = loop.tag  # for the caller's resume hint
-    live.header(loop)
+    live.header(loop, agent_driven=True)
     agent = _session_agent(loop.agent)
+    loop.run_rec.config["agent_confined"] = False  # sessions run `ouroboros exp`, which writes the records
     run_dir = loop.ledger.run_dir(loop.tag)
     sessions_dir = run_dir / "sessions"
     sessions_dir.mkdir(parents=True, exist_ok=True)
@@ -276,15 +278,20 @@ def exp(message: str, task_dir: Path | None = None, tag: str | None = None,
     if not message.strip():
         raise OuroborosError('ouroboros exp: describe the change, e.g. ouroboros exp -m "raise LR to 0.002"')
     task_dir, tag = locate(task_dir, tag)
-    task = load_task(task_dir)
-    records = task.root / RECORDS_DIR
+    records = Path(task_dir).resolve() / RECORDS_DIR
+    if not (records / "ledger.sqlite").is_file():
+        raise OuroborosError(f"ouroboros exp: no runs in {task_dir}; start one with ouroboros run")
     ledger = Ledger(records)
     run = ledger.run(tag)
     ledger.close()
     if run is None:
         raise OuroborosError(f"ouroboros exp: no run {tag!r} in {records}")
+    # The run's own task, from its base commit: never the checkout's file, which the agent can edit.
+    task = task_at(Path(task_dir), run.base_commit)
     run_dir = records / "runs" / tag
+    _refuse_during_proposal(run_dir, tag)
     with _lock(run_dir):
+        _refuse_during_proposal(run_dir, tag)
         loop = Loop(task, Options(tag=tag, resume=True), agent=_Recorded(run.agent))
         loop.run_rec.status = run.status  # recording one experiment neither starts nor ends the run
         loop.ledger.save_run(loop.run_rec)
@@ -309,6 +316,19 @@ def exp(message: str, task_dir: Path | None = None, tag: str | None = None,
             loop.ledger.close()
     console.print(verdict_line(task, result, loop), soft_wrap=True, markup=False)  # agent text: data
     return 0, result
+
+
+def _refuse_during_proposal(run_dir: Path, tag: str) -> None:
+    """In harness-driven mode the harness records the proposal itself: an `exp` from inside it
+    would record one experiment twice over."""
+    try:
+        pid = int((run_dir / PROPOSING).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return
+    if pid and pid != os.getpid() and psutil.pid_exists(pid):
+        raise OuroborosError(f"ouroboros exp: run {tag!r} is harness-driven and its agent is proposing now; "
+                             "exp records nothing here: edit the files and end, the harness runs and records "
+                             "the experiment")
 
 
 def _guard(loop: Loop, run_dir: Path) -> Guard:

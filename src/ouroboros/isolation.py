@@ -5,23 +5,37 @@ task's `[bound] isolation` names one; every experiment records the level it had.
 
 Level `bwrap` (bubblewrap; strongest):
 - the filesystem is read-only, except the run's worktree, a private /tmp and a private $HOME
-  (size-capped tmpfs, gone when the run ends), and the ouroboros data cache;
-- the task repo outside the worktree is masked: the user's checkout, `.git` (history, hooks,
-  config), `.ouroboros/` (ledger, results.tsv, logs, other runs' worktrees) cannot be read or written;
+  (size-capped tmpfs, gone when the run ends);
+- the task repo outside the worktree is masked: the user's checkout, its git common dir wherever it
+  is (a submodule's or a linked worktree's included: history, hooks, config), `.ouroboros/`
+  (ledger, results.tsv, logs, other runs' worktrees) cannot be read or written;
+- the data cache ($OUROBOROS_CACHE), the paths of `[bound] read_only`, the run's environment
+  folder (made by `[task] setup`) and the harness's own Python are visible read-only: nothing an
+  experiment writes there reaches the next one;
 - the files a task declares `[bound] hidden` (e.g. validation targets) are masked in the run phase
-  and visible only to evaluate; the evaluator's metrics path is never visible to the run phase;
+  (and from the agent) and visible only to evaluate; the evaluator's metrics path is never visible
+  to the run phase;
+- host sockets: /run is an empty tmpfs, /tmp and $HOME are private, and with no network the fresh
+  network namespace hides abstract unix sockets too;
 - no network (a fresh network namespace with only a loopback of its own) unless `[bound] network`;
 - a fresh PID namespace: the run cannot see or signal the harness or read its /proc (and so not its
   environment), and every process it started dies with it, so nothing survives into evaluation;
   processes still alive when the command ends are counted (see `_REAPER`) and fail the run;
 - all capabilities dropped, a new session (no terminal injection), a minimal /dev (GPUs bound in).
+Phase `agent` (CLI and `cmd:` agents, harness-driven): the same filesystem view, with the network
+(agents call their API), their environment (their key), the worktree, the experiment's prompt and
+description and the run's notes and artifacts writable, and the agent CLI's own config folder in
+$HOME; the records, the checkout, the git common dir and the rest of $HOME stay invisible.
 Level `unshare` (util-linux, fallback): network, PID, IPC and mount namespaces: no network, no
-view of the harness, nothing survives the run. Files are NOT protected: the run can read and write
-anything the user can (the guard still checks the worktree before each run).
+view of the harness, nothing survives the run; in its mount namespace the data cache, the
+`read_only` paths and the harness's Python are read-only, and /run and the git common dir are
+masked. Other files are NOT protected: the run can read and write the checkout, the records and
+anything else the user can (the guard still checks the worktree before and after each run).
 Level `process` (always available): its own process group and session, a scrubbed environment,
-the harness's time, memory, process, artifact and log limits, and a subreaper that catches
-double-forked daemons. It stops neither file access outside the worktree, nor the network, nor
-reading other processes' /proc entries.
+the harness's time, memory, process, artifact and log limits, and a subreaper that freezes and
+kills whole re-forking process trees. It stops neither file access outside the worktree, nor the
+network, nor a process that leaves through a system service: it is refused for agents that write
+code unless the user passes `--allow-weak-isolation`.
 
 Does not protect against (any level): kernel exploits; a run that ptraces the wrapper shell inside
 its own sandbox to hide a leftover process (the process still dies with the sandbox); reading
@@ -85,62 +99,167 @@ def _runtime_paths(masked: list[Path], keep_out: list[Path]) -> list[Path]:
 
 
 def cache_dir() -> Path:
-    """The shared data cache (e.g. tinygpt's corpus), writable by runs; its tampering shows in fingerprints."""
+    """The shared data cache (e.g. tinygpt's corpus): filled by `[task] setup`, read-only to experiments."""
     root = os.environ.get("OUROBOROS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ouroboros")
     return Path(root)
 
 
+INSTALL_BWRAP = "sudo apt-get install -y bubblewrap"
+
+
+def install_hint(level: str) -> str | None:
+    """The one line that gets a run to level bwrap, when it is below it."""
+    if level == "bwrap":
+        return None
+    if shutil.which("bwrap") is None:
+        return f"install bubblewrap for the strongest isolation: {INSTALL_BWRAP}"
+    return "bubblewrap is installed but refused here: allow unprivileged user namespaces " \
+           "(sysctl kernel.unprivileged_userns_clone=1, kernel.apparmor_restrict_unprivileged_userns=0)"
+
+
+def git_dirs(root: Path) -> list[Path]:
+    """The task repo's git dir and common dir, wherever they are (a submodule's live in its
+    superproject's .git/modules, a linked worktree's in the main repo's .git). Asked of the user's
+    checkout, which the harness trusts, never of a worktree a run could write."""
+    try:
+        out = subprocess.run(["git", "-C", str(root), "-c", "core.fsmonitor=false", "rev-parse",
+                              "--path-format=absolute", "--git-dir", "--git-common-dir"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if out.returncode != 0:
+        return []
+    return sorted({Path(os.path.realpath(line)) for line in out.stdout.split("\n") if line.strip()})
+
+
+def project_env(env_dir: Path) -> Path | None:
+    """The project's virtual environment made by `[task] setup` (env/venv), or None."""
+    venv = env_dir / "venv"
+    return venv if (venv / "bin" / "python").exists() or (venv / "pyvenv.cfg").is_file() else None
+
+
+def _under(p: Path, masks: list[Path]) -> bool:
+    return any(m == p or m in p.parents for m in masks)
+
+
+def _covers(p: Path, keep_out: list[Path]) -> bool:
+    return any(p == k or p in k.parents for k in keep_out)
+
+
 class Isolation:
-    """Wraps argv for one phase ("run" or "evaluate"). `level` is recorded with every experiment.
+    """Wraps argv for one phase ("run", "evaluate" or "agent"). `level` is recorded with every experiment.
 
     `overhead` is how many of the wrapped tree's processes are the wrapper's own, so that process
-    limits count only the experiment's.
+    limits count only the experiment's. `env_dir` is the run's environment folder (`[task] setup`).
     """
 
     level = "process"
     overhead = 0
 
-    def __init__(self, task: Task, worktree: Path, records: Path):
+    def __init__(self, task: Task, worktree: Path, records: Path, env_dir: Path | None = None):
         self.task, self.task_dir, self.records = task, worktree, records
-        self.worktree = git_root(worktree)  # the git worktree root; worktree may be a task subfolder
         self.repo = git_root(task.root)
+        self.env_dir = env_dir
 
-    def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None) -> tuple[list[str], str]:
+    @functools.cached_property
+    def worktree(self) -> Path:
+        """The git worktree root (the task folder may be a subfolder of it); asked once it exists."""
+        return git_root(self.task_dir)
+
+    def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None,
+             readable: list[Path] | None = None) -> tuple[list[str], str]:
         return argv, self.level
 
     def hidden_files(self) -> list[str]:
         """Task-relative files masked from the run phase: `[bound] hidden`."""
         return glob_files(self.task_dir, self.task.bound.hidden) if self.task.bound.hidden else []
 
+    @functools.cached_property
+    def git_masks(self) -> list[Path]:
+        """The repo's git dirs that the repo mask does not already cover, and that hold no run's files."""
+        keep = [self.worktree, self.records]
+        return [d for d in git_dirs(self.task.root) if not _under(d, [self.repo]) and not _covers(d, keep)]
+
+    def read_only(self) -> list[Path]:
+        """What experiments read but never write: the cache, `read_only` paths, the harness's Python,
+        the run's environment folder (and the interpreter its venv points to)."""
+        paths = [cache_dir(), *self.task.bound.read_only_paths,
+                 *{Path(os.path.realpath(p)) for p in (sys.prefix, sys.base_prefix)}]
+        venv = project_env(self.env_dir) if self.env_dir is not None else None
+        if self.env_dir is not None and self.env_dir.is_dir():
+            paths.append(self.env_dir)
+        if venv is not None:
+            python = venv / "bin" / "python"
+            if python.exists():
+                paths.append(Path(os.path.realpath(python)).parent.parent)
+        return [p for p in dict.fromkeys(paths) if p.exists()]
+
 
 class Unshare(Isolation):
     level = "unshare"
     overhead = 2  # unshare, the reaper shell
 
-    def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None) -> tuple[list[str], str]:
-        flags = ["--fork", "--pid", "--kill-child", "--mount-proc", "--ipc"]
+    def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None,
+             readable: list[Path] | None = None) -> tuple[list[str], str]:
+        flags = ["--fork", "--pid", "--kill-child", "--mount-proc", "--ipc", "--mount"]
         if not self.task.bound.network:
             flags.append("--net")
-        return ["unshare", *flags, *_unshare_user(), "--", "bash", "-c", _REAPER, _shell(argv)], self.level
+        return ["unshare", *flags, *_unshare_user(), "--", "bash", "-c", self._prelude + _REAPER,
+                _shell(argv)], self.level
+
+    @functools.cached_property
+    def _prelude(self) -> str:
+        """Mounts made inside the run's own mount namespace before the command starts: read-only
+        binds of what must not carry over, tmpfs over host sockets and the git common dir. A mount
+        that fails ends the run: it never goes on weaker than it claims."""
+        import shlex
+
+        cmds = []
+        keep = [self.worktree, self.records]
+        for path in self.read_only():
+            if not _covers(path, keep):
+                q = shlex.quote(str(path))
+                cmds.append(f"mount --bind {q} {q} && mount -o remount,bind,ro {q}")
+        for mask in [Path("/run"), *git_dirs(self.task.root)]:
+            if mask.is_dir() and not _covers(mask, keep):
+                cmds.append(f"mount -t tmpfs -o size=1m,mode=755 none {shlex.quote(str(mask))}")
+        if not cmds:
+            return ""
+        return ("{ " + " && ".join(cmds) + "; } 2>/dev/null || { echo '[ouroboros] could not make the "
+                "sandbox mounts (read-only cache, masks)'; exit 97; }; ")
 
 
 class Bwrap(Isolation):
     level = "bwrap"
     overhead = 3  # bwrap, its init in the PID namespace, the reaper shell
 
-    def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None) -> tuple[list[str], str]:
+    def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None,
+             readable: list[Path] | None = None) -> tuple[list[str], str]:
         mounts, repo_masks = self._mounts
         args = list(mounts)
-        if phase == "run":
+        for path in self.read_only():  # those that hold no mask; the others are in _mounts, under the masks
+            if not _covers(path, [self.worktree, *repo_masks]):
+                args += ["--ro-bind", str(path), str(path)]
+        masked = [Path("/tmp"), Path("/run"), Path(os.path.expanduser("~")), *repo_masks]
+        for path in {Path(os.path.realpath(p)) for p in readable or []}:
+            if _under(path, masked) and not _covers(path, [*masked, self.worktree]):
+                args += ["--ro-bind-try", str(path), str(path)]
+        args += ["--bind", str(self.worktree), str(self.worktree)]
+        if phase in ("run", "agent"):
             for rel in self._hidden:
                 args += ["--ro-bind", "/dev/null", str(self.task_dir / rel)]
         for path in writable or []:
-            args += ["--bind", str(path), str(path)]
+            args += ["--bind-try" if phase == "agent" else "--bind", str(path), str(path)]
         for hide in repo_masks:  # after the binds inside them: the mask itself takes no writes
             args += ["--remount-ro", str(hide)]
         args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
-        if not self.task.bound.network:
+        network = self.task.bound.network or phase == "agent"
+        if not network:
             args.append("--unshare-net")
+        else:  # name resolution: /etc/resolv.conf often points into the masked /run
+            resolv = Path(os.path.realpath("/etc/resolv.conf"))
+            if _under(resolv, [Path("/run")]) and resolv.exists():
+                args += ["--ro-bind", str(resolv), str(resolv)]
         args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--chdir", str(self.task_dir),
                  "--", "bash", "-c", _REAPER, _shell(argv)]
         return args, self.level
@@ -154,25 +273,29 @@ class Bwrap(Isolation):
         """The mounts every experiment of the run shares (computed once: they walk PATH and sys paths)."""
         size = _mb(self.task.bound.max_artifact_mb)
         args = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                "--size", size, "--tmpfs", "/dev/shm", "--size", size, "--tmpfs", "/tmp"]
+                "--size", size, "--tmpfs", "/dev/shm", "--size", size, "--tmpfs", "/tmp",
+                "--size", "1048576", "--tmpfs", "/run"]  # host sockets (dbus, docker, systemd, X)
+        if os.path.isdir("/var/run") and not os.path.islink("/var/run"):
+            args += ["--size", "1048576", "--tmpfs", "/var/run"]
         for dev in sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri")):
             args += ["--dev-bind", dev, dev]
-        masked = [Path("/tmp")]
+        masked = [Path("/tmp"), Path("/run")]
         home = Path(os.path.expanduser("~"))
         if str(home) not in ("/", "") and home.is_dir():
             args += ["--size", size, "--tmpfs", str(home)]
             masked.append(home)
+        # a read-only path holding the repo (`read_only = ["~"]`) goes in before the masks that hide in it
+        for path in self.read_only():
+            if _covers(path, [self.repo, self.records, *self.git_masks]):
+                args += ["--ro-bind", str(path), str(path)]
         repo_masks: list[Path] = []
-        for hide in (self.repo, self.records):  # the checkout, .git, .ouroboros/: tiny, empty
-            if not any(m == hide or m in hide.parents for m in repo_masks):
+        for hide in (self.repo, self.records, *self.git_masks):  # checkout, .git, .ouroboros/: tiny, empty
+            if not _under(hide, repo_masks):
                 args += ["--size", "1048576", "--tmpfs", str(hide)]
                 repo_masks.append(hide)
         masked += repo_masks
         for path in _runtime_paths(masked, [self.repo, self.records, self.worktree]):
             args += ["--ro-bind", str(path), str(path)]
-        cache = cache_dir()
-        cache.mkdir(parents=True, exist_ok=True)
-        args += ["--bind", str(cache), str(cache), "--bind", str(self.worktree), str(self.worktree)]
         return args, repo_masks
 
 
@@ -199,8 +322,9 @@ def available(level: str) -> bool:
                 "--unshare-pid", "--unshare-net", "--unshare-ipc", "--die-with-parent", "--new-session",
                 "--cap-drop", "ALL", "--", "true"]
     elif level == "unshare":
-        argv = ["unshare", "--fork", "--pid", "--kill-child", "--mount-proc", "--ipc", "--net",
-                *_unshare_user(), "--", "true"]
+        argv = ["unshare", "--fork", "--pid", "--kill-child", "--mount-proc", "--ipc", "--net", "--mount",
+                *_unshare_user(), "--", "bash", "-c", "mount -t tmpfs none /run && mount --bind /run /run "
+                "&& mount -o remount,bind,ro /run"]
     else:
         raise ValueError(level)
     if shutil.which(argv[0]) is None:
@@ -212,10 +336,21 @@ def available(level: str) -> bool:
         return False
 
 
+def require_boundary(level: str, agent: object, allowed: bool) -> None:
+    """Level `process` is no boundary: refuse it for an agent that writes code, unless allowed."""
+    if level != "process" or allowed or not getattr(agent, "writes_code", True):
+        return
+    hint = install_hint(level)
+    raise OuroborosError(
+        f"isolation level process cannot contain agent {getattr(agent, 'name', agent)!r} (its code could read "
+        f"and write your files, reach the network and outlive the run); {hint}, or pass "
+        "--allow-weak-isolation to run it anyway")
+
+
 _CLASSES: dict[str, type[Isolation]] = {"bwrap": Bwrap, "unshare": Unshare, "process": Isolation}
 
 
-def choose(task: Task, worktree: Path, records: Path) -> Isolation:
+def choose(task: Task, worktree: Path, records: Path, env_dir: Path | None = None) -> Isolation:
     """The task's isolation level, or with `auto` the strongest that works here: bwrap, unshare, process."""
     wanted = task.bound.isolation
     if wanted == "auto":
@@ -227,4 +362,4 @@ def choose(task: Task, worktree: Path, records: Path) -> Isolation:
                "unshare": "install util-linux and allow user namespaces"}.get(wanted, "")
         raise OuroborosError(f"[bound] isolation = {wanted!r}, but {wanted} does not work on this machine; "
                              f"{fix}, or set isolation = \"auto\" to fall back to the strongest level that works")
-    return _CLASSES[level](task, worktree, records)
+    return _CLASSES[level](task, worktree, records, env_dir)

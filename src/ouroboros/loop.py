@@ -9,9 +9,13 @@ twice.
 
 from __future__ import annotations
 
+import io
 import math
+import os
 import shlex
+import shutil
 import subprocess
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +30,7 @@ from ouroboros.guard import Guard
 from ouroboros.judge import Verdict, effective_min_delta, implausible, judge, standing
 from ouroboros.ledger import Experiment, Ledger, Run, clean_text
 from ouroboros.memory import build_prompt
-from ouroboros.task import RECORDS_DIR, Task
+from ouroboros.task import RECORDS_DIR, TASK_FILE, Task, load_task
 from ouroboros.workspace import Workspace, count_loc, ensure_clean, exclude_records, repo_root
 
 
@@ -42,6 +46,11 @@ class Options:
     study: str | None = None
     condition: str | None = None
     extra: dict = field(default_factory=dict)
+    allow_weak_isolation: bool = False  # let an agent that writes code run at level `process`
+
+
+PROPOSING = "proposing"  # in the run folder while the harness asks its agent: `exp` refuses then
+SETUP_DONE = ".setup-done"
 
 
 def check_command(command: str, root: Path, what: str) -> None:
@@ -60,6 +69,42 @@ def check_command(command: str, root: Path, what: str) -> None:
     if not found:
         raise OuroborosError(f"task.{what}: program {first!r} not found (PATH or task folder); install it or fix "
                              f"the command in ouroboros.toml")
+
+
+def export(repo: Path, commit: str, dest: Path) -> None:
+    """The files of commit, written into dest (git archive: no checkout, no filters, no hooks)."""
+    proc = subprocess.run(["git", "-C", str(repo), "-c", "core.fsmonitor=false", "archive", "--format=tar", commit],
+                          capture_output=True)
+    if proc.returncode != 0:
+        raise OuroborosError(f"could not export commit {commit[:8]} of {repo}: "
+                             f"{proc.stderr.decode(errors='replace').strip()[:200]}")
+    with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+
+
+def task_at(root: Path, commit: str) -> Task:
+    """The task as its file was in commit (a run's base commit): what the run obeys, whatever the
+    checkout's ouroboros.toml says now (an agent may have edited it between two calls)."""
+    root = Path(root).resolve()
+    proc = subprocess.run(["git", "-C", str(root), "-c", "core.fsmonitor=false", "show",
+                           "--no-textconv", f"{commit}:./{TASK_FILE}"], capture_output=True)
+    if proc.returncode != 0:
+        raise OuroborosError(f"{TASK_FILE} is not in the run's base commit {commit[:8]}; the run's records do "
+                             f"not belong to {root}")
+    return load_task(root, proc.stdout.decode(errors="replace"))
+
+
+def task_changes(old: Task, new: Task) -> list[str]:
+    """The task file keys (section.key) whose values differ."""
+    a, b = old.model_dump(), new.model_dump()
+    out = []
+    for section in sorted(set(a) | set(b)):
+        x, y = a.get(section), b.get(section)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += [f"{section}.{k}" for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)]
+        elif x != y:
+            out.append(section)
+    return out
 
 
 def default_tag(ledger: Ledger) -> str:
@@ -82,16 +127,32 @@ class Loop:
         self.ledger = Ledger(self.records)
         self.run_rec = self._open_run()
         self.tag = self.run_rec.tag
+        self.warnings: list[str] = []
+        if options.resume:  # the run goes on under the task it started with
+            base_task = task_at(task.root, self.run_rec.base_commit)
+            changed = task_changes(base_task, task)
+            if changed:
+                self.warnings.append(f"{TASK_FILE} in the checkout differs from the run's base commit "
+                                     f"({', '.join(changed[:6])}); the run goes on with the base commit's task, "
+                                     "start a new run to use the new one")
+            self.task = task = base_task
         # The agent is made and checked (a missing CLI or key) before anything is recorded.
         self.agent = agent or make_agent(self.run_rec.agent, self.run_rec.seed,
                                          self.run_rec.config.get("agent_options"))
         self.agent.check(task)
-        self.ledger.save_run(self.run_rec)
         self.ws = Workspace(self.repo, task.root.relative_to(self.repo).as_posix(), self.records, self.tag)
+        self.env_dir = self.ledger.run_dir(self.tag) / "env"
+        self.isolation = isolation.choose(task, self.ws.task_dir, self.records, self.env_dir)
+        allowed = options.allow_weak_isolation or bool(self.run_rec.config.get("allow_weak_isolation"))
+        isolation.require_boundary(self.isolation.level, self.agent, allowed)
+        if options.allow_weak_isolation:  # the user's choice holds for the run's resumes and `exp` calls
+            self.run_rec.config["allow_weak_isolation"] = True
+        # recorded with the run: whether the agent's own process ran inside the sandbox
+        self.run_rec.config["agent_confined"] = self.agent_confined if hasattr(self.agent, "command") else None
+        self.ledger.save_run(self.run_rec)
         self.ws.open(self.run_rec.base_commit)
         self.budget = options.budget or self.run_rec.config.get("budget") or task.task.budget
         self.history = self.ledger.experiments(self.tag)
-        self.isolation = isolation.choose(task, self.ws.task_dir, self.records)
         self._dirty = True  # the worktree may hold ignored files (caches) that are no proposal's part
 
     # -- setup -------------------------------------------------------------------------------
@@ -145,7 +206,20 @@ class Loop:
         return Context(self.task, self.ws.task_dir, n, history, self.best, run_dir, self.ledger.exp_dir(self.tag, n),
                        self.run_rec.seed + n, lambda: build_prompt(self.task, self.ws.task_dir, history, run_dir),
                        self.run_rec.sessions,
-                       lambda rel: self.ws.show(self.run_rec.base_commit, rel).decode(errors="replace"))
+                       lambda rel: self.ws.show(self.run_rec.base_commit, rel).decode(errors="replace"),
+                       confine=self.confine_agent)
+
+    @property
+    def agent_confined(self) -> bool:
+        """Whether CLI and cmd: agents run inside the sandbox (level bwrap only: the weaker levels
+        cannot hide the records or the checkout from a process that needs the network)."""
+        return self.isolation.level == "bwrap"
+
+    def confine_agent(self, argv: list[str], writable: list[Path],
+                      readable: list[Path]) -> tuple[list[str], str]:
+        if not self.agent_confined:
+            return argv, "none"
+        return self.isolation.wrap(argv, "agent", writable, readable)
 
     def _left(self) -> bool:
         cfg = self.run_rec.config
@@ -189,7 +263,9 @@ class Loop:
             self.agent.close()
 
     def prepare(self) -> None:
-        """Recover from a kill, run the baseline if there is none, start the agent on the history."""
+        """Set up the run's environment, recover from a kill, run the baseline if there is none,
+        start the agent on the history."""
+        self.setup()
         pending = self._recover()
         if not self.finished:
             self.baseline()
@@ -198,6 +274,58 @@ class Loop:
             self.agent.observe(exp)
         if pending is not None:
             self._execute(pending, self.best)
+
+    def setup(self) -> None:
+        """Run `[task] setup` once per run (again on --resume only if it never finished).
+
+        It is trusted: the task's own command from the base commit, run in a fresh export of that
+        commit (never in the worktree an agent edits), with the network, and with the data cache
+        and the run's environment folder writable; experiments then see both read-only.
+        """
+        command = self.task.task.setup
+        if not command:
+            return
+        done = self.env_dir / SETUP_DONE
+        stamp = f"{self.run_rec.base_commit} {command}"
+        if done.is_file() and done.read_text() == stamp:
+            return
+        if self.env_dir.exists():
+            shutil.rmtree(self.env_dir)  # a half-made environment from a killed setup
+        src = self.env_dir / "src"
+        src.mkdir(parents=True)
+        export(self.repo, self.run_rec.base_commit, src)
+        cache = isolation.cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        venv = self.env_dir / "venv"
+        env = sandbox.scrubbed_env({"OUROBOROS_ENV": str(self.env_dir), "OUROBOROS_CACHE": str(cache),
+                                    "UV_PROJECT_ENVIRONMENT": str(venv), "VIRTUAL_ENV": str(venv)})
+        env["PATH"] = str(venv / "bin") + os.pathsep + env["PATH"]
+        log = self.ledger.run_dir(self.tag) / "setup.log"
+        task_src = src / self.task.root.relative_to(self.repo)
+        outcome = sandbox.run(["bash", "-c", command], task_src, self.task.task.setup_timeout, 0.0, log, env=env,
+                              max_log_mb=50)
+        if not outcome.ok:
+            why = "timed out" if outcome.timed_out else outcome.killed or f"exited {outcome.returncode}"
+            tail = sandbox.tail_text(log, 400).strip().splitlines()[-1:]
+            raise OuroborosError(f"[task] setup {command!r} {why}" + (f" ({tail[0][:160]})" if tail else "")
+                                 + f"; see {log}, fix the command, commit, and resume with "
+                                 f"`ouroboros run --resume {self.tag}`")
+        done.write_text(stamp)
+
+    def experiment_env(self, extra: dict[str, str]) -> dict[str, str]:
+        """The environment of run and evaluate: scrubbed, with the project's environment when setup made one."""
+        env_dir = getattr(self, "env_dir", None)  # loops built without __init__ (the audit's) have none
+        venv = isolation.project_env(env_dir) if env_dir is not None else None
+        return sandbox.scrubbed_env({"OUROBOROS_CACHE": str(isolation.cache_dir()), **extra}, venv=venv)
+
+    def interpreter(self) -> str:
+        """Which Python experiments run with, in words (the run header says it)."""
+        venv = isolation.project_env(self.env_dir)
+        if venv is not None:
+            return f"the project's environment {venv}"
+        if self.task.task.setup:
+            return "the harness's Python (setup made no env/venv)"
+        return "the harness's Python (no [task] setup)"
 
     def _recover(self) -> Experiment | None:
         """After a kill: the unfinished experiment to re-run from its commit, with the worktree there."""
@@ -245,10 +373,14 @@ class Loop:
         start = time.monotonic()
         failure = None
         if proposal is None:
+            marker = self.ledger.run_dir(self.tag) / PROPOSING
+            marker.write_text(str(os.getpid()))
             try:
                 proposal = self.agent.propose(ctx)
             except AgentError as exc:
                 proposal, failure = exc.proposal(), str(exc)
+            finally:
+                marker.unlink(missing_ok=True)
         exp = Experiment(self.tag, n, parent=best.commit_sha, description=clean_text(proposal.description),
                          agent=self.agent.name, model=proposal.model, session=proposal.session or ctx.session,
                          tokens_in=proposal.tokens_in, tokens_out=proposal.tokens_out, cost_usd=proposal.cost_usd,
@@ -277,8 +409,8 @@ class Loop:
         """Run, evaluate and judge an attempt already committed and begun in the ledger."""
         start = start if start is not None else time.monotonic()
         exp_dir = self.ledger.exp_dir(self.tag, exp.n)
-        env = sandbox.scrubbed_env({"OUROBOROS_BUDGET_S": f"{self.budget:g}",
-                                    "OUROBOROS_SEED": str(self.run_rec.seed)})
+        env = self.experiment_env({"OUROBOROS_BUDGET_S": f"{self.budget:g}",
+                                   "OUROBOROS_SEED": str(self.run_rec.seed)})
         if self._dirty:
             self.ws.clean()
         self._dirty = True

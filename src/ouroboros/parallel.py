@@ -49,7 +49,7 @@ class Slot(Loop):
         ws.reset(loop.best.commit_sha)
         self.ws = ws
         self.guard = Guard(loop.task, ws)
-        self.isolation = isolation.choose(loop.task, ws.task_dir, loop.records)
+        self.isolation = isolation.choose(loop.task, ws.task_dir, loop.records, loop.env_dir)
 
     def _env(self, env: dict[str, str]) -> dict[str, str]:
         return {**env, "CUDA_VISIBLE_DEVICES": self.devices} if self.devices is not None else env
@@ -182,7 +182,7 @@ class ParallelLoop:
         for s in sorted(held, key=lambda s: s.deferred[0].n):
             exp = s.deferred[0]
             if s is winner:
-                env = sandbox.scrubbed_env({"OUROBOROS_BUDGET_S": f"{loop.budget:g}",
+                env = loop.experiment_env({"OUROBOROS_BUDGET_S": f"{loop.budget:g}",
                                             "OUROBOROS_SEED": str(loop.run_rec.seed)})
                 start = time.monotonic()
                 exp.status, exp.reason = s._judge(exp, best, loop.ledger.exp_dir(loop.tag, exp.n), env)

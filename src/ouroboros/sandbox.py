@@ -3,8 +3,11 @@
 Protects against:
 - a run that overstays: at budget + grace the process group and every descendant the harness has
   seen (or that was orphaned onto it, since the harness is a child subreaper) get SIGKILL;
-- a daemon left behind: whatever descendant is still alive when the command ends is killed, and the
-  run fails ("left N processes running"), so a daemon can never tamper with the evaluation;
+- a daemon left behind: whatever descendant is still alive when the command ends is frozen, then
+  killed, and the run fails ("left N processes running"), so a daemon can never tamper with the
+  evaluation; one that re-forks each generation is frozen before it can fork again;
+- a stopped harness: elapsed time is checked again when the command ends, so SIGSTOP on the
+  harness (possible at level `process`) buys the run no time;
 - a fork bomb: more than `max_processes` processes in the tree (polled) ends the run;
 - a memory hog: RSS of the whole tree above `memory_mb` (polled) ends the run; on CPU-only machines
   RLIMIT_AS (2 x memory_mb + 4 GiB per process) stops a single huge allocation between polls
@@ -65,13 +68,23 @@ class Outcome:
         return self.returncode == 0 and self.killed is None
 
 
-def scrubbed_env(extra: dict[str, str] | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for experiment processes: no secrets, the harness's Python first on PATH."""
+def scrubbed_env(extra: dict[str, str] | None = None, base: dict[str, str] | None = None,
+                 venv: Path | None = None) -> dict[str, str]:
+    """The environment for experiment processes: no secrets, and the project's environment first on
+    PATH (`venv`, made by `[task] setup`; uv and `python` both use it), else the harness's Python."""
     base = dict(os.environ if base is None else base)
     env = {k: v for k, v in base.items()
            if k in _KEEP or (not _SECRET.search(k) and not k.startswith(("OUROBOROS_", "PYTEST_")))}
     bindir = os.path.dirname(sys.executable)
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "/usr/bin:/bin")
+    path = env.get("PATH", "/usr/bin:/bin")
+    if venv is not None:
+        path = os.pathsep.join(p for p in path.split(os.pathsep) if p != bindir)
+        env.update(VIRTUAL_ENV=str(venv), UV_PROJECT_ENVIRONMENT=str(venv), UV_NO_SYNC="1")
+        env.pop("PYTHONHOME", None)
+        bindir = str(venv / "bin")
+    else:
+        env.pop("VIRTUAL_ENV", None)
+    env["PATH"] = bindir + os.pathsep + path
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.update(extra or {})
@@ -333,22 +346,14 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
             if fd is not None:
                 os.close(fd)
         wall = time.monotonic() - start
+    if killed is None and wall > deadline_s:  # it ended, but late: a stopped harness buys no time
+        killed = "timeout"
     if killed is None and watch is not None and artifact_cap is not None:  # written between two polls
         grown = _du(watch) - watched
         if grown > artifact_cap:
             killed = f"artifact limit ({grown / 2**20:.0f} MB written > max_artifact_mb)"
     _killpg(pgid)
-    stray = 0
-    for _ in range(5):  # killing an orphan can orphan its own children onto us: sweep until none
-        strays = _strays(known, before)
-        if strays:  # a wrapper process tearing itself down (bwrap's init) is not a stray
-            strays = psutil.wait_procs(strays, timeout=0.1)[1]
-        if not strays:
-            break
-        stray += len(strays)
-        for p in strays:
-            known.update((c.pid, c) for c in _tree(p))
-        _kill(strays)
+    stray = _sweep(known, before)
     if rusage is not None:
         peak = max(peak, rusage.ru_maxrss / 1024)
     if log_path.stat().st_size > cap:
@@ -360,6 +365,46 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
     if stray and killed is None:
         killed = f"left {stray} process{'es' if stray > 1 else ''} running after it ended (killed)"
     return Outcome(proc.returncode, killed == "timeout", wall, peak, peak_gpu, isolation, killed, stray)
+
+
+def _sweep(known: dict[int, psutil.Process], before: set[int]) -> int:
+    """Kill every descendant that outlived the command; how many there were.
+
+    Strays are stopped (SIGSTOP) before anything is killed, and the search goes on until a pass
+    finds no running one: a stopped process cannot fork, so a daemon that re-forks each
+    generation (or whose children orphan onto us as we kill it) is caught as soon as one
+    generation is seen alive. One whose generations live shorter than a pass (well under a
+    millisecond) can still outrun it: only the PID namespaces of levels unshare and bwrap end
+    such a chain for certain, which is why level process is refused for agents that write code.
+    """
+    stopped: dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + 3.0
+    first = True
+    while time.monotonic() < deadline:
+        strays = [p for p in _strays(known, before) if p.pid not in stopped]
+        if strays and first:  # a wrapper process tearing itself down (bwrap's init) is not a stray
+            first = False
+            strays = psutil.wait_procs(strays, timeout=0.1)[1]
+            if not strays:
+                continue  # but what it orphaned onto us while ending is: look again
+        if not strays:
+            break
+        for p in strays:
+            try:
+                p.suspend()
+            except psutil.Error:
+                pass
+            stopped[p.pid] = p
+            for c in _tree(p):
+                known.setdefault(c.pid, c)
+                if c.pid not in stopped:
+                    try:
+                        c.suspend()
+                    except psutil.Error:
+                        pass
+                    stopped[c.pid] = c
+    _kill(list(stopped.values()))
+    return len(stopped)
 
 
 def kill_inside(folder: Path) -> int:

@@ -7,6 +7,7 @@ default. `load_task` is the only way the rest of the harness sees a task.
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import tomllib
 from functools import cached_property
@@ -37,6 +38,9 @@ class TaskSection(_Model):
     eval_timeout: float = Field(300.0, gt=0)
     isolated: bool = Field(False, description="the evaluator keeps editable code out of its own process")
     holdout: str | None = Field(None, description="a private evaluate command run for every keep, never shown")
+    setup: str | None = Field(None, description="a trusted command run once per run (e.g. `uv sync`) that prepares "
+                              "the project's environment in .ouroboros/runs/<tag>/env/ and fills the data cache")
+    setup_timeout: float = Field(1800.0, gt=0, description="seconds the setup command may take")
 
     @property
     def grace_s(self) -> float:
@@ -102,6 +106,11 @@ class BoundSection(_Model):
     max_log_mb: float = Field(20.0, gt=0)
     max_artifact_mb: float = Field(512.0, gt=0)
     isolation: Literal["auto", "bwrap", "unshare", "process"] = "auto"
+    read_only: list[str] = Field([], description="paths (`~` expanded) the run and evaluate see read-only")
+
+    @property
+    def read_only_paths(self) -> list[Path]:
+        return [Path(os.path.expanduser(p)).resolve() for p in self.read_only]
 
 
 class AgentSection(_Model):
@@ -171,15 +180,19 @@ def glob_files(root: Path, patterns: tuple[str, ...] | list[str]) -> list[str]:
     return sorted(found)
 
 
-def load_task(root: Path | str) -> Task:
-    """Read and validate `<root>/ouroboros.toml`; every problem is one OuroborosError line."""
+def load_task(root: Path | str, text: str | None = None) -> Task:
+    """Read and validate `<root>/ouroboros.toml`; every problem is one OuroborosError line.
+
+    `text` is the task file's content when it comes from elsewhere than the checkout (a run's base
+    commit: what a running loop obeys, whatever the checkout holds now).
+    """
     root = Path(root).resolve()
     path = root / TASK_FILE
-    if not path.is_file():
+    if text is None and not path.is_file():
         raise OuroborosError(f"no {TASK_FILE} in {root}: create one with `ouroboros init {root} --template quadratic`"
                              f" or `ouroboros init --from-autoresearch {root}`")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text() if text is None else text)
     except tomllib.TOMLDecodeError as exc:
         raise OuroborosError(f"{path} is not valid TOML: {exc}") from exc
     try:

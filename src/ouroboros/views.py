@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ouroboros import chain
+from ouroboros import chain, isolation
 from ouroboros.errors import OuroborosError
 from ouroboros.ledger import Experiment, Ledger, fmt_metric, one_line
 from ouroboros.task import RECORDS_DIR, Task
@@ -20,6 +20,27 @@ COLORS = {"keep": "green", "discard": "dim", "crash": "red", "timeout": "magenta
 
 
 SHOWN_CHARS = 300  # of a description in `log` (the ledger has it all)
+
+
+def header_lines(loop, agent_driven: bool = False) -> list[str]:
+    """What a run is protected by and runs with: isolation level (and how to get bwrap when it is
+    weaker), whether the agent's own process is confined, the experiments' Python, warnings."""
+    level = loop.isolation.level
+    out = [f"isolation: {level}" + ("" if level == "bwrap" else " (weaker than bwrap)")]
+    hint = isolation.install_hint(level)
+    if hint:
+        out.append(hint)
+    if getattr(loop.agent, "writes_code", True) and hasattr(loop.agent, "command"):
+        if agent_driven:
+            out.append("agent: NOT confined (agent-driven sessions run `ouroboros exp`, which writes the records); "
+                       "it runs with your rights: use --drive harness to confine it")
+        elif loop.agent_confined:
+            out.append("agent: confined (bwrap: network and its key; worktree writable; records, checkout and "
+                       "the rest of $HOME hidden)")
+        else:
+            out.append("agent: NOT confined (no bubblewrap): it runs with your rights")
+    out.append(f"experiments run with {loop.interpreter()}")
+    return out + list(getattr(loop, "warnings", []))
 
 
 def fmt(value: float | None) -> str:
@@ -35,11 +56,13 @@ class Live:
     def __init__(self, console: Console, task: Task):
         self.console, self.task = console, task
 
-    def header(self, loop) -> None:
+    def header(self, loop, agent_driven: bool = False) -> None:
         r = loop.run_rec
         self.console.print(f"run [bold]{text(r.tag)}[/] on branch {text(r.branch)}: task {text(r.task)}, agent "
                            f"{text(loop.agent.name)}, budget {loop.budget:g} s, metric {text(r.metric)} "
-                           f"({r.direction}, trust {r.trust})")
+                           f"({r.direction}, trust {r.trust})", soft_wrap=True)
+        for line in header_lines(loop, agent_driven):
+            self.console.print(escape(line), soft_wrap=True)
 
     def line(self, exp: Experiment, best: Experiment) -> None:
         color = COLORS.get(exp.status, "")

@@ -43,7 +43,9 @@ def run_preset(root: Path, name: str, tmp_path: Path, monkeypatch, model: str | 
     bin_dir = tmp_path / "bin"
     stand_in(bin_dir, PRESETS[name].executable, body)
     monkeypatch.setenv("PATH", path_with(bin_dir))
-    monkeypatch.setenv("STANDIN_LOG", str(tmp_path / "calls.jsonl"))
+    # the CLI runs confined where bubblewrap works: its artifacts folder is one place it may write
+    log = root / ".ouroboros" / "runs" / "t" / "artifacts" / "calls.jsonl"
+    monkeypatch.setenv("STANDIN_LOG", str(log))
     monkeypatch.setenv("STANDIN_OUTPUT", output)
     task = load_task(root)
     options = {"model": model} if model else {}
@@ -51,8 +53,7 @@ def run_preset(root: Path, name: str, tmp_path: Path, monkeypatch, model: str | 
         options["timeout"] = timeout
     loop = Loop(task, Options(agent=name, tag="t", max_experiments=1, extra={"agent_options": options}))
     loop.run()
-    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()] \
-        if (tmp_path / "calls.jsonl").exists() else []
+    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     return loop, Ledger(loop.records).experiments("t"), calls
 
 
@@ -138,8 +139,12 @@ def test_a_cli_past_its_timeout_is_killed_and_recorded_as_a_crash(quadratic, tmp
 def test_a_cli_that_commits_is_refused(quadratic, tmp_path, monkeypatch):
     body = EDITING_CLI + ('subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@a", "commit", "-qam", "x"],'
                           ' check=True)\n')
-    _, exps, _ = run_preset(quadratic, "aider", tmp_path, monkeypatch, body=body)
-    assert exps[1].status == "violation" and "HEAD moved" in exps[1].reason
+    loop, exps, _ = run_preset(quadratic, "aider", tmp_path, monkeypatch, body=body)
+    if loop.agent_confined:  # inside the sandbox the repository's git dir is not even there
+        assert exps[1].status == "crash" and "agent exited" in exps[1].reason
+    else:
+        assert exps[1].status == "violation" and "HEAD moved" in exps[1].reason
+    assert loop.ws.head() == exps[0].commit_sha
 
 
 def test_aider_cannot_drive_itself(monkeypatch, tmp_path):

@@ -31,7 +31,8 @@ def test_attack_is_stopped(attack: cheats.Attack, tmp_path):
     assert result.effects == []
 
 
-@pytest.mark.parametrize("name", ["network", "read-hidden", "forge-records", "steal-secret", "write-outside"])
+@pytest.mark.parametrize("name", ["network", "read-hidden", "forge-records", "steal-secret", "write-outside",
+                                  "cache-carry"])
 def test_isolation_attacks_win_without_isolation(name: str, tmp_path):
     """The run-time attacks are real: at level `process` (no namespaces) they get their keep."""
     result = cheats.run_attack(cheats.BY_NAME[name], tmp_path / "attack", isolation="process")

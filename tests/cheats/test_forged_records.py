@@ -16,7 +16,7 @@ from pathlib import Path
 from ouroboros import audit
 from ouroboros.loop import Loop, Options
 from ouroboros.task import load_task
-from ouroboros.testing import cli
+from ouroboros.testing import cli, commit_all
 
 FORGER = '''
 import pathlib, re, sqlite3, sys
@@ -42,7 +42,11 @@ def test_a_forged_best_is_refused_on_resume_reported_and_flagged_by_the_audit(qu
     script.write_text(FORGER)
     records = quadratic / ".ouroboros"
     agent = f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(script))} {shlex.quote(str(records))}"
-    Loop(load_task(quadratic), Options(agent=agent, max_experiments=2, tag="f")).run()
+    # an unconfined agent (at level bwrap it could not even see the ledger): the chain must catch it
+    toml = quadratic / "ouroboros.toml"
+    toml.write_text(toml.read_text() + '\n[bound]\nisolation = "process"\n')
+    commit_all(quadratic, "process level")
+    Loop(load_task(quadratic), Options(agent=agent, max_experiments=2, tag="f", allow_weak_isolation=True)).run()
     with sqlite3.connect(records / "ledger.sqlite") as db:
         assert db.execute("SELECT metric FROM experiments WHERE tag='f' AND n=1").fetchone()[0] == 1e-30
 
@@ -105,8 +109,8 @@ def test_at_level_bwrap_the_run_cannot_read_the_chain_key(quadratic: Path, tmp_p
     snippet.write_text(f"\ntry:\n    print('KEY:' + open({str(key_file)!r}).read())\nexcept OSError as e:\n"
                        "    print('NOKEY', e)\n")
     thief = tmp_path / "thief.py"
-    thief.write_text(f"import pathlib\nt = pathlib.Path('train.py')\n"
-                     f"t.write_text(t.read_text() + pathlib.Path({str(snippet)!r}).read_text())\n")
+    thief.write_text(f"import pathlib\nt = pathlib.Path('train.py')\n"  # inline: the agent runs confined
+                     f"t.write_text(t.read_text() + {snippet.read_text()!r})\n")
     toml = quadratic / "ouroboros.toml"
     toml.write_text(toml.read_text().replace("[judge]", "[bound]\nisolation = \"bwrap\"\n\n[judge]"))
     from ouroboros.testing import commit_all

@@ -21,10 +21,8 @@ json.dump({"x": x}, open("solution.json", "w"))
 
 
 def _agent(tmp_path: Path, train: str) -> str:
-    (tmp_path / "train_src.py").write_text(train)
-    script = tmp_path / "agent.py"
-    script.write_text(f"from pathlib import Path\nPath('train.py').write_text(Path({str(tmp_path / 'train_src.py')!r})"
-                      ".read_text())\n")
+    script = tmp_path / "agent.py"  # the source inline: a confined agent sees no file its command does not name
+    script.write_text(f"from pathlib import Path\nPath('train.py').write_text({train!r})\n")
     return f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(script))}"
 
 

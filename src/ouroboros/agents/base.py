@@ -69,6 +69,9 @@ class Context:
     prompt: Callable[[], str]  # the assembled prompt (memory.build_prompt), built on demand
     session: int = 0
     read_baseline: Callable[[str], str] | None = None  # a task-relative file as it was at the baseline
+    # Wraps an agent's own process in the run's sandbox (phase "agent"): (argv, writable, readable)
+    # -> (argv, level). None where the harness cannot confine it (no bubblewrap).
+    confine: Callable[[list[str], list[Path], list[Path]], tuple[list[str], str]] | None = None
 
 
 @dataclass
@@ -86,6 +89,10 @@ class Agent:
     """Subclass and implement propose(); the hooks are optional."""
 
     name = "agent"
+    # Whether the agent writes code the harness then runs (a model, a CLI, a script): such an agent
+    # is untrusted, and isolation level `process` is refused for it unless the user allows it.
+    # A search over the task's own knobs writes values, not code.
+    writes_code = True
 
     def check(self, task: Task) -> None:
         """Called once before the baseline: raise OuroborosError if the agent cannot work here (a

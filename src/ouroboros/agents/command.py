@@ -8,11 +8,19 @@ The program gets, in its environment:
     OUROBOROS_ARTIFACTS    a folder for files it wants to keep across experiments
 Its output goes to the experiment's agent.log. A non-zero exit or a run past the agent timeout
 fails the proposal (recorded as a crash with the reason), and the loop goes on.
+
+Confinement: where the run has bubblewrap, the program runs in the run's sandbox (phase "agent"):
+with the network and its environment (its key), but with only the worktree, the files above and
+its own config folder in $HOME (`home_dirs`) writable, and the records, the user's checkout, the
+repository's git dir and the rest of $HOME invisible. Files named by absolute path in the command
+are visible read-only. Without bubblewrap it runs with the user's rights, and the run says so.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import time
 from pathlib import Path
 
@@ -55,15 +63,64 @@ class CommandAgent(Agent):
     def argv(self, ctx: Context, prompt_path: Path) -> list[str] | str:
         return self.command
 
+    home_dirs: tuple[str, ...] = ()  # folders (relative to $HOME) the program keeps its config and login in
+
+    def readable(self) -> list[Path]:
+        """What the confined program must see besides the system: the files its command names."""
+        out = []
+        try:
+            words = shlex.split(self.command)
+        except ValueError:
+            words = []
+        for word in words:
+            if word.startswith("/") and os.path.exists(word):
+                out.append(Path(word))
+        exe = shutil.which(words[0]) if words else None
+        if exe:  # the program and the installation it lives in (npm's lib/node_modules beside bin/)
+            for p in {Path(exe), Path(os.path.realpath(exe))}:
+                out += [p.parent, p.parent.parent] if p.parent.name == "bin" else [p.parent]
+        home = Path(os.path.expanduser("~"))
+        for entry in os.environ.get("PATH", "").split(os.pathsep):  # version managers (pyenv, nvm) in $HOME
+            p = Path(entry)
+            if p.is_absolute() and home in p.parents:
+                out.append(home / p.relative_to(home).parts[0])
+        return [p for p in dict.fromkeys(out) if p not in (home, Path("/"))]
+
+    def confined(self, ctx: Context, argv: list[str] | str, writable: list[Path],
+                 readable: list[Path]) -> list[str] | str:
+        """argv inside the run's sandbox where the harness can confine it; records whether it did."""
+        if ctx.confine is None:
+            return argv
+        home = Path(os.path.expanduser("~"))
+        for path in writable:
+            if not path.exists():
+                path.touch()  # a file bound into the sandbox must exist; bound, it cannot be swapped for a link
+        wrapped, level = ctx.confine(["bash", "-c", argv] if isinstance(argv, str) else argv,
+                                     [*writable, *(home / d for d in self.home_dirs)],
+                                     [*readable, *self.readable()])
+        self.confinement = level
+        return wrapped
+
+    confinement = "none"  # the sandbox level the last proposal ran in ("none": with the user's rights)
+
+    def scratch(self, ctx: Context) -> list[Path]:
+        """Further record files the program writes (aider's histories)."""
+        return []
+
     def propose(self, ctx: Context) -> Proposal:
         prompt_path, desc_path = ctx.exp_dir / "prompt.md", ctx.exp_dir / "description.txt"
         prompt_path.write_text(ctx.prompt())
         desc_path.unlink(missing_ok=True)
+        desc_path.touch()
         timeout = self.timeout or ctx.task.agent.timeout
         start = time.monotonic()
+        env = self.env(ctx, prompt_path, desc_path)
+        (ctx.run_dir / NOTES_FILE).touch()
+        argv = self.confined(ctx, self.argv(ctx, prompt_path),
+                             [desc_path, ctx.run_dir / NOTES_FILE, ctx.run_dir / "artifacts", *self.scratch(ctx)],
+                             [prompt_path])
         try:
-            outcome = sandbox.run(self.argv(ctx, prompt_path), ctx.worktree, timeout, 0.0, ctx.exp_dir / "agent.log",
-                                  env=self.env(ctx, prompt_path, desc_path), max_log_mb=50)
+            outcome = sandbox.run(argv, ctx.worktree, timeout, 0.0, ctx.exp_dir / "agent.log", env=env, max_log_mb=50)
         finally:
             bound_notes(ctx.run_dir / NOTES_FILE, ctx.task.agent.notes_max_chars)
         if outcome.timed_out:

@@ -17,6 +17,7 @@ class EnsembleAgent(Agent):
     def __init__(self, members: list[tuple[Agent, float]]):
         self.members = members
         self.name = ",".join(f"{a.name}={w:g}" for a, w in members)
+        self.writes_code = any(a.writes_code for a, _ in members)
 
     def check(self, task: Task) -> None:
         for agent, _ in self.members:

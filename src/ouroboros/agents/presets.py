@@ -95,6 +95,13 @@ class PresetAgent(CommandAgent):
     def extra_env(self, drive: str) -> dict[str, str]:
         return {}
 
+    def readable(self) -> list[Path]:
+        self.command = self.require()  # the CLI's real path: its installation is bound into the sandbox
+        try:
+            return super().readable()
+        finally:
+            self.command = self.executable
+
     def env(self, ctx: Context, prompt_path: Path, desc_path: Path) -> dict[str, str]:
         return {**super().env(ctx, prompt_path, desc_path), **self.extra_env("harness")}
 
@@ -137,6 +144,7 @@ def _json_lines(text: str) -> list[dict]:
 
 class CodexAgent(PresetAgent):
     preset, executable = "codex", "codex"
+    home_dirs = (".codex",)
     install = "npm install -g @openai/codex"
     auth = "sign in with `codex login` (or set OPENAI_API_KEY)"
 
@@ -157,6 +165,7 @@ class CodexAgent(PresetAgent):
 
 class ClaudeAgent(PresetAgent):
     preset, executable = "claude", "claude"
+    home_dirs = (".claude", ".claude.json", ".config/claude")
     install = "npm install -g @anthropic-ai/claude-code"
     auth = "sign in by running `claude` once (or set ANTHROPIC_API_KEY)"
 
@@ -180,6 +189,10 @@ class ClaudeAgent(PresetAgent):
 
 class AiderAgent(PresetAgent):
     preset, executable = "aider", "aider"
+    home_dirs = (".aider",)
+
+    def scratch(self, ctx: Context) -> list[Path]:
+        return [ctx.exp_dir / "aider.chat.md", ctx.exp_dir / "aider.input.history"]
     install = "python -m pip install aider-install && aider-install"
     auth = "set the key of your model's provider (e.g. OPENAI_API_KEY or ANTHROPIC_API_KEY)"
     agent_driven = False
@@ -200,6 +213,7 @@ class AiderAgent(PresetAgent):
 
 class OpenCodeAgent(PresetAgent):
     preset, executable = "opencode", "opencode"
+    home_dirs = (".config/opencode", ".local/share/opencode", ".local/state/opencode", ".cache/opencode")
     install = "npm install -g opencode-ai"
     auth = "sign in with `opencode auth login`"
 
@@ -214,6 +228,7 @@ class OpenCodeAgent(PresetAgent):
 
 class GeminiAgent(PresetAgent):
     preset, executable = "gemini", "gemini"
+    home_dirs = (".gemini",)
     install = "npm install -g @google/gemini-cli"
     auth = "sign in by running `gemini` once (or set GEMINI_API_KEY)"
 

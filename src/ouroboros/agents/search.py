@@ -18,6 +18,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 class SearchAgent(Agent):
+    writes_code = False  # it only rewrites knob literals of the user's own code
     def __init__(self, name: str, seed: int = 0):
         self.name, self.seed = name, seed
         self.study: optuna.Study | None = None
