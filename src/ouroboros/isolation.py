@@ -105,7 +105,9 @@ class Isolation:
         self.worktree = git_root(worktree)  # the git worktree root; worktree may be a task subfolder
         self.repo = git_root(task.root)
 
-    def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None) -> tuple[list[str], str]:
+    def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None,
+             cwd: Path | None = None) -> tuple[list[str], str]:
+        """argv wrapped for phase; `cwd` is where it will run (the caller passes it to sandbox.run too)."""
         return argv, self.level
 
     def hidden_files(self) -> list[str]:
@@ -117,7 +119,8 @@ class Unshare(Isolation):
     level = "unshare"
     overhead = 2  # unshare, the reaper shell
 
-    def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None) -> tuple[list[str], str]:
+    def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None,
+             cwd: Path | None = None) -> tuple[list[str], str]:
         flags = ["--fork", "--pid", "--kill-child", "--mount-proc", "--ipc"]
         if not self.task.bound.network:
             flags.append("--net")
@@ -128,7 +131,8 @@ class Bwrap(Isolation):
     level = "bwrap"
     overhead = 3  # bwrap, its init in the PID namespace, the reaper shell
 
-    def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None) -> tuple[list[str], str]:
+    def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None,
+             cwd: Path | None = None) -> tuple[list[str], str]:
         mounts, repo_masks = self._mounts
         args = list(mounts)
         if phase == "run":
@@ -141,7 +145,7 @@ class Bwrap(Isolation):
         args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
         if not self.task.bound.network:
             args.append("--unshare-net")
-        args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--chdir", str(self.task_dir),
+        args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--chdir", str(cwd or self.task_dir),
                  "--", "bash", "-c", _REAPER, _shell(argv)]
         return args, self.level
 

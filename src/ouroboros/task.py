@@ -37,6 +37,8 @@ class TaskSection(_Model):
     eval_timeout: float = Field(300.0, gt=0)
     isolated: bool = Field(False, description="the evaluator keeps editable code out of its own process")
     holdout: str | None = Field(None, description="a private evaluate command run for every keep, never shown")
+    outputs: list[str] = Field([], description="globs of what the run hands to the evaluation, besides the "
+                                                "editable files (e.g. solution.json, a checkpoint)")
 
     @property
     def grace_s(self) -> float:
