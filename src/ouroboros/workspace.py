@@ -28,7 +28,6 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 from ouroboros.errors import OuroborosError
@@ -45,7 +44,6 @@ _GIT = shutil.which("git") or "git"
 _FILTER = re.compile(r'^\s*\[\s*filter\s+"((?:[^"\\]|\\.)*)"\s*\]', re.MULTILINE | re.IGNORECASE)
 
 
-@cache
 def git_env() -> dict[str, str]:
     """The environment of every harness git call: no secrets, none of the caller's GIT_* settings,
     no system or global config, no system attributes, no replaced objects, no prompts."""
