@@ -23,6 +23,7 @@ what a replay agent's own `git apply` does (agents/replay.py, run in the worktre
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -38,7 +39,7 @@ _SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false", "-c", "
          "-c", "user.name=ouroboros", "-c", "user.email=ouroboros@localhost", "-c", "core.fsmonitor=false",
          "-c", "gc.auto=0", "-c", "core.attributesFile=/dev/null", "-c", "core.excludesFile=/dev/null",
          "-c", "core.pager=cat", "-c", "core.untrackedCache=false",
-         "-c", "protocol.allow=never", "-c", "maintenance.auto=false"]
+         "-c", "maintenance.auto=false"]
 _SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION)", re.IGNORECASE)
 _GIT = shutil.which("git") or "git"
 _FILTER = re.compile(r'^\s*\[\s*filter\s+"((?:[^"\\]|\\.)*)"\s*\]', re.MULTILINE | re.IGNORECASE)
@@ -139,9 +140,9 @@ class Workspace:
         return "" if self.task_rel in ("", ".") else self.task_rel.rstrip("/") + "/"
 
     # -- the git dirs, pinned ----------------------------------------------------------------
-    @property
+    @functools.cached_property
     def common(self) -> Path:
-        """The repository's git dir (shared by all its worktrees)."""
+        """The repository's git dir (shared by all its worktrees), found once in the user's checkout."""
         dotgit = self.repo / ".git"
         if dotgit.is_dir() and not dotgit.is_symlink():
             return dotgit.resolve()
