@@ -25,6 +25,7 @@ reads from outside its folder (the data cache: see isolation.py).
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import re
 import shutil
 import stat
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,4 +249,27 @@ def sealed(task: Task, source: Path, fixed: dict[str, tuple[bytes, int]], log_pa
         metric, error = _check(raw, task, "the evaluator's output")
         return Measurement(metric, metrics, task.trust, outcome.wall_s, error, isolation)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        _remove_later(root)
+
+
+_REMOVING: list[threading.Thread] = []
+_PID = os.getpid()
+
+
+def _remove_later(folder: Path) -> None:
+    """Delete an evaluation folder off the loop's path: unlinking can take tens of milliseconds on a
+    busy disk, and nothing reads the folder again. Finished before the harness exits; at once in a
+    forked process (`--parallel` slots end with os._exit, which runs no atexit hook)."""
+    if os.getpid() != _PID:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    _REMOVING[:] = [t for t in _REMOVING if t.is_alive()]
+    thread = threading.Thread(target=shutil.rmtree, args=(folder, True), daemon=True)
+    thread.start()
+    _REMOVING.append(thread)
+
+
+@atexit.register
+def _finish_removals() -> None:
+    for thread in _REMOVING:
+        thread.join(timeout=30)
