@@ -198,9 +198,9 @@ class Workspace:
                 [a for n in sorted(names) for a in ("-c", f"filter.{n}.required=false")]
         return self._filters
 
-    def git(self, *args: str, check: bool = True, text: bool = True) -> str:
+    def git(self, *args: str, check: bool = True, text: bool = True, input: str | None = None) -> str:
         argv = [_GIT, f"--git-dir={self.admin}", f"--work-tree={self.path}", *_SAFE, *self._filter_args(), *args]
-        return _call(argv, f"{' '.join(args[:3])} in {self.path}", check, text=text).stdout
+        return _call(argv, f"{' '.join(args[:3])} in {self.path}", check, input=input, text=text).stdout
 
     def _repo_git(self, *args: str, check: bool = True, text: bool = True, input=None):
         """git on the repository itself (worktree bookkeeping, objects, refs), its git dir named."""
@@ -290,8 +290,8 @@ class Workspace:
             self.git("add", "-A")
         # The message goes by file (stdin), cleaned: agent text is data, never an argument (a NUL in
         # argv cannot even be passed) or an option.
-        git(self.path, "commit", "-q", "--no-verify", "--allow-empty", *(() if untracked else ("-a",)),
-            "--cleanup=verbatim", "-F", "-", input=clean_text(message).strip() or f"experiment {n}")
+        self.git("commit", "-q", "--no-verify", "--allow-empty", *(() if untracked else ("-a",)),
+                 "--cleanup=verbatim", "-F", "-", input=clean_text(message).strip() or f"experiment {n}")
         sha = self.head()
         self.pin(n, sha)
         return sha
