@@ -3,9 +3,12 @@
     python bench/guard_overhead.py [--repeats 30]
 
 For each isolation level that works here, times the guard's check of a one-line change, and the
-run and evaluate phases through sandbox.run with that level's wrapper, against the same two
-commands started with a bare subprocess.run. Overhead per experiment = guard check + (wrapped run
-+ wrapped evaluate) - (bare run + bare evaluate), medians over the repeats. Target: <= 100 ms.
+run and evaluate phases as the loop runs them (the run through sandbox.run with that level's
+wrapper and the guard's after-run check; the evaluation through Loop._measure: a fresh folder from
+the baseline's bytes plus the declared outputs, sandboxed, then the after-evaluation check), against
+the same two commands started with a bare subprocess.run in the worktree. Overhead per experiment =
+guard check + (wrapped run + wrapped evaluate) - (bare run + bare evaluate), medians over the
+repeats. Target: <= 100 ms.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def bench(level: str, repeats: int, root: Path) -> dict[str, float]:
     task = load_task(repo)
     loop = Loop(task, Options(agent="random", max_experiments=1, tag="bench"))
     loop.isolation = isolation._CLASSES[level](task, loop.ws.task_dir, loop.records)
-    guard = Guard(task, loop.ws)
+    guard = loop.guard = Guard(task, loop.ws)
     base = loop.run_rec.base_commit
     wt = loop.ws.task_dir
     train = wt / "train.py"
@@ -56,13 +59,12 @@ def bench(level: str, repeats: int, root: Path) -> dict[str, float]:
         bare_s.append(time.perf_counter() - t)
 
         t = time.perf_counter()
+        guard.arm()
         outcome = loop._run_phase(out, env, f"run{i}.log")
-        metrics = Path(tempfile.mkdtemp(dir=root))
-        argv, lv = loop.isolation.wrap(["bash", "-c", task.task.evaluate], "evaluate", [metrics])
-        ev = sandbox.run(argv, wt, task.task.eval_timeout, 0, out / f"eval{i}.log",
-                         env={**env, "OUROBOROS_METRICS": str(metrics / "m.json")}, isolation=lv)
+        broke = guard.after("run", base)
+        m = loop._measure(out, env, f"eval{i}.log")  # its own folder, from baseline bytes + outputs
         wrapped_s.append(time.perf_counter() - t)
-        assert outcome.ok and ev.ok and (metrics / "m.json").exists(), (outcome, ev)
+        assert outcome.ok and not broke and m.error is None and loop._violation is None, (outcome, broke, m)
     train.write_text(original)
     return {"guard": _ms(guard_s), "bare": _ms(bare_s), "wrapped": _ms(wrapped_s),
             "overhead": _ms(guard_s) + _ms(wrapped_s) - _ms(bare_s)}

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from pathlib import Path
 
+import pytest
+
 from ouroboros import evaluate, sandbox
+from ouroboros.errors import OuroborosError
 from ouroboros.task import load_task
 
 
@@ -32,8 +37,8 @@ def test_stdout_metric_must_be_finite(quadratic: Path, tmp_path: Path) -> None:
 
 
 def _sealed(quadratic: Path, tmp_path: Path, evaluator: str) -> evaluate.Measurement:
-    (quadratic / "evaluate.py").write_text(evaluator)
-    return evaluate.sealed(load_task(quadratic), quadratic, tmp_path / "eval.log", sandbox.scrubbed_env())
+    fixed = {"evaluate.py": (evaluator.encode(), 0o100644)}
+    return evaluate.sealed(load_task(quadratic), quadratic, fixed, tmp_path / "eval.log", sandbox.scrubbed_env())
 
 
 def test_sealed_reads_the_metrics_file(quadratic: Path, tmp_path: Path) -> None:
@@ -54,3 +59,51 @@ def test_sealed_failures_are_reasons(quadratic: Path, tmp_path: Path) -> None:
     assert nan.error == "the evaluator's output gave loss=nan"
     failing = _sealed(quadratic, tmp_path, "import sys\nsys.exit('no solution.json')\n")
     assert failing.error == "evaluator exited 1: no solution.json"
+
+
+def test_the_evaluation_folder_gets_baseline_bytes_and_only_declared_outputs(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "sub").mkdir(parents=True)
+    (run / "solution.json").write_text("{}")
+    (run / "sub" / "out.txt").write_text("mine")
+    (run / "evaluate.py").write_text("forged")  # a fixed path always gets the baseline's bytes
+    (run / "json.py").write_text("forged")  # not declared: stays behind
+    (run / "link.txt").symlink_to(run / "solution.json")
+    os.mkfifo(run / "fifo.txt")
+    (run / "sub" / ".git").mkdir()
+    (run / "sub" / ".git" / "out.txt").write_text("hidden from git")
+    work = tmp_path / "work"
+    work.mkdir()
+    notes = evaluate.prepare_dir(work, {"evaluate.py": (b"real", 0o100755)}, run,
+                                 ["solution.json", "*.txt", "evaluate.py"], 1 << 20)
+    files = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if not p.is_dir())
+    assert files == ["evaluate.py", "solution.json", "sub/out.txt"]
+    assert (work / "evaluate.py").read_bytes() == b"real" and os.access(work / "evaluate.py", os.X_OK)
+    assert sorted(notes) == ["fifo.txt: not copied (not a regular file)", "link.txt: not copied (Too many levels of "
+                                                                          "symbolic links)"]
+
+
+def test_outputs_beyond_the_cap_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "big.bin").write_bytes(b"x" * 2048)
+    with pytest.raises(OuroborosError, match="outputs exceed"):
+        evaluate.prepare_dir(tmp_path, {}, tmp_path / "run", ["*.bin"], 1024)
+
+
+def test_metrics_come_only_from_a_small_regular_file(tmp_path: Path) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"loss": 1.0}))
+    assert evaluate.read_metrics(good) == {"loss": 1.0}
+    assert evaluate.read_metrics(tmp_path / "missing.json") is None
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)  # nobody writes it: reading must not block
+    with pytest.raises(ValueError, match="not a regular file"):
+        evaluate.read_metrics(fifo)
+    link = tmp_path / "link.json"
+    link.symlink_to(good)
+    with pytest.raises(ValueError, match="cannot be opened"):
+        evaluate.read_metrics(link)
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"loss": 1.0, "pad": "x" * 100}))
+    with pytest.raises(ValueError, match="larger than 64 bytes"):
+        evaluate.read_metrics(big, cap=64)

@@ -196,3 +196,53 @@ def test_an_honest_run_gets_the_same_verdicts_with_the_guard_off(tmp_path, monke
     monkeypatch.setattr(Guard, "check", no_guard)
     assert _verdicts(off) == guarded_run
     assert {status for status, _ in guarded_run} >= {"keep", "discard"}
+
+
+@pytest.mark.parametrize("where", ["notes/.git/answer.json", "deep/er/.GIT"])
+def test_an_entry_named_dot_git_anywhere_is_refused_and_removed(guarded, where):
+    guard, ws, base = guarded
+    path = ws.task_dir / where
+    path.parent.mkdir(parents=True)
+    path.write_text("invisible to git")
+    name = where.split("/.")[0] + "/." + where.split("/.")[1].split("/")[0]
+    violations = guard.check(base)
+    assert any(v.startswith(f"{name} is named .git") for v in violations), violations
+    assert not (ws.task_dir / name).exists()
+    assert guard.check(base) == []
+
+
+def test_a_replaced_dot_git_file_is_refused_and_put_back(guarded):
+    guard, ws, base = guarded
+    (ws.path / ".git").write_text("gitdir: /tmp/planted\n")
+    assert any("the worktree's .git file was replaced" in v for v in guard.check(base))
+    assert (ws.path / ".git").read_text() == ws.dotgit_text()
+    assert guard.check(base) == []
+
+
+def test_after_a_phase_a_protected_file_touched_and_put_back_is_a_violation(guarded):
+    guard, ws, base = guarded
+    guard.arm()
+    assert guard.after("run", base) == []  # nothing happened: nothing to report
+    evaluator = ws.task_dir / "evaluate.py"
+    st, original = evaluator.stat(), evaluator.read_bytes()
+    evaluator.write_text("forged\n")
+    evaluator.write_bytes(original)
+    os.utime(evaluator, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert guard.after("run", base) == ["protected file evaluate.py was touched during the run (it must not be "
+                                        "written, even if put back)"]
+
+
+def test_after_a_phase_git_entries_and_config_are_checked_without_git(guarded, monkeypatch):
+    guard, ws, base = guarded
+    guard.arm()
+    (ws.task_dir / "sub" / ".git").mkdir(parents=True)
+    (ws.path / ".git").write_text("gitdir: /tmp/planted\n")
+    config = ws.common / "config"
+    config.write_bytes(config.read_bytes() + b'[filter "x"]\n\tsmudge = touch /tmp/never\n')
+    monkeypatch.setattr("ouroboros.workspace._call", lambda *a, **k: pytest.fail("git ran during the check"))
+    violations = guard.after("evaluation", base)
+    assert "git config, hooks or info changed during the evaluation (put back as it was)" in violations
+    assert "sub/.git is named .git: no file or folder of that name may be written in the worktree " \
+           "(during the evaluation)" in violations
+    assert any("the worktree's .git file was replaced" in v for v in violations)
+    assert b"filter" not in config.read_bytes()

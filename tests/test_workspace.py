@@ -56,3 +56,57 @@ def test_records_are_ignored_without_touching_the_users_files(quadratic: Path) -
 def test_count_loc_skips_blank_and_comment_lines(tmp_path: Path) -> None:
     (tmp_path / "a.py").write_text("# c\n\nx = 1\n  # indented comment\ny = 2  # trailing\n")
     assert count_loc(tmp_path, ["a.py"]) == 2
+
+
+def _plant_filter(config: Path, marker: Path) -> None:
+    with open(config, "a") as f:
+        f.write(f'[filter "evil"]\n\tsmudge = "sh -c \'env > {marker}; cat\'"\n\tclean = "sh -c \'env > {marker}; cat\'"\n')
+
+
+def test_a_filter_the_repository_config_names_never_runs(quadratic: Path, tmp_path: Path) -> None:
+    """Filters are blanked by name on every call, so a .gitattributes naming one runs nothing."""
+    base = ensure_clean(quadratic)
+    ws = Workspace(quadratic, ".", quadratic / ".ouroboros", "f")
+    ws.open(base)
+    marker = tmp_path / "filter-ran"
+    _plant_filter(ws.common / "config", marker)
+    ws._filters = None  # read the config again, as a new run would
+    (ws.task_dir / ".gitattributes").write_text("* filter=evil\n")
+    (ws.task_dir / "train.py").write_text("STEPS = 1\n")
+    ws.changes()
+    sha = ws.commit("try", 1)
+    ws.reset(base)
+    ws.reset(sha)
+    ws.diff(base, sha)
+    assert not marker.exists()
+    assert (ws.task_dir / "train.py").read_text() == "STEPS = 1\n"
+
+
+def test_a_repointed_dot_git_file_is_never_followed(quadratic: Path, tmp_path: Path) -> None:
+    base = ensure_clean(quadratic)
+    ws = Workspace(quadratic, ".", quadratic / ".ouroboros", "p")
+    ws.open(base)
+    planted = tmp_path / "planted"
+    subprocess.run(["git", "init", "-q", "--bare", str(planted)], check=True)
+    marker = tmp_path / "filter-ran"
+    _plant_filter(planted / "config", marker)
+    (planted / "config").write_text((planted / "config").read_text().replace("bare = true", "bare = false"))
+    (ws.task_dir / ".gitattributes").write_text("* filter=evil\n")
+    (ws.path / ".git").write_text(f"gitdir: {planted}\n")
+    (ws.task_dir / "train.py").write_text("STEPS = 2\n")
+    sha = ws.commit("try", 1)
+    assert git(quadratic, "rev-parse", "refs/ouroboros/p/1") == sha  # in the real repository
+    ws.reset(base)
+    assert not marker.exists()
+    assert not list((planted / "refs" / "heads").iterdir())
+
+
+def test_git_runs_without_secrets_or_the_callers_git_settings(monkeypatch) -> None:
+    from ouroboros.workspace import git_env
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    monkeypatch.setenv("GIT_DIR", "/tmp/elsewhere")
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    env = git_env()
+    assert "OPENAI_API_KEY" not in env and "GIT_DIR" not in env and "GIT_CONFIG_COUNT" not in env
+    assert env["GIT_CONFIG_NOSYSTEM"] == "1" and env["GIT_CONFIG_GLOBAL"] == "/dev/null"

@@ -39,7 +39,7 @@ from ouroboros.judge import Verdict, effective_min_delta
 from ouroboros.ledger import Experiment, Ledger, Run, fmt_metric
 from ouroboros.loop import Loop, Options
 from ouroboros.task import RECORDS_DIR, Task, load_task
-from ouroboros.workspace import repo_root
+from ouroboros.workspace import Workspace, repo_root
 
 
 def export(repo: Path, commit: str, dest: Path) -> None:
@@ -74,6 +74,9 @@ class Export:
     def reset(self, commit: str) -> None:
         self.commit = commit
         export(self.repo, commit, self.path)
+
+    def head(self) -> str:
+        return self.commit
 
     def clean(self) -> None:
         self.reset(self.commit)
@@ -118,7 +121,12 @@ class AuditLoop(Loop):
         self.isolation = isolation.choose(strongest, self.ws.task_dir, records)
         # The export has no .git: mask the real task repo, and bind the whole export writable.
         self.isolation.repo, self.isolation.worktree = repo, path
-        self.guard = SimpleNamespace(protected=dict.fromkeys(protected))
+        # A fresh export per re-run: no git state to watch, so the guard's after-phase checks are void.
+        self.guard = SimpleNamespace(protected=dict.fromkeys(protected), arm=lambda: None, after=lambda *a: [])
+        # The evaluation folder is built from the base commit's bytes, as in the audited run.
+        self.fixed = Workspace(repo, task_rel, records, tag).files_at(audited.base_commit,
+                                                                      lambda rel: not task.is_editable(rel))
+        self._violation = None
         self._dirty = True
 
     def rerun(self, i: int, keep: Experiment) -> Experiment:

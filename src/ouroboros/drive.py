@@ -217,7 +217,8 @@ def _session(loop: Loop, agent: CommandAgent, sessions_dir: Path, deadline: floa
         leftover = [c for c in loop.ws.changes() if c.status != "!!"]  # ignored files are caches
         if leftover:
             loop.ws.git("add", "-A", "-N")  # new files into the patch too (intent to add; reset below)
-            (sessions_dir / f"{k}.leftover.patch").write_text(loop.ws.git("diff", "--no-color", "HEAD"))
+            patch = loop.ws.git("diff", "--no-color", "--no-ext-diff", "--no-textconv", "HEAD")
+            (sessions_dir / f"{k}.leftover.patch").write_text(patch)
         loop.ws.reset(loop.best.commit_sha)
         bound_notes(run_dir / NOTES_FILE, loop.task.agent.notes_max_chars)
         usage = agent.usage((sessions_dir / f"{k}.log").read_text(errors="replace")) \
@@ -338,8 +339,8 @@ def _guard(loop: Loop, run_dir: Path) -> Guard:
     if saved.exists():
         guard.load(saved)
     else:  # a harness-driven run: hash the protected files as they are in the base commit
-        base = loop.run_rec.base_commit
-        guard.protected = {rel: hashlib.sha256(loop.ws.show(base, rel)).hexdigest() for rel in guard.protected}
+        guard.protected = {rel: hashlib.sha256(loop.fixed[rel][0]).hexdigest() if rel in loop.fixed else None
+                           for rel in guard.protected}
     return guard
 
 

@@ -3,30 +3,45 @@
 Trust levels (every experiment records its own):
 - stdout: the metric is parsed from the run's own output (the autoresearch layout). Forgeable: the
   run can print any number. Reported as such.
-- sealed: after the run, the protected files are restored byte for byte from the baseline commit,
-  and the task's evaluate command runs in a fresh process that writes its metrics as JSON to a path
-  created after the run ended, so the run could neither edit the evaluator nor plant a result.
+- sealed: after the run, the task's evaluate command runs in a fresh folder that is not the run's
+  worktree: the baseline commit's fixed files (everything but the editable files: the evaluator, its
+  data, the task file), written from bytes the harness read from the object store at run start, plus
+  only the run's declared outputs (`[task] outputs`, and the editable files) copied in as regular
+  files. It runs in a fresh process with Python's safe-path mode (PYTHONSAFEPATH), so no file beside
+  the evaluator shadows a module it imports, and writes its metrics as JSON to a path created after
+  the run ended, read back only if it is a regular file of bounded size.
 - isolated: sealed, and the evaluator itself keeps editable code out of its process (the task's
   evaluator decides this; examples/tinygpt runs the model in a child that never sees the targets).
 
+Protects against (attacked in tests/cheats/): an edited or replaced evaluator; fake metric lines;
+a module planted beside the evaluator (`json.py`); outputs that are links, FIFOs or devices; a
+metrics file replaced by a FIFO, a link or a huge file; a process left by the evaluation phase
+(it fails the experiment, so a grandchild cannot rewrite the metrics after they were written).
+
 Does not protect against: an evaluator that imports editable code in its own process (then the
-level is only sealed), or a run that leaves a long-lived process behind to tamper with the
-evaluation (sandbox.py kills every descendant before the evaluation starts).
+level is only sealed, and that code can do anything the evaluator can), or data the evaluator
+reads from outside its folder (the data cache: see isolation.py).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
+import os
 import re
 import shutil
+import stat
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ouroboros import sandbox
-from ouroboros.task import Task
+from ouroboros.errors import OuroborosError
+from ouroboros.task import RECORDS_DIR, Task, matches
 
 
 @dataclass
@@ -88,44 +103,173 @@ def parse_key(log: Path, key: str) -> float | None:
         return None
 
 
-def sealed(task: Task, task_dir: Path, log_path: Path, env: dict[str, str],
-           wrap: Any = None, command: str | None = None) -> Measurement:
-    """Run the task's evaluate command; the caller has already restored the protected files.
+METRICS_CAP = 1 << 20  # bytes: a metrics file is a small JSON object
+METRICS_READ_S = 5.0
 
-    `wrap(argv, metrics_dir) -> (argv, isolation)` lets the caller put the evaluation in a sandbox.
+
+def _safe_paths(value: str) -> str:
+    """Only absolute entries: an empty or relative one in PATH or PYTHONPATH would mean the
+    evaluation folder, where the run's outputs lie."""
+    return os.pathsep.join(p for p in value.split(os.pathsep) if os.path.isabs(p))
+
+
+def _write(dest: Path, data: bytes, mode: int) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if mode == 0o120000:  # a symlink committed in the base commit: recreated as such
+        os.symlink(data, dest)
+        return
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755 if mode & 0o111 else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def prepare_dir(folder: Path, fixed: dict[str, tuple[bytes, int]], source: Path, outputs: list[str],
+                cap: int) -> list[str]:
+    """Fill folder with the fixed files' baseline bytes and, from source (the run's task folder),
+    the regular files matching outputs; what was refused, as notes.
+
+    Nothing in source is followed or trusted: directories are walked by descriptor without following
+    links, each file is opened with O_NOFOLLOW and O_NONBLOCK (a FIFO cannot block the harness) and
+    copied only if fstat says it is a regular file, folders named `.git` are skipped, a fixed path
+    always gets the baseline bytes, and the copied total is capped at `cap` bytes.
+    """
+    for rel, (data, mode) in fixed.items():
+        _write(folder / rel, data, mode)
+    notes: list[str] = []
+    total = 0
+    for top, dirs, files, dfd in os.fwalk(source, follow_symlinks=False):
+        dirs[:] = [d for d in dirs if d.lower() != ".git" and d != RECORDS_DIR]
+        rel_top = os.path.relpath(top, source)
+        for name in sorted(files):
+            rel = name if rel_top == "." else f"{Path(rel_top).as_posix()}/{name}"
+            if rel in fixed or not matches(rel, outputs):
+                continue
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+            except OSError as exc:
+                notes.append(f"{rel}: not copied ({exc.strerror})")
+                continue
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    notes.append(f"{rel}: not copied (not a regular file)")
+                    continue
+                data = f.read(cap - total + 1)
+            total += len(data)
+            if total > cap:
+                raise OuroborosError(f"the run's outputs exceed {cap / 2**20:g} MB (max_artifact_mb) at {rel}")
+            _write(folder / rel, data, st.st_mode)
+    return notes
+
+
+def read_metrics(path: Path, cap: int = METRICS_CAP, timeout: float = METRICS_READ_S) -> dict[str, Any] | None:
+    """The evaluator's JSON object, from a regular file only (no link, FIFO or device), at most cap
+    bytes, read within timeout; None where there is no file. Raises ValueError with the reason."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ValueError(f"the metrics file cannot be opened ({exc.strerror})") from exc
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError("the metrics file is not a regular file")
+        deadline = time.monotonic() + timeout
+        chunks, size = [], 0
+        while size <= cap:
+            if time.monotonic() > deadline:
+                raise ValueError(f"the metrics file was not read within {timeout:g} s")
+            block = f.read(min(1 << 16, cap + 1 - size))
+            if not block:
+                break
+            chunks.append(block)
+            size += len(block)
+    if size > cap:
+        raise ValueError(f"the metrics file is larger than {cap} bytes")
+    try:
+        metrics = json.loads(b"".join(chunks))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"evaluator wrote invalid JSON: {exc}") from exc
+    if not isinstance(metrics, dict):
+        raise ValueError("evaluator's JSON is not an object")
+    return metrics
+
+
+def sealed(task: Task, source: Path, fixed: dict[str, tuple[bytes, int]], log_path: Path, env: dict[str, str],
+           wrap: Any = None, command: str | None = None) -> Measurement:
+    """Run the task's evaluate command in a fresh folder: the fixed files' baseline bytes plus the run's
+    declared outputs copied from source (the run's task folder, which is never the evaluation's cwd).
+
+    `wrap(argv, writable, cwd) -> (argv, isolation)` lets the caller put the evaluation in a sandbox.
     """
     command = command or task.task.evaluate
     assert command
-    out_dir = Path(tempfile.mkdtemp(prefix="ouroboros-eval-"))
+    root = Path(tempfile.mkdtemp(prefix="ouroboros-eval-"))
+    isolation = "process"
     try:
+        work, out_dir = root / "work", root / "out"
+        work.mkdir()
+        out_dir.mkdir()
+        try:
+            notes = prepare_dir(work, fixed, source, [*task.task.editable, *task.task.outputs],
+                                int(task.bound.max_artifact_mb * 2**20))
+        except OuroborosError as exc:
+            return Measurement(None, {}, task.trust, 0.0, str(exc), isolation)
         metrics_path = out_dir / "metrics.json"
         argv: list[str] | str = command
-        isolation = "process"
         if wrap is not None:
-            argv, isolation = wrap(["bash", "-c", command], out_dir)
-        outcome = sandbox.run(argv, task_dir, task.task.eval_timeout, 0.0, log_path,
-                              env={**env, "OUROBOROS_METRICS": str(metrics_path)}, isolation=isolation)
-        metrics: dict[str, Any] = {}
-        if metrics_path.exists():
-            try:
-                metrics = json.loads(metrics_path.read_text())
-            except json.JSONDecodeError as exc:
-                return Measurement(None, {}, task.trust, outcome.wall_s, f"evaluator wrote invalid JSON: {exc}",
-                                   isolation)
-            if not isinstance(metrics, dict):
-                return Measurement(None, {}, task.trust, outcome.wall_s, "evaluator's JSON is not an object",
-                                   isolation)
-            raw = metrics.get(task.metric.name)
-        else:
-            raw = parse_metric(log_path.read_text(errors="replace"), task)
+            argv, isolation = wrap(["bash", "-c", command], [root], work)
+        eval_env = {**env, "OUROBOROS_METRICS": str(metrics_path), "PYTHONSAFEPATH": "1",
+                    "PATH": _safe_paths(env.get("PATH", "/usr/bin:/bin"))}
+        if "PYTHONPATH" in env:
+            eval_env["PYTHONPATH"] = _safe_paths(env["PYTHONPATH"])
+        outcome = sandbox.run(argv, work, task.task.eval_timeout, 0.0, log_path, env=eval_env, isolation=isolation)
+        if notes:
+            with open(log_path, "a") as log:
+                log.write("".join(f"[ouroboros] {n}\n" for n in notes))
+
+        def failed(why: str, metrics: dict[str, Any] | None = None) -> Measurement:
+            return Measurement(None, metrics or {}, task.trust, outcome.wall_s, why, isolation)
+
         if outcome.timed_out:
-            return Measurement(None, metrics, task.trust, outcome.wall_s,
-                               f"evaluator ran past eval_timeout ({task.task.eval_timeout:g} s)", isolation)
+            return failed(f"evaluator ran past eval_timeout ({task.task.eval_timeout:g} s)")
+        if outcome.killed:
+            return failed(f"evaluation {outcome.killed}")
         if outcome.returncode != 0:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            return Measurement(None, metrics, task.trust, outcome.wall_s,
-                               f"evaluator exited {outcome.returncode}: {tail[0][:200]}", isolation)
+            tail = sandbox.tail_text(log_path, 4096).strip().splitlines()[-1:] or ["no output"]
+            return failed(f"evaluator exited {outcome.returncode}: {tail[0][:200]}")
+        try:
+            metrics = read_metrics(metrics_path)
+        except ValueError as exc:
+            return failed(str(exc))
+        if metrics is None:
+            metrics, raw = {}, parse_metric(sandbox.tail_text(log_path), task)
+        else:
+            raw = metrics.get(task.metric.name)
         metric, error = _check(raw, task, "the evaluator's output")
         return Measurement(metric, metrics, task.trust, outcome.wall_s, error, isolation)
     finally:
-        shutil.rmtree(out_dir, ignore_errors=True)
+        _remove_later(root)
+
+
+_REMOVING: list[threading.Thread] = []
+_PID = os.getpid()
+
+
+def _remove_later(folder: Path) -> None:
+    """Delete an evaluation folder off the loop's path: unlinking can take tens of milliseconds on a
+    busy disk, and nothing reads the folder again. Finished before the harness exits; at once in a
+    forked process (`--parallel` slots end with os._exit, which runs no atexit hook)."""
+    if os.getpid() != _PID:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    _REMOVING[:] = [t for t in _REMOVING if t.is_alive()]
+    thread = threading.Thread(target=shutil.rmtree, args=(folder, True), daemon=True)
+    thread.start()
+    _REMOVING.append(thread)
+
+
+@atexit.register
+def _finish_removals() -> None:
+    for thread in _REMOVING:
+        thread.join(timeout=30)

@@ -11,10 +11,16 @@ Protects against (each is attacked in tests/cheats/):
 - git history, config or hooks rewritten by the agent (HEAD must still be the best commit); changed
   config, hooks and info files are put back at once, so a planted hook never runs in the user's
   checkout (the harness's own git calls run with hooks switched off anyway);
+- any entry named `.git` inside the worktree, at any depth (git does not see files in a folder of
+  that name, so they would escape the commit and the checks), and a replaced worktree `.git` file;
 - diffs larger than `max_diff_lines`.
 
-Does not protect against: what a run does at run time (that is sandbox.py's and isolation.py's job),
-or a change that is within the rules but games the metric (the evaluator's and the judge's job).
+`after` runs the file checks again once the run phase (and again once the evaluation) has ended,
+without starting git: a protected file touched during the phase (even if put back byte for byte: its
+inode change time moved), a `.git` entry, git config, hooks or HEAD changed are violations.
+
+Does not protect against: what a run reads or sends at run time (sandbox.py's and isolation.py's
+job), or a change that is within the rules but games the metric (the evaluator's and the judge's job).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ class _Hashes:
     """File hashes with a stat cache, so unchanged large danger zones cost one stat each."""
 
     def __init__(self) -> None:
-        self._cache: dict[Path, tuple[tuple[int, int, int], str]] = {}
+        self._cache: dict[Path, tuple[tuple[int, ...], str]] = {}
 
     def __call__(self, path: Path) -> str | None:
         try:
@@ -54,13 +60,39 @@ class _Hashes:
             return None
         if not path.is_file() or path.is_symlink():
             return f"not a regular file (mode {st.st_mode:o})"
-        key = (st.st_size, st.st_mtime_ns, st.st_ino)
+        key = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
         hit = self._cache.get(path)
         if hit and hit[0] == key:
             return hit[1]
         digest = _digest(path)
         self._cache[path] = (key, digest)
         return digest
+
+
+def _stat_key(path: Path) -> tuple[int, ...] | None:
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_dev, st.st_ctime_ns, st.st_mtime_ns, st.st_size, st.st_mode, st.st_nlink)
+
+
+def _named_git(root: Path) -> list[Path]:
+    """Every entry named `.git` (any case) under root, root's own `.git` excepted; links not followed."""
+    found, stack = [], [str(root)]
+    while stack:
+        top = stack.pop()
+        try:
+            with os.scandir(top) as it:
+                for entry in it:
+                    if entry.name.lower() == ".git":
+                        if top != str(root) or entry.name != ".git":
+                            found.append(Path(entry.path))
+                    elif entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        except OSError:
+            pass
+    return found
 
 
 def _hook_named(rel: str, patterns: list[str]) -> bool:
@@ -76,6 +108,7 @@ class Guard:
         self.task, self.ws = task, ws
         self.hash = _Hashes()
         self.protected = {rel: self.hash(ws.task_dir / rel) for rel in task.protected_files(ws.task_dir)}
+        self._stats: dict[str, tuple[int, ...] | None] = {}
         self._git_dirs = self._git_paths()
         self.git_state = self._git_snapshot()
         self._git_files = {p: (Path(p).read_bytes(), Path(p).stat().st_mode) for p, h in self.git_state.items()
@@ -143,6 +176,7 @@ class Guard:
         if self._git_snapshot() != self.git_state:
             out.append("git config, hooks or info changed: the harness owns .git (put back as it was)")
             self._restore_git()
+        out += self._git_entries()
         for rel, digest in self.protected.items():
             if self.hash(self.ws.task_dir / rel) != digest:
                 out.append(f"protected file {rel} changed (it must stay byte-identical to the baseline)")
@@ -181,6 +215,44 @@ class Guard:
             lines = self._diff_lines(changes)
             if lines > bound.max_diff_lines:
                 out.append(f"the diff has {lines} lines, more than max_diff_lines={bound.max_diff_lines}")
+        return out
+
+    def _git_entries(self) -> list[str]:
+        """A replaced worktree `.git` file, and any other entry named `.git` (removed at once: git
+        cannot see inside one, so it would survive the revert)."""
+        out = []
+        if self.ws.restore_dotgit():
+            out.append("the worktree's .git file was replaced: the harness owns git (put back)")
+        for path in _named_git(self.ws.path):
+            rel = path.relative_to(self.ws.path).as_posix()
+            out.append(f"{rel} is named .git: no file or folder of that name may be written in the worktree")
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return out
+
+    def arm(self) -> None:
+        """Note the protected files' inodes and change times just before a phase starts."""
+        self._stats = {rel: _stat_key(self.ws.task_dir / rel) for rel in self.protected}
+
+    def after(self, phase: str, best_commit: str) -> list[str]:
+        """The bound after a phase (run or evaluate) ended, checked from files alone (no git)."""
+        out: list[str] = []
+        head = self.head()
+        if head != best_commit:
+            out.append(f"HEAD moved from {best_commit[:8]} to {(head or '?')[:8]} during the {phase}")
+        if self._git_snapshot() != self.git_state:
+            out.append(f"git config, hooks or info changed during the {phase} (put back as it was)")
+            self._restore_git()
+        out += [f"{v} (during the {phase})" for v in self._git_entries()]
+        for rel, digest in self.protected.items():
+            path = self.ws.task_dir / rel
+            if self._stats and _stat_key(path) != self._stats.get(rel):
+                out.append(f"protected file {rel} was touched during the {phase} (it must not be written, "
+                           "even if put back)")
+            elif self.hash(path) != digest:
+                out.append(f"protected file {rel} changed during the {phase}")
         return out
 
     def _links(self, rel: str, path: Path) -> list[str]:

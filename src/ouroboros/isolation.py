@@ -167,7 +167,8 @@ class Isolation:
         return git_root(self.task_dir)
 
     def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None,
-             readable: list[Path] | None = None) -> tuple[list[str], str]:
+             readable: list[Path] | None = None, cwd: Path | None = None) -> tuple[list[str], str]:
+        """argv wrapped for phase; `cwd` is where it will run (the caller passes it to sandbox.run too)."""
         return argv, self.level
 
     def hidden_files(self) -> list[str]:
@@ -200,7 +201,7 @@ class Unshare(Isolation):
     overhead = 2  # unshare, the reaper shell
 
     def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None,
-             readable: list[Path] | None = None) -> tuple[list[str], str]:
+             readable: list[Path] | None = None, cwd: Path | None = None) -> tuple[list[str], str]:
         flags = ["--fork", "--pid", "--kill-child", "--mount-proc", "--ipc", "--mount"]
         if not self.task.bound.network:
             flags.append("--net")
@@ -234,7 +235,7 @@ class Bwrap(Isolation):
     overhead = 3  # bwrap, its init in the PID namespace, the reaper shell
 
     def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None,
-             readable: list[Path] | None = None) -> tuple[list[str], str]:
+             readable: list[Path] | None = None, cwd: Path | None = None) -> tuple[list[str], str]:
         mounts, repo_masks = self._mounts
         args = list(mounts)
         for path in self.read_only():  # those that hold no mask; the others are in _mounts, under the masks
@@ -260,7 +261,7 @@ class Bwrap(Isolation):
             resolv = Path(os.path.realpath("/etc/resolv.conf"))
             if _under(resolv, [Path("/run")]) and resolv.exists():
                 args += ["--ro-bind", str(resolv), str(resolv)]
-        args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--chdir", str(self.task_dir),
+        args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--chdir", str(cwd or self.task_dir),
                  "--", "bash", "-c", _REAPER, _shell(argv)]
         return args, self.level
 

@@ -9,6 +9,7 @@ twice.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -154,6 +155,7 @@ class Loop:
         self.budget = options.budget or self.run_rec.config.get("budget") or task.task.budget
         self.history = self.ledger.experiments(self.tag)
         self._dirty = True  # the worktree may hold ignored files (caches) that are no proposal's part
+        self._violation: str | None = None  # a bound broken during an evaluation or a confirmation run
 
     # -- setup -------------------------------------------------------------------------------
     def _open_run(self) -> Run:
@@ -414,11 +416,16 @@ class Loop:
         if self._dirty:
             self.ws.clean()
         self._dirty = True
+        self._violation = None
+        self.guard.arm()
         outcome = self._run_phase(exp_dir, env)
         exp.run_s, exp.peak_rss_mb, exp.isolation = outcome.wall_s, outcome.peak_rss_mb, outcome.isolation
         vram = evaluate.parse_key(exp_dir / "run.log", "peak_vram_mb")
         exp.peak_gpu_mb = outcome.peak_gpu_mb or vram or None
-        if outcome.timed_out:
+        broke = self.guard.after("run", exp.commit_sha)
+        if broke:
+            exp.status, exp.reason = Verdict.VIOLATION, "; ".join(broke)
+        elif outcome.timed_out:
             exp.status, exp.reason = Verdict.TIMEOUT, f"killed at budget + grace ({self.budget + self.task.task.grace_s:g} s)"
         elif not outcome.ok:
             exp.status = Verdict.CRASH
@@ -428,11 +435,15 @@ class Loop:
             exp.eval_s, exp.trust, exp.metrics = m.eval_s, m.trust, m.metrics
             if m.error is None and self.task.metric.fingerprint:
                 m.error = self._fingerprint(m.metrics.get(self.task.metric.fingerprint))
-            if m.error:
+            if self._violation:
+                exp.status, exp.reason = Verdict.VIOLATION, self._violation
+            elif m.error:
                 exp.status, exp.reason = Verdict.CRASH, m.error
             else:
                 exp.metric = m.metric
                 exp.status, exp.reason = self._judge(exp, best, exp_dir, env)
+                if self._violation:  # in a confirmation re-run or the holdout's evaluation
+                    exp.status, exp.reason = Verdict.VIOLATION, self._violation
         exp.wall_s = time.monotonic() - start
         self._record(exp, best)
 
@@ -446,11 +457,25 @@ class Loop:
 
     def _measure(self, exp_dir: Path, env: dict[str, str], name: str = "eval.log",
                  command: str | None = None) -> evaluate.Measurement:
+        """The metric of the run that just ended, from the evaluation phase (or the run's output at trust
+        level stdout). A bound broken during the evaluation is left in `self._violation`."""
         if not (command or self.task.task.evaluate):
             return evaluate.from_stdout(self.task, exp_dir / name.replace("eval", "run"))
-        self.ws.restore(self.run_rec.base_commit, sorted(self.guard.protected))
-        return evaluate.sealed(self.task, self.ws.task_dir, exp_dir / name, env,
-                               wrap=lambda argv, out: self.isolation.wrap(argv, "evaluate", [out]), command=command)
+        head = self.ws.head()
+        self.guard.arm()
+        m = evaluate.sealed(self.task, self.ws.task_dir, self.fixed, exp_dir / name, env,
+                            wrap=lambda argv, writable, cwd: self.isolation.wrap(argv, "evaluate", writable, cwd=cwd),
+                            command=command)
+        broke = self.guard.after("evaluation", head)
+        if broke:
+            self._violation = self._violation or "; ".join(broke)
+        return m
+
+    @functools.cached_property
+    def fixed(self) -> dict[str, tuple[bytes, int]]:
+        """The base commit's files that no run may change (all but the editable ones), as bytes read
+        once from the object store: what every evaluation folder is built from."""
+        return self.ws.files_at(self.run_rec.base_commit, lambda rel: not self.task.is_editable(rel))
 
     def _fingerprint(self, value: object) -> str | None:
         if value is None:
@@ -496,8 +521,12 @@ class Loop:
     def _confirm(self, exp: Experiment, exp_dir: Path, env: dict[str, str]) -> float | None:
         env = {**env, "OUROBOROS_SEED": str(self.run_rec.seed + 1000 + exp.n)}
         self.ws.clean()
+        self.guard.arm()
         outcome = self._run_phase(exp_dir, env, "confirm.log")
-        if not outcome.ok:
+        broke = self.guard.after("confirmation run", exp.commit_sha)
+        if broke:
+            self._violation = self._violation or "; ".join(broke)
+        if not outcome.ok or broke:
             return None
         m = self._measure(exp_dir, env, "confirm-eval.log") if self.task.task.evaluate else \
             evaluate.from_stdout(self.task, exp_dir / "confirm.log")

@@ -353,7 +353,7 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
         if grown > artifact_cap:
             killed = f"artifact limit ({grown / 2**20:.0f} MB written > max_artifact_mb)"
     _killpg(pgid)
-    stray = _sweep(known, before)
+    stray = _sweep(known, before, teardown=1.0 if overhead else 0.1)
     if rusage is not None:
         peak = max(peak, rusage.ru_maxrss / 1024)
     if log_path.stat().st_size > cap:
@@ -367,7 +367,7 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
     return Outcome(proc.returncode, killed == "timeout", wall, peak, peak_gpu, isolation, killed, stray)
 
 
-def _sweep(known: dict[int, psutil.Process], before: set[int]) -> int:
+def _sweep(known: dict[int, psutil.Process], before: set[int], teardown: float = 0.1) -> int:
     """Kill every descendant that outlived the command; how many there were.
 
     Strays are stopped (SIGSTOP) before anything is killed, and the search goes on until a pass
@@ -382,9 +382,9 @@ def _sweep(known: dict[int, psutil.Process], before: set[int]) -> int:
     first = True
     while time.monotonic() < deadline:
         strays = [p for p in _strays(known, before) if p.pid not in stopped]
-        if strays and first:  # a wrapper process tearing itself down (bwrap's init) is not a stray
-            first = False
-            strays = psutil.wait_procs(strays, timeout=0.1)[1]
+        if strays and first:  # a wrapper process tearing itself down (bwrap's init) is not a stray; with a
+            first = False  # wrapper, the reaper's count inside the namespace finds real strays, so on a
+            strays = psutil.wait_procs(strays, timeout=teardown)[1]  # loaded machine its teardown gets longer
             if not strays:
                 continue  # but what it orphaned onto us while ending is: look again
         if not strays:

@@ -41,6 +41,8 @@ class TaskSection(_Model):
     setup: str | None = Field(None, description="a trusted command run once per run (e.g. `uv sync`) that prepares "
                               "the project's environment in .ouroboros/runs/<tag>/env/ and fills the data cache")
     setup_timeout: float = Field(1800.0, gt=0, description="seconds the setup command may take")
+    outputs: list[str] = Field([], description="globs of what the run hands to the evaluation, besides the "
+                                                "editable files (e.g. solution.json, a checkpoint)")
 
     @property
     def grace_s(self) -> float:

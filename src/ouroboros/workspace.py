@@ -2,12 +2,30 @@
 
 The user's checkout is never touched: a run works in `.ouroboros/runs/<tag>/worktree` on branch
 `ouroboros/<tag>`, and every attempt's commit stays reachable under `refs/ouroboros/<tag>/<n>`.
-Git runs through the CLI with hooks, signing and the user's identity switched off, so that nothing
-in the repo's config (or planted in it by a proposal) runs when the harness commits.
+
+Protects against git being steered by what a proposal or a run wrote (attacked in tests/cheats/):
+- a `.git` file in the worktree repointed at a planted git dir: the worktree's git dir is found
+  from the repository's own `worktrees/*/gitdir` records, never by reading the worktree, and every
+  call names it (`--git-dir`, `--work-tree`); the `.git` file is put back if it changed;
+- planted hooks, filters, fsmonitor, pagers and diff drivers: hooks and fsmonitor are off, the
+  system and global config are not read (GIT_CONFIG_NOSYSTEM, GIT_CONFIG_GLOBAL=/dev/null), every
+  filter driver the repository's config names has its commands blanked on the command line (a
+  `.gitattributes` naming one then runs nothing), no external diff or textconv; the repository's
+  config, hooks and info are restored by the guard before the harness's next git call;
+- replaced objects (`refs/replace/`): GIT_NO_REPLACE_OBJECTS, so the evaluator's bytes are the
+  commit's own;
+- secrets: git runs with the scrubbed environment of experiments, and no GIT_* variable of the
+  caller's.
+
+Does not protect against: a user's repository config that is itself hostile (it is trusted), or
+what a replay agent's own `git apply` does (agents/replay.py, run in the worktree at proposal time).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -17,28 +35,46 @@ from ouroboros.errors import OuroborosError
 from ouroboros.ledger import clean_text
 from ouroboros.task import RECORDS_DIR
 
-_SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false", "-c", "user.name=ouroboros",
-         "-c", "user.email=ouroboros@localhost", "-c", "core.fsmonitor=false", "-c", "gc.auto=0"]
-
-
+_SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false",
+         "-c", "user.name=ouroboros", "-c", "user.email=ouroboros@localhost", "-c", "core.fsmonitor=false",
+         "-c", "gc.auto=0", "-c", "core.attributesFile=/dev/null", "-c", "core.excludesFile=/dev/null",
+         "-c", "core.pager=cat", "-c", "core.untrackedCache=false",
+         "-c", "maintenance.auto=false"]
+_SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION)", re.IGNORECASE)
 _GIT = shutil.which("git") or "git"
+_FILTER = re.compile(r'^\s*\[\s*filter\s+"((?:[^"\\]|\\.)*)"\s*\]', re.MULTILINE | re.IGNORECASE)
 
 
-def git(cwd: Path, *args: str, check: bool = True, input: str | None = None) -> str:
+def git_env() -> dict[str, str]:
+    """The environment of every harness git call: no secrets, none of the caller's GIT_* settings,
+    no system or global config, no system attributes, no replaced objects, no prompts."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and not _SECRET.search(k)}
+    env.update(GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL="/dev/null", GIT_ATTR_NOSYSTEM="1",
+               GIT_NO_REPLACE_OBJECTS="1", GIT_TERMINAL_PROMPT="0", LC_ALL="C")
+    return env
+
+
+def _call(argv: list[str], what: str, check: bool, input: str | bytes | None = None, text: bool = True):
     # An absolute executable, no cwd= and close_fds=False let CPython use posix_spawn instead of
     # fork: a few milliseconds saved per call, and the loop makes several calls per experiment.
     try:
-        proc = subprocess.run([_GIT, "-C", str(cwd), *_SAFE, *args], capture_output=True, text=True, input=input,
-                              close_fds=False)
+        proc = subprocess.run(argv, capture_output=True, text=text, input=input, close_fds=False, env=git_env())
     except FileNotFoundError as exc:
         raise OuroborosError("git is not installed; install it (apt-get install git)") from exc
     if check and proc.returncode != 0:
-        raise OuroborosError(f"git {' '.join(args[:3])} failed in {cwd}: {proc.stderr.strip().splitlines()[-1:]}")
-    return proc.stdout
+        err = proc.stderr if text else proc.stderr.decode(errors="replace")
+        raise OuroborosError(f"git {what} failed: {err.strip().splitlines()[-1:]}")
+    return proc
+
+
+def git(cwd: Path, *args: str, check: bool = True, input: str | None = None) -> str:
+    """git in the user's own checkout (or a repo the harness just made), with the safe settings."""
+    return _call([_GIT, "-C", str(cwd), *_SAFE, *args], f"{' '.join(args[:3])} in {cwd}", check, input).stdout
 
 
 def repo_root(path: Path) -> Path:
-    out = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path, capture_output=True, text=True)
+    out = subprocess.run([_GIT, "rev-parse", "--show-toplevel"], cwd=path, capture_output=True, text=True,
+                         env=git_env())
     if out.returncode != 0:
         raise OuroborosError(f"{path} is not inside a git repository; run `git init && git add -A && "
                              "git commit -m baseline` there first")
@@ -82,41 +118,131 @@ class Change:
 
 
 class Workspace:
-    """The run's worktree. `task_rel` is the task folder inside the repo ('.' for the root)."""
+    """The run's worktree. `task_rel` is the task folder inside the repo ('.' for the root).
+
+    Every git call names the repository's git dir and the worktree's own (found once, from the
+    repository's records of its worktrees), so nothing written in the worktree can redirect git.
+    """
 
     def __init__(self, repo: Path, task_rel: str, records: Path, tag: str):
         self.repo, self.task_rel, self.tag = repo, task_rel, tag
         self.path = records / "runs" / tag / "worktree"
         self.branch = f"ouroboros/{tag}"
+        self._admin: Path | None = None
+        self._filters: list[str] | None = None
 
     @property
     def task_dir(self) -> Path:
         return self.path / self.task_rel
 
-    def git(self, *args: str, check: bool = True) -> str:
-        return git(self.path, *args, check=check)
+    @property
+    def prefix(self) -> str:
+        return "" if self.task_rel in ("", ".") else self.task_rel.rstrip("/") + "/"
+
+    # -- the git dirs, pinned ----------------------------------------------------------------
+    @functools.cached_property
+    def common(self) -> Path:
+        """The repository's git dir (shared by all its worktrees), found once in the user's checkout."""
+        dotgit = self.repo / ".git"
+        if dotgit.is_dir() and not dotgit.is_symlink():
+            return dotgit.resolve()
+        out = git(self.repo, "rev-parse", "--git-common-dir").strip()
+        return (self.repo / out).resolve()
+
+    def _find_admin(self) -> Path | None:
+        """The worktree's own git dir: the `worktrees/<name>` whose `gitdir` record names our path."""
+        want = os.path.join(os.path.realpath(self.path), ".git")
+        try:
+            entries = list(os.scandir(self.common / "worktrees"))
+        except OSError:
+            return None
+        for entry in entries:
+            try:
+                with open(os.path.join(entry.path, "gitdir")) as f:
+                    recorded = f.read().strip()
+            except OSError:
+                continue
+            if recorded == str(self.path / ".git") or os.path.realpath(recorded) == want:
+                return Path(entry.path)
+        return None
+
+    @property
+    def admin(self) -> Path:
+        if self._admin is None:
+            self._admin = self._find_admin()
+            if self._admin is None:
+                raise OuroborosError(f"{self.path} is not a worktree of {self.repo} (no record of it in "
+                                     f"{self.common / 'worktrees'}); start a new run")
+        return self._admin
+
+    def dotgit_text(self) -> str:
+        """What the worktree's `.git` file must hold; the guard puts it back when a run changed it."""
+        return f"gitdir: {self.admin}\n"
+
+    def _filter_args(self) -> list[str]:
+        """-c options that blank every filter driver the repository's config defines."""
+        if self._filters is None:
+            names: set[str] = set()
+            for cfg in (self.common / "config", self.admin / "config.worktree"):
+                try:
+                    text = cfg.read_text(errors="replace")
+                except OSError:
+                    continue
+                if re.search(r"^\s*\[\s*include", text, re.MULTILINE | re.IGNORECASE):  # read it all
+                    out = _call([_GIT, f"--git-dir={self.admin}", "config", "--name-only", "--get-regexp",
+                                 r"^filter\."], "config", False).stdout
+                    names.update(n.split(".", 1)[1].rsplit(".", 1)[0] for n in out.split() if n.count(".") >= 2)
+                names.update(m.replace('\\"', '"').replace("\\\\", "\\") for m in _FILTER.findall(text))
+            self._filters = [a for n in sorted(names) for k in ("clean", "smudge", "process")
+                             for a in ("-c", f"filter.{n}.{k}=")] + \
+                [a for n in sorted(names) for a in ("-c", f"filter.{n}.required=false")]
+        return self._filters
+
+    def git(self, *args: str, check: bool = True, text: bool = True, input: str | None = None) -> str:
+        argv = [_GIT, f"--git-dir={self.admin}", f"--work-tree={self.path}", *_SAFE, *self._filter_args(), *args]
+        return _call(argv, f"{' '.join(args[:3])} in {self.path}", check, input=input, text=text).stdout
+
+    def _repo_git(self, *args: str, check: bool = True, text: bool = True, input=None):
+        """git on the repository itself (worktree bookkeeping, objects, refs), its git dir named."""
+        return _call([_GIT, f"--git-dir={self.common}", *_SAFE, *args], f"{' '.join(args[:3])}", check,
+                     input=input, text=text).stdout
 
     def open(self, base: str) -> None:
         """Create the worktree on a new branch at base, or reattach to an existing run's branch."""
-        if (self.path / ".git").exists():
+        if self.path.is_dir() and self._find_admin() is not None:
+            self._admin = self._find_admin()
+            self.restore_dotgit()
             return
-        has_branch = git(self.repo, "rev-parse", "--verify", "-q", f"refs/heads/{self.branch}", check=False).strip()
-        git(self.repo, "worktree", "prune")
+        has_branch = self._repo_git("rev-parse", "--verify", "-q", f"refs/heads/{self.branch}", check=False).strip()
+        self._repo_git("worktree", "prune")
         if has_branch:
-            git(self.repo, "worktree", "add", "-f", str(self.path), self.branch)
+            self._repo_git("worktree", "add", "-f", str(self.path), self.branch)
         else:
-            git(self.repo, "worktree", "add", "-f", "-b", self.branch, str(self.path), base)
+            self._repo_git("worktree", "add", "-f", "-b", self.branch, str(self.path), base)
+        self._admin = None
+
+    def restore_dotgit(self) -> bool:
+        """Put the worktree's `.git` file back if anything replaced it; whether it had to."""
+        dotgit = self.path / ".git"
+        want = self.dotgit_text()
+        try:
+            if dotgit.is_file() and not dotgit.is_symlink() and dotgit.read_text() == want:
+                return False
+        except OSError:
+            pass
+        if dotgit.is_dir() and not dotgit.is_symlink():
+            shutil.rmtree(dotgit)
+        else:
+            dotgit.unlink(missing_ok=True)
+        dotgit.write_text(want)
+        return True
 
     def remove(self) -> None:
-        git(self.repo, "worktree", "remove", "--force", str(self.path), check=False)
+        self._repo_git("worktree", "remove", "--force", str(self.path), check=False)
 
     def _gitdirs(self) -> tuple[Path, Path]:
         """The worktree's own git dir and the repository's common dir."""
-        dotgit = self.path / ".git"
-        gitdir = Path(dotgit.read_text().split(":", 1)[1].strip()) if dotgit.is_file() else dotgit
-        common = (gitdir / (gitdir / "commondir").read_text().strip()).resolve() \
-            if (gitdir / "commondir").exists() else gitdir
-        return gitdir, common
+        return self.admin, self.common
 
     def head(self) -> str:
         """HEAD's commit, read from git's files: no subprocess on the loop's hot path."""
@@ -142,7 +268,7 @@ class Workspace:
         """
         out = self.git("status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignored=matching",
                        "--no-renames")
-        prefix = "" if self.task_rel in ("", ".") else self.task_rel.rstrip("/") + "/"
+        prefix = self.prefix
         changes = []
         for entry in out.split("\0"):
             if len(entry) < 4:
@@ -164,8 +290,8 @@ class Workspace:
             self.git("add", "-A")
         # The message goes by file (stdin), cleaned: agent text is data, never an argument (a NUL in
         # argv cannot even be passed) or an option.
-        git(self.path, "commit", "-q", "--no-verify", "--allow-empty", *(() if untracked else ("-a",)),
-            "--cleanup=verbatim", "-F", "-", input=clean_text(message).strip() or f"experiment {n}")
+        self.git("commit", "-q", "--no-verify", "--allow-empty", *(() if untracked else ("-a",)),
+                 "--cleanup=verbatim", "-F", "-", input=clean_text(message).strip() or f"experiment {n}")
         sha = self.head()
         self.pin(n, sha)
         return sha
@@ -188,20 +314,39 @@ class Workspace:
         self.git("clean", "-q", "-ffdx")
 
     def diff(self, a: str, b: str) -> str:
-        return self.git("diff", "--no-color", "--no-ext-diff", a, b)
+        return self.git("diff", "--no-color", "--no-ext-diff", "--no-textconv", a, b)
 
     def show(self, commit: str, path: str) -> bytes:
-        rel = path if self.task_rel in ("", ".") else f"{self.task_rel.rstrip('/')}/{path}"
-        proc = subprocess.run(["git", "show", f"{commit}:{rel}"], cwd=self.path, capture_output=True)
+        proc = _call([_GIT, f"--git-dir={self.common}", *_SAFE, "cat-file", "blob", f"{commit}:{self.prefix}{path}"],
+                     "cat-file", False, text=False)
         if proc.returncode != 0:
             raise OuroborosError(f"{path} is not in commit {commit[:8]}")
         return proc.stdout
 
-    def restore(self, commit: str, paths: list[str]) -> None:
-        """Put back the given task-relative files exactly as they were in commit."""
-        if paths:
-            prefix = "" if self.task_rel in ("", ".") else self.task_rel.rstrip("/") + "/"
-            self.git("checkout", commit, "--", *[prefix + p for p in paths])
+    def files_at(self, commit: str, wanted) -> dict[str, tuple[bytes, int]]:
+        """{task-relative path: (bytes, git mode)} of the files of commit that `wanted(rel)` accepts,
+        read from the object store (two git processes, whatever the number of files)."""
+        listing = self._repo_git("ls-tree", "-r", "-z", "--full-tree", commit, "--", self.prefix or ".",
+                                 text=False)
+        items = []
+        for entry in listing.split(b"\0"):
+            if not entry:
+                continue
+            meta, _, name = entry.partition(b"\t")
+            mode, kind, sha = meta.split()
+            rel = name.decode(errors="surrogateescape")[len(self.prefix):]
+            if kind == b"blob" and wanted(rel):
+                items.append((rel, int(mode, 8), sha.decode()))
+        if not items:
+            return {}
+        out = self._repo_git("cat-file", "--batch", text=False, input="".join(f"{s}\n" for _, _, s in items).encode())
+        files, pos = {}, 0
+        for rel, mode, _ in items:
+            header_end = out.index(b"\n", pos)
+            size = int(out[pos:header_end].split()[2])
+            files[rel] = (out[header_end + 1:header_end + 1 + size], mode)
+            pos = header_end + 1 + size + 1
+        return files
 
 
 def count_loc(root: Path, files: list[str]) -> int:
