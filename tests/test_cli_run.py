@@ -59,11 +59,30 @@ def test_run_records_every_experiment_and_leaves_the_checkout_alone(quadratic: P
 
 
 def test_log_and_status_show_the_run(quadratic: Path) -> None:
-    cli("run", "-C", str(quadratic), "--agent", "tpe", "-n", "3", "--tag", "a", check=True)
+    cli("run", "-C", str(quadratic), "--agent", "tpe", "-n", "3", "--tag", "a", "--seed", "42", check=True)
     out = cli("log", "-C", str(quadratic), "--run", "a", check=True).stdout
-    assert "baseline" in out and "run a (tpe, trust sealed)" in out
+    assert "baseline" in out and "run a (tpe, seed 42, trust sealed)" in out
     out = cli("status", "-C", str(quadratic), check=True).stdout
     assert "a" in out and "tpe" in out and "finished" in out
+
+
+def test_a_run_without_seed_draws_a_fresh_one_and_the_seed_reproduces_it(quadratic: Path) -> None:
+    first = cli("run", "-C", str(quadratic), "-n", "3", "--tag", "a", check=True).stdout
+    cli("run", "-C", str(quadratic), "-n", "3", "--tag", "b", check=True)
+    db = sqlite3.connect(quadratic / ".ouroboros/ledger.sqlite")
+    seeds = dict(db.execute("SELECT tag, seed FROM runs").fetchall())
+    assert seeds["a"] != seeds["b"]  # two draws of 31 bits
+    assert f"seed {seeds['a']}," in first  # the header names it
+    assert f"seed {seeds['a']}" in cli("log", "-C", str(quadratic), "--run", "a", check=True).stdout
+    cli("run", "-C", str(quadratic), "-n", "3", "--tag", "again", "--seed", str(seeds["a"]), check=True)
+
+    def proposals(tag: str) -> list[tuple]:
+        return db.execute("SELECT description, params, status, metric FROM experiments WHERE tag=? ORDER BY n",
+                          (tag,)).fetchall()
+
+    assert proposals("again") == proposals("a") != proposals("b")
+    proc = cli("run", "-C", str(quadratic), "--resume", "a", "-n", "4", "--seed", "7")
+    assert proc.returncode == 2 and f"made with seed {seeds['a']}" in proc.stderr and "drop --seed 7" in proc.stderr
 
 
 def test_resume_after_a_finished_run_adds_experiments(quadratic: Path) -> None:

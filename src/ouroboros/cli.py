@@ -52,7 +52,8 @@ def run(
                                                     min=0.001)] = None,
     tag: Annotated[str | None, typer.Option(help="run name; the branch is ouroboros/<tag>")] = None,
     resume: Annotated[str | None, typer.Option(help="continue the run with this tag")] = None,
-    seed: Annotated[int, typer.Option(help="seed for the agent and the run")] = 0,
+    seed: Annotated[int | None, typer.Option(help="seed for the agent and the run (default: a fresh one, "
+                                             "recorded and shown by `log`; give it to reproduce a run)")] = None,
     model: Annotated[str | None, typer.Option(help="the agent's model (CLI presets, api)")] = None,
     drive: Annotated[str | None, typer.Option(help="harness: one agent call per experiment (default); agent: "
                                               "the agent runs `ouroboros exp` itself, in sessions")] = None,

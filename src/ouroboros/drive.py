@@ -91,7 +91,7 @@ def configure(task: Task, opts: Options, drive: str | None, options: dict[str, A
     else:
         stored, spec, mode = options, opts.agent, drive or "harness"
         opts.extra = {**opts.extra, "agent_options": stored, "drive": mode}
-    agent = make_agent(spec, opts.seed, stored)  # a missing CLI or a bad spec fails here, before any run
+    agent = make_agent(spec, opts.seed or 0, stored)  # a missing CLI or a bad spec fails here, before any run
     if mode == "agent":
         _session_agent(agent)
     return mode

@@ -5,6 +5,11 @@ exception escaping the loop is a harness bug, except OuroborosError (a user's mi
 KeyboardInterrupt (Ctrl-C), after which `ouroboros run --resume TAG` continues: an experiment
 that had not finished is run again from its recorded attempt commit, so none is lost or counted
 twice.
+
+Resume is exact: every proposal is a function of the run's seed, the experiment's number and the
+finished experiments before it (`Context.seed` is derived from the first two, and agents rebuild
+their state from the ledger), so a run killed at any point and resumed makes the same proposals an
+uninterrupted run with the same seed makes. `ouroboros.testing.check_resume_contract` checks it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import functools
 import io
 import math
 import os
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -26,6 +32,7 @@ from pathlib import Path
 
 from ouroboros import chain, evaluate, isolation, noise, sandbox
 from ouroboros.agents import Agent, AgentError, Context, Proposal, StopRun, make_agent
+from ouroboros.agents.base import experiment_seed
 from ouroboros.errors import OuroborosError
 from ouroboros.guard import Guard
 from ouroboros.judge import Verdict, effective_min_delta, implausible, judge, standing
@@ -42,7 +49,7 @@ class Options:
     max_experiments: int | None = None
     hours: float | None = None
     budget: float | None = None
-    seed: int = 0
+    seed: int | None = None  # None: a fresh seed is drawn for a new run and recorded
     resume: bool = False
     study: str | None = None
     condition: str | None = None
@@ -108,6 +115,11 @@ def task_changes(old: Task, new: Task) -> list[str]:
     return out
 
 
+def fresh_seed() -> int:
+    """A new run's seed when none is given: drawn from the OS, recorded with the run, shown by `log`."""
+    return secrets.randbelow(2**31)
+
+
 def default_tag(ledger: Ledger) -> str:
     stem = datetime.now().strftime("%b%d").lower()
     taken = {r.tag for r in ledger.runs()}
@@ -171,6 +183,9 @@ class Loop:
             if base and base[0].status not in ("keep", "running"):
                 raise OuroborosError(f"run {run.tag!r} failed at its baseline ({base[0].status}: {base[0].reason}); "
                                      "fix the task, commit, and start a new run")
+            if opts.seed is not None and opts.seed != run.seed:
+                raise OuroborosError(f"run {run.tag!r} was made with seed {run.seed}; --resume continues it with "
+                                     f"that seed, so drop --seed {opts.seed} (or start a new run with it)")
             cfg = dict(run.config)
             for key in ("max_experiments", "hours", "budget"):
                 if getattr(opts, key) is not None:
@@ -187,7 +202,7 @@ class Loop:
             check_command(self.task.task.evaluate, self.task.root, "evaluate")
         run = Run(tag=tag, task=self.task.name, agent=opts.agent, metric=self.task.metric.name,
                   direction=self.task.metric.direction, trust=self.task.trust, branch=f"ouroboros/{tag}",
-                  base_commit=base, seed=opts.seed, study=opts.study, condition=opts.condition,
+                  base_commit=base, seed=fresh_seed() if opts.seed is None else opts.seed, study=opts.study, condition=opts.condition,
                   noise_sigma=noise.stored_sigma(self.records, base),  # from `ouroboros noise`
                   config={"max_experiments": opts.max_experiments, "hours": opts.hours, "budget": opts.budget,
                           **opts.extra})
@@ -206,7 +221,7 @@ class Loop:
         run_dir = self.ledger.run_dir(self.tag)
         history = self.finished
         return Context(self.task, self.ws.task_dir, n, history, self.best, run_dir, self.ledger.exp_dir(self.tag, n),
-                       self.run_rec.seed + n, lambda: build_prompt(self.task, self.ws.task_dir, history, run_dir),
+                       experiment_seed(self.run_rec.seed, n), lambda: build_prompt(self.task, self.ws.task_dir, history, run_dir),
                        self.run_rec.sessions,
                        lambda rel: self.ws.show(self.run_rec.base_commit, rel).decode(errors="replace"),
                        confine=self.confine_agent)

@@ -1,10 +1,13 @@
 """Test kit for agents: the contract every agent must keep, a fake OpenAI-compatible server, and
 stand-in executables for the coding-agent CLIs. Third-party agents can use it the same way:
 
-    from ouroboros.testing import check_agent_contract
+    from ouroboros.testing import check_agent_contract, check_resume_contract
 
     def test_my_agent_keeps_the_contract(quadratic_task_root):
         check_agent_contract(lambda: MyAgent(), quadratic_task_root)
+
+    def test_my_agent_resumes_exactly(quadratic_task_root):    # for agents that are deterministic
+        check_resume_contract(lambda: MyAgent(), quadratic_task_root)   # given their seed
 
 Nothing here reaches the network: the fake server listens on 127.0.0.1 on a free port.
 """
@@ -23,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from ouroboros.agents.base import Agent
+from ouroboros.agents.base import Agent, Context, Proposal
 from ouroboros.ledger import Experiment, Ledger
 from ouroboros.loop import Loop, Options
 from ouroboros.task import RECORDS_DIR, load_task
@@ -69,6 +72,136 @@ def _check(loop: Loop, task_root: Path, allow_crash: bool) -> list[Experiment]:
     assert len(commits) == len(keeps), "the branch holds commits the harness did not make"
     assert not loop.ws.changes(), "the worktree is not clean after the run"
     return exps
+
+
+# -- exact resume ----------------------------------------------------------------------------------
+INTERRUPT_POINTS = ("propose", "run", "evaluate", "record")
+"""Where check_resume_contract stops a run: after the agent edited the files (its experiment not yet
+begun), after the run phase (before the evaluation), after the evaluation (before the verdict is
+recorded), and after the verdict is recorded (between experiments)."""
+
+
+class Killed(BaseException):
+    """SIGKILL, in-process: not a KeyboardInterrupt, so the loop's Ctrl-C handling does not run and the
+    run stays recorded as `running`, as after a real kill."""
+
+
+class _Interrupted(Agent):
+    """The agent under test, seen through a proxy that can stop the loop right after a proposal."""
+
+    def __init__(self, inner: Agent, hit: Callable[[str, int], None]):
+        self.inner, self.hit, self.name = inner, hit, inner.name
+
+    def check(self, task: Any) -> None:
+        self.inner.check(task)
+
+    def start(self, ctx: Context) -> None:
+        self.inner.start(ctx)
+
+    def observe(self, exp: Experiment) -> None:
+        self.inner.observe(exp)
+
+    def propose(self, ctx: Context) -> Proposal:
+        proposal = self.inner.propose(ctx)
+        self.hit("propose", ctx.n)
+        return proposal
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _StoppingLoop(Loop):
+    """The loop, stopped by an exception at one (point, experiment) of INTERRUPT_POINTS."""
+
+    stop: tuple[str, int] | None = None
+    exc: type[BaseException] = KeyboardInterrupt
+
+    def hit(self, point: str, n: int) -> None:
+        if self.stop == (point, n):
+            raise self.exc(f"stopped at {point} of experiment {n}")
+
+    def _run_phase(self, exp_dir: Path, env: dict[str, str], name: str = "run.log") -> Any:
+        outcome = super()._run_phase(exp_dir, env, name)
+        if name == "run.log":
+            self.hit("run", int(exp_dir.name))
+        return outcome
+
+    def _measure(self, exp_dir: Path, env: dict[str, str], name: str = "eval.log", command: str | None = None) -> Any:
+        measurement = super()._measure(exp_dir, env, name, command)
+        if name == "eval.log":
+            self.hit("evaluate", int(exp_dir.name))
+        return measurement
+
+
+def _loop(make: Callable[[], Agent], task_root: Path, opts: Options, stop: tuple[str, int] | None,
+          exc: type[BaseException]) -> _StoppingLoop:
+    holder: list[_StoppingLoop] = []
+    agent = _Interrupted(make(), lambda point, n: holder[0].hit(point, n))
+    loop = _StoppingLoop(load_task(task_root), opts, agent=agent,
+                         on_experiment=lambda exp, best: holder[0].hit("record", exp.n))
+    loop.stop, loop.exc = stop, exc
+    holder.append(loop)
+    return loop
+
+
+def recorded_proposals(task_root: Path, tag: str) -> list[tuple]:
+    """What a run proposed and what came of it, experiment by experiment: (n, description, params,
+    diff.patch, status, metric). Commit ids and times are left out: they differ between runs."""
+    ledger = Ledger(task_root / RECORDS_DIR)
+    try:
+        out = []
+        for e in ledger.experiments(tag):
+            diff = ledger.run_dir(tag) / "exp" / str(e.n) / "diff.patch"
+            out.append((e.n, e.description, e.params, diff.read_text() if diff.is_file() else "", e.status, e.metric))
+        return out
+    finally:
+        ledger.close()
+
+
+def check_resume_contract(make: Callable[[], Agent], task_root: Path, experiments: int = 4, seed: int = 1234,
+                          points: tuple[str, ...] = INTERRUPT_POINTS, kill: bool = False) -> None:
+    """Interrupt a run at every experiment index and resume it each time; assert that it proposes and
+    decides exactly what an uninterrupted run with the same seed does.
+
+    For each point of `points` (see INTERRUPT_POINTS), one run is stopped at that point of
+    experiment 0 (1 for `propose`), resumed by a new Loop with a new agent from `make()`, stopped at
+    the same point of the next experiment, and so on to the last; then it is resumed to the end.
+    The stop is Ctrl-C (KeyboardInterrupt), or with kill=True a stand-in for SIGKILL (the run is
+    left `running`, as a killed process leaves it). Its records must equal the reference run's:
+    the same experiments 0..N, each once, with the same description, params, diff, verdict and
+    metric. Needs a deterministic task (the quadratic example) and an agent that is deterministic
+    given its Context (seed, n, history): random and tpe are.
+    """
+    exc: type[BaseException] = Killed if kill else KeyboardInterrupt
+    ref = _loop(make, task_root, Options(tag="ref", max_experiments=experiments, seed=seed), None, exc)
+    ref.run()
+    ref.ledger.close()
+    want = recorded_proposals(task_root, "ref")
+    assert [e[0] for e in want] == list(range(experiments + 1)), f"the reference run ended early: {want}"
+    for point in points:
+        tag = f"stop-{point}"
+        opts = Options(tag=tag, max_experiments=experiments, seed=seed)
+        for n in range(1 if point == "propose" else 0, experiments + 1):
+            if point in ("run", "evaluate") and want[n][4] not in ("keep", "discard"):
+                continue  # nothing was run or evaluated there (a violation, a failed proposal)
+            loop = _loop(make, task_root, opts, (point, n), exc)
+            try:
+                loop.run()
+            except exc:
+                pass
+            else:
+                raise AssertionError(f"the run was not stopped at {point} of experiment {n}")
+            finally:
+                loop.ledger.close()
+            opts = Options(tag=tag, resume=True)
+        loop = _loop(make, task_root, opts, None, exc)
+        loop.run()
+        loop.ledger.close()
+        got = recorded_proposals(task_root, tag)
+        for a, b in zip(want, got, strict=False):
+            assert a == b, (f"stopped at every {point}, resumed: experiment {a[0]} differs from the uninterrupted "
+                            f"run's:\n  uninterrupted {a[1]!r} {a[4]} {a[5]}\n  resumed       {b[1]!r} {b[4]} {b[5]}")
+        assert len(got) == len(want), f"stopped at every {point}, resumed: {len(got)} experiments, not {len(want)}"
 
 
 # -- a fake OpenAI-compatible server -------------------------------------------------------------

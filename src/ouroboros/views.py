@@ -59,7 +59,7 @@ class Live:
     def header(self, loop, agent_driven: bool = False) -> None:
         r = loop.run_rec
         self.console.print(f"run [bold]{text(r.tag)}[/] on branch {text(r.branch)}: task {text(r.task)}, agent "
-                           f"{text(loop.agent.name)}, budget {loop.budget:g} s, metric {text(r.metric)} "
+                           f"{text(loop.agent.name)}, seed {r.seed}, budget {loop.budget:g} s, metric {text(r.metric)} "
                            f"({r.direction}, trust {r.trust})", soft_wrap=True)
         for line in header_lines(loop, agent_driven):
             self.console.print(escape(line), soft_wrap=True)
@@ -114,7 +114,7 @@ def log(console: Console, task: Task, tag: str | None) -> None:
     warn(console, ledger, task, run.tag)
     exps = ledger.experiments(run.tag)
     worse = holdout_worse(exps, run.direction == "minimize")
-    table = Table(title=f"run {text(run.tag)} ({text(run.agent, 80)}, trust {text(run.trust)})")
+    table = Table(title=f"run {text(run.tag)} ({text(run.agent, 80)}, seed {run.seed}, trust {text(run.trust)})")
     rows = []
     for e in exps:
         flag = " [yellow](holdout worse)[/]" if e.n in worse else ""
@@ -140,15 +140,16 @@ def log(console: Console, task: Task, tag: str | None) -> None:
 def status(console: Console, task: Task) -> None:
     ledger = _ledger(task)
     table = Table(title=f"runs of {text(task.name)}")
-    for col in ("tag", "agent", "status", "experiments", "keeps", f"best {task.metric.name}", "baseline", "trust"):
+    for col in ("tag", "agent", "seed", "status", "experiments", "keeps", f"best {task.metric.name}", "baseline",
+                "trust"):
         table.add_column(col)
     runs = ledger.runs()
     warn(console, ledger, task, None)
     for run in runs:
         exps = ledger.experiments(run.tag, finished_only=True)
         keeps = [e for e in exps if e.status == "keep"]
-        table.add_row(text(run.tag, 80), text(run.agent, 80), text(run.status, 40), str(max(len(exps) - 1, 0)),
-                      str(max(len(keeps) - 1, 0)), fmt(keeps[-1].metric if keeps else None),
+        table.add_row(text(run.tag, 80), text(run.agent, 80), str(run.seed), text(run.status, 40),
+                      str(max(len(exps) - 1, 0)), str(max(len(keeps) - 1, 0)), fmt(keeps[-1].metric if keeps else None),
                       fmt(exps[0].metric if exps else None), text(run.trust, 40))
     console.print(table)
     ledger.close()

@@ -7,6 +7,14 @@ Lifecycle, as the loop calls it:
     observe(exp)      after every finished experiment, in order; on resume, once for each
                       experiment already in the ledger, so an agent can rebuild its state
     propose(ctx)      once per experiment: edit files under ctx.worktree, return a Proposal
+
+Resume is exact when a proposal depends only on ctx (ctx.seed, ctx.n, ctx.history, the files)
+and on what observe() was given: a run may be killed at any point (mid-proposal, mid-run,
+mid-evaluation) and resumed in a new process, with a new agent instance, and the next proposals
+must be those an uninterrupted run would have made. Draw randomness from ctx.seed (derived from
+the run's seed and n, never from a generator carried across proposals), and rebuild any model
+from ctx.history or observe(). A proposal whose experiment was never recorded is asked for again
+with the same ctx. `ouroboros.testing.check_resume_contract` checks this for any agent.
     close()           once, when the loop ends for any reason
 
 propose() may raise StopRun to end the run cleanly before the experiment begins (a spend cap).
@@ -26,6 +34,14 @@ from typing import Any
 
 from ouroboros.ledger import Experiment
 from ouroboros.task import Task
+
+
+def experiment_seed(run_seed: int, n: int) -> int:
+    """Experiment n's own seed: a function of the run's seed and n only (numpy's SeedSequence, so runs
+    with neighbouring seeds do not share experiments' seeds the way run_seed + n would)."""
+    from numpy.random import SeedSequence
+
+    return int(SeedSequence([run_seed, n]).generate_state(1)[0])
 
 
 class AgentError(Exception):
@@ -65,7 +81,7 @@ class Context:
     best: Experiment
     run_dir: Path  # the run's records: notes.md, guidance.md, artifacts/
     exp_dir: Path  # this experiment's records: write agent.log here
-    seed: int
+    seed: int  # this experiment's seed: experiment_seed(run seed, n), the same after a resume
     prompt: Callable[[], str]  # the assembled prompt (memory.build_prompt), built on demand
     session: int = 0
     read_baseline: Callable[[str], str] | None = None  # a task-relative file as it was at the baseline

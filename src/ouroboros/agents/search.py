@@ -1,7 +1,9 @@
 """`random` and `tpe`: classical search over the task's knobs with Optuna's ask/tell.
 
-They need no model: each proposal asks the sampler for values of every knob, rewrites those
-literals in the editable files, and tells the sampler the metric when the verdict is in.
+They need no model: each proposal asks the sampler for values of every knob and rewrites those
+literals in the editable files. They keep no state between proposals: each one rebuilds Optuna's
+study from the finished experiments (their recorded params and metrics) and seeds the sampler with
+the experiment's own seed, so a resumed run proposes exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -16,25 +18,23 @@ from ouroboros.ledger import Experiment
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+TPE_STARTUP = 5  # random trials (the baseline counts) before TPE's model takes over
+
 
 class SearchAgent(Agent):
     writes_code = False  # it only rewrites knob literals of the user's own code
     def __init__(self, name: str, seed: int = 0):
         self.name, self.seed = name, seed
-        self.study: optuna.Study | None = None
         self.dists: dict[str, BaseDistribution] = {}
         self.knobs: list[knobs.Knob] = []
-        self.pending: dict[int, optuna.trial.Trial] = {}
 
     def start(self, ctx: Context) -> None:
         self.knobs, self.dists = knobs.space(ctx.task, ctx.worktree, ctx.read_baseline)
-        sampler: optuna.samplers.BaseSampler
+
+    def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         if self.name == "tpe":
-            sampler = optuna.samplers.TPESampler(seed=ctx.seed, n_startup_trials=5, multivariate=True)
-        else:
-            sampler = optuna.samplers.RandomSampler(seed=ctx.seed)
-        direction = "minimize" if ctx.task.minimize else "maximize"
-        self.study = optuna.create_study(direction=direction, sampler=sampler)
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP, multivariate=True)
+        return optuna.samplers.RandomSampler(seed=seed)
 
     def _params(self, exp: Experiment) -> dict:
         if exp.params:
@@ -44,23 +44,22 @@ class SearchAgent(Agent):
                     and self.dists[k.name]._contains(self.dists[k.name].to_internal_repr(k.value))}
         return {}
 
-    def observe(self, exp: Experiment) -> None:
-        assert self.study is not None
-        value = exp.metric if exp.status in ("keep", "discard") else None
-        trial = self.pending.pop(exp.n, None)
-        if trial is not None:
-            self.study.tell(trial, value, state=TrialState.COMPLETE if value is not None else TrialState.FAIL)
-            return
-        params = self._params(exp)
-        if params and len(params) == len(self.dists):
-            self.study.add_trial(create_trial(
-                params=params, distributions=self.dists, value=value,
-                state=TrialState.COMPLETE if value is not None else TrialState.FAIL))
+    def study(self, ctx: Context) -> optuna.Study:
+        """Optuna's study as the ledger has it: one trial per finished experiment with a full set of
+        knob values (failed ones as FAIL), in order, and a sampler seeded with this experiment's seed."""
+        study = optuna.create_study(direction="minimize" if ctx.task.minimize else "maximize",
+                                    sampler=self._sampler(ctx.seed))
+        for exp in ctx.history:
+            params = self._params(exp)
+            if not params or len(params) != len(self.dists):
+                continue
+            value = exp.metric if exp.status in ("keep", "discard") else None
+            study.add_trial(create_trial(params=params, distributions=self.dists, value=value,
+                                         state=TrialState.COMPLETE if value is not None else TrialState.FAIL))
+        return study
 
     def propose(self, ctx: Context) -> Proposal:
-        assert self.study is not None
-        trial = self.study.ask(self.dists)
-        self.pending[ctx.n] = trial
+        trial = self.study(ctx).ask(self.dists)
         current = {k.name: k.value for k in knobs.extract(ctx.worktree, sorted({k.path for k in self.knobs}))}
         params = dict(trial.params)
         knobs.apply(ctx.worktree, self.knobs, params)
