@@ -19,6 +19,11 @@ $(VENV)/.dev: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@ $(VENV)/.core
 
+# The report's extra (matplotlib, scipy, jinja2) for the study demo, without the dev extra's torch.
+$(VENV)/.report: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[report]'
+	touch $@ $(VENV)/.core
+
 install: $(VENV)/.dev
 
 # System packages: bubblewrap for the sandbox, Chromium for the report's browser test.
@@ -53,9 +58,10 @@ demo-tinygpt: install
 	$(OUROBOROS) init $(DEMO)/tinygpt --template tinygpt
 	$(OUROBOROS) run -C $(DEMO)/tinygpt --agent random --max-experiments 4 --budget 20 --tag demo
 
-# A study: random vs tpe on a CPU-sized tinygpt, 3 repeats each, then the report (a few minutes).
-study-demo: install
-	$(OUROBOROS) study run examples/studies/baselines.toml --dir $(DEMO)/study
+# A study: random vs tpe on examples/quadratic, 60 experiments x 10 repeats each, then the report
+# with its statistics (README: how long it took). A stopped study resumes where it was.
+study-demo: $(VENV)/.report
+	$(OUROBOROS) study run examples/studies/quadratic.toml --dir $(DEMO)/study
 	$(OUROBOROS) report --study $(DEMO)/study --out $(DEMO)/study/report
 	@echo "report: $(DEMO)/study/report/index.html"
 

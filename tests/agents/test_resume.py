@@ -18,7 +18,7 @@ from ouroboros.task import load_task
 from ouroboros.testing import check_resume_contract, cli, commit_all, recorded_proposals
 
 # tpe needs more than its 5 random start-up trials (the baseline counts) to reach its model.
-EXPERIMENTS = {"random": 4, "tpe": 7}
+EXPERIMENTS = {"random": 4, "tpe": 6}
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["ctrl-c", "kill"])
@@ -54,7 +54,7 @@ def test_the_contract_catches_an_agent_that_carries_its_randomness_across_propos
 
 def _slow(quadratic: Path) -> None:
     toml = quadratic / "ouroboros.toml"
-    toml.write_text(toml.read_text().replace('run = "python train.py"', 'run = "sleep 0.4 && python train.py"'))
+    toml.write_text(toml.read_text().replace('run = "python train.py"', 'run = "sleep 0.3 && python train.py"'))
     commit_all(quadratic, "slow runs")
 
 

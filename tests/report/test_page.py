@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ouroboros.ledger import Experiment, Ledger, Run
-from ouroboros.report import build, load
+from ouroboros.report import build, data, load
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -51,14 +52,20 @@ def fake_study(folder: Path, runs: int = 3, exps: int = 8) -> Path:
 def test_study_report_writes_png_svg_html_and_the_numbers(tmp_path: Path) -> None:
     folder = fake_study(tmp_path / "study")
     page = build.study_report(folder, tmp_path / "out")
-    for stem in ("best_so_far", "per_run", "categories"):
+    for stem in ("gain", "best_so_far", "per_run", "categories"):
         assert (tmp_path / "out" / f"{stem}.png").stat().st_size > 1000
         ET.parse(tmp_path / "out" / f"{stem}.svg")  # well-formed SVG
     text = page.read_text()
-    assert text.count("<svg") == 3 and not re.search(r"""(src|href)=["']?(https?:|//)""", text)
+    assert text.count("<svg") == 4 and not re.search(r"""(src|href)=["']?(https?:|//)""", text)
     assert "Mann-Whitney" in text and "<td>tpe</td>" in text
+    for words in ("gain 95% CI", "Cliff&#39;s delta", "Holm p", "Every run&#39;s baseline measured loss = 10"):
+        assert words in text
+    assert "no significant difference" in text or "gained more than" in text
     _, runs = load.study_runs(folder)
-    assert len(runs) == 6 and {r.condition for r in runs} == {"random", "tpe"}
+    assert set(data.box_notes(runs)["sessions"]) == {"random", "tpe"}  # written on the figure, not zeros
+    assert len(json.loads((tmp_path / "out" / "report.json").read_text())["runs"]) == 6
+    _, runs = load.study_runs(folder)
+    assert len(runs) == 6 and [r.seed for r in runs] == [0, 1, 2, 0, 1, 2] and {r.condition for r in runs} == {"random", "tpe"}
 
 
 def test_report_cli_single_run_view(quadratic: Path, tmp_path: Path) -> None:
@@ -90,13 +97,15 @@ def test_page_renders_every_figure_offline_in_headless_chromium(tmp_path: Path) 
             page.goto(page_path.as_uri())
             page.wait_for_load_state("load")
             figures = page.locator("figure svg")
-            assert figures.count() == 3
+            assert figures.count() == 4
             for i in range(figures.count()):
                 box = figures.nth(i).bounding_box()
                 assert box is not None and box["width"] > 100 and box["height"] > 100
                 # the SVG drew something: paths inside it have a size too
                 assert figures.nth(i).locator("path").count() > 10
             assert page.locator("table#summary tbody tr").count() == 2
+            assert page.locator("table#pairs tbody tr").count() == 1
+            assert page.locator("#findings p").count() == 2
         finally:
             browser.close()
     assert all(u.startswith("file://") for u in requests), requests

@@ -70,7 +70,7 @@ def test_study_resumes_an_interrupted_run_without_losing_experiments(study_file:
             raise KeyboardInterrupt
 
     loop = Loop(load_task(task_dir), Options(agent="random", tag="s-random-r0", max_experiments=2, study="s",
-                                              condition="random"), on_experiment=stop_after_one)
+                                              condition="random", seed=0), on_experiment=stop_after_one)
     with pytest.raises(KeyboardInterrupt):
         loop.run()
     first = _runs(task_dir)["s-random-r0"][1][1].commit_sha

@@ -29,41 +29,76 @@ def study_report(study: Path, out: Path) -> Path:
                        f"{spec.repeats} repeats; records in {folder}")
 
 
+def _ci(ci: tuple[float, float] | None, scale: float = 1.0, digits: int = 4) -> str:
+    return "-" if ci is None else f"[{ci[0] * scale:.{digits}g}, {ci[1] * scale:.{digits}g}]"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.4g}%"
+
+
 def runs_report(runs: list[data.RunData], out: Path, title: str, baseline: str | None, subtitle: str = "") -> Path:
     """Figures and page for any set of runs grouped by condition (a study, or runs of one task)."""
     out.mkdir(parents=True, exist_ok=True)
     metric, minimize = runs[0].metric, runs[0].minimize
     curves = data.curves(runs)
+    gains = data.gain_lines(runs)
     boxes = data.boxes(runs)
     cats = data.category_stats(runs)
     summary, pairs = stats.summary(runs), stats.pairwise(runs)
+    findings = [stats.baselines(runs), *stats.verdicts(runs, pairs)]
     base = baseline if baseline in curves else None
     figs = [
+        {"id": "gain", "svg": figures.save(figures.gain_figure(gains, base, minimize), out, "gain"),
+         "caption": "Each run's best so far against its own baseline (experiment 0), one thin line per run, the "
+                    "condition's median thick: baseline noise shifts a whole run's raw metric, not this."},
         {"id": "best_so_far", "svg": figures.save(figures.curves_figure(curves, base, metric, minimize), out,
                                                   "best_so_far"),
-         "caption": "Best so far per condition: median line, interquartile band; the best single run dashed, "
-                    "with a star at its best point." + (f" The {base} baseline is dotted grey." if base else "")},
-        {"id": "per_run", "svg": figures.save(figures.boxes_figure(boxes, base), out, "per_run"),
-         "caption": "Each dot is one run: acceptance rate, agent sessions after the first, and valid "
-                    "experiments against the number of budget-long experiments that fit in the run's window."},
-        {"id": "categories", "svg": figures.save(figures.categories_figure(cats, base), out, "categories"),
+         "caption": f"The raw {metric}: best so far per condition, median line, interquartile band; the best single "
+                    "run dashed, with a star at its best point." + (f" The {base} baseline is dotted grey."
+                                                                     if base else "")},
+        {"id": "per_run", "svg": figures.save(figures.boxes_figure(boxes, base, data.box_notes(runs)), out, "per_run"),
+         "caption": "Each dot is one run: its final gain over its own baseline, acceptance rate, agent sessions "
+                    "after the first, and valid experiments against the number of budget-long experiments that fit "
+                    "in the run's window. Where a panel carries no information for a condition, it says why."},
+        {"id": "categories", "svg": figures.save(figures.categories_figure(cats, base, notes=data.category_notes(runs)),
+                                                 out, "categories"),
          "caption": "Idea categories: the share of runs in which the category improved the best, and the mean "
                     "gain when it did."},
     ]
     tables = [
-        {"id": "summary", "title": f"final best {metric} per condition",
-         "header": ["condition", "runs", "median", "IQR", "q25", "q75", "best"],
-         "rows": [[s.condition, s.runs, _fmt(s.median), _fmt(s.iqr), _fmt(s.q25), _fmt(s.q75), _fmt(s.best)]
-                  for s in summary]},
-        {"id": "pairs", "title": "rank tests between conditions", "note": pairs[0].test if pairs else "",
-         "header": ["condition A", "condition B", "p-value"],
-         "rows": [[p.a, p.b, _fmt(p.p, 3) if p.p is not None else "n/a (fewer than 2 runs)"] for p in pairs]},
+        {"id": "summary", "title": f"final gain over each run's own baseline, per condition ({metric}, "
+                                   f"{'lower' if minimize else 'higher'} is better)",
+         "note": "Gain: how much better the run's final best is than its own experiment 0 (positive is better). "
+                 "CI: bootstrap 95% confidence interval of the median (scipy.stats.bootstrap, 9999 resamples).",
+         "header": ["condition", "runs", "baseline median [min, max]", f"final {metric} median", "median gain",
+                    "gain IQR", "gain 95% CI", "median relative gain", "relative 95% CI"],
+         "rows": [[s.condition, s.runs,
+                   f"{_fmt(s.baseline_median)} [{_fmt(s.baseline_min)}, {_fmt(s.baseline_max)}]",
+                   _fmt(s.median), _fmt(s.gain_median), _fmt(s.gain_iqr), _ci(s.gain_ci), _pct(s.rel_median),
+                   _ci(s.rel_ci, 100) + ("%" if s.rel_ci else "")] for s in summary]},
+        {"id": "pairs", "title": "between conditions", "note": stats.TEST,
+         "header": ["condition A", "condition B", "runs A, B", "U", "p", "Holm p", "Cliff's delta",
+                    "P(A gains more)", "result"],
+         "rows": [[p.a, p.b, f"{p.n_a}, {p.n_b}", _fmt(p.u), _fmt(p.p, 3), _fmt(p.p_holm, 3),
+                   "-" if p.cliffs_delta is None else f"{p.cliffs_delta:+.2f}", _pct(p.cles),
+                   "n/a (fewer than 2 runs)" if p.p is None else
+                   ("significant" if p.significant else "no significant difference")] for p in pairs],
+         "text_last": True},
+        {"id": "runs", "title": "runs",
+         "header": ["run", "condition", "seed", f"baseline {metric}", f"final {metric}", "gain", "relative gain",
+                    "keeps"],
+         "rows": [[r.tag, r.condition, r.seed, _fmt(data.baseline(r)), _fmt(data.final(r)),
+                   _fmt(g[0] if (g := data.final_gain(r)) else None), _pct(g[1] if g else None),
+                   data.keeps_after_baseline(r)] for r in runs]},
     ]
     (out / "report.json").write_text(json.dumps({
-        "summary": [asdict(s) for s in summary], "pairs": [asdict(p) for p in pairs],
-        "curves": {k: asdict(v) for k, v in curves.items()}, "boxes": boxes,
+        "findings": findings, "summary": [asdict(s) for s in summary], "pairs": [asdict(p) for p in pairs],
+        "curves": {k: asdict(v) for k, v in curves.items()}, "gain": asdict(gains), "boxes": boxes,
+        "runs": [{"tag": r.tag, "condition": r.condition, "seed": r.seed, "baseline": data.baseline(r),
+                  "final": data.final(r), "gain": data.final_gain(r)} for r in runs],
         "categories": {c: {k: asdict(s) for k, s in per.items()} for c, per in cats.items()}}, indent=1))
-    return html.page(out, title, subtitle, figs, tables)
+    return html.page(out, title, subtitle, figs, tables, findings)
 
 
 def run_report(task: Task, tag: str | None, out: Path) -> Path:
@@ -71,7 +106,8 @@ def run_report(task: Task, tag: str | None, out: Path) -> Path:
     view = data.run_view(run)
     svg = figures.save(figures.run_figure(view, run.minimize), out, "run")
     rows = [[a.n, a.status, _fmt(a.metric), a.description] for a in run.attempts]
-    return html.page(out, f"run {run.tag}", f"task {task.name}, metric {run.metric} ({run.direction})",
+    return html.page(out, f"run {run.tag}", f"task {task.name}, agent {run.agent}, seed {run.seed}, metric "
+                     f"{run.metric} ({run.direction})",
                      [{"id": "run", "svg": svg, "caption": "Every attempt in grey, the running best as a step "
                        "line, each keep labelled with its description; crosses mark attempts without a metric."}],
                      [{"id": "experiments", "title": "experiments", "header": ["n", "status", run.metric,

@@ -8,6 +8,9 @@ Conventions:
   curve moves only when the judge kept something. A run whose baseline failed has no curve.
 - experiment indices count the baseline as 0; runs of unequal length are carried forward at their
   last best, so a condition's median at x covers all its runs.
+- "gain" is measured against the run's own baseline (its experiment 0), oriented so that positive is
+  better whatever the direction: baseline noise (the same code measured under another load) moves
+  the raw metric of a whole run, not its gain.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class RunData:
     budget: float | None = None
     attempts: tuple[Attempt, ...] = ()
     metric: str = "metric"
+    noise_sigma: float | None = None  # the noise floor `ouroboros noise` stored for the run's baseline
+    agent: str = ""
 
     @property
     def minimize(self) -> bool:
@@ -68,6 +73,81 @@ def best_so_far(run: RunData) -> list[float]:
 def final(run: RunData) -> float | None:
     curve = best_so_far(run)
     return curve[-1] if curve else None
+
+
+def baseline(run: RunData) -> float | None:
+    """The run's own experiment 0, where it was measured and kept."""
+    first = run.attempts[0] if run.attempts else None
+    return first.metric if first is not None and first.n == 0 and first.status == "keep" else None
+
+
+def gain(value: float, base: float, minimize: bool) -> float:
+    """How much better value is than base (positive: better)."""
+    return base - value if minimize else value - base
+
+
+def gain_curve(run: RunData) -> list[float]:
+    """Best so far as a gain over the run's own baseline, after each attempt (starts at 0)."""
+    base = baseline(run)
+    return [] if base is None else [gain(v, base, run.minimize) for v in best_so_far(run)]
+
+
+def relative(g: float, base: float) -> float | None:
+    """A gain as a fraction of the baseline's magnitude; None for a baseline of 0."""
+    return g / abs(base) if base else None
+
+
+def final_gain(run: RunData) -> tuple[float, float | None] | None:
+    """(absolute, relative) gain of the run's final best over its own baseline."""
+    base, curve = baseline(run), gain_curve(run)
+    if base is None or not curve:
+        return None
+    return curve[-1], relative(curve[-1], base)
+
+
+@dataclass(frozen=True)
+class GainLines:
+    """Per-run curves relative to each run's own baseline, in one of two scales:
+
+    `ratio` (best / baseline, drawn on a log axis) where every value is positive and the runs span
+    more than two decades (losses shrinking toward 0); otherwise `percent`, the gain in % of the
+    baseline (or `absolute` where a baseline is 0)."""
+
+    scale: str  # ratio | percent | absolute
+    lines: dict[str, list[tuple[str, list[float]]]]  # condition -> [(tag, values per experiment)]
+    median: dict[str, list[float]]
+
+
+def gain_lines(runs: list[RunData]) -> GainLines:
+    per: dict[str, list[tuple[str, list[float], float]]] = {}
+    for cond, group in by_condition(runs).items():
+        for r in group:
+            base = baseline(r)
+            if base is not None:
+                per.setdefault(cond, []).append((r.tag, best_so_far(r), base))
+    values = [v for rows in per.values() for _, vs, _ in rows for v in vs]
+    bases = [b for rows in per.values() for _, _, b in rows]
+    scale = "percent" if all(bases) else "absolute"
+    if values and min(values) > 0 and min(bases) > 0:
+        ratios = [v / b for rows in per.values() for _, vs, b in rows for v in vs]
+        if max(ratios) / min(ratios) > 100:
+            scale = "ratio"
+    lines: dict[str, list[tuple[str, list[float]]]] = {}
+    median: dict[str, list[float]] = {}
+    minimize = runs[0].minimize if runs else True
+    for cond, rows in per.items():
+        out = []
+        for tag, vs, b in rows:
+            if scale == "ratio":
+                out.append((tag, [v / b for v in vs]))
+            elif scale == "percent":
+                out.append((tag, [100 * gain(v, b, minimize) / abs(b) for v in vs]))
+            else:
+                out.append((tag, [gain(v, b, minimize) for v in vs]))
+        lines[cond] = out
+        grid = _pad([vs for _, vs in out])
+        median[cond] = np.median(grid, axis=0).tolist()
+    return GainLines(scale, lines, median)
 
 
 @dataclass(frozen=True)
@@ -121,10 +201,16 @@ def acceptance(run: RunData) -> float | None:
     return sum(a.status == "keep" for a in exps) / len(exps) if exps else None
 
 
-def sessions_after_first(run: RunData) -> int:
-    """Agent sessions beyond the first (restarts after a session ended early)."""
+def sessions_after_first(run: RunData) -> int | None:
+    """Agent sessions beyond the first (restarts after a session ended early); None for an agent
+    without sessions (random, tpe, one call per experiment), where 0 would say nothing."""
     seen = {a.session for a in run.attempts if a.n > 0 and a.session}
-    return max(run.sessions, len(seen)) - 1 if max(run.sessions, len(seen)) > 0 else 0
+    total = max(run.sessions, len(seen))
+    return total - 1 if total > 0 else None
+
+
+def keeps_after_baseline(run: RunData) -> int:
+    return sum(a.status == "keep" for a in run.attempts if a.n > 0)
 
 
 def valid_vs_max(run: RunData) -> tuple[int, float, float] | None:
@@ -145,11 +231,36 @@ def valid_vs_max(run: RunData) -> tuple[int, float, float] | None:
     return valid, theoretical, valid / theoretical
 
 
+def _relative_final(run: RunData) -> float | None:
+    g = final_gain(run)
+    return None if g is None or g[1] is None else 100 * g[1]
+
+
 BOXES = {
+    "gain": ("final gain over own baseline (% of experiment 0)", _relative_final),
     "acceptance": ("acceptance rate (keeps / experiments)", acceptance),
     "sessions": ("sessions after the first", sessions_after_first),
     "valid": ("valid experiments / theoretical maximum", lambda r: (v := valid_vs_max(r)) and v[2]),
 }
+
+
+def box_notes(runs: list[RunData]) -> dict[str, dict[str, str]]:
+    """For each box plot, the conditions for which it carries no information, and why: drawn as
+    words in place of a row of zeros."""
+    notes: dict[str, dict[str, str]] = {key: {} for key in BOXES}
+    for cond, group in by_condition(runs).items():
+        if all(sessions_after_first(r) is None for r in group):
+            notes["sessions"][cond] = "no sessions: one agent call per experiment"
+        exps = sum(len([a for a in r.attempts if a.n > 0]) for r in group)
+        if exps and not any(keeps_after_baseline(r) for r in group):
+            notes["acceptance"][cond] = f"nothing kept in {exps} experiments"
+        if all(final_gain(r) is None or final_gain(r)[1] is None for r in group):  # type: ignore[index]
+            notes["gain"][cond] = "no baseline measured"
+        elif all(final_gain(r) is not None and final_gain(r)[0] == 0 for r in group):  # type: ignore[index]
+            notes["gain"][cond] = "no run improved on its baseline"
+        if all(valid_vs_max(r) is None for r in group):
+            notes["valid"][cond] = "no experiments with a budget"
+    return notes
 
 
 def boxes(runs: list[RunData]) -> dict[str, dict[str, list[tuple[str, float]]]]:
@@ -158,7 +269,7 @@ def boxes(runs: list[RunData]) -> dict[str, dict[str, list[tuple[str, float]]]]:
     for key, (_, fn) in BOXES.items():
         out[key] = {}
         for cond, group in by_condition(runs).items():
-            values = [(r.tag, fn(r)) for r in group]
+            values = [(r.tag, fn(r)) for r in group]  # type: ignore[operator]
             out[key][cond] = [(t, float(v)) for t, v in values if v is not None and v is not False]
     return out
 
@@ -246,6 +357,26 @@ def category_stats(runs: list[RunData]) -> dict[str, dict[str, CategoryStat]]:
                                      float(np.mean(gains[c])) if gains.get(c) else None)
                      for c in sorted(tried)}
     return out
+
+
+def category_notes(runs: list[RunData]) -> dict[str, str]:
+    """Conditions whose categories say nothing, and why (written on the figure instead of bars)."""
+    notes = {}
+    for cond, group in by_condition(runs).items():
+        seen: list[frozenset[str]] = []
+        for r in group:
+            params: dict = {}
+            for a in r.attempts:
+                if a.n == 0:
+                    params = dict(a.params)
+                    continue
+                seen.append(frozenset(categories(a, params)))
+        if not any(keeps_after_baseline(r) for r in group):
+            notes[cond] = f"{cond}: nothing was kept after the baseline, so no idea improved the best"
+        elif len(set(seen)) == 1 and len(seen[0]) > 1:
+            notes[cond] = (f"{cond}: every proposal changed the same {len(seen[0])} categories together, so each keep "
+                           "credits all of them alike")
+    return notes
 
 
 # -- one run ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from ouroboros.report.data import BOXES, CategoryStat, Curve, RunView  # noqa: E402
+from ouroboros.report.data import BOXES, CategoryStat, Curve, GainLines, RunView  # noqa: E402
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 BASELINE_COLOR = "#7f7f7f"
@@ -65,15 +65,50 @@ def curves_figure(curves: dict[str, Curve], baseline: str | None, metric: str, m
     return fig
 
 
-def boxes_figure(boxes: dict[str, dict[str, list[tuple[str, float]]]], baseline: str | None) -> Figure:
+GAIN_LABELS = {
+    "ratio": "best so far / own baseline (log scale; 1 = no gain)",
+    "percent": "gain over own baseline (% of experiment 0)",
+    "absolute": "gain over own baseline",
+}
+
+
+def gain_figure(g: GainLines, baseline: str | None, minimize: bool) -> Figure:
+    """Every run's best so far relative to its own baseline (thin), each condition's median (thick)."""
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    colors = palette(list(g.lines), baseline)
+    for cond, lines in g.lines.items():
+        color = colors[cond]
+        for _, values in lines:
+            ax.step(range(len(values)), values, where="post", color=color, lw=0.8, alpha=0.45)
+        ax.step(range(len(g.median[cond])), g.median[cond], where="post", color=color, lw=2.4,
+                ls=":" if cond == baseline else "-", label=f"{cond}: median of {len(lines)} runs (thin: each run)")
+    if g.scale == "ratio":
+        ax.set_yscale("log")
+    ax.axhline(1.0 if g.scale == "ratio" else 0.0, color="black", lw=0.8)
+    better = ("lower" if minimize else "higher") if g.scale == "ratio" else "higher"
+    ax.set_ylabel(f"{GAIN_LABELS[g.scale]}; {better} is better", fontsize=9)
+    ax.set_xlabel("experiment (0 = the run's own baseline)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("gain over each run's own baseline, per run")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def boxes_figure(boxes: dict[str, dict[str, list[tuple[str, float]]]], baseline: str | None,
+                 notes: dict[str, dict[str, str]] | None = None) -> Figure:
+    """One panel per box plot; a condition for which a panel carries no information gets its reason
+    written in place of its dots."""
     keys = list(BOXES)
+    notes = notes or {}
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4.2))
     rng = np.random.default_rng(0)  # the jitter is fixed, so the same data gives the same picture
     for ax, key in zip(axes, keys, strict=True):
         groups = boxes[key]
         conds = list(groups)
         colors = palette(conds, baseline)
-        data = [[v for _, v in groups[c]] for c in conds]
+        said = notes.get(key, {})
+        data = [[] if c in said else [v for _, v in groups[c]] for c in conds]
         shown = [i for i, d in enumerate(data) if d]
         if shown:
             ax.boxplot([data[i] for i in shown], positions=[i + 1 for i in shown], widths=0.5, showfliers=False,
@@ -81,6 +116,11 @@ def boxes_figure(boxes: dict[str, dict[str, list[tuple[str, float]]]], baseline:
         for i, d in enumerate(data):
             ax.scatter(i + 1 + rng.uniform(-0.15, 0.15, len(d)), d, s=14, color=colors[conds[i]], alpha=0.8,
                        zorder=3)
+        for i, c in enumerate(conds):
+            if c in said or not data[i]:
+                ax.text(i + 1, 0.5, textwrap.fill(said.get(c, "no data"), 16), transform=ax.get_xaxis_transform(),
+                        ha="center", va="center", fontsize=8, color="#555555", style="italic")
+        ax.set_xlim(0.4, len(conds) + 0.6)
         ax.set_xticks(range(1, len(conds) + 1), conds, rotation=20, ha="right", fontsize=8)
         ax.set_title(BOXES[key][0], fontsize=9)
         ax.grid(axis="y", alpha=0.3)
@@ -88,18 +128,26 @@ def boxes_figure(boxes: dict[str, dict[str, list[tuple[str, float]]]], baseline:
     return fig
 
 
-def categories_figure(stats: dict[str, dict[str, CategoryStat]], baseline: str | None, top: int = 15) -> Figure:
+def categories_figure(stats: dict[str, dict[str, CategoryStat]], baseline: str | None, top: int = 40,
+                      notes: dict[str, str] | None = None) -> Figure:
+    """Every category (up to `top`, with the number left out said in the title), and in words the
+    conditions whose bars would say nothing."""
+    notes = notes or {}
     conds = list(stats)
     colors = palette(conds, baseline)
     score: dict[str, float] = {}
     for per in stats.values():
         for cat, s in per.items():
             score[cat] = max(score.get(cat, 0.0), s.share + 1e-6 * s.tried)
-    cats = sorted(score, key=lambda c: -score[c])[:top][::-1]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 0.9 + 0.42 * max(len(cats), 1) * max(1, len(conds) / 2)),
-                                  sharey=True)
+    ranked = sorted(score, key=lambda c: (-score[c], c))
+    cats = ranked[:top][::-1]
+    left_out = len(ranked) - len(cats)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 1.6 + 0.3 * max(len(cats), 1) * max(1, len(conds) / 2)
+                                                 + 0.25 * len(notes)), sharey=True)
     height = 0.8 / max(len(conds), 1)
     for j, cond in enumerate(conds):
+        if not any(s.improved for s in stats[cond].values()):
+            continue  # its bars would all be zero: the note below says why
         y = np.arange(len(cats)) + (j - (len(conds) - 1) / 2) * height
         share = [stats[cond][c].share if c in stats[cond] else 0.0 for c in cats]
         gain = [stats[cond][c].mean_gain or 0.0 if c in stats[cond] else 0.0 for c in cats]
@@ -112,8 +160,17 @@ def categories_figure(stats: dict[str, dict[str, CategoryStat]], baseline: str |
     ax.legend(fontsize=8, loc="lower right")
     for a in (ax, ax2):
         a.grid(axis="x", alpha=0.3)
-    fig.suptitle("idea categories (agent's [tag], or the knobs / code regions changed)", fontsize=10)
+    title = "idea categories (agent's [tag], or the knobs / code regions changed)"
+    if left_out:
+        title += f"; {left_out} more not shown"
+    fig.suptitle(title, fontsize=10)
+    if not cats:
+        ax.text(0.5, 0.5, "no experiment after the baseline", transform=ax.transAxes, ha="center", color="#555555")
     fig.tight_layout()
+    if notes:
+        fig.subplots_adjust(bottom=0.12 + 0.06 * len(notes))
+        fig.text(0.01, 0.01, "\n".join(textwrap.fill(n, 150) for n in notes.values()), fontsize=8,
+                 color="#555555", style="italic", va="bottom")
     return fig
 
 

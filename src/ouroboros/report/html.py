@@ -22,6 +22,7 @@ _PAGE = """<!doctype html>
 <body>
 <h1>{{ title }}</h1>
 <p class="small">{{ subtitle }}</p>
+{% if findings %}<section id="findings">{% for f in findings %}<p>{{ f }}</p>{% endfor %}</section>{% endif %}
 {% for fig in figures %}
 <figure id="{{ fig.id }}" class="figure">
 {{ fig.svg | safe }}
@@ -47,10 +48,13 @@ def inline_svg(path: Path) -> str:
     return _PROLOG.sub("", path.read_text(), count=1)
 
 
-def page(out: Path, title: str, subtitle: str, figures: list[dict], tables: list[dict]) -> Path:
-    """figures: {id, svg (path), caption}; tables: {id, title, header, rows, note?, text_last?}."""
+def page(out: Path, title: str, subtitle: str, figures: list[dict], tables: list[dict],
+         findings: list[str] | None = None) -> Path:
+    """figures: {id, svg (path), caption}; tables: {id, title, header, rows, note?, text_last?};
+    findings: sentences shown first, in words (which differences are significant, and which are not)."""
     figs = [{**f, "svg": inline_svg(f["svg"])} for f in figures]
-    html = _ENV.from_string(_PAGE).render(title=title, subtitle=subtitle, figures=figs, tables=tables)
+    html = _ENV.from_string(_PAGE).render(title=title, subtitle=subtitle, figures=figs, tables=tables,
+                                          findings=findings or [])
     path = out / "index.html"
     path.write_text(html)
     return path

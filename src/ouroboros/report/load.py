@@ -29,7 +29,7 @@ def run_data(ledger: Ledger, run: Run, task_dir: Path | None = None, diffs: bool
         attempts.append(Attempt(e.n, e.status, e.metric, e.description, e.params, e.started, e.finished,
                                 e.session, diff))
     return RunData(run.tag, run.condition or run.agent, run.direction, run.seed, run.sessions,
-                   _budget(run, task_dir), tuple(attempts), run.metric)
+                   _budget(run, task_dir), tuple(attempts), run.metric, run.noise_sigma, run.agent)
 
 
 def ledger_runs(records: Path, study: str | None = None, task_dir: Path | None = None) -> list[RunData]:
