@@ -5,8 +5,9 @@
 Each proposal has a true effect on the metric (minimize): 20% are real improvements (gain drawn
 from |N(0, 2 sigma)|), 80% are neutral or harmful (|N(0, sigma)| worse, a quarter of them exactly 0).
 The measured metric is the true one plus N(0, sigma) noise. The judge (ouroboros.judge) decides
-with min_delta 0 (no floor), with max(0, z * sigma_hat) where sigma_hat comes from R baseline
-re-runs (ouroboros.noise.estimate), and with the floor plus a confirmation re-run.
+greedily (keep if better: min_delta 0, the examples' default), with the noise floor
+max(0, z * sigma_hat) where sigma_hat comes from R baseline re-runs (ouroboros.noise.estimate),
+and with the floor plus a confirmation re-run (judge.confirm).
 A false keep is a keep whose true effect is not an improvement over the true best at the time.
 """
 
@@ -53,8 +54,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="baseline re-runs behind the noise floor")
     args = ap.parse_args()
     print(f"command: python {' '.join(sys.argv)}")
+    print(f"noise sigma {args.sigma:g}; floor = {args.z:g} x sigma estimated from {args.repeats} baseline re-runs")
     print(f"{'judge':<28} {'keeps/run':>9} {'false keeps/run':>16} {'false-keep rate':>16} {'final true':>11}")
-    for label, floor, confirm in (("min_delta 0 (no floor)", False, False), ("noise floor", True, False),
+    for label, floor, confirm in (("greedy keep-if-better", False, False), ("noise floor", True, False),
                                   ("noise floor + confirmation", True, True)):
         rng = random.Random(0)
         totals = []

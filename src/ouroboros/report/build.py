@@ -34,7 +34,7 @@ def _ci(ci: tuple[float, float] | None, scale: float = 1.0, digits: int = 4) -> 
 
 
 def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.4g}%"
+    return "-" if v is None else f"{100 * v:.6g}%"
 
 
 def runs_report(runs: list[data.RunData], out: Path, title: str, baseline: str | None, subtitle: str = "") -> Path:
@@ -44,6 +44,10 @@ def runs_report(runs: list[data.RunData], out: Path, title: str, baseline: str |
     curves = data.curves(runs)
     gains = data.gain_lines(runs)
     boxes = data.boxes(runs)
+    box_titles: dict[str, str] = {}
+    if gains.scale == "ratio":  # gains of 99.99% and 99.9999999% look alike; what is left of the baseline does not
+        boxes["gain"] = {c: [(t, v[-1]) for t, v in lines] for c, lines in gains.lines.items()}
+        box_titles["gain"] = "final best / own baseline (log; 1 = no gain)"
     cats = data.category_stats(runs)
     summary, pairs = stats.summary(runs), stats.pairwise(runs)
     findings = [stats.baselines(runs), *stats.verdicts(runs, pairs)]
@@ -57,7 +61,8 @@ def runs_report(runs: list[data.RunData], out: Path, title: str, baseline: str |
          "caption": f"The raw {metric}: best so far per condition, median line, interquartile band; the best single "
                     "run dashed, with a star at its best point." + (f" The {base} baseline is dotted grey."
                                                                      if base else "")},
-        {"id": "per_run", "svg": figures.save(figures.boxes_figure(boxes, base, data.box_notes(runs)), out, "per_run"),
+        {"id": "per_run", "svg": figures.save(figures.boxes_figure(boxes, base, data.box_notes(runs), box_titles,
+                                                                     ("gain",) if box_titles else ()), out, "per_run"),
          "caption": "Each dot is one run: its final gain over its own baseline, acceptance rate, agent sessions "
                     "after the first, and valid experiments against the number of budget-long experiments that fit "
                     "in the run's window. Where a panel carries no information for a condition, it says why."},
@@ -72,11 +77,11 @@ def runs_report(runs: list[data.RunData], out: Path, title: str, baseline: str |
          "note": "Gain: how much better the run's final best is than its own experiment 0 (positive is better). "
                  "CI: bootstrap 95% confidence interval of the median (scipy.stats.bootstrap, 9999 resamples).",
          "header": ["condition", "runs", "baseline median [min, max]", f"final {metric} median", "median gain",
-                    "gain IQR", "gain 95% CI", "median relative gain", "relative 95% CI"],
+                    "gain IQR", "gain 95% CI", "median relative gain", "relative 95% CI", "median final / baseline"],
          "rows": [[s.condition, s.runs,
                    f"{_fmt(s.baseline_median)} [{_fmt(s.baseline_min)}, {_fmt(s.baseline_max)}]",
                    _fmt(s.median), _fmt(s.gain_median), _fmt(s.gain_iqr), _ci(s.gain_ci), _pct(s.rel_median),
-                   _ci(s.rel_ci, 100) + ("%" if s.rel_ci else "")] for s in summary]},
+                   _ci(s.rel_ci, 100) + ("%" if s.rel_ci else ""), _fmt(s.ratio_median, 4)] for s in summary]},
         {"id": "pairs", "title": "between conditions", "note": stats.TEST,
          "header": ["condition A", "condition B", "runs A, B", "U", "p", "Holm p", "Cliff's delta",
                     "P(A gains more)", "result"],

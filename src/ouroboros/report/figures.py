@@ -96,9 +96,10 @@ def gain_figure(g: GainLines, baseline: str | None, minimize: bool) -> Figure:
 
 
 def boxes_figure(boxes: dict[str, dict[str, list[tuple[str, float]]]], baseline: str | None,
-                 notes: dict[str, dict[str, str]] | None = None) -> Figure:
+                 notes: dict[str, dict[str, str]] | None = None, titles: dict[str, str] | None = None,
+                 log: tuple[str, ...] = ()) -> Figure:
     """One panel per box plot; a condition for which a panel carries no information gets its reason
-    written in place of its dots."""
+    written in place of its dots. `titles` overrides panel titles; panels in `log` get a log axis."""
     keys = list(BOXES)
     notes = notes or {}
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4.2))
@@ -121,8 +122,12 @@ def boxes_figure(boxes: dict[str, dict[str, list[tuple[str, float]]]], baseline:
                 ax.text(i + 1, 0.5, textwrap.fill(said.get(c, "no data"), 16), transform=ax.get_xaxis_transform(),
                         ha="center", va="center", fontsize=8, color="#555555", style="italic")
         ax.set_xlim(0.4, len(conds) + 0.6)
+        if not shown:
+            ax.set_yticks([])
+        elif key in log:
+            ax.set_yscale("log")
         ax.set_xticks(range(1, len(conds) + 1), conds, rotation=20, ha="right", fontsize=8)
-        ax.set_title(BOXES[key][0], fontsize=9)
+        ax.set_title((titles or {}).get(key, BOXES[key][0]), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig

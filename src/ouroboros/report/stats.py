@@ -43,6 +43,7 @@ class Summary:
     gain_ci: tuple[float, float] | None = None  # bootstrap 95% CI of the median gain
     rel_median: float | None = None  # the same as a fraction of the baseline
     rel_ci: tuple[float, float] | None = None
+    ratio_median: float | None = None  # final / baseline: what is left of it (losses shrinking by decades)
 
     @property
     def iqr(self) -> float | None:
@@ -117,7 +118,9 @@ def summary(runs: list[RunData]) -> list[Summary]:
         out.append(Summary(
             cond, len(values), med, q25, q75, min(values) if minimize else max(values),
             float(np.median(bases)) if bases else None, min(bases, default=None), max(bases, default=None),
-            gmed, g25, g75, median_ci(absolute), float(np.median(rel)) if rel else None, median_ci(rel)))
+            gmed, g25, g75, median_ci(absolute), float(np.median(rel)) if rel else None, median_ci(rel),
+            float(np.median([f / b for f, b in zip(values, bases, strict=False) if b])) if len(bases) == len(values)
+            and all(bases) else None))
     return out
 
 
@@ -153,7 +156,7 @@ def pairwise(runs: list[RunData]) -> list[Pair]:
 
 
 def _g(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4g}"
+    return "-" if v is None else f"{v:.6g}"
 
 
 def verdicts(runs: list[RunData], pairs: list[Pair]) -> list[str]:
@@ -164,7 +167,9 @@ def verdicts(runs: list[RunData], pairs: list[Pair]) -> list[str]:
         if p.p is None:
             out.append(f"{p.a} vs {p.b}: not tested (fewer than 2 runs with a baseline on a side).")
             continue
-        numbers = (f"median gain {_g(med[p.a].gain_median)} vs {_g(med[p.b].gain_median)}; Mann-Whitney U = "
+        metric = runs[0].metric
+        numbers = (f"median final {metric} {_g(med[p.a].median)} vs {_g(med[p.b].median)}, median gain over the "
+                   f"baseline {_g(med[p.a].gain_median)} vs {_g(med[p.b].gain_median)}; Mann-Whitney U = "
                    f"{p.u:g}, p = {p.p:.3g}, Holm-adjusted p = {p.p_holm:.3g}; Cliff's delta = "
                    f"{p.cliffs_delta:+.2f}")
         if not p.significant:
