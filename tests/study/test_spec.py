@@ -52,3 +52,12 @@ def test_a_run_needs_a_limit(study_file: Path) -> None:
     study_file.write_text(study_file.read_text().replace("max_experiments = 2", ""))
     with pytest.raises(OuroborosError, match="max_experiments or hours"):
         load_study(study_file)
+
+
+@pytest.mark.parametrize("name", ["quadratic", "tinygpt"])
+def test_the_example_studies_load_and_point_at_example_tasks(name: str) -> None:
+    from ouroboros.task import load_task
+
+    study = load_study(Path(__file__).parents[2] / "examples" / "studies" / f"{name}.toml")
+    assert [c.agent for c in study.conditions] == ["random", "tpe"] and study.baseline_condition == "random"
+    assert load_task(study.task_path(study.conditions[0])).name == name

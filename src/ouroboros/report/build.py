@@ -29,7 +29,7 @@ def study_report(study: Path, out: Path) -> Path:
                        f"{spec.repeats} repeats; records in {folder}")
 
 
-def _ci(ci: tuple[float, float] | None, scale: float = 1.0, digits: int = 4) -> str:
+def _ci(ci: tuple[float, float] | None, scale: float = 1.0, digits: int = 6) -> str:
     return "-" if ci is None else f"[{ci[0] * scale:.{digits}g}, {ci[1] * scale:.{digits}g}]"
 
 
