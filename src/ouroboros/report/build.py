@@ -50,7 +50,7 @@ def runs_report(runs: list[data.RunData], out: Path, title: str, baseline: str |
         box_titles["gain"] = "final best / own baseline (log; 1 = no gain)"
     cats = data.category_stats(runs)
     summary, pairs = stats.summary(runs), stats.pairwise(runs)
-    findings = [stats.baselines(runs), *stats.verdicts(runs, pairs)]
+    findings = [stats.baselines(runs), *stats.verdicts(runs, pairs, summary)]
     base = baseline if baseline in curves else None
     figs = [
         {"id": "gain", "svg": figures.save(figures.gain_figure(gains, base, minimize), out, "gain"),

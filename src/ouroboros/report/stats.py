@@ -159,9 +159,9 @@ def _g(v: float | None) -> str:
     return "-" if v is None else f"{v:.6g}"
 
 
-def verdicts(runs: list[RunData], pairs: list[Pair]) -> list[str]:
+def verdicts(runs: list[RunData], pairs: list[Pair], summaries: list[Summary] | None = None) -> list[str]:
     """Each pair's result in words: which condition gained more, or "no significant difference"."""
-    med = {s.condition: s for s in summary(runs)}
+    med = {s.condition: s for s in (summaries if summaries is not None else summary(runs))}
     out = []
     for p in pairs:
         if p.p is None:
