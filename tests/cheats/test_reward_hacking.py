@@ -30,7 +30,8 @@ def test_an_implausible_gain_is_rerun_with_another_seed_and_not_kept(quadratic, 
     toml = quadratic / "ouroboros.toml"
     toml.write_text(toml.read_text().replace("[judge]", "[judge]\nplausibility = 0.5"))
     commit_all(quadratic, "plausibility")
-    loop = Loop(load_task(quadratic), Options(agent=_agent(tmp_path, LUCKY), max_experiments=1, tag="p"))
+    loop = Loop(load_task(quadratic), Options(agent=_agent(tmp_path, LUCKY), max_experiments=1, tag="p",
+                                              seed=0))
     loop.run()
     exp = loop.history[-1]
     assert exp.status == Verdict.DISCARD and "implausible gain" in exp.reason
@@ -41,7 +42,8 @@ def test_a_plausible_gain_is_kept_without_a_rerun(quadratic, tmp_path):
     toml = quadratic / "ouroboros.toml"
     toml.write_text(toml.read_text().replace("[judge]", "[judge]\nplausibility = 5.0"))
     commit_all(quadratic, "plausibility")
-    loop = Loop(load_task(quadratic), Options(agent=_agent(tmp_path, LUCKY), max_experiments=1, tag="p"))
+    loop = Loop(load_task(quadratic), Options(agent=_agent(tmp_path, LUCKY), max_experiments=1, tag="p",
+                                              seed=0))
     loop.run()
     exp = loop.history[-1]
     assert exp.status == Verdict.KEEP and "confirm_metric" not in exp.metrics
