@@ -202,7 +202,8 @@ class Loop:
             check_command(self.task.task.evaluate, self.task.root, "evaluate")
         run = Run(tag=tag, task=self.task.name, agent=opts.agent, metric=self.task.metric.name,
                   direction=self.task.metric.direction, trust=self.task.trust, branch=f"ouroboros/{tag}",
-                  base_commit=base, seed=fresh_seed() if opts.seed is None else opts.seed, study=opts.study, condition=opts.condition,
+                  base_commit=base, seed=fresh_seed() if opts.seed is None else opts.seed, study=opts.study,
+                  condition=opts.condition,
                   noise_sigma=noise.stored_sigma(self.records, base),  # from `ouroboros noise`
                   config={"max_experiments": opts.max_experiments, "hours": opts.hours, "budget": opts.budget,
                           **opts.extra})
@@ -221,7 +222,8 @@ class Loop:
         run_dir = self.ledger.run_dir(self.tag)
         history = self.finished
         return Context(self.task, self.ws.task_dir, n, history, self.best, run_dir, self.ledger.exp_dir(self.tag, n),
-                       experiment_seed(self.run_rec.seed, n), lambda: build_prompt(self.task, self.ws.task_dir, history, run_dir),
+                       experiment_seed(self.run_rec.seed, n),
+                       lambda: build_prompt(self.task, self.ws.task_dir, history, run_dir),
                        self.run_rec.sessions,
                        lambda rel: self.ws.show(self.run_rec.base_commit, rel).decode(errors="replace"),
                        confine=self.confine_agent)
