@@ -15,8 +15,8 @@ How long it trains depends on the device:
   harness (timeout). Uncompiled, because compiling would eat most of a budget of seconds.
 Everything a search may change is the ALL_CAPS block below.
 
-Regimes: on CPU the default 300 s budget trains 0.6M bytes, about a third of one pass over the
-~1.6 MB default training split (compute-limited). On a GPU 5 minutes is hundreds of passes, so it
+Regimes: on CPU the default 300 s budget trains 0.3M bytes, a fifth of one pass over the ~1.6 MB
+default training split (compute-limited). On a GPU 5 minutes is hundreds of passes, so it
 is data-limited: expect model size, DROPOUT and WEIGHT_DECAY to matter more than raw speed there.
 """
 
@@ -52,11 +52,12 @@ WARMDOWN_FRAC = 0.3  # fraction of training spent decaying linearly to MIN_LR_FR
 
 # --- run ------------------------------------------------------------------------------------------
 SEED = 1337  # torch RNG seed for initialization and batch sampling
-# Bytes trained per second of budget on CPU (8 steps of 8 x 256 bytes per 8 s). The default model
-# trains ~8K bytes per CPU-second on one thread (measured on this project's 2-core machine), so
-# the default 300 s budget needs ~75 s of CPU: it still fits when a loaded machine gives the run
-# a quarter of a core. Raise it on a quiet machine; a bigger model needs it lowered.
-CPU_TOKENS_PER_S = 2048
+# Bytes trained per second of budget on CPU: 1024 is one step of 8 x 256 bytes every 2 s, 150
+# steps in the default 300 s. The default model trains ~8K bytes per CPU-second on one thread
+# (0.26 CPU-s a step, measured on this project's 2-core machine), so those 150 steps need ~40 s
+# of CPU: they fit in 300 s with 2x margin at load 7 (under a third of a core for this run), and
+# just fit at load 17. Raise it on a quiet machine; a bigger model needs it lowered.
+CPU_TOKENS_PER_S = 1024
 # Threads on CPU. 1: with 2 threads torch ran 6x SLOWER than with 1 on a loaded 2-core machine
 # (load 5.6), and a fixed count keeps the result identical across machines with other core counts.
 CPU_THREADS = 1
