@@ -35,9 +35,9 @@ safe-path Python, no OUROBOROS_/TINYGPT_ variables, an empty working directory) 
 torch once and forks a FRESH child for every request of EVAL_BATCH windows: the child imports
 train.py, loads ckpt.pt, answers one forward pass through a pipe and dies, and the zygote kills
 whatever it left (it is a child subreaper) before the next child starts. Each child runs in
-private user, mount, IPC and network namespaces with every mount read-only (where the kernel
-allows user namespaces; `model child: sandbox ...` in the log says which), with RLIMIT_FSIZE 0,
-its own CPU-time limit (CHILD_CPU_S) and a wall-clock limit (CHILD_WALL_S, which bounds GPU time).
+private user, mount, IPC and network namespaces with every mount read-only but a private,
+empty temporary directory (its working directory and TMPDIR) that dies with it (where the kernel allows user namespaces; the metric `model_sandbox`
+says which level each evaluation got; without them RLIMIT_FSIZE is 0), with its own CPU-time limit (CHILD_CPU_S) and a wall-clock limit (CHILD_WALL_S, which bounds GPU time).
 The evaluator and the zygote are not dumpable (no ptrace, no /proc/<pid>/mem or environ for the
 model), and the evaluator writes the metrics only after every model process is dead, by an atomic
 rename over the metrics path.
@@ -308,12 +308,14 @@ def evaluate_bpb(model, device="cpu") -> float:
 # with its whole process tree, before the next child starts: no state survives from one request
 # to the next, so a model cannot remember what it saw (memoisation) or keep learning.
 #
-# Evaluator -> zygote: uint32 B, uint32 T, then B*T bytes of tokens; B == 0 ends.
-# Zygote -> evaluator: int32 status, int32 detail, then (status 0 only) B*T*256 float32 logits.
-# Child -> zygote (a pipe of its own): uint32 B, T, V, then B*T*V float32 logits.
+# Evaluator -> zygote (a socket): uint32 B, uint32 T, and three pipe ends passed as SCM_RIGHTS;
+# B == 0 ends. Zygote -> evaluator: int32 status, int32 detail, once the child's tree is dead.
+# Evaluator -> child: B*T bytes of tokens. Child -> evaluator: the sandbox level (64 bytes), then
+# uint32 B, T, V and B*T*V float32 logits; and its stderr on the third pipe.
 
 _OK, _EXITED, _CPU, _WALL, _SHAPE = 0, 1, 2, 3, 4
 _LEVEL_BYTES = 64  # the child's sandbox level, written before the editable code is imported
+PRIVATE_TMP_MB = 64  # size of each model child's own temporary directory (a tmpfs that dies with it)
 _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_CHILD_SUBREAPER = 1, 4, 36
 _CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWUSER, _CLONE_NEWNET = 0x20000, 0x8000000, 0x10000000, 0x40000000
 _MS_RDONLY, _MS_REMOUNT, _MS_BIND = 1, 32, 4096
@@ -419,11 +421,21 @@ def _read_only_world() -> str:
         flags |= sum(ms for st, ms in _KEPT_FLAGS.items() if have & st)
         if libc.mount(None, point, None, flags, None) != 0 and not os.statvfs(point).f_flag & 1:
             writable += 1
-    return "namespaces" if writable == 0 else f"namespaces ({writable} mounts left writable)"
+    if writable:
+        return f"namespaces ({writable} mounts left writable)"
+    # A private, empty temporary directory (torch wants one), gone with this child's namespace:
+    # mounted over the working directory the evaluator made empty, and named by TMPDIR.
+    scratch = os.getcwd()
+    if libc.mount(b"tmpfs", scratch.encode(), b"tmpfs", 2 | 4, f"size={PRIVATE_TMP_MB}m,mode=700".encode()) != 0:
+        return "namespaces (no private temporary directory)"
+    os.chdir(scratch)
+    os.environ["TMPDIR"] = scratch
+    tempfile.tempdir = None
+    return "namespaces"
 
 
 def _confine(cpu_s: int) -> str:
-    """The model child's limits: its own CPU seconds, no file writes, dies with the zygote."""
+    """The model child's limits: its own CPU seconds, no lasting file writes, dies with the zygote."""
     import resource
 
     os.setsid()
@@ -432,16 +444,25 @@ def _confine(cpu_s: int) -> str:
     level = _read_only_world()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))  # SIGXCPU, then SIGKILL
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    # Files can then be written only in the private directory; without it, nowhere (contents at least).
+    fsize = PRIVATE_TMP_MB << 20 if level == "namespaces" else 0
+    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
     return level
 
 
-def _child(tokens: np.ndarray, out_fd: int, workdir: Path, cpu_s: int) -> None:
-    """One request in a fresh child: import the editable model, answer, exit."""
+def _child(in_fd: int, batch: int, length: int, out_fd: int, workdir: Path, cpu_s: int) -> None:
+    """One request in a fresh child: read its windows, import the editable model, answer, exit."""
     out = os.fdopen(out_fd, "wb")
     # Reported before any editable code runs, so the model cannot change what is reported.
     out.write(_confine(cpu_s).encode()[:_LEVEL_BYTES].ljust(_LEVEL_BYTES))
     out.flush()
+    raw = bytearray()
+    while len(raw) < batch * length:
+        chunk = os.read(in_fd, batch * length - len(raw))
+        if not chunk:
+            raise EOFError("request ended early")
+        raw += chunk
+    os.close(in_fd)
     sys.dont_write_bytecode = True
     sys.path.insert(0, str(workdir))
     import torch
@@ -453,6 +474,7 @@ def _child(tokens: np.ndarray, out_fd: int, workdir: Path, cpu_s: int) -> None:
     model = train.build_model(checkpoint["config"])
     model.load_state_dict(checkpoint["state_dict"])
     model.to(device).eval()
+    tokens = np.frombuffer(bytes(raw), dtype=np.uint8).reshape(batch, length)
     x = torch.from_numpy(tokens.astype(np.int64)).to(device)
     with torch.no_grad():
         logits = model(x).float().cpu().numpy().astype(np.float32)
@@ -463,53 +485,29 @@ def _child(tokens: np.ndarray, out_fd: int, workdir: Path, cpu_s: int) -> None:
     out.flush()
 
 
-def _collect(data_fd: int, err_fd: int, need: int, wall_s: float) -> tuple[bytes, bool]:
-    """Read a child's reply (up to `need` bytes) and relay its stderr until it ends or overstays."""
-    import select
+def _fork_child(batch: int, length: int, fds: list[int], workdir: Path, cpu_s: int, wall_s: float) -> tuple[int, int]:
+    """Run one request in a fresh child, then kill its whole tree; (status, detail).
 
-    data, open_fds, deadline, err_left = bytearray(), {data_fd, err_fd}, time.monotonic() + wall_s, 1 << 20
-    while data_fd in open_fds and len(data) < need:  # a process holding only stderr is not waited for
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return bytes(data), True
-        for fd in select.select(list(open_fds), [], [], left)[0]:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                open_fds.discard(fd)
-            elif fd == err_fd:
-                if err_left > 0:
-                    os.write(2, chunk[:err_left])
-                err_left -= len(chunk)
-            else:
-                data += chunk
-    while err_fd in open_fds and err_left > 0 and select.select([err_fd], [], [], 0)[0]:  # a traceback
-        chunk = os.read(err_fd, 1 << 16)
-        if not chunk:
-            break
-        os.write(2, chunk[:err_left])
-        err_left -= len(chunk)
-    return bytes(data), False
-
-
-def _fork_child(tokens: np.ndarray, workdir: Path, cpu_s: int, wall_s: float) -> tuple[int, int, bytes, bytes]:
-    """Run one request in a fresh child; (status, detail, sandbox level, logits). Kills its tree."""
+    `fds` are the request's pipes, made by the evaluator: tokens in, reply out, stderr out. The
+    zygote only passes them on and never reads them, so its memory, which every later child
+    inherits, holds nothing of any request.
+    """
     import signal
 
-    batch, length = tokens.shape
-    need = _LEVEL_BYTES + 12 + batch * length * VOCAB_SIZE * 4
-    data_r, data_w = os.pipe()
-    err_r, err_w = os.pipe()
+    in_fd, out_fd, err_fd = fds
     pid = os.fork()
-    if pid == 0:  # the child: nothing of the zygote's but this request's inputs
+    if pid == 0:  # the child
         code = 1
         try:
-            os.dup2(err_w, 2)
-            os.dup2(err_w, 1)
+            os.dup2(err_fd, 2)
+            os.dup2(err_fd, 1)
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
-            os.closerange(3, data_w)
-            os.closerange(data_w + 1, 1 << 16)
-            _child(tokens, data_w, workdir, cpu_s)
+            keep = sorted({in_fd, out_fd})
+            os.closerange(3, keep[0])
+            os.closerange(keep[0] + 1, keep[1])
+            os.closerange(keep[1] + 1, 1 << 16)
+            _child(in_fd, batch, length, out_fd, workdir, cpu_s)
             code = 0
         except BaseException:
             import traceback
@@ -517,60 +515,42 @@ def _fork_child(tokens: np.ndarray, workdir: Path, cpu_s: int, wall_s: float) ->
             traceback.print_exc()
         finally:
             os._exit(code)
-    os.close(data_w)
-    os.close(err_w)
-    try:
-        reply, overstayed = _collect(data_r, err_r, need, wall_s)
-    finally:
-        os.close(data_r)
-        os.close(err_r)
-    status, cpu = None, 0.0
-    if not overstayed:
-        for _ in range(int(max(wall_s, 1) * 100)):  # it has closed its pipes; it should be ending
-            done, status, usage = os.wait4(pid, os.WNOHANG)
-            if done:
-                cpu = usage.ru_utime + usage.ru_stime
-                break
-            time.sleep(0.01)
-        else:
-            overstayed, status = True, None
+    for fd in fds:
+        os.close(fd)
+    deadline, status, cpu = time.monotonic() + wall_s, None, 0.0
+    while time.monotonic() < deadline:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            cpu = usage.ru_utime + usage.ru_stime
+            break
+        time.sleep(0.005)
+    else:
+        status = None
     _kill_descendants()  # the child (if it overstayed) and anything it started
-    level, reply = reply[:_LEVEL_BYTES].ljust(_LEVEL_BYTES), reply[_LEVEL_BYTES:]
-    if overstayed:
-        return _WALL, int(wall_s), level, b""
+    if status is None:
+        return _WALL, int(wall_s)
     if os.WIFSIGNALED(status) and (os.WTERMSIG(status) == signal.SIGXCPU or cpu >= cpu_s):
-        return _CPU, cpu_s, level, b""
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0 or len(reply) < 12:
-        return _EXITED, code, level, b""
-    if struct.unpack("<III", reply[:12]) != (batch, length, VOCAB_SIZE) or len(reply) + _LEVEL_BYTES != need:
-        return _SHAPE, 0, level, b""
-    return _OK, 0, level, reply[12:]
+        return _CPU, cpu_s
+    return (_OK, 0) if os.waitstatus_to_exitcode(status) == 0 else (_EXITED, os.waitstatus_to_exitcode(status))
 
 
 def zygote(workdir: Path, cpu_s: int, wall_s: float) -> None:
-    """Internal: serve requests from stdin, each in a fresh child, until B == 0."""
+    """Internal: on the socket at fd 0, take (B, T) and three pipes per request, answer each in a
+    fresh child and send back (status, detail); B == 0 ends."""
+    import socket
+
     _harden_self()
-    wire_in = sys.stdin.buffer
-    wire_out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
+    sock = socket.socket(fileno=0)
     import torch  # noqa: F401  imported once here, so that each child is a cheap fork
 
     while True:
-        batch, length = struct.unpack("<II", _read_exact(wire_in, 8))
-        if batch == 0:
+        header, fds, _, _ = socket.recv_fds(sock, 8, 3)
+        if len(header) != 8:
             return
-        tokens = np.frombuffer(_read_exact(wire_in, batch * length), dtype=np.uint8).reshape(batch, length)
-        status, detail, level, payload = _fork_child(tokens, workdir, cpu_s, wall_s)
-        wire_out.write(struct.pack("<ii", status, detail) + level + payload)
-        wire_out.flush()
-
-
-def _read_exact(stream, n: int) -> bytes:
-    data = stream.read(n)
-    if len(data) != n:
-        raise EOFError(f"expected {n} bytes, got {len(data)}")
-    return data
+        batch, length = struct.unpack("<II", header)
+        if batch == 0 or len(fds) != 3:
+            return
+        sock.sendall(struct.pack("<ii", *_fork_child(batch, length, fds, workdir, cpu_s, wall_s)))
 
 
 # --- the evaluator (parent process; never imports train) ----------------------------------------
@@ -591,33 +571,69 @@ class _ModelServer:
     """The evaluator's handle on the zygote; one call of `logits` is one fresh model child."""
 
     def __init__(self, workdir: Path, scratch: Path):
+        import socket
+
         env = {k: v for k, v in os.environ.items() if not k.startswith(_DATA_ENV_PREFIXES)}
         self.cpu_s = int(math.ceil(_budget("TINYGPT_CHILD_CPU_S", CHILD_CPU_S)))
         self.wall_s = _budget("TINYGPT_CHILD_WALL_S", CHILD_WALL_S)
         self.levels: set[str] = set()  # what confinement each model process reached
-        self.proc = subprocess.Popen(
-            [sys.executable, "-P", str(Path(__file__).resolve()), "zygote", str(workdir),
-             str(self.cpu_s), str(self.wall_s)],
-            cwd=scratch,  # empty: nothing the model could find relative to its working directory
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
+        self.sock, theirs = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-P", str(Path(__file__).resolve()), "zygote", str(workdir),
+                 str(self.cpu_s), str(self.wall_s)],
+                cwd=scratch,  # empty: nothing the model could find relative to its working directory
+                env=env,
+                stdin=theirs,
+                stdout=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
 
     def logits(self, tokens: np.ndarray) -> np.ndarray:
+        import select
+        import socket
+
         batch, length = tokens.shape
+        need = _LEVEL_BYTES + 12 + batch * length * VOCAB_SIZE * 4
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
         try:
-            self.proc.stdin.write(struct.pack("<II", batch, length) + tokens.tobytes())
-            self.proc.stdin.flush()
-            status, detail = struct.unpack("<ii", _read_exact(self.proc.stdout, 8))
-            level = _read_exact(self.proc.stdout, _LEVEL_BYTES).decode(errors="replace").strip()
-            if level:
-                self.levels.add(level)
-            if status == _OK:
-                raw = _read_exact(self.proc.stdout, batch * length * VOCAB_SIZE * 4)
-        except (EOFError, BrokenPipeError) as exc:
-            code = self.proc.wait()
-            raise PrepareError(f"the model sandbox exited with code {code} (see the log above)") from exc
+            os.write(in_w, tokens.tobytes())  # 4 KiB: fits the pipe's buffer
+            os.close(in_w)
+            try:
+                socket.send_fds(self.sock, [struct.pack("<II", batch, length)], [in_r, out_w, err_w])
+            except OSError as exc:
+                raise PrepareError(f"the model sandbox exited with code {self.proc.poll()} (see the log above)") from exc
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+            reply, err_left, open_fds = bytearray(), 1 << 20, {out_r, err_r}
+            while open_fds:  # both end when the child and all it started are dead
+                ready = select.select(list(open_fds), [], [], self.wall_s + 30)[0]
+                if not ready:  # the zygote enforces wall_s; this is for a zygote that was killed
+                    raise PrepareError(f"the model sandbox stopped answering (zygote exit code {self.proc.poll()})")
+                for fd in ready:
+                    chunk = os.read(fd, 1 << 20)
+                    if not chunk:
+                        open_fds.discard(fd)
+                    elif fd == err_r:
+                        if err_left > 0:
+                            sys.stderr.buffer.write(chunk[:err_left])
+                            sys.stderr.buffer.flush()
+                        err_left -= len(chunk)
+                    elif len(reply) <= need:
+                        reply += chunk
+            answer = self.sock.recv(8)
+        finally:
+            for fd in (out_r, err_r):
+                os.close(fd)
+        if len(answer) != 8:
+            raise PrepareError(f"the model sandbox exited with code {self.proc.wait()} (see the log above)")
+        status, detail = struct.unpack("<ii", answer)
+        level = bytes(reply[:_LEVEL_BYTES]).decode(errors="replace").strip()
+        if level:
+            self.levels.add(level)
         if status == _CPU:
             raise PrepareError(
                 f"the model used more than its {detail} CPU seconds for one request of {batch} windows "
@@ -632,22 +648,24 @@ class _ModelServer:
                 f"the model exited with code {detail} (see its traceback above); "
                 "check build_model() in train.py and the checkpoint contract in prepare.py"
             )
-        if status != _OK:
+        if len(reply) != need or struct.unpack("<III", reply[_LEVEL_BYTES : _LEVEL_BYTES + 12]) != (
+            batch, length, VOCAB_SIZE
+        ):
             raise PrepareError(
                 f"model returned logits of a wrong shape or size for input {(batch, length)}; "
                 f"expected {(batch, length, VOCAB_SIZE)}"
             )
-        out = np.frombuffer(raw, dtype=np.float32).reshape(batch, length, VOCAB_SIZE)
+        out = np.frombuffer(bytes(reply[_LEVEL_BYTES + 12 :]), dtype=np.float32).reshape(batch, length, VOCAB_SIZE)
         if not np.isfinite(out).all():
             raise PrepareError("model returned non-finite logits (nan or inf)")
         return out
 
     def close(self) -> None:
         try:
-            self.proc.stdin.write(struct.pack("<II", 0, 0))
-            self.proc.stdin.close()
+            self.sock.sendall(struct.pack("<II", 0, 0))
         except OSError:
             pass
+        self.sock.close()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -672,13 +690,13 @@ def _count_params(state_dict) -> int:
     return total
 
 
-def _requests(train: np.ndarray, inputs: np.ndarray, rng) -> tuple[np.ndarray, list, int, np.ndarray]:
+def _requests(train: np.ndarray, inputs: np.ndarray, rng) -> tuple[np.ndarray, list, tuple[int, int], np.ndarray]:
     """Scored windows, causality probes and one twin, split into requests of EVAL_BATCH windows.
 
     A probe is a scored window whose bytes after a secret cut are replaced by training text (so it
     reads like any other window); the twin is a scored window sent again. A probe or twin never
     shares a request, hence a process, with its source window. Returns (windows, probes as
-    (row, source, cut), twin row, the request each row goes to).
+    (row, source, cut), (twin row, its source), the request each row goes to).
     """
     n = len(inputs)
     n_probes = CAUSALITY_MIN_PROBES + (-(n + 1 + CAUSALITY_MIN_PROBES) % EVAL_BATCH)
@@ -703,7 +721,7 @@ def _requests(train: np.ndarray, inputs: np.ndarray, rng) -> tuple[np.ndarray, l
             other = int(rng.choice(free))
             if request[other] != request[src]:
                 request[row], request[other] = request[other], request[row]
-    return windows, probes, twin, request
+    return windows, probes, (twin, int(sources[-1])), request
 
 
 def evaluate(workdir: Path) -> dict:
@@ -718,8 +736,7 @@ def evaluate(workdir: Path) -> dict:
     windows = eval_windows(val)
     inputs, targets = windows[:, :-1], windows[:, 1:]
     rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
-    requests, probes, twin, request_of = _requests(train, inputs, rng)
-    twin_source = int(np.flatnonzero((requests[: len(inputs)] == requests[twin]).all(axis=1))[0])
+    requests, probes, (twin, twin_source), request_of = _requests(train, inputs, rng)
 
     with tempfile.TemporaryDirectory(prefix="tinygpt-model-") as scratch:
         server = _ModelServer(workdir, Path(scratch))
