@@ -55,8 +55,8 @@ SEED = 1337  # torch RNG seed for initialization and batch sampling
 # Bytes trained per second of budget on CPU: 1024 is one step of 8 x 256 bytes every 2 s, 150
 # steps in the default 300 s. The default model trains ~8K bytes per CPU-second on one thread
 # (0.26 CPU-s a step, measured on this project's 2-core machine), so those 150 steps need ~40 s
-# of CPU: they fit in 300 s with 2x margin at load 7 (under a third of a core for this run), and
-# just fit at load 17. Raise it on a quiet machine; a bigger model needs it lowered.
+# of CPU: 300 s holds them twice over when the run gets a third of a core (load ~7 on 2 cores),
+# but not at load ~20 (measured: 604 s). Raise it on a quiet machine; lower it for bigger models.
 CPU_TOKENS_PER_S = 1024
 # Threads on CPU. 1: with 2 threads torch ran 6x SLOWER than with 1 on a loaded 2-core machine
 # (load 5.6), and a fixed count keeps the result identical across machines with other core counts.
