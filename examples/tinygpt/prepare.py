@@ -36,7 +36,8 @@ torch once and forks a FRESH child for every request of EVAL_BATCH windows: the 
 train.py, loads ckpt.pt, answers one forward pass through a pipe and dies, and the zygote kills
 whatever it left (it is a child subreaper) before the next child starts. Each child runs in
 private user, mount, IPC and network namespaces with every mount read-only but a private,
-empty temporary directory (its working directory and TMPDIR) that dies with it (where the kernel allows user namespaces; the metric `model_sandbox`
+empty temporary directory (its working directory and TMPDIR) that dies with it, and (a nested
+user namespace) no capability to remount anything (where the kernel allows user namespaces; the metric `model_sandbox`
 says which level each evaluation got; without them RLIMIT_FSIZE is 0), with its own CPU-time limit (CHILD_CPU_S) and a wall-clock limit (CHILD_WALL_S, which bounds GPU time).
 The evaluator and the zygote are not dumpable (no ptrace, no /proc/<pid>/mem or environ for the
 model), and the evaluator writes the metrics only after every model process is dead, by an atomic
@@ -402,12 +403,7 @@ def _read_only_world() -> str:
     uid, gid = os.getuid(), os.getgid()
     if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWIPC | _CLONE_NEWNET) != 0:
         return "rlimits (no user namespaces)"
-    try:
-        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
-            with open(f"/proc/self/{name}", "w") as f:
-                f.write(text)
-    except OSError:
-        pass  # unmapped ids still confine; remounting works without them
+    _map_ids(uid, gid)
     with open("/proc/self/mountinfo", "rb") as f:
         points = [line.split()[4] for line in f.read().splitlines()]
     writable = 0
@@ -431,7 +427,22 @@ def _read_only_world() -> str:
     os.chdir(scratch)
     os.environ["TMPDIR"] = scratch
     tempfile.tempdir = None
+    # Give up the capabilities that made the mounts: in a nested user namespace the model holds
+    # none over this mount namespace, so it cannot remount anything writable again.
+    if libc.unshare(_CLONE_NEWUSER) != 0:
+        return "namespaces (capabilities kept)"
+    _map_ids(uid, gid)
     return "namespaces"
+
+
+def _map_ids(uid: int, gid: int) -> None:
+    """Keep the same user and group ids inside a new user namespace."""
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+        try:
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+        except OSError:
+            pass  # (a nested namespace inherits "deny"); unmapped ids still confine
 
 
 def _confine(cpu_s: int) -> str:
