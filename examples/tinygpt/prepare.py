@@ -36,9 +36,11 @@ torch once and forks a FRESH child for every request of EVAL_BATCH windows: the 
 train.py, loads ckpt.pt, answers one forward pass through a pipe and dies, and the zygote kills
 whatever it left (it is a child subreaper) before the next child starts. Each child runs in
 private user, mount, IPC and network namespaces with every mount read-only but a private,
-empty temporary directory (its working directory and TMPDIR) that dies with it, and (a nested
-user namespace) no capability to remount anything (where the kernel allows user namespaces; the metric `model_sandbox`
-says which level each evaluation got; without them RLIMIT_FSIZE is 0), with its own CPU-time limit (CHILD_CPU_S) and a wall-clock limit (CHILD_WALL_S, which bounds GPU time).
+empty temporary directory (its working directory and TMPDIR) that dies with it, and, through a
+nested user namespace, no capability to remount anything. That needs user namespaces; the
+metric `model_sandbox` says which level each evaluation got, and without them RLIMIT_FSIZE is 0.
+Each child also has its own CPU-time limit (CHILD_CPU_S) and a wall-clock limit (CHILD_WALL_S,
+which bounds GPU time).
 The evaluator and the zygote are not dumpable (no ptrace, no /proc/<pid>/mem or environ for the
 model), and the evaluator writes the metrics only after every model process is dead, by an atomic
 rename over the metrics path.
