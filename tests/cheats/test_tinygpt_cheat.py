@@ -211,9 +211,10 @@ def _alive(marker: str) -> list[psutil.Process]:
     return found
 
 
-def test_memoising_lookahead_model_fails_the_causality_probe(tmp_path, cache):
+def test_memoising_lookahead_model_fails_the_causality_probe(tmp_path, cache, monkeypatch):
     marker = uuid.uuid4().hex[:12]
     task = _attack_task(tmp_path / "task", MEMOISING, "Cheat", marker=marker)
+    monkeypatch.chdir(tmp_path)  # the in-process check below leaves its relative memo file here
     try:
         # In one long-lived process the memo makes a probe agree with its source before the cut.
         model = _import(task / "train.py").build_model({})
