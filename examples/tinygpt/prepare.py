@@ -13,7 +13,7 @@ Usage:
 
     python prepare.py             build (or find) the corpus cache, print fingerprint and sizes
     python prepare.py evaluate    score ./ckpt.pt: the sealed, isolated evaluator
-    python prepare.py serve       internal: the model server the evaluator spawns
+    python prepare.py zygote ...  internal: the model sandbox the evaluator starts
 
 Corpus. By default the docstrings of the Python standard library installed with the running
 interpreter, walked in sorted path order: offline on any fresh machine, but different Python
@@ -28,26 +28,50 @@ directory, written with `torch.save({"config": dict, "state_dict": model.state_d
 `config` holds only plain values. `train.py` must define `build_model(config) -> torch.nn.Module`
 whose `model(idx)` maps a LongTensor (B, T) of bytes, T <= CONTEXT_LEN, to logits (B, T, 256),
 and importing `train` must not start training (guard it with `if __name__ == "__main__":`).
+The evaluator needs only this file, train.py and ckpt.pt in its working directory.
+
+How the model is served. The evaluator never imports train.py. It starts a zygote (this file,
+safe-path Python, no OUROBOROS_/TINYGPT_ variables, an empty working directory) that imports
+torch once and forks a FRESH child for every request of EVAL_BATCH windows: the child imports
+train.py, loads ckpt.pt, answers one forward pass through a pipe and dies, and the zygote kills
+whatever it left (it is a child subreaper) before the next child starts. Each child runs in
+private user, mount, IPC and network namespaces with every mount read-only but a private,
+empty temporary directory (its working directory and TMPDIR) that dies with it, and, through a
+nested user namespace, no capability to remount anything. That needs user namespaces; the
+metric `model_sandbox` says which level each evaluation got, and without them RLIMIT_FSIZE is 0.
+Each child also has its own CPU-time limit (CHILD_CPU_S) and a wall-clock limit (CHILD_WALL_S,
+which bounds GPU time).
+The evaluator and the zygote are not dumpable (no ptrace, no /proc/<pid>/mem or environ for the
+model), and the evaluator writes the metrics only after every model process is dead, by an atomic
+rename over the metrics path.
 
 What `evaluate` protects against:
   - forged metrics: the run's own output is ignored; the score comes from the checkpoint alone;
+    no model process is alive, or could have kept a handle, when the metrics file is written;
   - an edited scorer: cross-entropy and bits per byte are computed in this (pristine) process;
-    the editable model code runs only in a child process (`serve`) behind a pipe;
-  - reading the answer: the child receives input windows, never their targets, and gets no
-    environment variable that points to the data;
-  - looking ahead: windows whose future tokens were altered are mixed, in a secret random order,
-    into the scored ones; if outputs at earlier positions change, the model is not causal and
-    the evaluation fails;
-  - hiding a leak in noise: one window is scored twice, and outputs that differ by more than
-    MAX_NOISE fail the evaluation;
+  - reading the answer: a child receives input windows, never their targets, cannot read this
+    process's memory, and gets no environment variable that points to the data;
+  - looking ahead: windows whose future was replaced by training text after a secret cut are
+    mixed, in a secret random order, into the requests; if outputs at earlier positions change,
+    the model is not causal and the evaluation fails. A probe never shares a process with its
+    source window, and nothing survives from one process to the next (no files: read-only
+    mounts and RLIMIT_FSIZE; no IPC or sockets: namespaces; no processes: killed), so a model
+    that memoises per prefix cannot make a probe agree with its source;
+  - training inside the evaluator: a child has CHILD_CPU_S CPU seconds, starts from the
+    checkpoint every time, and cannot write anything a later child could read;
+  - hiding a leak in noise: one window is scored twice, in two processes, and outputs that differ
+    by more than MAX_NOISE fail the evaluation;
   - broken outputs: wrong shape or non-finite logits fail the evaluation.
 What it does not protect against:
-  - the child is not sandboxed: it can read the filesystem, including the cache and the standard
+  - reading: a child can read the filesystem (read-only), including the cache and the standard
     library the default corpus is built from, so a model could look the validation text up.
-    Filesystem isolation is the sandbox's job (sandbox.py), and the guard should reject
-    train.py changes that read data files;
-  - a model that detects the causality probes (a repeated prefix) and behaves only then, or
-    that leaks less than the tolerance (CAUSALITY_TOL plus 10x its own noise, at most ~1e-2);
+    Hiding files is the sandbox's job (sandbox.py), and the guard should reject train.py
+    changes that read data files;
+  - without user namespaces (some containers) only the rlimits and the kill hold: a child can then
+    leave empty files, links or SysV IPC objects that a later child reads;
+  - a model that detects the causality probes and behaves only then, or that leaks less than the
+    tolerance (CAUSALITY_TOL plus 10x its own noise, at most ~1e-2);
+  - a child killing the evaluator (same user): that only ends the evaluation as a failure;
   - training on the validation split inside train.py (it can reach the same cache);
   - a tampered cache: the fingerprint is recomputed from the bytes actually scored, so tampering
     shows up as a changed `corpus_sha256`, which the harness compares with the baseline's.
@@ -60,10 +84,12 @@ import hashlib
 import json
 import math
 import os
+import re
 import struct
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 import urllib.request
 import warnings
@@ -78,7 +104,13 @@ VOCAB_SIZE = 256  # byte-level tokens: no tokenizer to train, bits per byte is t
 CONTEXT_LEN = 256  # tokens per validation window; the model must accept windows this long
 VAL_FRACTION = 0.1  # the last 10% of the corpus bytes is the validation split
 EVAL_TOKENS = 32 * 1024  # bytes scored: 128 windows, ~1 s for the default model on 2 CPU cores
-EVAL_BATCH = 16  # windows per request to the model server
+EVAL_BATCH = 16  # windows per request; each request is answered by a fresh model process
+# CPU seconds one model process may use to import, load and answer 16 windows (env override:
+# TINYGPT_CHILD_CPU_S). The default model needs ~0.35; any model whose training fits the default
+# CPU budget needs < ~1. A model that trains inside the evaluator gets at most this much, from the
+# checkpoint again in every process, and the same in each (or the twin check fails).
+CHILD_CPU_S = 10
+CHILD_WALL_S = 60  # wall seconds for the same, which also bounds GPU time (TINYGPT_CHILD_WALL_S)
 CORPUS_MAX_BYTES = 4_000_000  # cap on the stdlib corpus (about 1.8 MB with CPython 3.11)
 CAUSALITY_MIN_PROBES = 4  # altered-future copies of scored windows; more fill the last request
 CAUSALITY_TOL = 1e-4  # allowed change in log-probabilities, added to 10x the measured noise
@@ -273,94 +305,386 @@ def evaluate_bpb(model, device="cpu") -> float:
     return bits_per_byte(np.concatenate(outputs), windows[:, 1:])
 
 
-# --- the model server (child process; runs editable code) ---------------------------------------
-# Wire format, little-endian. Request: uint32 B, uint32 T, then B*T bytes of tokens; B == 0 ends.
-# Reply: uint32 B, uint32 T, uint32 V, then B*T*V float32 logits.
+# --- the model sandbox: a zygote that forks one fresh, confined child per request ---------------
+# The zygote runs only this file's code (it imports torch once, so a child costs a fork rather
+# than a Python start). Each child imports the editable train.py, answers ONE request and dies,
+# with its whole process tree, before the next child starts: no state survives from one request
+# to the next, so a model cannot remember what it saw (memoisation) or keep learning.
+#
+# Evaluator -> zygote (a socket): uint32 B, uint32 T, and three pipe ends passed as SCM_RIGHTS;
+# B == 0 ends. Zygote -> evaluator: int32 status, int32 detail, once the child's tree is dead.
+# Evaluator -> child: B*T bytes of tokens. Child -> evaluator: the sandbox level (64 bytes), then
+# uint32 B, T, V and B*T*V float32 logits; and its stderr on the third pipe.
+
+_OK, _EXITED, _CPU, _WALL, _SHAPE = 0, 1, 2, 3, 4
+_LEVEL_BYTES = 64  # the child's sandbox level, written before the editable code is imported
+PRIVATE_TMP_MB = 64  # size of each model child's own temporary directory (a tmpfs that dies with it)
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_CHILD_SUBREAPER = 1, 4, 36
+_CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWUSER, _CLONE_NEWNET = 0x20000, 0x8000000, 0x10000000, 0x40000000
+_MS_RDONLY, _MS_REMOUNT, _MS_BIND = 1, 32, 4096
+# statvfs flags that a bind remount must repeat (the kernel refuses to clear locked ones)
+_KEPT_FLAGS = {2: 2, 4: 4, 8: 8, 1024: 1024, 2048: 2048, 4096: 1 << 21}  # nosuid nodev noexec atime
 
 
-def _read_exact(stream, n: int) -> bytes:
-    data = stream.read(n)
-    if len(data) != n:
-        raise EOFError(f"expected {n} bytes, got {len(data)}")
-    return data
+def _libc():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
 
 
-def serve() -> None:
-    # Editable code may print; keep the protocol on a private copy of stdout.
-    wire_out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    wire_in = sys.stdin.buffer
-    sys.path.insert(0, os.getcwd())
+def _harden_self() -> None:
+    """Trusted processes: no ptrace, /proc/<pid>/{mem,environ,fd} closed to same-user processes
+    (the model could otherwise read the targets or the metrics path, or patch this process), and
+    orphaned descendants re-parented here, so none can hide from the sweep."""
+    if sys.platform.startswith("linux"):
+        libc = _libc()
+        libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _descendants(root: int) -> list[int]:
+    """Live (non-zombie) descendants of root, from /proc/*/stat."""
+    parent: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if fields[0] != b"Z":
+            parent[int(name)] = int(fields[1])
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        kids = [p for p, pp in parent.items() if pp == pid]
+        found += kids
+        todo += kids
+    return found
+
+
+def _reap() -> None:
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
+
+
+def _kill_descendants() -> None:
+    """SIGKILL every descendant until none is left (an orphan's children come back to us)."""
+    if not sys.platform.startswith("linux"):
+        return
+    for _ in range(1000):
+        _reap()
+        pids = _descendants(os.getpid())
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+        time.sleep(0.001)
+    raise PrepareError("could not kill the model's processes (a fork bomb?)")
+
+
+def _read_only_world() -> str:
+    """In a child: private user, mount, IPC and network namespaces with every mount read-only.
+
+    What it closes: files of any size (names, links, attributes, not only contents), SysV and
+    POSIX IPC, sockets, so no process of a later request can receive anything from this one.
+    Returns the level reached; where user namespaces are unavailable, only the rlimits hold.
+    """
+    if not sys.platform.startswith("linux"):
+        return "rlimits"
+    libc = _libc()
+    uid, gid = os.getuid(), os.getgid()
+    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWIPC | _CLONE_NEWNET) != 0:
+        return "rlimits (no user namespaces)"
+    _map_ids(uid, gid)
+    with open("/proc/self/mountinfo", "rb") as f:
+        points = [line.split()[4] for line in f.read().splitlines()]
+    writable = 0
+    for raw in points:
+        point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), raw)
+        try:
+            have = os.statvfs(point).f_flag
+        except OSError:
+            continue  # hidden under another mount: unreachable anyway
+        flags = _MS_BIND | _MS_REMOUNT | _MS_RDONLY
+        flags |= sum(ms for st, ms in _KEPT_FLAGS.items() if have & st)
+        if libc.mount(None, point, None, flags, None) != 0 and not os.statvfs(point).f_flag & 1:
+            writable += 1
+    if writable:
+        return f"namespaces ({writable} mounts left writable)"
+    # A private, empty temporary directory (torch wants one), gone with this child's namespace:
+    # mounted over the working directory the evaluator made empty, and named by TMPDIR.
+    scratch = os.getcwd()
+    if libc.mount(b"tmpfs", scratch.encode(), b"tmpfs", 2 | 4, f"size={PRIVATE_TMP_MB}m,mode=700".encode()) != 0:
+        return "namespaces (no private temporary directory)"
+    os.chdir(scratch)
+    os.environ["TMPDIR"] = scratch
+    tempfile.tempdir = None
+    # Give up the capabilities that made the mounts: in a nested user namespace the model holds
+    # none over this mount namespace, so it cannot remount anything writable again.
+    if libc.unshare(_CLONE_NEWUSER) != 0:
+        return "namespaces (capabilities kept)"
+    _map_ids(uid, gid)
+    return "namespaces"
+
+
+def _map_ids(uid: int, gid: int) -> None:
+    """Keep the same user and group ids inside a new user namespace."""
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+        try:
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+        except OSError:
+            pass  # (a nested namespace inherits "deny"); unmapped ids still confine
+
+
+def _confine(cpu_s: int) -> str:
+    """The model child's limits: its own CPU seconds, no lasting file writes, dies with the zygote."""
+    import resource
+
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        _libc().prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
+    level = _read_only_world()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))  # SIGXCPU, then SIGKILL
+    # Files can then be written only in the private directory; without it, nowhere (contents at least).
+    fsize = PRIVATE_TMP_MB << 20 if level == "namespaces" else 0
+    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    return level
+
+
+def _child(in_fd: int, batch: int, length: int, out_fd: int, workdir: Path, cpu_s: int) -> None:
+    """One request in a fresh child: read its windows, import the editable model, answer, exit."""
+    out = os.fdopen(out_fd, "wb")
+    # Reported before any editable code runs, so the model cannot change what is reported.
+    out.write(_confine(cpu_s).encode()[:_LEVEL_BYTES].ljust(_LEVEL_BYTES))
+    out.flush()
+    raw = bytearray()
+    while len(raw) < batch * length:
+        chunk = os.read(in_fd, batch * length - len(raw))
+        if not chunk:
+            raise EOFError("request ended early")
+        raw += chunk
+    os.close(in_fd)
+    sys.dont_write_bytecode = True
+    sys.path.insert(0, str(workdir))
     import torch
-    import train  # editable code, imported only in this child
+    import train  # editable code, imported only here
 
+    torch.set_num_threads(1)  # fixed, so outputs do not depend on the machine's core count
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    checkpoint = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
+    checkpoint = torch.load(workdir / CHECKPOINT, map_location="cpu", weights_only=True)
     model = train.build_model(checkpoint["config"])
     model.load_state_dict(checkpoint["state_dict"])
     model.to(device).eval()
+    tokens = np.frombuffer(bytes(raw), dtype=np.uint8).reshape(batch, length)
+    x = torch.from_numpy(tokens.astype(np.int64)).to(device)
+    with torch.no_grad():
+        logits = model(x).float().cpu().numpy().astype(np.float32)
+    shape = (list(logits.shape) + [0, 0, 0])[:3]
+    out.write(struct.pack("<III", *shape))
+    if logits.ndim == 3:
+        out.write(logits.tobytes())
+    out.flush()
+
+
+def _fork_child(batch: int, length: int, fds: list[int], workdir: Path, cpu_s: int, wall_s: float) -> tuple[int, int]:
+    """Run one request in a fresh child, then kill its whole tree; (status, detail).
+
+    `fds` are the request's pipes, made by the evaluator: tokens in, reply out, stderr out. The
+    zygote only passes them on and never reads them, so its memory, which every later child
+    inherits, holds nothing of any request.
+    """
+    import signal
+
+    in_fd, out_fd, err_fd = fds
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            os.dup2(err_fd, 2)
+            os.dup2(err_fd, 1)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            keep = sorted({in_fd, out_fd})
+            os.closerange(3, keep[0])
+            os.closerange(keep[0] + 1, keep[1])
+            os.closerange(keep[1] + 1, 1 << 16)
+            _child(in_fd, batch, length, out_fd, workdir, cpu_s)
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    for fd in fds:
+        os.close(fd)
+    deadline, status, cpu = time.monotonic() + wall_s, None, 0.0
+    while time.monotonic() < deadline:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            cpu = usage.ru_utime + usage.ru_stime
+            break
+        time.sleep(0.005)
+    else:
+        status = None
+    _kill_descendants()  # the child (if it overstayed) and anything it started
+    if status is None:
+        return _WALL, int(wall_s)
+    if os.WIFSIGNALED(status) and (os.WTERMSIG(status) == signal.SIGXCPU or cpu >= cpu_s):
+        return _CPU, cpu_s
+    return (_OK, 0) if os.waitstatus_to_exitcode(status) == 0 else (_EXITED, os.waitstatus_to_exitcode(status))
+
+
+def zygote(workdir: Path, cpu_s: int, wall_s: float) -> None:
+    """Internal: on the socket at fd 0, take (B, T) and three pipes per request, answer each in a
+    fresh child and send back (status, detail); B == 0 ends."""
+    import socket
+
+    _harden_self()
+    sock = socket.socket(fileno=0)
+    import torch  # noqa: F401  imported once here, so that each child is a cheap fork
+
     while True:
-        batch, length = struct.unpack("<II", _read_exact(wire_in, 8))
-        if batch == 0:
+        header, fds, _, _ = socket.recv_fds(sock, 8, 3)
+        if len(header) != 8:
             return
-        tokens = np.frombuffer(_read_exact(wire_in, batch * length), dtype=np.uint8)
-        x = torch.from_numpy(tokens.astype(np.int64).reshape(batch, length)).to(device)
-        with torch.no_grad():
-            logits = model(x).float().cpu().numpy().astype(np.float32)
-        shape = (list(logits.shape) + [0, 0, 0])[:3]
-        wire_out.write(struct.pack("<III", *shape))
-        if logits.ndim == 3:  # otherwise the parent rejects the shape and stops reading
-            wire_out.write(logits.tobytes())
-        wire_out.flush()
+        batch, length = struct.unpack("<II", header)
+        if batch == 0 or len(fds) != 3:
+            return
+        sock.sendall(struct.pack("<ii", *_fork_child(batch, length, fds, workdir, cpu_s, wall_s)))
 
 
 # --- the evaluator (parent process; never imports train) ----------------------------------------
 
 
+def _budget(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise PrepareError(f"{name}={raw!r} is not a positive number of seconds; unset it for {default:g}")
+    return value
+
+
 class _ModelServer:
-    def __init__(self, workdir: Path):
+    """The evaluator's handle on the zygote; one call of `logits` is one fresh model child."""
+
+    def __init__(self, workdir: Path, scratch: Path):
+        import socket
+
         env = {k: v for k, v in os.environ.items() if not k.startswith(_DATA_ENV_PREFIXES)}
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "serve"],
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
+        self.cpu_s = int(math.ceil(_budget("TINYGPT_CHILD_CPU_S", CHILD_CPU_S)))
+        self.wall_s = _budget("TINYGPT_CHILD_WALL_S", CHILD_WALL_S)
+        self.levels: set[str] = set()  # what confinement each model process reached
+        self.sock, theirs = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-P", str(Path(__file__).resolve()), "zygote", str(workdir),
+                 str(self.cpu_s), str(self.wall_s)],
+                cwd=scratch,  # empty: nothing the model could find relative to its working directory
+                env=env,
+                stdin=theirs,
+                stdout=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
 
     def logits(self, tokens: np.ndarray) -> np.ndarray:
+        import select
+        import socket
+
         batch, length = tokens.shape
+        need = _LEVEL_BYTES + 12 + batch * length * VOCAB_SIZE * 4
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
         try:
-            self.proc.stdin.write(struct.pack("<II", batch, length) + tokens.tobytes())
-            self.proc.stdin.flush()
-            shape = struct.unpack("<III", _read_exact(self.proc.stdout, 12))
-            if shape != (batch, length, VOCAB_SIZE):
-                raise PrepareError(
-                    f"model returned logits of shape {shape} for input {(batch, length)}; "
-                    f"expected {(batch, length, VOCAB_SIZE)}"
-                )
-            raw = _read_exact(self.proc.stdout, batch * length * VOCAB_SIZE * 4)
-        except (EOFError, BrokenPipeError) as exc:
-            code = self.proc.wait()
+            os.write(in_w, tokens.tobytes())  # 4 KiB: fits the pipe's buffer
+            os.close(in_w)
+            try:
+                socket.send_fds(self.sock, [struct.pack("<II", batch, length)], [in_r, out_w, err_w])
+            except OSError as exc:
+                raise PrepareError(f"the model sandbox exited with code {self.proc.poll()} (see the log above)") from exc
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+            reply, err_left, open_fds = bytearray(), 1 << 20, {out_r, err_r}
+            while open_fds:  # both end when the child and all it started are dead
+                ready = select.select(list(open_fds), [], [], self.wall_s + 30)[0]
+                if not ready:  # the zygote enforces wall_s; this is for a zygote that was killed
+                    raise PrepareError(f"the model sandbox stopped answering (zygote exit code {self.proc.poll()})")
+                for fd in ready:
+                    chunk = os.read(fd, 1 << 20)
+                    if not chunk:
+                        open_fds.discard(fd)
+                    elif fd == err_r:
+                        if err_left > 0:
+                            sys.stderr.buffer.write(chunk[:err_left])
+                            sys.stderr.buffer.flush()
+                        err_left -= len(chunk)
+                    elif len(reply) <= need:
+                        reply += chunk
+            answer = self.sock.recv(8)
+        finally:
+            for fd in (out_r, err_r):
+                os.close(fd)
+        if len(answer) != 8:
+            raise PrepareError(f"the model sandbox exited with code {self.proc.wait()} (see the log above)")
+        status, detail = struct.unpack("<ii", answer)
+        level = bytes(reply[:_LEVEL_BYTES]).decode(errors="replace").strip()
+        if level:
+            self.levels.add(level)
+        if status == _CPU:
             raise PrepareError(
-                f"model server exited with code {code} (see its traceback above); "
+                f"the model used more than its {detail} CPU seconds for one request of {batch} windows "
+                "(TINYGPT_CHILD_CPU_S); evaluation is a forward pass, not training"
+            )
+        if status == _WALL:
+            raise PrepareError(
+                f"the model took more than {detail} s for one request of {batch} windows (TINYGPT_CHILD_WALL_S)"
+            )
+        if status == _EXITED:
+            raise PrepareError(
+                f"the model exited with code {detail} (see its traceback above); "
                 "check build_model() in train.py and the checkpoint contract in prepare.py"
-            ) from exc
-        out = np.frombuffer(raw, dtype=np.float32).reshape(batch, length, VOCAB_SIZE)
+            )
+        if len(reply) != need or struct.unpack("<III", reply[_LEVEL_BYTES : _LEVEL_BYTES + 12]) != (
+            batch, length, VOCAB_SIZE
+        ):
+            raise PrepareError(
+                f"model returned logits of a wrong shape or size for input {(batch, length)}; "
+                f"expected {(batch, length, VOCAB_SIZE)}"
+            )
+        out = np.frombuffer(bytes(reply[_LEVEL_BYTES + 12 :]), dtype=np.float32).reshape(batch, length, VOCAB_SIZE)
         if not np.isfinite(out).all():
             raise PrepareError("model returned non-finite logits (nan or inf)")
         return out
 
     def close(self) -> None:
         try:
-            self.proc.stdin.write(struct.pack("<II", 0, 0))
-            self.proc.stdin.close()
+            self.sock.sendall(struct.pack("<II", 0, 0))
         except OSError:
             pass
+        self.sock.close()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
+        _kill_descendants()
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -379,59 +703,79 @@ def _count_params(state_dict) -> int:
     return total
 
 
+def _requests(train: np.ndarray, inputs: np.ndarray, rng) -> tuple[np.ndarray, list, tuple[int, int], np.ndarray]:
+    """Scored windows, causality probes and one twin, split into requests of EVAL_BATCH windows.
+
+    A probe is a scored window whose bytes after a secret cut are replaced by training text (so it
+    reads like any other window); the twin is a scored window sent again. A probe or twin never
+    shares a request, hence a process, with its source window. Returns (windows, probes as
+    (row, source, cut), (twin row, its source), the request each row goes to).
+    """
+    n = len(inputs)
+    n_probes = CAUSALITY_MIN_PROBES + (-(n + 1 + CAUSALITY_MIN_PROBES) % EVAL_BATCH)
+    sources = rng.choice(n, size=n_probes + 1, replace=False)
+    rows, probes = [inputs], []
+    for k, src in enumerate(sources[:-1]):
+        cut = int(rng.integers(0, CONTEXT_LEN - 1))
+        start = int(rng.integers(0, len(train) - CONTEXT_LEN))
+        probe = inputs[src].copy()
+        probe[cut + 1 :] = train[start : start + CONTEXT_LEN - cut - 1]
+        rows.append(probe[None])
+        probes.append((n + k, int(src), cut))
+    twin = n + n_probes
+    rows.append(inputs[sources[-1]][None])
+    windows = np.concatenate(rows)
+    family = {n + k: int(src) for k, src in enumerate(sources)}  # derived row -> its source row
+    request = np.empty(len(windows), dtype=np.int64)
+    request[rng.permutation(len(windows))] = np.arange(len(windows)) // EVAL_BATCH
+    free = np.setdiff1d(np.arange(n), sources)  # scored windows with no relative: safe to swap
+    for row, src in family.items():
+        while request[row] == request[src]:
+            other = int(rng.choice(free))
+            if request[other] != request[src]:
+                request[row], request[other] = request[other], request[row]
+    return windows, probes, (twin, int(sources[-1])), request
+
+
 def evaluate(workdir: Path) -> dict:
     import torch
 
     started = time.time()
+    _harden_self()
     ckpt = workdir / CHECKPOINT
     if not ckpt.is_file():
         raise PrepareError(f"no {CHECKPOINT} in {workdir}; train.py must save one (see prepare.py)")
-    _, val, fp = load_corpus()  # read before the child exists; the child never sees it
+    train, val, fp = load_corpus()  # read before any child exists; no child ever sees the targets
     windows = eval_windows(val)
     inputs, targets = windows[:, :-1], windows[:, 1:]
-
-    # Causality probes: copies of scored windows with everything after a cut replaced.
     rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
-    probes, cuts, sources = [], [], []
-    # Fill every request to EVAL_BATCH windows: equal shapes keep a causal model's outputs
-    # bit-identical across requests, and the probes cost no extra request.
-    n_probes = CAUSALITY_MIN_PROBES + (-(len(inputs) + 1 + CAUSALITY_MIN_PROBES) % EVAL_BATCH)
-    for i in rng.choice(len(inputs), size=n_probes, replace=False):
-        cut = int(rng.integers(0, CONTEXT_LEN - 1))
-        probe = inputs[i].copy()
-        probe[cut + 1 :] = rng.integers(0, VOCAB_SIZE, size=CONTEXT_LEN - cut - 1, dtype=np.uint8)
-        probes.append(probe)
-        cuts.append(cut)
-        sources.append(int(i))
-    # A scored window sent twice measures the model's own run-to-run noise.
-    twin = int(rng.integers(len(inputs)))
-    requests = np.concatenate([inputs, np.stack(probes), inputs[twin : twin + 1]])
-    order = rng.permutation(len(requests))  # the child cannot tell probes by position
+    requests, probes, (twin, twin_source), request_of = _requests(train, inputs, rng)
 
-    server = _ModelServer(workdir)
-    try:
-        # Loaded while the child starts up: weights_only never runs code from the file.
+    with tempfile.TemporaryDirectory(prefix="tinygpt-model-") as scratch:
+        server = _ModelServer(workdir, Path(scratch))
         try:
-            checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-            num_params = _count_params(checkpoint["state_dict"])
-        except Exception as exc:  # any unreadable checkpoint is the same user-facing problem
-            raise PrepareError(f"cannot read {ckpt}: {exc}") from exc
-        logits = np.empty((len(requests), CONTEXT_LEN, VOCAB_SIZE), dtype=np.float32)
-        for i in range(0, len(order), EVAL_BATCH):
-            idx = order[i : i + EVAL_BATCH]
-            logits[idx] = server.logits(np.ascontiguousarray(requests[idx]))
-    finally:
-        server.close()
+            # Loaded while the zygote starts up: weights_only never runs code from the file.
+            try:
+                checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+                num_params = _count_params(checkpoint["state_dict"])
+            except Exception as exc:  # any unreadable checkpoint is the same user-facing problem
+                raise PrepareError(f"cannot read {ckpt}: {exc}") from exc
+            logits = np.empty((len(requests), CONTEXT_LEN, VOCAB_SIZE), dtype=np.float32)
+            for r in rng.permutation(int(request_of.max()) + 1):
+                idx = rng.permutation(np.flatnonzero(request_of == r))
+                logits[idx] = server.logits(np.ascontiguousarray(requests[idx]))
+        finally:
+            server.close()  # every model process is dead before any metric is written
 
     scored = logits[: len(inputs)]
-    noise = float(np.abs(_log_softmax(logits[-1]) - _log_softmax(scored[twin])).max())
+    noise = float(np.abs(_log_softmax(logits[twin]) - _log_softmax(scored[twin_source])).max())
     if noise > MAX_NOISE:
         raise PrepareError(
             f"the same window scored twice gave log-probabilities {noise:.3g} apart "
             f"(allowed {MAX_NOISE:g}); the model must be deterministic in eval mode"
         )
-    for k, (src, cut) in enumerate(zip(sources, cuts, strict=True)):
-        probe = _log_softmax(logits[len(inputs) + k][: cut + 1])
+    for row, src, cut in probes:
+        probe = _log_softmax(logits[row][: cut + 1])
         base = _log_softmax(scored[src][: cut + 1])
         change = float(np.abs(probe - base).max())
         if change > CAUSALITY_TOL + 10 * noise:
@@ -445,7 +789,17 @@ def evaluate(workdir: Path) -> dict:
         "corpus_sha256": fp,
         "num_params_M": num_params / 1e6,
         "eval_seconds": time.time() - started,
+        "model_sandbox": "; ".join(sorted(server.levels)),
     }
+
+
+def write_metrics(path: Path, metrics: dict) -> None:
+    """Atomically: whatever sits at `path` (a planted link, FIFO or file) is replaced, not written through."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(metrics) + "\n")
+    os.replace(tmp, path)
 
 
 def _main(argv: list[str]) -> int:
@@ -462,12 +816,12 @@ def _main(argv: list[str]) -> int:
             metrics = evaluate(Path.cwd())
             out = os.environ.get("OUROBOROS_METRICS")
             if out:
-                Path(out).write_text(json.dumps(metrics) + "\n")
+                write_metrics(Path(out), metrics)
             else:
                 print(json.dumps(metrics))
             print(f"val_bpb: {metrics['val_bpb']:.6f}")
-        elif command == "serve":
-            serve()
+        elif command == "zygote":
+            zygote(Path(argv[2]), int(argv[3]), float(argv[4]))
         else:
             raise PrepareError(f"unknown command {command!r}; use: prepare.py [evaluate]")
     except PrepareError as exc:
