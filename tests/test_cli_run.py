@@ -60,8 +60,8 @@ def test_run_records_every_experiment_and_leaves_the_checkout_alone(quadratic: P
 
 def test_log_and_status_show_the_run(quadratic: Path) -> None:
     cli("run", "-C", str(quadratic), "--agent", "tpe", "-n", "3", "--tag", "a", check=True)
-    out = cli("log", "-C", str(quadratic), "--run", "a", check=True).stdout
-    assert "baseline" in out and "run a (tpe, trust sealed)" in out
+    proc = cli("log", "-C", str(quadratic), "--run", "a", check=True)
+    assert "baseline" in proc.stdout and "run a (tpe, trust sealed)" in proc.stderr  # piped: rows on stdout only
     out = cli("status", "-C", str(quadratic), check=True).stdout
     assert "a" in out and "tpe" in out and "finished" in out
 
