@@ -152,13 +152,13 @@ def exp(
 def log(task: TaskDir = Path("."),
         run: Annotated[str | None, typer.Option("--run", help="run tag (default: the latest)")] = None) -> None:
     """Print a run's experiments."""
-    views.log(console, load_task(task), run)
+    views.log(console, load_task(task), run, tsv=not console.is_terminal)
 
 
 @app.command()
 def status(task: TaskDir = Path(".")) -> None:
     """List the runs of a task with their best result."""
-    views.status(console, load_task(task))
+    views.status(console, load_task(task), tsv=not console.is_terminal)
 
 
 @app.command()
@@ -192,7 +192,7 @@ def audit(
 def knobs_cmd(task: TaskDir = Path(".")) -> None:
     """Print the search space of random/tpe/mutate: each knob's file:line, value, range or choices,
     log scale, and why any other top-level ALL_CAPS assignment is not searched."""
-    views.knobs(console, load_task(task))
+    views.knobs(console, load_task(task), tsv=not console.is_terminal)
 
 
 @app.command()

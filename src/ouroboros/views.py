@@ -186,7 +186,7 @@ def holdout_worse(exps: list[Experiment], minimize: bool) -> set[int]:
     return marked
 
 
-def log(console: Console, task: Task, tag: str | None) -> None:
+def log(console: Console, task: Task, tag: str | None, tsv: bool = False) -> None:
     ledger = _ledger(task)
     runs = ledger.runs()
     if not runs:
@@ -212,7 +212,7 @@ def log(console: Console, task: Task, tag: str | None) -> None:
     # Columns that say nothing (all empty, or the same on every row) are left out to keep rows short.
     cols = [c for c in rows[0] if c in ("n", "commit", run.metric, "status", "description")
             or len({r[c] for r in rows}) > 1 or (c in ("agent", "isolation") and rows[-1][c])]
-    if not console.is_terminal:  # piped: one tab-separated row per experiment, for grep and cut
+    if tsv:  # piped: one tab-separated row per experiment, for grep and cut
         print(f"run {one_line(run.tag, 80)} ({one_line(run.agent, 80)}, trust {one_line(run.trust, 40)})",
               file=sys.stderr)
         _row(console, cols)
@@ -244,7 +244,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def status(console: Console, task: Task) -> None:
+def status(console: Console, task: Task, tsv: bool = False) -> None:
     ledger = _ledger(task)
     cols = ("tag", "agent", "status", "experiments", "keeps", f"best {task.metric.name}", "baseline", "gain",
             "best exp", "commit", "duration", "trust")
@@ -256,13 +256,13 @@ def status(console: Console, task: Task) -> None:
         keeps = [e for e in exps if e.status == "keep"]
         top, base = (keeps[-1] if keeps else None), (exps[0] if exps else None)
         gain = "-" if top is None or base is None or top.metric is None or base.metric is None or top is base \
-            else f"{top.metric - base.metric:+.6f}"
+            else f"{top.metric - base.metric:+.6g}"
         rows.append((one_line(run.tag, 80), one_line(run.agent, 80), one_line(run.status, 40), str(max(len(exps) - 1, 0)), str(max(len(keeps) - 1, 0)),
                      fmt(top.metric if top else None), fmt(base.metric if base else None), gain,
                      str(top.n) if top else "-", top.commit_sha[:7] if top else "-",
                      _duration(sum(e.wall_s for e in exps)), one_line(run.trust, 40)))
     ledger.close()
-    if not console.is_terminal:  # piped: one tab-separated row per run
+    if tsv:  # piped: one tab-separated row per run
         for row in (cols, *rows):
             _row(console, row)
         return
@@ -317,7 +317,7 @@ def best(console: Console, task: Task, found) -> None:
     gain = found.gain
     rel = "" if gain is None or not base.metric else f", {100 * gain / abs(base.metric):+.2f}%"
     console.print(f"run {one_line(found.run.tag, 80)}: best {task.metric.name} {fmt(b.metric)} at experiment {b.n} "
-                  f"(baseline {fmt(base.metric)}, change {'-' if gain is None else f'{gain:+.6f}'}{rel}; one run "
+                  f"(baseline {fmt(base.metric)}, change {'-' if gain is None else f'{gain:+.6g}'}{rel}; one run "
                   f"each, `ouroboros noise` measures the spread), commit {b.commit_sha[:12]}", markup=False)
     if not found.keeps:
         console.print("no experiment beat the baseline", markup=False)
@@ -327,7 +327,7 @@ def best(console: Console, task: Task, found) -> None:
     console.print(found.diff.rstrip("\n"), markup=False, highlight=False)
 
 
-def knobs(console: Console, task: Task) -> None:
+def knobs(console: Console, task: Task, tsv: bool = False) -> None:
     """The knob space as a table (one tab-separated row per knob when piped), then its constraints."""
     from ouroboros import knobs as knobs_mod
 
@@ -340,7 +340,7 @@ def knobs(console: Console, task: Task) -> None:
                          ""))
     rows += [(s.name, f"{s.path}:{s.line}", "", "", "", f"not searched: {s.why}") for s in sp.skipped]
     header = ("knob", "where", "value", "range or choices", "scale", "note")
-    if not console.is_terminal:
+    if tsv:
         for row in (header, *rows):
             _row(console, row)
     else:
