@@ -46,9 +46,19 @@ def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
         assert needle in proc.stderr
 
 
-def test_dirty_tree(quadratic: Path) -> None:
+def test_dirty_tree_is_refused_with_advice_that_works(quadratic: Path) -> None:
     (quadratic / "train.py").write_text((quadratic / "train.py").read_text() + "\n# wip\n")
-    one_line_error(cli("run", "-C", str(quadratic), "-n", "1"), "uncommitted changes", "commit or stash")
+    (quadratic / "notes_wip.py").write_text("x = 1\n")  # untracked: not the run's business
+    proc = cli("run", "-C", str(quadratic), "-n", "0", "--agent", "random")
+    one_line_error(proc, "uncommitted changes", "git stash -u")
+    subprocess.run(["git", "stash", "-u"], cwd=quadratic, check=True, capture_output=True)  # as advised
+    assert cli("run", "-C", str(quadratic), "-n", "0", "--agent", "random").returncode == 0
+
+
+def test_untracked_files_no_glob_names_do_not_block_a_run(quadratic: Path) -> None:
+    (quadratic / "run.log").write_text("from a manual run\n")
+    proc = cli("run", "-C", str(quadratic), "-n", "0", "--agent", "random", check=True)
+    assert "untracked file(s) stay out of the run" in proc.stdout and "run.log" in proc.stdout
 
 
 def test_missing_limit(quadratic: Path) -> None:

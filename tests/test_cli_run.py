@@ -60,8 +60,8 @@ def test_run_records_every_experiment_and_leaves_the_checkout_alone(quadratic: P
 
 def test_log_and_status_show_the_run(quadratic: Path) -> None:
     cli("run", "-C", str(quadratic), "--agent", "tpe", "-n", "3", "--tag", "a", "--seed", "42", check=True)
-    out = cli("log", "-C", str(quadratic), "--run", "a", check=True).stdout
-    assert "baseline" in out and "run a (tpe, seed 42, trust sealed)" in out
+    proc = cli("log", "-C", str(quadratic), "--run", "a", check=True)
+    assert "baseline" in proc.stdout and "run a (tpe, seed 42, trust sealed)" in proc.stderr  # piped: rows on stdout only
     out = cli("status", "-C", str(quadratic), check=True).stdout
     assert "a" in out and "tpe" in out and "finished" in out
 
@@ -73,7 +73,8 @@ def test_a_run_without_seed_draws_a_fresh_one_and_the_seed_reproduces_it(quadrat
     seeds = dict(db.execute("SELECT tag, seed FROM runs").fetchall())
     assert seeds["a"] != seeds["b"]  # two draws of 31 bits
     assert f"seed {seeds['a']}," in first  # the header names it
-    assert f"seed {seeds['a']}" in cli("log", "-C", str(quadratic), "--run", "a", check=True).stdout
+    shown = cli("log", "-C", str(quadratic), "--run", "a", check=True)
+    assert f"seed {seeds['a']}" in shown.stderr  # piped: the title goes to stderr, the rows to stdout
     cli("run", "-C", str(quadratic), "-n", "3", "--tag", "again", "--seed", str(seeds["a"]), check=True)
 
     def proposals(tag: str) -> list[tuple]:

@@ -77,6 +77,7 @@ def test_agent_driven_sessions_record_only_through_exp(quadratic, tmp_path):
         assert call["argv"][call["argv"].index("--model") + 1] == "gpt-5-codex"
         prompt = call["argv"][-1]
         assert "ouroboros exp -m" in prompt and "# Results so far" in prompt
+        assert "`ouroboros exp` replaces them all" in prompt and "`git reset` after a worse result" in prompt
         assert Path(call["cwd"]).resolve() == (run_dir / "worktree").resolve()
         assert call["env"]["OUROBOROS_RUN"] == "d" and call["env"]["OUROBOROS_SESSION"] == str(k)
     assert "| 2 |" in calls[1]["argv"][-1]  # the second session starts with the results so far

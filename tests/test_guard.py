@@ -246,3 +246,14 @@ def test_after_a_phase_git_entries_and_config_are_checked_without_git(guarded, m
            "(during the evaluation)" in violations
     assert any("the worktree's .git file was replaced" in v for v in violations)
     assert b"filter" not in config.read_bytes()
+
+
+def test_files_matching_bound_ignore_are_dropped_not_violations(quadratic):
+    guard, ws, base = _setup(quadratic, 'ignore = ["run.log", "*.log", "results.tsv"]')
+    (ws.task_dir / "train.py").write_text((ws.task_dir / "train.py").read_text().replace("STEPS = 200", "STEPS = 300"))
+    for name in ("run.log", "debug.log", "results.tsv"):
+        (ws.task_dir / name).write_text("left by an agent\n")
+    (ws.task_dir / "helper.py").write_text("x = 1\n")
+    assert [v for v in guard.check(base)] == ["new file helper.py is not allowed (editable: train.py)"]
+    assert not any((ws.task_dir / n).exists() for n in ("run.log", "debug.log", "results.tsv"))
+    assert sorted(c.path for c in guard.changes) == ["helper.py", "train.py"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,31 +15,62 @@ from ouroboros import drive as agent_drive
 from ouroboros import interrupt, scaffold, views
 from ouroboros.errors import OuroborosError
 from ouroboros.loop import Loop, Options
-from ouroboros.task import load_task
+from ouroboros.task import RECORDS_DIR, load_task
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Autonomous research loops: propose, run under a budget, evaluate out of reach, keep or revert.")
 console = Console(highlight=False, soft_wrap=True)  # one line per message: logs and agents grep them
 err = Console(stderr=True, highlight=False)
 
+TORCH_INSTALL = "pip install 'ouroboros[demo]'"  # the demo extra pins torch
+REPORT_MODULES = ("matplotlib", "jinja2", "numpy", "scipy")  # the report extra, pyproject.toml
 TaskDir = Annotated[Path, typer.Option("--task", "-C", help="the task folder (holds ouroboros.toml)")]
 
 
 @app.command()
 def init(
-    directory: Annotated[Path, typer.Argument(help="folder to create, or the autoresearch repo")],
-    template: Annotated[str, typer.Option(help="quadratic (seconds, no torch) or tinygpt")] = "quadratic",
+    directory: Annotated[Path | None, typer.Argument(help="folder to create from a template, or an existing "
+                                                     "repository to describe (default: --here)")] = None,
+    template: Annotated[str | None, typer.Option(help="quadratic (seconds, no torch) or tinygpt")] = None,
     from_autoresearch: Annotated[bool, typer.Option("--from-autoresearch", help="write a task file for an "
                                                     "existing autoresearch-layout repo")] = False,
+    here: Annotated[bool, typer.Option("--here", help="describe the repository in the current folder")] = False,
+    editable: Annotated[list[str] | None, typer.Option("--editable", help="a file (glob) proposals may change")] = None,
+    protected: Annotated[list[str] | None, typer.Option("--protected", help="a file no proposal may change")] = None,
+    run_cmd: Annotated[str | None, typer.Option("--run", help="the command one experiment runs")] = None,
+    metric: Annotated[str | None, typer.Option(help="the metric's name; the run prints `NAME: value`")] = None,
+    direction: Annotated[str, typer.Option(help="minimize or maximize")] = "minimize",
+    evaluate: Annotated[str | None, typer.Option(help="a command that prints the metric, run after the run")] = None,
+    budget: Annotated[float, typer.Option(help="seconds one run may take", min=0.001)] = 300.0,
 ) -> None:
-    """Scaffold a task repo, or describe an existing autoresearch repo as a task."""
+    """Scaffold a task repo from a template, or describe an existing repository as a task."""
+    target = directory or Path(".")
     if from_autoresearch:
-        path = scaffold.from_autoresearch(directory)
-        console.print(f"wrote {path} and committed it; next: ouroboros run -C {directory} --agent random")
+        path, notes = scaffold.from_autoresearch(target)
+        for note in notes:
+            console.print(f"note: {note}", markup=False)
+        console.print(f"wrote {path} and committed it; see the search space with: ouroboros knobs -C {target}; "
+                      f"next: ouroboros run -C {target} --agent mutate -n 20", markup=False)
+    elif here or editable or run_cmd or metric or (template is None and (
+            directory is None or directory.is_dir() and any(directory.iterdir()))):
+        path = scaffold.describe(target, editable or [], protected or [], run_cmd, metric, direction, evaluate, budget)
+        console.print(f"wrote {path} (and program.md if there was none) and committed them; next: "
+                      f"ouroboros run -C {target} --agent random -n 10", markup=False)
     else:
-        scaffold.from_template(directory, template)
-        console.print(f"created task {directory} from template {template}; next: "
-                      f"ouroboros run -C {directory} --agent random --max-experiments 10")
+        template = template or "quadratic"
+        scaffold.from_template(target, template)
+        console.print(f"created task {target} from template {template}; next: "
+                      f"ouroboros run -C {target} --agent random --max-experiments 10", markup=False)
+        if template == "tinygpt" and not _importable("torch"):
+            console.print("note: tinygpt needs torch, which this Python lacks; install it first: "
+                          f"{TORCH_INSTALL}", markup=False)
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken install counts as missing
+        return False
 
 
 @app.command()
@@ -87,16 +119,17 @@ def run(
         loop = Loop(t, opts, on_experiment=live.line)
         opts.tag = loop.tag  # for the resume hint
         live.header(loop)
-        if parallel > 1:
-            from ouroboros.parallel import ParallelLoop
-            from ouroboros.study.executors import visible_gpus
+        with live.watching(loop):
+            if parallel > 1:
+                from ouroboros.parallel import ParallelLoop
+                from ouroboros.study.executors import visible_gpus
 
-            ParallelLoop(loop, parallel, visible_gpus()).run()
-        else:
-            loop.run()
+                ParallelLoop(loop, parallel, visible_gpus()).run()
+            else:
+                loop.run()
     except KeyboardInterrupt:
         console.print(f"[yellow]stopped[/]; nothing recorded is lost. Continue with: "
-                      f"ouroboros run -C {task} --resume {opts.tag}")
+                      f"{escape(f'ouroboros run -C {task} --resume {opts.tag}')}")
         raise typer.Exit(130) from None
     if loop.run_rec.config.get("stop_reason"):
         console.print(f"run ended early: {loop.run_rec.config['stop_reason']}", markup=False)
@@ -120,13 +153,13 @@ def exp(
 def log(task: TaskDir = Path("."),
         run: Annotated[str | None, typer.Option("--run", help="run tag (default: the latest)")] = None) -> None:
     """Print a run's experiments."""
-    views.log(console, load_task(task), run)
+    views.log(console, load_task(task), run, tsv=not console.is_terminal)
 
 
 @app.command()
 def status(task: TaskDir = Path(".")) -> None:
     """List the runs of a task with their best result."""
-    views.status(console, load_task(task))
+    views.status(console, load_task(task), tsv=not console.is_terminal)
 
 
 @app.command()
@@ -154,6 +187,65 @@ def audit(
     console.print(audit_mod.summary(result))
     if not result.ok:
         raise typer.Exit(1)
+
+
+@app.command("knobs")
+def knobs_cmd(task: TaskDir = Path(".")) -> None:
+    """Print the search space of random/tpe/mutate: each knob's file:line, value, range or choices,
+    log scale, and why any other top-level ALL_CAPS assignment is not searched."""
+    views.knobs(console, load_task(task), tsv=not console.is_terminal)
+
+
+@app.command()
+def best(
+    tag: Annotated[str | None, typer.Argument(help="run tag (default: the latest run)")] = None,
+    task: TaskDir = Path("."),
+    apply: Annotated[bool, typer.Option("--apply", help="write the best diff into your checkout, uncommitted")] = False,
+    branch: Annotated[str | None, typer.Option("--branch", help="create this branch at the best commit")] = None,
+) -> None:
+    """Show a run's best experiment and its diff from the baseline; --apply or --branch takes it home."""
+    from ouroboros import harvest
+
+    t = load_task(task)
+    found = harvest.best(t, tag)
+    views.best(console, t, found)
+    if apply and branch:
+        raise OuroborosError("give --apply or --branch NAME, not both")
+    if apply:
+        paths = harvest.apply(t, found)
+        console.print(f"applied to your checkout, uncommitted: {', '.join(paths)}; review with `git diff`", markup=False)
+    elif branch:
+        harvest.branch(t, found, branch)
+        console.print(f"created branch {branch} at {found.best.commit_sha[:12]}", markup=False)
+    elif found.diff:
+        console.print(f"take it home: ouroboros best {found.run.tag} -C {task} --apply (or --branch NAME)",
+                      markup=False)
+
+
+@app.command()
+def prune(
+    tag: Annotated[str | None, typer.Argument(help="the run to prune")] = None,
+    task: TaskDir = Path("."),
+    all_finished: Annotated[bool, typer.Option("--all-finished", help="every run that is not running")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
+) -> None:
+    """Remove runs' worktrees, environments, branches and attempt refs; the ledger and logs stay."""
+    from ouroboros import harvest
+
+    t = load_task(task)
+    items = harvest.prunable(t, tag, all_finished)
+    if not items:
+        console.print("nothing to prune", markup=False)
+        return
+    for p in items:
+        console.print(f"{p.run.tag} ({p.run.status}): {'worktree, ' if p.worktree else ''}"
+                      f"{'environment, ' if p.env else ''}{len(p.refs)} refs", markup=False)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise OuroborosError("prune asks before removing anything; add --yes to prune without asking")
+        typer.confirm("remove these? the ledger and logs stay", abort=True)
+    harvest.prune(t, items)
+    console.print(f"pruned {len(items)} run(s); `ouroboros log` still shows their experiments", markup=False)
 
 
 study_app = typer.Typer(no_args_is_help=True, help="Studies: conditions x repeats of runs, compared.")
@@ -184,18 +276,32 @@ def study_run(
 
 @app.command()
 def report(
-    out: Annotated[Path, typer.Option(help="folder for the figures (PNG, SVG) and index.html")],
+    out: Annotated[Path | None, typer.Option(help="folder for the figures (PNG, SVG) and index.html (default for "
+                                             "--run: the run's records folder, report/)")] = None,
     study: Annotated[Path | None, typer.Option(help="a study file or study folder")] = None,
     run: Annotated[str | None, typer.Option("--run", help="one run's view: its tag")] = None,
     task: TaskDir = Path("."),
 ) -> None:
     """Write figures and a self-contained HTML page for a study, or for one run."""
-    from ouroboros.report import build
-
     if (study is None) == (run is None):
         raise OuroborosError("give --study S (a study file or folder) or --run TAG (with -C TASK)")
-    page = build.study_report(study, out) if study is not None else build.run_report(load_task(task), run, out)
-    console.print(f"wrote {page}")
+    if study is not None and out is None:
+        raise OuroborosError("give --out DIR, the folder for the study's report")
+    try:
+        from ouroboros.report import build
+
+        if study is not None:
+            assert out is not None
+            page = build.study_report(study, out)
+        else:
+            t = load_task(task)
+            page = build.run_report(t, run, out or t.root / RECORDS_DIR / "runs" / str(run) / "report")
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in REPORT_MODULES:
+            raise
+        raise OuroborosError(f"report needs the report extra ({exc.name} is not installed): "
+                             "pip install 'ouroboros[report]'") from exc
+    console.print(f"wrote {page}", markup=False)
 
 
 @app.command()

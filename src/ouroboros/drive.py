@@ -120,6 +120,16 @@ For each experiment:
    the best version so far.
 3. Read the verdict, update your notes, and go on with the next idea.
 
+If the program above describes its own experiment loop (autoresearch's program.md does), the harness
+does those steps instead, and `ouroboros exp` replaces them all:
+- creating a branch: the harness made the run's branch and worktree; stay on it;
+- `git commit` of the change: `ouroboros exp` commits it;
+- running the training (`uv run train.py > run.log` or the like): `ouroboros exp` runs it under the budget
+  and keeps the log in the run's records (a run.log you leave in the folder is deleted);
+- reading the result with grep: `ouroboros exp` prints the metric and the verdict;
+- `git reset` after a worse result: `ouroboros exp` reverts it;
+- appending to results.tsv: the harness records every experiment (`ouroboros log` shows them).
+
 Rules of this mode:
 - `ouroboros exp` is the only way a result counts. Numbers you measure yourself are not recorded.
 - Never commit, reset, checkout or otherwise touch git: the harness owns the history.

@@ -15,6 +15,8 @@ Protects against (each is attacked in tests/cheats/):
   that name, so they would escape the commit and the checks), and a replaced worktree `.git` file;
 - diffs larger than `max_diff_lines`.
 
+New files matching `[bound] ignore` (logs an agent leaves, e.g. run.log) are deleted, not judged.
+
 `after` runs the file checks again once the run phase (and again once the evaluation) has ended,
 without starting git: a protected file touched during the phase (even if put back byte for byte: its
 inode change time moved), a `.git` entry, git config, hooks or HEAD changed are violations.
@@ -180,7 +182,7 @@ class Guard:
         for rel, digest in self.protected.items():
             if self.hash(self.ws.task_dir / rel) != digest:
                 out.append(f"protected file {rel} changed (it must stay byte-identical to the baseline)")
-        changes = self.changes = self.ws.changes()
+        changes = self.changes = self._drop_ignored(self.ws.changes())
         for change in changes:
             rel = change.path
             path = self.ws.task_dir / rel
@@ -254,6 +256,23 @@ class Guard:
             elif self.hash(path) != digest:
                 out.append(f"protected file {rel} changed during the {phase}")
         return out
+
+    def _drop_ignored(self, changes: list) -> list:
+        """New files matching `[bound] ignore` (run.log, results.tsv...) are deleted, not judged."""
+        if not self.task.bound.ignore:
+            return changes
+        kept = []
+        for change in changes:
+            rel = change.path.rstrip("/")
+            if change.status in ("??", "!!") and not rel.startswith("../") and matches(rel, self.task.bound.ignore):
+                path = self.ws.task_dir / rel
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+            else:
+                kept.append(change)
+        return kept
 
     def _links(self, rel: str, path: Path) -> list[str]:
         try:

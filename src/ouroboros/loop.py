@@ -18,6 +18,7 @@ import functools
 import io
 import math
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -39,7 +40,7 @@ from ouroboros.judge import Verdict, effective_min_delta, implausible, judge, st
 from ouroboros.ledger import Experiment, Ledger, Run, clean_text
 from ouroboros.memory import build_prompt
 from ouroboros.task import RECORDS_DIR, TASK_FILE, Task, load_task
-from ouroboros.workspace import Workspace, count_loc, ensure_clean, exclude_records, repo_root
+from ouroboros.workspace import Workspace, count_loc, ensure_clean, exclude_records, left_out, repo_root
 
 
 @dataclass
@@ -120,6 +121,27 @@ def fresh_seed() -> int:
     return secrets.randbelow(2**31)
 
 
+def budget_agreement(task: Task, budget: float) -> str | None:
+    """A note when a protected file defines its own time budget (TIME_BUDGET = 300) other than the task's."""
+    from ouroboros import knobs
+
+    for rel in task.protected_files():
+        if not rel.endswith(".py"):
+            continue
+        found = knobs.code_budget((task.root / rel).read_text(errors="replace"))
+        if found is None or math.isclose(found[1], budget):
+            continue
+        name, seconds, line = found
+        kill = budget + task.task.grace_s
+        if seconds >= budget:
+            return (f"{rel}:{line} sets {name} = {seconds:g} s, but the task's budget is {budget:g} s (killed at "
+                    f"{kill:g} s): runs will likely end as timeouts; raise [task] budget (or --budget) above {seconds:g}")
+        return (f"{rel}:{line} sets {name} = {seconds:g} s, the code's own limit; the task's budget of {budget:g} s "
+                f"(killed at {kill:g} s) bounds the whole run, start-up and evaluation included: --budget does not "
+                f"change {name}")
+    return None
+
+
 def default_tag(ledger: Ledger) -> str:
     stem = datetime.now().strftime("%b%d").lower()
     taken = {r.tag for r in ledger.runs()}
@@ -129,11 +151,28 @@ def default_tag(ledger: Ledger) -> str:
     return f"{stem}-{i}"
 
 
+_NO_MODULE = re.compile(r"No module named '([\w.]+)'")
+
+
+def crash_cause(log: Path) -> str:
+    """The last lines of a run's log, on one line, with an install hint for a missing module."""
+    lines = [ln.strip() for ln in (sandbox.tail_text(log) if log.exists() else "").splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    cause = "".join(c if c.isprintable() else "?" for c in " | ".join(lines[-2:])[-300:])
+    missing = _NO_MODULE.search(" ".join(lines[-5:]))
+    hint = f" (install {missing.group(1).split('.')[0]} into the run's environment, or install it with a [task] " \
+           "setup)" if missing else ""
+    return f"; the log ends: {cause}{hint}"
+
+
 class Loop:
     def __init__(self, task: Task, options: Options, agent: Agent | None = None,
                  on_experiment: Callable[[Experiment, Experiment], None] | None = None):
         self.task, self.opts = task, options
         self.on_experiment = on_experiment or (lambda exp, best: None)
+        self.left_out: list[str] = []  # untracked files of the user's checkout the run does not see
+        self.running_log: tuple[str, Path, float] | None = None  # (n, run.log, start) while a run phase runs
         self.repo = repo_root(task.root)
         self.records = task.root / RECORDS_DIR
         exclude_records(self.repo)
@@ -196,7 +235,9 @@ class Loop:
         if self.ledger.run(tag) is not None:
             raise OuroborosError(f"run {tag!r} already exists; continue it with `ouroboros run --resume {tag}` "
                                  "or pick another --tag")
-        base = ensure_clean(self.repo, self.task.root.relative_to(self.repo).as_posix() or ".")
+        sub = self.task.root.relative_to(self.repo).as_posix() or "."
+        base = ensure_clean(self.repo, sub, self.task.names)
+        self.left_out = left_out(self.repo, sub, self.task.names)
         check_command(self.task.task.run, self.task.root, "run")
         if self.task.task.evaluate:
             check_command(self.task.task.evaluate, self.task.root, "evaluate")
@@ -376,8 +417,9 @@ class Loop:
         self.ledger.begin(exp)
         self._execute(exp, None)
         if exp.status != Verdict.KEEP:
-            raise OuroborosError(f"the baseline failed ({exp.status}: {exp.reason}); fix the task first, see "
-                                 f"{self.ledger.exp_dir(self.tag, 0)}")
+            log = self.ledger.exp_dir(self.tag, 0) / "run.log"
+            raise OuroborosError(f"the baseline failed ({exp.status}: {exp.reason}){crash_cause(log)}; fix the task "
+                                 f"first, see {log}")
         return exp
 
     def step(self, proposal: Proposal | None = None) -> Experiment:
@@ -435,7 +477,9 @@ class Loop:
         self._dirty = True
         self._violation = None
         self.guard.arm()
+        self.running_log = (str(exp.n), exp_dir / "run.log", time.monotonic())  # for the live progress line
         outcome = self._run_phase(exp_dir, env)
+        self.running_log = None
         exp.run_s, exp.peak_rss_mb, exp.isolation = outcome.wall_s, outcome.peak_rss_mb, outcome.isolation
         vram = evaluate.parse_key(exp_dir / "run.log", "peak_vram_mb")
         exp.peak_gpu_mb = outcome.peak_gpu_mb or vram or None

@@ -78,7 +78,7 @@ def measure(task: Task, repeats: int, seed: int = 0, budget: float | None = None
     if repeats < 2:
         raise OuroborosError(f"--repeats must be at least 2 to measure a spread, got {repeats}")
     repo = repo_root(task.root)
-    base = ensure_clean(repo, task.root.relative_to(repo).as_posix() or ".")
+    base = ensure_clean(repo, task.root.relative_to(repo).as_posix() or ".", task.names)
     ledger = Ledger(task.root / RECORDS_DIR)
     taken = {r.tag for r in ledger.runs()}
     ledger.close()

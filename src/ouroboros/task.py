@@ -94,6 +94,19 @@ class KnobSpec(_Model):
         return self
 
 
+class KnobsSection(BaseModel):
+    """`[knobs]`: `exclude` and `constraints`, and `[knobs.NAME]` tables overriding inferred ranges."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    __pydantic_extra__: dict[str, KnobSpec] = Field(init=False)  # type: ignore[assignment]
+    exclude: list[str] = Field([], description="knob names (globs) never searched")
+    constraints: list[str] = Field([], description="expressions over knob values every proposal must satisfy")
+
+    @property
+    def specs(self) -> dict[str, KnobSpec]:
+        return dict(self.__pydantic_extra__ or {})
+
+
 class BoundSection(_Model):
     danger_zones: list[str] = []
     hidden: list[str] = Field([], description="evaluation data (globs, committed) masked from the run phase")
@@ -109,6 +122,7 @@ class BoundSection(_Model):
     max_artifact_mb: float = Field(512.0, gt=0)
     isolation: Literal["auto", "bwrap", "unshare", "process"] = "auto"
     read_only: list[str] = Field([], description="paths (`~` expanded) the run and evaluate see read-only")
+    ignore: list[str] = Field([], description="globs of files a run or agent leaves that are dropped, not judged")
 
     @property
     def read_only_paths(self) -> list[Path]:
@@ -126,7 +140,7 @@ class Task(_Model):
     task: TaskSection
     metric: MetricSection
     judge: JudgeSection = JudgeSection()
-    knobs: dict[str, KnobSpec] = {}
+    knobs: KnobsSection = KnobsSection()
     bound: BoundSection = BoundSection()
     agent: AgentSection = AgentSection()
 
@@ -157,6 +171,11 @@ class Task(_Model):
 
     def is_protected(self, rel: str) -> bool:
         return matches(rel, self.protected_patterns)
+
+    def names(self, rel: str) -> bool:
+        """Whether an editable, protected, allowed-new or hidden glob, or the program, names this path."""
+        return rel == self.task.program or matches(rel, [*self.task.editable, *self.protected_patterns,
+                                                         *self.bound.allow_new_files])
 
     def editable_files(self, root: Path | None = None) -> list[str]:
         return glob_files(root or self.root, self.task.editable)
@@ -191,8 +210,9 @@ def load_task(root: Path | str, text: str | None = None) -> Task:
     root = Path(root).resolve()
     path = root / TASK_FILE
     if text is None and not path.is_file():
-        raise OuroborosError(f"no {TASK_FILE} in {root}: create one with `ouroboros init {root} --template quadratic`"
-                             f" or `ouroboros init --from-autoresearch {root}`")
+        raise OuroborosError(f"no {TASK_FILE} in {root}: describe the project as a task with `ouroboros init {root} "
+                             f"--editable FILE --run 'CMD' --metric NAME`, or `ouroboros init --from-autoresearch "
+                             f"{root}` for autoresearch's layout")
     try:
         data = tomllib.loads(path.read_text() if text is None else text)
     except tomllib.TOMLDecodeError as exc:

@@ -7,13 +7,24 @@ model names, tags) goes through `text`: cleaned, cut to a length, and escaped fo
 
 from __future__ import annotations
 
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 from rich.console import Console
+from rich.live import Live as RichLive
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ouroboros import chain, isolation
 from ouroboros.errors import OuroborosError
 from ouroboros.ledger import Experiment, Ledger, fmt_metric, one_line
+from ouroboros.sandbox import tail_text
 from ouroboros.task import RECORDS_DIR, Task
 
 COLORS = {"keep": "green", "discard": "dim", "crash": "red", "timeout": "magenta", "violation": "bold red"}
@@ -52,9 +63,72 @@ def text(value: object, limit: int = SHOWN_CHARS) -> str:
     return escape(one_line(str(value) if value is not None else "", limit))
 
 
+_METRIC_LIKE = re.compile(r"[A-Za-z_][\w/ .-]*\s*[:=]\s*[-+]?\d")
+
+
+def last_metric_line(log: Path) -> str:
+    """The last line of a log that looks like `name: number` (a step's loss, a val_bpb)."""
+    try:
+        tail = tail_text(log, 16_000)
+    except OSError:
+        return ""
+    for line in reversed(tail.replace("\r", "\n").splitlines()):
+        if _METRIC_LIKE.search(line):
+            return "".join(c if c.isprintable() else "?" for c in " ".join(line.split()))[:100]
+    return ""
+
+
+def progress_line(n: str, log: Path, elapsed: float, budget: float) -> str:
+    """One experiment in flight: elapsed against the budget, the last metric-like line, the log's path."""
+    last = last_metric_line(log)
+    return f"experiment {n}: {elapsed:.0f}/{budget:g} s" + (f"  {last}" if last else "") + f"  (log: {log})"
+
+
 class Live:
+    """The lines a run prints; `watching` shows the experiment in flight (a live line on a terminal,
+    refreshed 4 times a second; a plain line every PLAIN_EVERY seconds otherwise)."""
+
+    PLAIN_EVERY = 30.0
+
     def __init__(self, console: Console, task: Task):
         self.console, self.task = console, task
+
+    @contextmanager
+    def watching(self, loop) -> Iterator[None]:
+        stop = threading.Event()
+        live = RichLive(Text(""), console=self.console, refresh_per_second=4, transient=True) \
+            if self.console.is_terminal else None
+
+        def poll() -> None:
+            seen, last_plain = None, 0.0
+            while not stop.wait(0.25):
+                current = getattr(loop, "running_log", None)
+                if current is None:
+                    if live is not None:
+                        live.update(Text(""))
+                    continue
+                n, log, started = current
+                elapsed = time.monotonic() - started
+                if live is not None:
+                    live.update(Text(progress_line(n, log, elapsed, loop.budget), overflow="ellipsis", no_wrap=True))
+                elif current != seen:
+                    seen, last_plain = current, time.monotonic()
+                    self.console.print(f"experiment {n} running; its log: {log}", markup=False)
+                elif time.monotonic() - last_plain >= self.PLAIN_EVERY:
+                    last_plain = time.monotonic()
+                    self.console.print(progress_line(n, log, elapsed, loop.budget), markup=False)
+
+        thread = threading.Thread(target=poll, daemon=True, name="ouroboros-progress")
+        if live is not None:
+            live.start()
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            if live is not None:
+                live.stop()
 
     def header(self, loop, agent_driven: bool = False) -> None:
         r = loop.run_rec
@@ -63,6 +137,15 @@ class Live:
                            f"({r.direction}, trust {r.trust})", soft_wrap=True)
         for line in header_lines(loop, agent_driven):
             self.console.print(escape(line), soft_wrap=True)
+        from ouroboros.loop import budget_agreement
+
+        note = budget_agreement(self.task, loop.budget)
+        if note:
+            self.console.print(f"[yellow]note:[/] {text(note, 600)}")
+        left = getattr(loop, "left_out", [])
+        if left:
+            self.console.print(f"[yellow]note:[/] {len(left)} untracked file(s) stay out of the run (no task glob "
+                               f"names them): {text(', '.join(left[:5]), 300)}{' ...' if len(left) > 5 else ''}")
 
     def line(self, exp: Experiment, best: Experiment) -> None:
         color = COLORS.get(exp.status, "")
@@ -103,7 +186,7 @@ def holdout_worse(exps: list[Experiment], minimize: bool) -> set[int]:
     return marked
 
 
-def log(console: Console, task: Task, tag: str | None) -> None:
+def log(console: Console, task: Task, tag: str | None, tsv: bool = False) -> None:
     ledger = _ledger(task)
     runs = ledger.runs()
     if not runs:
@@ -129,30 +212,66 @@ def log(console: Console, task: Task, tag: str | None) -> None:
     # Columns that say nothing (all empty, or the same on every row) are left out to keep rows short.
     cols = [c for c in rows[0] if c in ("n", "commit", run.metric, "status", "description")
             or len({r[c] for r in rows}) > 1 or (c in ("agent", "isolation") and rows[-1][c])]
-    for col in cols:
-        table.add_column(col, overflow="fold", no_wrap=col != "description")
+    if tsv:  # piped: one tab-separated row per experiment, for grep and cut
+        print(f"run {one_line(run.tag, 80)} ({one_line(run.agent, 80)}, seed {run.seed}, trust {one_line(run.trust, 40)})",
+              file=sys.stderr)
+        _row(console, cols)
+        for r in rows:
+            _row(console, [_plain(r[c]) for c in cols])
+        ledger.close()
+        return
+    for col in cols:  # one line per experiment: the description is cut to the terminal's width
+        table.add_column(col, no_wrap=True, overflow="ellipsis" if col == "description" else "fold",
+                         ratio=1 if col == "description" else None)
     for r in rows:
-        table.add_row(*(r[c] for c in cols))
+        table.add_row(*(r[c] for c in cols))  # cells are escaped where they are made
     console.print(table)
     ledger.close()
 
 
-def status(console: Console, task: Task) -> None:
+def _row(console: Console, cells) -> None:
+    """One tab-separated line, written as is (rich would expand the tabs); a cell never holds a tab or newline."""
+    print("\t".join(" ".join(str(c).split()) for c in cells), file=console.file, flush=True)
+
+
+def _plain(text: str) -> str:
+    """A cell without the markup this module adds (the colour of a status, the holdout flag)."""
+    return Text.from_markup(text).plain
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def status(console: Console, task: Task, tsv: bool = False) -> None:
     ledger = _ledger(task)
-    table = Table(title=f"runs of {text(task.name)}")
-    for col in ("tag", "agent", "seed", "status", "experiments", "keeps", f"best {task.metric.name}", "baseline",
-                "trust"):
-        table.add_column(col)
+    cols = ("tag", "agent", "seed", "status", "experiments", "keeps", f"best {task.metric.name}", "baseline", "gain",
+            "best exp", "commit", "duration", "trust")
+    rows = []
     runs = ledger.runs()
     warn(console, ledger, task, None)
     for run in runs:
         exps = ledger.experiments(run.tag, finished_only=True)
         keeps = [e for e in exps if e.status == "keep"]
-        table.add_row(text(run.tag, 80), text(run.agent, 80), str(run.seed), text(run.status, 40),
-                      str(max(len(exps) - 1, 0)), str(max(len(keeps) - 1, 0)), fmt(keeps[-1].metric if keeps else None),
-                      fmt(exps[0].metric if exps else None), text(run.trust, 40))
-    console.print(table)
+        top, base = (keeps[-1] if keeps else None), (exps[0] if exps else None)
+        gain = "-" if top is None or base is None or top.metric is None or base.metric is None or top is base \
+            else f"{top.metric - base.metric:+.6g}"
+        rows.append((one_line(run.tag, 80), one_line(run.agent, 80), str(run.seed), one_line(run.status, 40), str(max(len(exps) - 1, 0)), str(max(len(keeps) - 1, 0)),
+                     fmt(top.metric if top else None), fmt(base.metric if base else None), gain,
+                     str(top.n) if top else "-", top.commit_sha[:7] if top else "-",
+                     _duration(sum(e.wall_s for e in exps)), one_line(run.trust, 40)))
     ledger.close()
+    if tsv:  # piped: one tab-separated row per run
+        for row in (cols, *rows):
+            _row(console, row)
+        return
+    table = Table(title=f"runs of {text(task.name)}")
+    for col in cols:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(escape(c) for c in row))
+    console.print(table)
 
 
 def warn(console: Console, ledger: Ledger, task: Task, tag: str | None) -> None:
@@ -190,3 +309,46 @@ def verify(console: Console, task: Task, tag: str | None) -> int:
         total += len(problems)
     ledger.close()
     return total
+
+
+def best(console: Console, task: Task, found) -> None:
+    """`ouroboros best`: the best experiment, its gain over the baseline, and the diff."""
+    b, base = found.best, found.baseline
+    gain = found.gain
+    rel = "" if gain is None or not base.metric else f", {100 * gain / abs(base.metric):+.2f}%"
+    console.print(f"run {one_line(found.run.tag, 80)}: best {task.metric.name} {fmt(b.metric)} at experiment {b.n} "
+                  f"(baseline {fmt(base.metric)}, change {'-' if gain is None else f'{gain:+.6g}'}{rel}; one run "
+                  f"each, `ouroboros noise` measures the spread), commit {b.commit_sha[:12]}", markup=False)
+    if not found.keeps:
+        console.print("no experiment beat the baseline", markup=False)
+        return
+    for e in found.keeps:
+        console.print(f"  keep {e.n}: {fmt(e.metric)}  {one_line(e.description, 300)}", markup=False)
+    console.print(found.diff.rstrip("\n"), markup=False, highlight=False)
+
+
+def knobs(console: Console, task: Task, tsv: bool = False) -> None:
+    """The knob space as a table (one tab-separated row per knob when piped), then its constraints."""
+    from ouroboros import knobs as knobs_mod
+
+    sp = knobs_mod.space_of(task)
+    rows = []
+    for k in sp.knobs:
+        if k.name in sp.dists:
+            where, log = knobs_mod.describe(sp.dists[k.name])
+            rows.append((k.name, f"{k.path}:{k.line}", knobs_mod.format_value(k.value), where, "log" if log else "",
+                         ""))
+    rows += [(s.name, f"{s.path}:{s.line}", "", "", "", f"not searched: {s.why}") for s in sp.skipped]
+    header = ("knob", "where", "value", "range or choices", "scale", "note")
+    if tsv:
+        for row in (header, *rows):
+            _row(console, row)
+    else:
+        table = Table(title=f"knobs of {text(task.name)}: {len(sp.dists)} searched")
+        for col in header:
+            table.add_column(col, overflow="fold")
+        for row in rows:
+            table.add_row(*(escape(c) for c in row))
+        console.print(table)
+    for expr, _ in sp.constraints:
+        console.print(f"constraint: {expr}", markup=False)

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,15 +101,39 @@ def exclude_records(repo: Path) -> None:
         exclude.write_text(text + ("" if text.endswith("\n") or not text else "\n") + f"{RECORDS_DIR}/\n")
 
 
-def ensure_clean(repo: Path, sub: str = ".") -> str:
-    """The HEAD commit of a clean checkout; a dirty tree is an error, since a run starts from HEAD."""
+def _status(repo: Path, sub: str, named: Callable[[str], bool] | None) -> tuple[list[str], list[str]]:
+    """(paths that stop a run, untracked task-relative paths no task glob names)."""
+    prefix = "" if sub in ("", ".") else sub.rstrip("/") + "/"
+    tracked, untracked = [], []
+    for line in git(repo, "status", "--porcelain=v1", "--untracked-files=all", "--", sub).splitlines():
+        path = line[3:]
+        rel = path[len(prefix):] if path.startswith(prefix) else path
+        if line.startswith("??") and named is not None and not named(rel):
+            untracked.append(rel)
+        else:
+            tracked.append(path)
+    return tracked, untracked
+
+
+def ensure_clean(repo: Path, sub: str = ".", named: Callable[[str], bool] | None = None) -> str:
+    """The HEAD commit a run starts from; uncommitted changes are an error, since a run starts from HEAD.
+
+    With `named` (a task-relative path -> whether a task glob names it), untracked files it does not
+    name (run.log, scratch files) are no run's business and do not stop it (see `left_out`).
+    """
     if not git(repo, "rev-parse", "--verify", "-q", "HEAD", check=False).strip():
         raise OuroborosError(f"{repo} has no commits; commit the task first: git add -A && git commit -m baseline")
-    dirty = git(repo, "status", "--porcelain", "--", sub).splitlines()
+    dirty, _ = _status(repo, sub, named)
     if dirty:
-        raise OuroborosError(f"the working tree has uncommitted changes ({len(dirty)} paths, e.g. "
-                             f"{dirty[0][3:]}); a run starts from HEAD, so commit or stash them first")
+        raise OuroborosError(f"the working tree has uncommitted changes ({len(dirty)} paths, e.g. {dirty[0]}); "
+                             "a run starts from HEAD: commit them (git add -A && git commit -m 'before ouroboros') "
+                             "or stash them (git stash -u), then run again")
     return git(repo, "rev-parse", "HEAD").strip()
+
+
+def left_out(repo: Path, sub: str, named: Callable[[str], bool]) -> list[str]:
+    """Untracked files no task glob names: not part of the run (its worktree starts from HEAD)."""
+    return _status(repo, sub, named)[1]
 
 
 @dataclass

@@ -3,6 +3,8 @@
 Spec grammar:
 
     random | tpe                     classical search over the task's knobs
+    mutate[:K] | random:K            change 1 to K knobs (default 3) of the best so far: near their
+                                     values (mutate) or anywhere in range (random:K)
     cmd:<shell command>              any program that edits files in the worktree
     codex | claude | aider | opencode | gemini [:<model>]
                                      a coding-agent CLI (presets.py)
@@ -22,15 +24,16 @@ from ouroboros.agents.api import ApiAgent
 from ouroboros.agents.base import Agent, AgentError, Context, Proposal, StopRun
 from ouroboros.agents.command import CommandAgent
 from ouroboros.agents.ensemble import EnsembleAgent
+from ouroboros.agents.mutate import MutateAgent
 from ouroboros.agents.presets import PRESETS, PresetAgent
 from ouroboros.agents.replay import ReplayAgent
 from ouroboros.agents.search import SearchAgent
 from ouroboros.errors import OuroborosError
 
-__all__ = ["Agent", "AgentError", "Context", "Proposal", "StopRun", "CommandAgent", "SearchAgent", "PresetAgent",
+__all__ = ["Agent", "AgentError", "Context", "Proposal", "StopRun", "CommandAgent", "SearchAgent", "MutateAgent", "PresetAgent",
            "ApiAgent", "EnsembleAgent", "ReplayAgent", "PRESETS", "make_agent"]
 
-KINDS = "random, tpe, cmd:<shell command>, " + ", ".join(PRESETS) + ", api:<model>, replay:<run>, " \
+KINDS = "random, tpe, mutate[:K], random:K, cmd:<shell command>, " + ", ".join(PRESETS) + ", api:<model>, replay:<run>, " \
         "or an ensemble like 'api:a=0.7,api:b=0.3'"
 
 
@@ -43,6 +46,11 @@ def make_agent(spec: str, seed: int = 0, options: dict[str, Any] | None = None) 
     if spec in ("random", "tpe"):
         return SearchAgent(spec, seed)
     kind, _, arg = spec.partition(":")
+    if kind == "mutate" or (kind == "random" and arg):
+        if arg and not arg.isdigit() or arg == "0":
+            raise OuroborosError(f"agent {spec!r}: after {kind}: give how many knobs at most one proposal changes, "
+                                 f"e.g. {kind}:3")
+        return MutateAgent(spec, seed, fresh=kind == "random", max_changes=int(arg or 3))
     if kind == "cmd":
         try:
             return CommandAgent(arg, opts.get("timeout"))

@@ -4,6 +4,11 @@ They need no model: each proposal asks the sampler for values of every knob and 
 literals in the editable files. They keep no state between proposals: each one rebuilds Optuna's
 study from the finished experiments (their recorded params and metrics) and seeds the sampler with
 the experiment's own seed, so a resumed run proposes exactly what an uninterrupted one would.
+
+A proposal that breaks a `[knobs] constraint` is resampled, never run. Crashes and infeasible
+samples are told to Optuna as failed trials, and also added as completed trials marked infeasible
+(a constraint value above 0) with the worst metric seen: TPE ignores failed trials, but it puts
+infeasible ones among the bad, so it learns to avoid the region.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState, create_trial
 
 from ouroboros import knobs
-from ouroboros.agents.base import Agent, Context, Proposal
+from ouroboros.agents.base import Agent, AgentError, Context, Proposal
 from ouroboros.ledger import Experiment
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 TPE_STARTUP = 5  # random trials (the baseline counts) before TPE's model takes over
+RESAMPLES = 500  # samples drawn for one feasible proposal before the agent gives up
+_INFEASIBLE = {"constraints": (1.0,)}  # Optuna's system attribute for constraint values
 
 
 class SearchAgent(Agent):
@@ -30,6 +37,7 @@ class SearchAgent(Agent):
 
     def start(self, ctx: Context) -> None:
         self.knobs, self.dists = knobs.space(ctx.task, ctx.worktree, ctx.read_baseline)
+        self.space = knobs.space_of(ctx.task, ctx.worktree, ctx.read_baseline)  # its constraints
 
     def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         if self.name == "tpe":
@@ -49,6 +57,8 @@ class SearchAgent(Agent):
         knob values (failed ones as FAIL), in order, and a sampler seeded with this experiment's seed."""
         study = optuna.create_study(direction="minimize" if ctx.task.minimize else "maximize",
                                     sampler=self._sampler(ctx.seed))
+        values = [e.metric for e in ctx.history if e.status in ("keep", "discard") and e.metric is not None]
+        worst = (max(values) if ctx.task.minimize else min(values)) if values else None
         for exp in ctx.history:
             params = self._params(exp)
             if not params or len(params) != len(self.dists):
@@ -56,10 +66,30 @@ class SearchAgent(Agent):
             value = exp.metric if exp.status in ("keep", "discard") else None
             study.add_trial(create_trial(params=params, distributions=self.dists, value=value,
                                          state=TrialState.COMPLETE if value is not None else TrialState.FAIL))
+            if value is None and exp.status in ("crash", "timeout"):
+                self._infeasible(study, params, worst)
         return study
 
+    def _infeasible(self, study: optuna.Study, params: dict, worst: float | None) -> None:
+        """A completed trial marked infeasible, valued at the worst metric seen (TPE ranks it among the bad)."""
+        if worst is not None and len(params) == len(self.dists):
+            study.add_trial(create_trial(params=params, distributions=self.dists, value=worst,
+                                         system_attrs=dict(_INFEASIBLE)))
+
     def propose(self, ctx: Context) -> Proposal:
-        trial = self.study(ctx).ask(self.dists)
+        study = self.study(ctx)
+        values = [t.value for t in study.trials if t.value is not None]
+        worst = (max(values) if ctx.task.minimize else min(values)) if values else None
+        for _ in range(RESAMPLES):
+            trial = study.ask(self.dists)
+            if not self.space.violated(trial.params):
+                break
+            study.tell(trial, state=TrialState.FAIL)  # never run
+            self._infeasible(study, dict(trial.params), worst)
+        else:
+            raise AgentError(f"no proposal out of {RESAMPLES} samples met the [knobs] constraints "
+                             f"({'; '.join(text for text, _ in self.space.constraints)}); "
+                             "widen the knob ranges or loosen the constraints")
         current = {k.name: k.value for k in knobs.extract(ctx.worktree, sorted({k.path for k in self.knobs}))}
         params = dict(trial.params)
         knobs.apply(ctx.worktree, self.knobs, params)
