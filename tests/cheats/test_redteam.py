@@ -178,3 +178,32 @@ raise SystemExit("no export found")
     result = cheats.run_attack(attack, tmp_path / "attack", isolation="bwrap")
     assert result.verdict != "keep", result.reason
     assert result.effects == []
+
+
+# A protected evaluator that, like tinygpt's isolated one, loads code from the editable train.py it is
+# given; it refuses a train.py that is not the committed one (the run appends a marker to it).
+_EVAL_READS_TRAIN = """\
+import json, os, sys
+if "RUNTIME-REWRITE" in open("train.py").read():
+    sys.exit("evaluate.py: train.py is not the committed code")
+CENTER, SCALES = [3.0, -1.0, 0.5, 2.0], [1.0, 10.0, 100.0, 0.1]
+x = [float(v) for v in json.load(open("solution.json"))["x"]]
+loss = sum(s * (xi - c) ** 2 for xi, c, s in zip(x, CENTER, SCALES))
+json.dump({"loss": loss}, open(os.environ["OUROBOROS_METRICS"], "w"))
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="evaluate.prepare_dir copies the editable files from the worktree after "
+                   "the run, not from the experiment's commit: the run can hand the evaluator code (a model "
+                   "definition) other than the code that was guarded, committed and shown in the diff")
+def test_the_evaluation_gets_the_committed_editable_files_not_the_runs_rewrite(tmp_path):
+    train = '''
+def cheat():
+    with open(__file__, "a") as f:
+        f.write("\\n# RUNTIME-REWRITE: a different model definition for the evaluator\\n")
+    return True
+'''
+    attack = cheats.Attack("rewrite-editable", title="hand the evaluator other code", train=train,
+                           files={"evaluate.py": _EVAL_READS_TRAIN})
+    result = cheats.run_attack(attack, tmp_path / "attack", isolation="bwrap" if BWRAP else "process")
+    assert result.verdict == "keep", result.reason
