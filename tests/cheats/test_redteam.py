@@ -207,3 +207,22 @@ def cheat():
                            files={"evaluate.py": _EVAL_READS_TRAIN})
     result = cheats.run_attack(attack, tmp_path / "attack", isolation="bwrap" if BWRAP else "process")
     assert result.verdict == "keep", result.reason
+
+
+@pytest.mark.xfail(strict=True, reason="the guard lets an editable path become a FIFO (not a link, not a file), and "
+                   "Workspace.commit's `git commit -a` then fails: the OuroborosError ends the whole run instead "
+                   "of recording the experiment as a violation")
+def test_an_editable_file_replaced_by_a_fifo_is_a_violation_and_the_run_goes_on(tmp_path):
+    from ouroboros.errors import OuroborosError
+
+    agent = '''
+import os
+os.remove("train.py")
+os.mkfifo("train.py")
+'''
+    try:
+        result = cheats.run_attack(cheats.Attack("fifo-editable", title="editable file as a FIFO", agent=agent),
+                                   tmp_path / "attack", isolation="bwrap" if BWRAP else "process")
+    except OuroborosError as exc:
+        pytest.fail(f"the run ended: {exc}")
+    assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
