@@ -226,3 +226,31 @@ os.mkfifo("train.py")
     except OuroborosError as exc:
         pytest.fail(f"the run ended: {exc}")
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
+
+
+@pytest.mark.skipif(not isolation.available("unshare"), reason="level unshare does not work here")
+@pytest.mark.xfail(strict=True, reason="isolation.read_only() protects sys.prefix and sys.base_prefix, but an "
+                   "editable install (`pip install -e .`, the way the templates ship) keeps the harness's code "
+                   "in the clone: at level unshare a run can rewrite judge.py or chain.py for the next "
+                   "`ouroboros run --resume`, `verify` or `audit`")
+def test_at_level_unshare_the_run_cannot_write_the_harnesss_own_code(tmp_path):
+    import uuid
+
+    import ouroboros
+
+    probe = Path(ouroboros.__file__).parent / f"redteam-probe-{uuid.uuid4().hex[:8]}.txt"
+    train = f'''
+def cheat():
+    try:
+        Path({str(probe)!r}).write_text("written by the run")
+        return True
+    except OSError:
+        return False
+'''
+    try:
+        result = cheats.run_attack(cheats.Attack("write-harness-code", title="write the harness's code", train=train),
+                                   tmp_path / "attack", isolation="unshare")
+        assert not probe.exists()
+        assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
+    finally:
+        probe.unlink(missing_ok=True)
