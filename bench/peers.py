@@ -74,7 +74,7 @@ for n in range(int(os.environ["BENCH_N"])):
     if rec["status"] != "scored":
         sys.exit(f"submit failed: {rec}")
     value = rec["metric"]["value"]
-    if and (best is None or value > best):
+    if best is None or value > best:
         best, best_text = value, SOLUTION.read_text()
     else:
         SOLUTION.write_text(best_text)
