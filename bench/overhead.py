@@ -87,7 +87,7 @@ def cycles(root: Path, level: str, experiments: int, sealed: bool = True) -> lis
     exps = loop.finished[1:]
     loop.ledger.close()
     out = []
-    for e, (a, b) in zip(exps, zip(agent.stamps, agent.stamps[1:])):
+    for e, a, b in zip(exps, agent.stamps, agent.stamps[1:], strict=False):  # the last has no next
         out.append({"cycle": b - a, "run": e.run_s, "eval": e.eval_s, "agent": e.agent_s})
     return out
 

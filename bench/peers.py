@@ -37,7 +37,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -219,7 +218,7 @@ def main() -> None:
     print(f"{'harness':<20} {'cycle ms (median)':>18}  {'/ kernel':>18}  {'/ cli':>18}")
 
     def ratio(h: str, peer: str) -> str:
-        r = [a / b for a, b in zip(medians[h], medians[peer])]
+        r = [a / b for a, b in zip(medians[h], medians[peer], strict=True)]
         return f"{statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f})"
 
     for h in harnesses:
