@@ -206,7 +206,7 @@ def log(console: Console, task: Task, tag: str | None, tsv: bool = False) -> Non
                      "status": f"[{COLORS.get(e.status, '')}]{text(e.status)}[/]", "run s": f"{e.run_s:.1f}",
                      "mem GB": f"{e.memory_gb:.2f}", "agent": text(e.model or e.agent, 80),
                      "session": str(e.session or ""),
-                     "tokens": str(e.tokens_in + e.tokens_out) if e.tokens_in or e.tokens_out else "",
+                     "tokens in/out": f"{e.tokens_in}/{e.tokens_out}" if e.tokens_in or e.tokens_out else "",
                      "cost $": f"{e.cost_usd:.4f}" if e.cost_usd else "", "isolation": text(e.isolation, 40),
                      "description": text(e.description) + why + flag})
     # Columns that say nothing (all empty, or the same on every row) are left out to keep rows short.
