@@ -208,6 +208,10 @@ def log(console: Console, task: Task, tag: str | None, tsv: bool = False) -> Non
                      "cost $": f"{e.cost_usd:.4f}" if e.cost_usd else "", "isolation": one_line(e.isolation, 40),
                      "description": (one_line(e.description, SHOWN_CHARS) + why,
                                      ("(holdout worse)", "yellow") if e.n in worse else None)})
+    if not rows:
+        console.print(f"run {text(run.tag)}: no experiments yet")
+        ledger.close()
+        return
     # Columns that say nothing (all empty, or the same on every row) are left out to keep rows short.
     cols = [c for c in rows[0] if c in ("n", "commit", run.metric, "status", "description")
             or len({str(r[c]) for r in rows}) > 1 or (c in ("agent", "isolation") and rows[-1][c])]
