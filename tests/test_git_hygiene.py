@@ -32,7 +32,7 @@ def test_maintain_packs_refs_and_loose_objects_and_keeps_every_attempt(quadratic
         shas.append(ws.commit(f"attempt {n}", n))
         ws.reset(base)
     assert len(loose_refs(quadratic, "t")) == 5 and loose_objects(quadratic) > 0
-    maintain(ws.path)
+    maintain(quadratic)
     assert loose_refs(quadratic, "t") == [] and loose_objects(quadratic) == 0
     refs = subprocess.run(["git", "for-each-ref", "--format=%(objectname)", "refs/ouroboros/t/"], cwd=quadratic,
                           capture_output=True, text=True, check=True).stdout.split()

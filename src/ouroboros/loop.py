@@ -608,4 +608,4 @@ class Loop:
         keeps = [e for e in self.history if e.status == Verdict.KEEP]
         self.on_experiment(exp, keeps[-1] if keeps else exp)
         if exp.n and exp.n % MAINTAIN_EVERY == 0:  # between experiments: in no experiment's wall time
-            maintain(self.ws.path)
+            maintain(self.repo)  # the repository itself: never git steered by a file in the worktree
