@@ -51,6 +51,7 @@ class Scripted(Agent):
     """Writes a new constant into train.py on every call and notes when it was called."""
 
     name = "scripted"
+    writes_code = False  # it writes one constant, like random and tpe: level process may run it
 
     def __init__(self) -> None:
         self.stamps: list[float] = []
