@@ -40,7 +40,15 @@ from ouroboros.judge import Verdict, effective_min_delta, implausible, judge, st
 from ouroboros.ledger import Experiment, Ledger, Run, clean_text
 from ouroboros.memory import build_prompt
 from ouroboros.task import RECORDS_DIR, TASK_FILE, Task, load_task
-from ouroboros.workspace import Workspace, count_loc, ensure_clean, exclude_records, left_out, maintain, repo_root
+from ouroboros.workspace import (
+    Workspace,
+    count_loc,
+    ensure_clean,
+    exclude_records,
+    left_out,
+    maintain,
+    repo_root,
+)
 
 MAINTAIN_EVERY = 250  # experiments between packing the run's refs and objects (workspace.maintain)
 
