@@ -74,6 +74,8 @@ lint: install
 bench: install
 	$(PY) bench/overhead.py
 	$(PY) bench/guard_overhead.py
+	$(PY) bench/cli_speed.py
+	$(PY) bench/peers.py
 	$(PY) bench/parallel_scaling.py
 	$(PY) bench/report_speed.py
 	$(PY) bench/noise_false_keeps.py

@@ -71,7 +71,7 @@ def key() -> bytes:
 
 def digest(row: sqlite3.Row) -> str:
     """The SHA-256 of a row as stored, columns in name order, values as SQLite returns them."""
-    data = {k: row[k] for k in sorted(row.keys())}
+    data = dict(zip(row.keys(), row, strict=True))  # json sorts the keys
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=repr).encode()).hexdigest()
 
 
@@ -132,16 +132,17 @@ def verify_chain(ledger: Ledger, tag: str | None = None) -> list[Problem]:
                                          "another machine or account, so a cut-off end cannot be ruled out"))
     where = " WHERE tag=?" if tag else ""
     args = (tag,) if tag else ()
+    present = set()  # the rows there are (of `tag`, or all), for the entries whose row is gone
     for row in ledger.db.execute("SELECT * FROM runs" + where, args):
+        present.add(("run", row["tag"], -1))
         problems += _row(last_of, "run", row["tag"], -1, digest(row), f"run {row['tag']}")
     for row in ledger.db.execute("SELECT * FROM experiments" + where + " ORDER BY tag, n", args):
+        present.add(("exp", row["tag"], row["n"]))
         problems += _row(last_of, "exp", row["tag"], row["n"], digest(row), f"experiment {row['tag']}/{row['n']}")
     for kind, t, n in last_of:
         if tag and t != tag:
             continue
-        table, cond = ("runs", "tag=?") if kind == "run" else ("experiments", "tag=? AND n=?")
-        if ledger.db.execute(f"SELECT 1 FROM {table} WHERE {cond}", (t,) if kind == "run" else (t, n)).fetchone() \
-                is None:
+        if (kind, t, n) not in present:
             problems.append(Problem(f"{'run' if kind == 'run' else 'experiment'} {t}" + ("" if kind == "run" else
                                     f"/{n}"), "was recorded, and is now gone from the ledger"))
     return problems

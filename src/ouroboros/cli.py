@@ -1,26 +1,69 @@
-"""The `ouroboros` command: one small function per command; the work is in the modules."""
+"""The `ouroboros` command: one small function per command; the work is in the modules.
+
+Modules are loaded when a command first uses them (`_lazy`), so `--help`, `status` and `log` start
+without optuna, numpy, the agents or the loop (tests/test_cli_imports.py).
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from ouroboros import drive as agent_drive
-from ouroboros import interrupt, scaffold, views
+from ouroboros import interrupt
 from ouroboros.errors import OuroborosError
-from ouroboros.loop import Loop, Options
-from ouroboros.task import RECORDS_DIR, load_task
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+if TYPE_CHECKING:
+    from ouroboros.task import Task
+
+
+def _lazy(name: str):
+    """The module, executed on its first attribute access (the standard library's LazyLoader)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.loader is not None
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+agent_drive = _lazy("ouroboros.drive")
+scaffold = _lazy("ouroboros.scaffold")
+views = _lazy("ouroboros.views")
+
+
+def load_task(root: Path) -> Task:
+    from ouroboros.task import load_task as load
+
+    return load(root)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Autonomous research loops: propose, run under a budget, evaluate out of reach, keep or revert.")
-console = Console(highlight=False, soft_wrap=True)  # one line per message: logs and agents grep them
-err = Console(stderr=True, highlight=False)
+
+
+class _Console:
+    """A rich Console made on first use: importing rich.console is a good part of `--help`'s start."""
+
+    def __init__(self, **options) -> None:
+        self._options, self._console = options, None
+
+    def __getattr__(self, name: str):
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+console = _Console(highlight=False, soft_wrap=True)  # one line per message: logs and agents grep them
+err = _Console(stderr=True, highlight=False)
 
 TORCH_INSTALL = "pip install 'ouroboros[demo]'"  # the demo extra pins torch
 REPORT_MODULES = ("matplotlib", "jinja2", "numpy", "scipy")  # the report extra, pyproject.toml
@@ -103,6 +146,8 @@ def run(
         "boundary: its code can read and write your files)")] = False,
 ) -> None:
     """Run the loop: the baseline first, then experiments until a limit is reached."""
+    from ouroboros.loop import Loop, Options
+
     t = load_task(task)
     if resume is None and max_experiments is None and hours is None:
         raise OuroborosError("give a limit: --max-experiments N or --hours H (or both)")
@@ -128,6 +173,8 @@ def run(
             else:
                 loop.run()
     except KeyboardInterrupt:
+        from rich.markup import escape
+
         console.print(f"[yellow]stopped[/]; nothing recorded is lost. Continue with: "
                       f"{escape(f'ouroboros run -C {task} --resume {opts.tag}')}")
         raise typer.Exit(130) from None
@@ -295,6 +342,8 @@ def report(
             page = build.study_report(study, out)
         else:
             t = load_task(task)
+            from ouroboros.task import RECORDS_DIR
+
             page = build.run_report(t, run, out or t.root / RECORDS_DIR / "runs" / str(run) / "report")
     except ModuleNotFoundError as exc:
         if exc.name is None or exc.name.split(".")[0] not in REPORT_MODULES:
@@ -360,6 +409,8 @@ def main() -> None:
     try:
         app()
     except OuroborosError as exc:
+        from rich.markup import escape
+
         err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
 

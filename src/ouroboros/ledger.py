@@ -155,11 +155,16 @@ def _encode(obj: Any) -> dict[str, Any]:
     return {k: (json.dumps(v) if k in _JSON else v) for k, v in asdict(obj).items()}
 
 
+_NAMES: dict[type, frozenset[str]] = {}
+
+
 def _decode(cls: type, row: sqlite3.Row) -> Any:
-    names = {f.name for f in fields(cls)}
-    data = {k: (json.loads(row[k]) if k in _JSON and row[k] else row[k]) for k in row.keys() if k in names}
-    for k in _JSON & names:
-        data[k] = data.get(k) or {}
+    # `log` decodes every row of a run: the field names are looked up once per class, not per row.
+    names = _NAMES.get(cls) or _NAMES.setdefault(cls, frozenset(f.name for f in fields(cls)))
+    data = {}
+    for k, v in zip(row.keys(), row, strict=True):
+        if k in names:
+            data[k] = ((json.loads(v) if v else None) or {}) if k in _JSON else v
     return cls(**data)
 
 

@@ -40,7 +40,17 @@ from ouroboros.judge import Verdict, effective_min_delta, implausible, judge, st
 from ouroboros.ledger import Experiment, Ledger, Run, clean_text
 from ouroboros.memory import build_prompt
 from ouroboros.task import RECORDS_DIR, TASK_FILE, Task, load_task
-from ouroboros.workspace import Workspace, count_loc, ensure_clean, exclude_records, left_out, repo_root
+from ouroboros.workspace import (
+    Workspace,
+    count_loc,
+    ensure_clean,
+    exclude_records,
+    left_out,
+    maintain,
+    repo_root,
+)
+
+MAINTAIN_EVERY = 250  # experiments between packing the run's refs and objects (workspace.maintain)
 
 
 @dataclass
@@ -605,4 +615,5 @@ class Loop:
             self.agent.observe(exp)
         keeps = [e for e in self.history if e.status == Verdict.KEEP]
         self.on_experiment(exp, keeps[-1] if keeps else exp)
-
+        if exp.n and exp.n % MAINTAIN_EVERY == 0:  # between experiments: in no experiment's wall time
+            maintain(self.repo)  # the repository itself: never git steered by a file in the worktree

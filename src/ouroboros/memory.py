@@ -21,13 +21,80 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(tail_text(path).splitlines()[-lines:]) if path.exists() else ""
 
 
-def results_table(task: Task, history: list[Experiment]) -> str:
+def _row(e: Experiment, limit: int) -> str:
+    why = f" ({one_line(e.reason, limit)})" if e.status in ("crash", "timeout", "violation") and e.reason else ""
+    return f"| {e.n} | {fmt_metric(e.metric)} | {e.status} | {one_line(e.description, limit)}{why} |"
+
+
+def results_table(task: Task, history: list[Experiment], limit: int = 300) -> str:
     rows = [f"| n | {task.metric.name} | status | description |", "| --- | --- | --- | --- |"]
-    for e in history:
-        metric = fmt_metric(e.metric)
-        why = f" ({one_line(e.reason)})" if e.status in ("crash", "timeout", "violation") and e.reason else ""
-        rows.append(f"| {e.n} | {metric} | {e.status} | {one_line(e.description)}{why} |")
+    rows += [_row(e, limit) for e in history]
     return "\n".join(rows)
+
+
+def _better(task: Task, a: float, b: float) -> bool:
+    return a < b if task.minimize else a > b
+
+
+def summary(task: Task, older: list[Experiment], top: int = 3, knobs: int = 6, limit: int = 80) -> str:
+    """What the experiments before the recent ones came to, in a size that does not grow with their
+    number: counts by verdict, the best, the top keeps with their descriptions, the knobs tried."""
+    counts: dict[str, int] = {}
+    for e in older:
+        counts[e.status] = counts.get(e.status, 0) + 1
+    lines = [f"Experiments {older[0].n} to {older[-1].n}: {len(older)} in all ("
+             + ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) + ")."]
+    scored = [e for e in older if e.metric is not None and e.metric == e.metric]
+    keeps = sorted((e for e in scored if e.status == "keep"), key=lambda e: e.metric if task.minimize else -e.metric)
+    if scored:
+        best = min(scored, key=lambda e: e.metric if task.minimize else -e.metric)
+        lines.append(f"Best {task.metric.name} among them: {fmt_metric(best.metric)} at experiment {best.n} "
+                     f"({best.status}: {one_line(best.description, limit)}).")
+    if keeps:
+        lines.append(f"Top keeps ({min(top, len(keeps))} of {len(keeps)}):")
+        lines += [f"- {e.n}: {fmt_metric(e.metric)}, {one_line(e.description, limit)}" for e in keeps[:top]]
+    tried: dict[str, list[Experiment]] = {}
+    for e in older:
+        for name in e.params or {}:
+            tried.setdefault(str(name), []).append(e)
+    if tried:
+        lines.append("Knobs tried (how often, values, keeps, best with it):")
+        for name, exps in sorted(tried.items(), key=lambda kv: -len(kv[1]))[:knobs]:
+            values = [e.params[name] for e in exps]
+            nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            span = f"{min(nums):.4g} to {max(nums):.4g}" if nums else \
+                ", ".join(sorted({one_line(str(v), 20) for v in values})[:4])
+            kept = [e for e in exps if e.status == "keep"]
+            good = [e for e in exps if e.metric is not None and e.metric == e.metric]
+            top_e = min(good, key=lambda e: e.metric if task.minimize else -e.metric) if good else None
+            best_with = f", best {fmt_metric(top_e.metric)} with {one_line(str(top_e.params[name]), 20)}" \
+                if top_e else ""
+            lines.append(f"- {one_line(name, 40)}: {len(exps)} tries, {span}, {len(kept)} keeps{best_with}")
+        if len(tried) > knobs:
+            lines.append(f"- and {len(tried) - knobs} other knobs")
+    return "\n".join(lines)
+
+
+def results_section(task: Task, history: list[Experiment], recent: int = 20, max_chars: int = 8000) -> str:
+    """The results part of the prompt: every experiment while there are at most `recent`, then a summary of
+    the older ones and the last `recent` in full; never more than `max_chars` characters, however long the
+    run (the summary, then the rows, then each row's text are shortened until it fits)."""
+    if len(history) <= recent:
+        older, last = [], history
+    else:
+        older, last = history[:-recent], history[-recent:]
+    text = ""
+    for top, knobs, limit, rows in ((3, 6, 300, len(last)), (3, 6, 120, len(last)), (3, 5, 80, len(last)),
+                                    (3, 5, 60, max(len(last) // 2, 1)), (1, 3, 40, max(len(last) // 4, 1)),
+                                    (0, 0, 30, 1)):
+        shown = last[-rows:]
+        hidden = older + last[:-rows] if rows < len(last) else older
+        head = f"## Earlier experiments (summary)\n\n{summary(task, hidden, top, knobs, min(limit, 80))}\n\n" \
+               f"## The last {len(shown)}\n\n" if hidden else ""
+        text = head + results_table(task, shown, limit)
+        if len(text) <= max_chars:
+            return text
+    return text[:max_chars - 15] + "\n[... cut ...]"
 
 
 def bound_text(task: Task) -> str:
@@ -62,7 +129,8 @@ def build_prompt(task: Task, worktree_task: Path, history: list[Experiment], run
         if len(text) > MAX_FILE_CHARS:
             text = text[:MAX_FILE_CHARS] + "\n[... truncated ...]"
         parts.append(f"## {rel}\n\n```\n{text}\n```")
-    parts.append(f"# Results so far\n\n{results_table(task, history)}")
+    results = results_section(task, history, task.agent.prompt_results, task.agent.prompt_results_chars)
+    parts.append(f"# Results so far\n\n{results}")
     notes, guidance = run_dir / "notes.md", run_dir / "guidance.md"
     if notes.exists() and notes.read_text().strip():
         parts.append(f"# Your notes (notes.md, kept across experiments)\n\n{notes.read_text().strip()}")

@@ -134,6 +134,8 @@ class AgentSection(_Model):
     api_key_env: str = "OPENAI_API_KEY"
     timeout: float = Field(900.0, gt=0)
     notes_max_chars: int = Field(4000, gt=0)
+    prompt_results: int = Field(20, gt=0, description="experiments in full in the prompt; older ones summarized")
+    prompt_results_chars: int = Field(8000, ge=1000, description="the most characters of the prompt's results")
 
 
 class Task(_Model):

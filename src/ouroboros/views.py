@@ -197,21 +197,24 @@ def log(console: Console, task: Task, tag: str | None, tsv: bool = False) -> Non
     warn(console, ledger, task, run.tag)
     exps = ledger.experiments(run.tag)
     worse = holdout_worse(exps, run.direction == "minimize")
-    table = Table(title=f"run {text(run.tag)} ({text(run.agent, 80)}, seed {run.seed}, trust {text(run.trust)})")
     rows = []
     for e in exps:
-        flag = " [yellow](holdout worse)[/]" if e.n in worse else ""
-        why = f" ({text(e.reason)})" if e.status in ("crash", "timeout", "violation") else ""
-        rows.append({"n": str(e.n), "commit": text(e.commit_sha[:7]), run.metric: fmt(e.metric),
-                     "status": f"[{COLORS.get(e.status, '')}]{text(e.status)}[/]", "run s": f"{e.run_s:.1f}",
-                     "mem GB": f"{e.memory_gb:.2f}", "agent": text(e.model or e.agent, 80),
+        why = f" ({one_line(e.reason, SHOWN_CHARS)})" if e.status in ("crash", "timeout", "violation") else ""
+        rows.append({"n": str(e.n), "commit": one_line(e.commit_sha[:7]), run.metric: fmt(e.metric),
+                     "status": (one_line(e.status, 40), COLORS.get(e.status, "")), "run s": f"{e.run_s:.1f}",
+                     "mem GB": f"{e.memory_gb:.2f}", "agent": one_line(e.model or e.agent, 80),
                      "session": str(e.session or ""),
-                     "tokens": str(e.tokens_in + e.tokens_out) if e.tokens_in or e.tokens_out else "",
-                     "cost $": f"{e.cost_usd:.4f}" if e.cost_usd else "", "isolation": text(e.isolation, 40),
-                     "description": text(e.description) + why + flag})
+                     "tokens in/out": f"{e.tokens_in}/{e.tokens_out}" if e.tokens_in or e.tokens_out else "",
+                     "cost $": f"{e.cost_usd:.4f}" if e.cost_usd else "", "isolation": one_line(e.isolation, 40),
+                     "description": (one_line(e.description, SHOWN_CHARS) + why,
+                                     ("(holdout worse)", "yellow") if e.n in worse else None)})
+    if not rows:
+        console.print(f"run {text(run.tag)}: no experiments yet")
+        ledger.close()
+        return
     # Columns that say nothing (all empty, or the same on every row) are left out to keep rows short.
     cols = [c for c in rows[0] if c in ("n", "commit", run.metric, "status", "description")
-            or len({r[c] for r in rows}) > 1 or (c in ("agent", "isolation") and rows[-1][c])]
+            or len({str(r[c]) for r in rows}) > 1 or (c in ("agent", "isolation") and rows[-1][c])]
     if tsv:  # piped: one tab-separated row per experiment, for grep and cut
         print(f"run {one_line(run.tag, 80)} ({one_line(run.agent, 80)}, seed {run.seed}, trust {one_line(run.trust, 40)})",
               file=sys.stderr)
@@ -220,12 +223,8 @@ def log(console: Console, task: Task, tag: str | None, tsv: bool = False) -> Non
             _row(console, [_plain(r[c]) for c in cols])
         ledger.close()
         return
-    for col in cols:  # one line per experiment: the description is cut to the terminal's width
-        table.add_column(col, no_wrap=True, overflow="ellipsis" if col == "description" else "fold",
-                         ratio=1 if col == "description" else None)
-    for r in rows:
-        table.add_row(*(r[c] for c in cols))  # cells are escaped where they are made
-    console.print(table)
+    columns(console, f"run {one_line(run.tag, 80)} ({one_line(run.agent, 80)}, seed {run.seed}, "
+            f"trust {one_line(run.trust, 40)})", cols, [[r[c] for c in cols] for r in rows])
     ledger.close()
 
 
@@ -234,14 +233,45 @@ def _row(console: Console, cells) -> None:
     print("\t".join(" ".join(str(c).split()) for c in cells), file=console.file, flush=True)
 
 
-def _plain(text: str) -> str:
-    """A cell without the markup this module adds (the colour of a status, the holdout flag)."""
-    return Text.from_markup(text).plain
+def _plain(cell) -> str:
+    """A cell's text without its style: plain text, a (text, style) pair, or (text, (flag, style) or None)."""
+    if isinstance(cell, tuple):
+        return cell[0] if isinstance(cell[1], str) or cell[1] is None else f"{cell[0]} {cell[1][0]}"
+    return cell
 
 
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def columns(console: Console, title: str, cols: list[str], rows: list[list]) -> None:
+    """A table with one line per row, aligned, the last column cut to the terminal's width. Cells are
+    plain text (never markup, so no cell can style or break another), a (text, style) pair, or for the
+    last column (text, (text, style) or None). Built as one rich Text, not a rich Table: a Table
+    measures every cell and takes seconds for a run of 10,000 experiments."""
+    widths = [max([len(col), *(len(_plain(r[i])) for r in rows)]) for i, col in enumerate(cols[:-1])]
+    room = max(console.width - sum(w + 2 for w in widths), 20) if console.is_terminal else None
+    out = Text(no_wrap=True, overflow="ignore")
+    out.append(title + "\n", "bold")
+    out.append("  ".join([*(c.ljust(w) for c, w in zip(cols, widths, strict=False)), cols[-1]]) + "\n", "bold")
+    for r in rows:
+        for cell, w in zip(r, widths, strict=False):
+            txt, style = (cell if isinstance(cell, tuple) else (cell, ""))
+            out.append(txt, style)
+            out.append(" " * (w - len(txt) + 2))
+        last, extra = (r[-1] if isinstance(r[-1], tuple) else (r[-1], None))
+        if isinstance(extra, str):  # a (text, style) pair as the last column
+            out.append(last[:room] if room else last, extra)
+        else:
+            if extra is not None:
+                last = f"{last} "
+            cut = last[:room] if room else last
+            out.append(cut)
+            if extra is not None and (room is None or len(last) + len(extra[0]) <= room):
+                out.append(extra[0], extra[1])
+        out.append("\n")
+    console.print(out, end="", soft_wrap=True, highlight=False)
 
 
 def status(console: Console, task: Task, tsv: bool = False) -> None:

@@ -384,3 +384,20 @@ def count_loc(root: Path, files: list[str]) -> int:
             continue
         total += sum(1 for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
     return total
+
+
+MAX_PACKS = 40  # below git's gc.autoPackLimit (50), so the user's own next commit never starts a gc
+
+
+def maintain(path: Path) -> None:
+    """Pack what a run has added to the repository: its attempt refs into packed-refs, its loose objects
+    (three per attempt) into one pack, and the packs into one when there are more than MAX_PACKS. The
+    loop calls it every few hundred experiments, between experiments, so that neither `git` nor the
+    harness slows down as refs pile up, and the user's next commit does not start git's auto-gc.
+    Best effort: a repack another process holds a lock for is skipped until the next time."""
+    git(path, "pack-refs", "--all", check=False)
+    git(path, "repack", "-d", "-q", check=False)  # loose objects only: incremental, cheap
+    packs = Path(git(path, "rev-parse", "--git-path", "objects/pack", check=False).strip() or ".")
+    packs = packs if packs.is_absolute() else path / packs
+    if len(list(packs.glob("*.pack"))) > MAX_PACKS:  # unreachable objects are kept, never dropped
+        git(path, "repack", "-a", "-d", "-q", "--keep-unreachable", check=False)

@@ -111,10 +111,13 @@ def run_report(task: Task, tag: str | None, out: Path) -> Path:
     view = data.run_view(run)
     svg = figures.save(figures.run_figure(view, run.minimize), out, "run")
     rows = [[a.n, a.status, _fmt(a.metric), a.description] for a in run.attempts]
+    header = ["n", "status", run.metric, "description"]
+    if any(a.tokens_in or a.tokens_out for a in run.attempts):  # tokens per proposal, where the agent said
+        rows = [[*r[:3], f"{a.tokens_in} / {a.tokens_out}", r[3]] for r, a in zip(rows, run.attempts, strict=True)]
+        header = [*header[:3], "tokens in / out", header[3]]
     return html.page(out, f"run {run.tag}", f"task {task.name}, agent {run.agent}, seed {run.seed}, metric "
                      f"{run.metric} ({run.direction})",
                      [{"id": "run", "svg": svg, "caption": "Every attempt in grey, the running best as a step "
                        "line, each keep labelled with its description; crosses mark attempts without a metric."}],
-                     [{"id": "experiments", "title": "experiments", "header": ["n", "status", run.metric,
-                                                                               "description"],
+                     [{"id": "experiments", "title": "experiments", "header": header,
                        "rows": rows, "text_last": True}])

@@ -34,6 +34,8 @@ class Attempt:
     finished: float | None = None
     session: int = 0
     diff: str | None = None  # the proposal's diff.patch, where it was read
+    tokens_in: int = 0  # what the proposal cost in model tokens (API and CLI agents that report it)
+    tokens_out: int = 0
 
 
 @dataclass(frozen=True)

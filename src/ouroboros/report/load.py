@@ -27,7 +27,7 @@ def run_data(ledger: Ledger, run: Run, task_dir: Path | None = None, diffs: bool
             path = ledger.run_dir(run.tag) / "exp" / str(e.n) / "diff.patch"
             diff = path.read_text(errors="replace") if path.is_file() else None
         attempts.append(Attempt(e.n, e.status, e.metric, e.description, e.params, e.started, e.finished,
-                                e.session, diff))
+                                e.session, diff, tokens_in=e.tokens_in or 0, tokens_out=e.tokens_out or 0))
     return RunData(run.tag, run.condition or run.agent, run.direction, run.seed, run.sessions,
                    _budget(run, task_dir), tuple(attempts), run.metric, run.noise_sigma, run.agent)
 
