@@ -74,7 +74,8 @@ TaskDir = Annotated[Path, typer.Option("--task", "-C", help="the task folder (ho
 def init(
     directory: Annotated[Path | None, typer.Argument(help="folder to create from a template, or an existing "
                                                      "repository to describe (default: --here)")] = None,
-    template: Annotated[str | None, typer.Option(help="quadratic (seconds, no torch) or tinygpt")] = None,
+    template: Annotated[str | None, typer.Option(help="quadratic (seconds, no torch), tinygpt, or "
+                                                 "self (Ouroboros's own source)")] = None,
     from_autoresearch: Annotated[bool, typer.Option("--from-autoresearch", help="write a task file for an "
                                                     "existing autoresearch-layout repo")] = False,
     here: Annotated[bool, typer.Option("--here", help="describe the repository in the current folder")] = False,
@@ -99,6 +100,12 @@ def init(
         path = scaffold.describe(target, editable or [], protected or [], run_cmd, metric, direction, evaluate, budget)
         console.print(f"wrote {path} (and program.md if there was none) and committed them; next: "
                       f"ouroboros run -C {target} --agent random -n 10", markup=False)
+    elif template == "self":
+        from ouroboros.self.template import from_template
+
+        from_template(target)
+        console.print(f"created the self task {target}; next: ouroboros run --self -C {target} "
+                      "--max-experiments 10", markup=False)
     else:
         template = template or "quadratic"
         scaffold.from_template(target, template)
@@ -144,6 +151,10 @@ def run(
     allow_weak_isolation: Annotated[bool, typer.Option(
         "--allow-weak-isolation", help="let an agent that writes code run at isolation level process (no "
         "boundary: its code can read and write your files)")] = False,
+    search: Annotated[str | None, typer.Option(help="greedy (extend the latest keep) or tree (Thompson sampling "
+                                               "over clades); default: the task's [search] policy")] = None,
+    self_: Annotated[bool, typer.Option("--self", help="the self task: run each experiment with the latest kept "
+                                        "version of Ouroboros (ouroboros init --template self)")] = False,
 ) -> None:
     """Run the loop: the baseline first, then experiments until a limit is reached."""
     from ouroboros.loop import Loop, Options
@@ -151,8 +162,18 @@ def run(
     t = load_task(task)
     if resume is None and max_experiments is None and hours is None:
         raise OuroborosError("give a limit: --max-experiments N or --hours H (or both)")
+    if search is not None and search not in ("greedy", "tree"):
+        raise OuroborosError(f"--search {search!r}: choose greedy or tree")
+    if self_:
+        from ouroboros.self.driver import run_self
+
+        if max_experiments is None:
+            raise OuroborosError("--self needs --max-experiments N")
+        run_self(t, max_experiments, resume or tag or "self", agent or "policy", seed, echo=console.print)
+        return
     opts = Options(agent=agent or "random", tag=resume or tag, max_experiments=max_experiments, hours=hours,
-                   budget=budget, seed=seed, resume=resume is not None, allow_weak_isolation=allow_weak_isolation)
+                   budget=budget, seed=seed, resume=resume is not None, allow_weak_isolation=allow_weak_isolation,
+                   extra={"search": search} if search else {})
     options = agent_drive.agent_options(model=model, base_url=base_url, api_key_env=api_key_env, spend_cap=spend_cap,
                                         price=agent_drive.parse_price(price), timeout=agent_timeout)
     agent_driven = agent_drive.configure(t, opts, drive, options) == "agent"
@@ -371,6 +392,31 @@ def dashboard(
 
         study = study_dir(study)
     web.serve(None if study else (task or Path(".")).resolve(), study, host, port, echo=console.print)
+
+
+@app.command()
+def delta(
+    version: Annotated[list[str] | None, typer.Option(help="a commit of Ouroboros's source (repeat to compare two); "
+                                                       "default: HEAD")] = None,
+    repo: Annotated[Path | None, typer.Option(help="the git repo holding the versions (default: this Ouroboros's "
+                                              "checkout)")] = None,
+    seeds: Annotated[int, typer.Option(help="seeds per suite task", min=1)] = 2,
+    experiments: Annotated[int, typer.Option(help="inner experiments per run", min=1)] = 8,
+    holdout: Annotated[bool, typer.Option(help="measure on the holdout suite instead of the public one")] = False,
+    tasks: Annotated[str | None, typer.Option(help="comma-separated suite tasks (default: all)")] = None,
+    agent: Annotated[str, typer.Option(help="the inner harness's agent")] = "policy",
+    search: Annotated[str, typer.Option(help="the inner harness's search policy: greedy or tree")] = "greedy",
+    jobs: Annotated[int, typer.Option(help="inner runs side by side", min=1)] = 2,
+    out: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
+) -> None:
+    """The delta benchmark: a version's mean normalized improvement on the suite, re-measured."""
+    from ouroboros.self import delta as bench
+
+    results = bench.compare(version or ["HEAD"], repo, list(range(seeds)), experiments,
+                            "holdout" if holdout else "public", [t for t in (tasks or "").split(",") if t] or None,
+                            agent, search, jobs, echo=console.print)
+    if out is not None:
+        out.write_text("[" + ",\n".join(r.to_json() for r in results) + "]\n")
 
 
 @app.command()

@@ -269,10 +269,10 @@ class Loop:
         keeps = [e for e in self.history if e.status == Verdict.KEEP]
         return keeps[-1]
 
-    def _context(self, n: int) -> Context:
+    def _context(self, n: int, best: Experiment | None = None) -> Context:
         run_dir = self.ledger.run_dir(self.tag)
         history = self.finished
-        return Context(self.task, self.ws.task_dir, n, history, self.best, run_dir, self.ledger.exp_dir(self.tag, n),
+        return Context(self.task, self.ws.task_dir, n, history, best or self.best, run_dir, self.ledger.exp_dir(self.tag, n),
                        experiment_seed(self.run_rec.seed, n),
                        lambda: build_prompt(self.task, self.ws.task_dir, history, run_dir),
                        self.run_rec.sessions,
@@ -423,6 +423,7 @@ class Loop:
         self.guard = Guard(self.task, self.ws)
         self.ws.pin(0, base)
         exp = Experiment(self.tag, 0, commit_sha=base, parent=base, description="baseline", agent="baseline",
+                         model=os.environ.get("OUROBOROS_VERSION", ""),
                          loc=count_loc(self.ws.task_dir, self.task.editable_files(self.ws.task_dir)))
         self.ledger.begin(exp)
         self._execute(exp, None)
@@ -438,9 +439,9 @@ class Loop:
         With a proposal given, the worktree already holds the change (agent-driven mode: the
         agent edited the files itself and called `ouroboros exp`), and the agent is not asked.
         """
-        best = self.best
         n = max(e.n for e in self.history) + 1
-        ctx = self._context(n)
+        best = self._parent(n) if proposal is None else self.best
+        ctx = self._context(n, best)
         start = time.monotonic()
         failure = None
         if proposal is None:
@@ -453,7 +454,8 @@ class Loop:
             finally:
                 marker.unlink(missing_ok=True)
         exp = Experiment(self.tag, n, parent=best.commit_sha, description=clean_text(proposal.description),
-                         agent=self.agent.name, model=proposal.model, session=proposal.session or ctx.session,
+                         agent=self.agent.name, model=proposal.model or os.environ.get("OUROBOROS_VERSION", ""),
+                         session=proposal.session or ctx.session,
                          tokens_in=proposal.tokens_in, tokens_out=proposal.tokens_out, cost_usd=proposal.cost_usd,
                          params=proposal.params, agent_s=time.monotonic() - start)
         violations = [] if failure else self.guard.check(best.commit_sha)
@@ -475,6 +477,18 @@ class Loop:
             return exp
         self._execute(exp, best, start)
         return exp
+
+    def _parent(self, n: int) -> Experiment:
+        """The experiment's parent: the latest keep (greedy), or a keep drawn by the tree policy."""
+        if (self.run_rec.config.get("search") or self.task.search.policy) != "tree":
+            return self.best
+        from ouroboros import policy
+        from ouroboros.self.lineage import choose_parent
+
+        parent = choose_parent(self.finished, self.task.minimize, self.run_rec.seed, n, float(policy.TREE_PRIOR))
+        if self.ws.head() != parent.commit_sha:
+            self.ws.reset(parent.commit_sha)
+        return parent
 
     def _execute(self, exp: Experiment, best: Experiment | None, start: float | None = None) -> None:
         """Run, evaluate and judge an attempt already committed and begun in the ledger."""

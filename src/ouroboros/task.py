@@ -138,6 +138,10 @@ class AgentSection(_Model):
     prompt_results_chars: int = Field(8000, ge=1000, description="the most characters of the prompt's results")
 
 
+class SearchSection(_Model):
+    policy: Literal["greedy", "tree"] = Field("greedy", description="how the loop picks each experiment's parent")
+
+
 class Task(_Model):
     task: TaskSection
     metric: MetricSection
@@ -145,6 +149,7 @@ class Task(_Model):
     knobs: KnobsSection = KnobsSection()
     bound: BoundSection = BoundSection()
     agent: AgentSection = AgentSection()
+    search: SearchSection = SearchSection()
 
     # Where the task lives; set by load_task, not part of the file.
     root: Path = Field(Path("."), exclude=True)

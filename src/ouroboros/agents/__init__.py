@@ -5,6 +5,7 @@ Spec grammar:
     random | tpe                     classical search over the task's knobs
     mutate[:K] | random:K            change 1 to K knobs (default 3) of the best so far: near their
                                      values (mutate) or anywhere in range (random:K)
+    policy                           knob mutation steered by ouroboros/policy.py
     cmd:<shell command>              any program that edits files in the worktree
     codex | claude | aider | opencode | gemini [:<model>]
                                      a coding-agent CLI (presets.py)
@@ -25,15 +26,16 @@ from ouroboros.agents.base import Agent, AgentError, Context, Proposal, StopRun
 from ouroboros.agents.command import CommandAgent
 from ouroboros.agents.ensemble import EnsembleAgent
 from ouroboros.agents.mutate import MutateAgent
+from ouroboros.agents.policy import PolicyAgent
 from ouroboros.agents.presets import PRESETS, PresetAgent
 from ouroboros.agents.replay import ReplayAgent
 from ouroboros.agents.search import SearchAgent
 from ouroboros.errors import OuroborosError
 
-__all__ = ["Agent", "AgentError", "Context", "Proposal", "StopRun", "CommandAgent", "SearchAgent", "MutateAgent", "PresetAgent",
+__all__ = ["Agent", "AgentError", "Context", "Proposal", "StopRun", "CommandAgent", "SearchAgent", "MutateAgent", "PolicyAgent", "PresetAgent",
            "ApiAgent", "EnsembleAgent", "ReplayAgent", "PRESETS", "make_agent"]
 
-KINDS = "random, tpe, mutate[:K], random:K, cmd:<shell command>, " + ", ".join(PRESETS) + ", api:<model>, replay:<run>, " \
+KINDS = "random, tpe, mutate[:K], random:K, policy, cmd:<shell command>, " + ", ".join(PRESETS) + ", api:<model>, replay:<run>, " \
         "or an ensemble like 'api:a=0.7,api:b=0.3'"
 
 
@@ -45,6 +47,8 @@ def make_agent(spec: str, seed: int = 0, options: dict[str, Any] | None = None) 
         return EnsembleAgent([_member(part, seed, opts) for part in spec.split(",") if part.strip()])
     if spec in ("random", "tpe"):
         return SearchAgent(spec, seed)
+    if spec == "policy":
+        return PolicyAgent(seed)
     kind, _, arg = spec.partition(":")
     if kind == "mutate" or (kind == "random" and arg):
         if arg and not arg.isdigit() or arg == "0":

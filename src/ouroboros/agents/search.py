@@ -17,13 +17,12 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState, create_trial
 
-from ouroboros import knobs
+from ouroboros import knobs, policy
 from ouroboros.agents.base import Agent, AgentError, Context, Proposal
 from ouroboros.ledger import Experiment
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-TPE_STARTUP = 5  # random trials (the baseline counts) before TPE's model takes over
 RESAMPLES = 500  # samples drawn for one feasible proposal before the agent gives up
 _INFEASIBLE = {"constraints": (1.0,)}  # Optuna's system attribute for constraint values
 
@@ -41,7 +40,7 @@ class SearchAgent(Agent):
 
     def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         if self.name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP, multivariate=True)
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=policy.TPE_STARTUP, multivariate=True)
         return optuna.samplers.RandomSampler(seed=seed)
 
     def _params(self, exp: Experiment) -> dict:

@@ -1,0 +1,240 @@
+"""The delta benchmark: how good a version of Ouroboros is at improving things.
+
+A version runs as the inner harness (its own process, its own source) on every suite task for a
+fixed number of experiments and seeds (`run_inner`). The outer harness then re-measures what each
+inner run kept with the suite's trusted evaluators (`collect`): the inner ledger is read only for
+its claims, which must be reproduced, and for which commits it kept. Scores:
+
+    curve      c_k = normalized best-so-far after k experiments (0 = the task's baseline, 1 = its best)
+    area       mean of c_1 .. c_E (area under the normalized best-so-far curve)
+    final      c_E (the final normalized gain)
+    run score  (area + final) / 2
+    task score the median of the run scores over seeds
+    delta      the mean of the task scores, with a bootstrap 95% interval over tasks
+
+Deterministic for the same version, suite, seeds and experiments: the inner agents are seeded, the
+suite's evaluators are deterministic (the noisy task's noise is seeded), and the bootstrap is too.
+
+Does not protect against: an inner harness that rewrites its own git history consistently (right
+params, matching claims, at earlier experiment numbers) inflates the area, not the final gain.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sqlite3
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ouroboros.errors import OuroborosError
+from ouroboros.self import versions
+from ouroboros.self.suite import SuiteTask, load_suite
+from ouroboros.workspace import git
+
+TAG = "delta"
+CLAIM_RTOL = 1e-6
+
+
+class ClaimError(OuroborosError):
+    """The inner ledger claims a result the trusted re-measurement does not reproduce."""
+
+
+@dataclass
+class RunScore:
+    task: str
+    seed: int
+    curve: list[float]
+    area: float
+    final: float
+    score: float
+    keeps: int
+    best: float | None  # the re-measured best value of the scored metric
+
+
+@dataclass
+class DeltaResult:
+    split: str
+    seeds: list[int]
+    experiments: int
+    agent: str
+    search: str
+    delta: float
+    low: float
+    high: float
+    tasks: dict[str, float] = field(default_factory=dict)  # task -> median run score over seeds
+    runs: list[RunScore] = field(default_factory=list)
+
+    def line(self) -> str:
+        return f"delta {self.delta:.4f} (95% CI {self.low:.4f} .. {self.high:.4f}; {self.split} suite, " \
+               f"{len(self.tasks)} tasks x {len(self.seeds)} seeds x {self.experiments} experiments)"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+
+def run_dir(work: Path, task: SuiteTask, seed: int) -> Path:
+    return work / f"{task.name}-s{seed}"
+
+
+def run_inner(src: Path, task: SuiteTask, seed: int, experiments: int, work: Path, agent: str = "policy",
+              search: str = "greedy", timeout: float = 600) -> Path:
+    """One inner run: a fresh copy of the suite task, the version at `src` as its harness, exec'd."""
+    dest = run_dir(work, task, seed)
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(task.path, dest, ignore=shutil.ignore_patterns("__pycache__", ".ouroboros"))
+    (dest / ".gitignore").write_text(".ouroboros/\n__pycache__/\n")
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-q", "-m", f"suite task {task.name}")
+    argv = versions.command("run", "-C", str(dest), "--agent", agent, "--max-experiments", str(experiments),
+                            "--seed", str(seed), "--tag", TAG, *(["--search", search] if search != "greedy" else []))
+    with open(dest.parent / f"{dest.name}.log", "wb") as log:
+        try:
+            proc = subprocess.run(argv, cwd=dest, env=versions.environment(src, {"COLUMNS": "160"}), stdout=log,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise OuroborosError(f"the inner harness ran past {timeout:g} s on {task.name} (seed {seed})") from None
+    if proc.returncode != 0:
+        tail = (dest.parent / f"{dest.name}.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+        raise OuroborosError(f"the inner harness failed on {task.name} (seed {seed}, exit {proc.returncode}): "
+                             f"{tail[0][:300]}")
+    return dest
+
+
+def claims(dest: Path) -> list[tuple[int, str, str, float | None]]:
+    """(n, commit, status, metric) of every inner experiment, as the inner ledger tells it."""
+    db = dest / ".ouroboros" / "ledger.sqlite"
+    if not db.is_file():
+        raise OuroborosError(f"the inner run in {dest} left no ledger")
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT n, commit_sha, status, metric FROM experiments WHERE tag=? ORDER BY n",
+                           (TAG,)).fetchall()
+    except sqlite3.Error as exc:
+        raise OuroborosError(f"the inner ledger in {dest} is unreadable: {exc}") from exc
+    finally:
+        con.close()
+    return [(int(n), str(c), str(s), None if m is None else float(m)) for n, c, s, m in rows]
+
+
+def _params_at(dest: Path, commit: str) -> str:
+    # cat-file runs no filter, textconv or hook of the (untrusted) inner repo
+    out = subprocess.run(["git", f"--git-dir={dest / '.git'}", "-c", "core.fsmonitor=false", "cat-file", "blob",
+                          f"{commit}:params.py"], capture_output=True)
+    if out.returncode != 0:
+        raise ClaimError(f"the inner ledger of {dest.name} names commit {commit[:12]}, which has no params.py")
+    return out.stdout.decode(errors="replace")
+
+
+def collect(dest: Path, task: SuiteTask, seed: int, experiments: int) -> RunScore:
+    """Re-measure every keep of an inner run with the trusted evaluator; check the claims; score it."""
+    rows = claims(dest)
+    if [r[0] for r in rows] != list(range(experiments + 1)):
+        raise ClaimError(f"the inner ledger of {dest.name} records experiments {[r[0] for r in rows]}, "
+                         f"not 0..{experiments}")
+    metric_name = _metric_name(task)
+    best = task.baseline
+    curve = []
+    keeps = 0
+    for n, commit, status, claimed in rows:
+        if status == "keep" and n > 0:
+            keeps += 1
+            measured = task.measure(_params_at(dest, commit), seed)
+            if measured is None:
+                raise ClaimError(f"{task.name} seed {seed}: the inner ledger claims a keep at experiment {n} "
+                                 f"({metric_name} {claimed}), but its params are infeasible to the trusted evaluator")
+            again = measured[metric_name]
+            if claimed is None or not math.isclose(claimed, again, rel_tol=CLAIM_RTOL, abs_tol=1e-9):
+                raise ClaimError(f"{task.name} seed {seed}: the inner ledger claims {metric_name} {claimed} at "
+                                 f"experiment {n}; the trusted re-measurement gives {again:.6g}")
+            value = measured[task.score]
+            if (value < best) if task.minimize else (value > best):
+                best = value
+        if n > 0:
+            curve.append(task.normalize(best))
+    area = sum(curve) / len(curve) if curve else 0.0
+    final = curve[-1] if curve else 0.0
+    return RunScore(task.name, seed, curve, area, final, (area + final) / 2, keeps, best)
+
+
+def _metric_name(task: SuiteTask) -> str:
+    import tomllib
+
+    return tomllib.loads((task.path / "ouroboros.toml").read_text())["metric"]["name"]
+
+
+def score(runs: list[RunScore], split: str, seeds: list[int], experiments: int, agent: str,
+          search: str) -> DeltaResult:
+    import numpy as np
+    from scipy import stats
+
+    tasks: dict[str, float] = {}
+    for name in dict.fromkeys(r.task for r in runs):
+        tasks[name] = float(np.median([r.score for r in runs if r.task == name]))
+    values = np.array(list(tasks.values()))
+    delta = float(values.mean())
+    if len(values) < 2 or np.ptp(values) == 0:
+        low = high = delta
+    else:
+        ci = stats.bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile",
+                             random_state=0).confidence_interval
+        low, high = float(ci.low), float(ci.high)
+    return DeltaResult(split, seeds, experiments, agent, search, delta, low, high, tasks, runs)
+
+
+def benchmark(src: Path, work: Path, seeds: list[int], experiments: int, split: str = "public",
+              names: list[str] | None = None, agent: str = "policy", search: str = "greedy",
+              jobs: int = 2) -> DeltaResult:
+    """Run the version at `src` on the suite and score it (inner runs side by side, `jobs` at a time)."""
+    plan = benchmark_runs(src, work, seeds, experiments, split, names, agent, search, jobs)
+    runs = [collect(dest, task, seed, experiments) for dest, task, seed in plan]
+    return score(runs, split, seeds, experiments, agent, search)
+
+
+def benchmark_runs(src: Path, work: Path, seeds: list[int], experiments: int, split: str = "public",
+                   names: list[str] | None = None, agent: str = "policy", search: str = "greedy",
+                   jobs: int = 2) -> list[tuple[Path, SuiteTask, int]]:
+    """The inner runs of a benchmark, without scoring them (the self task's run phase)."""
+    suite = load_suite(split, names)
+    work.mkdir(parents=True, exist_ok=True)
+    plan = [(t, s) for t in suite for s in seeds]
+
+    def one(item: tuple[SuiteTask, int]) -> tuple[Path, SuiteTask, int]:
+        task, seed = item
+        return run_inner(src, task, seed, experiments, work, agent, search), task, seed
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(one, plan))
+
+
+def compare(refs: list[str], repo: Path | None, seeds: list[int], experiments: int, split: str,
+            names: list[str] | None, agent: str, search: str, jobs: int,
+            echo: Callable[[str], None] = print) -> list[DeltaResult]:
+    """`ouroboros delta`: benchmark each version; with two, say whether they differ."""
+    if search not in ("greedy", "tree"):
+        raise OuroborosError(f"--search {search!r}: choose greedy or tree")
+    if len(refs) > 2:
+        raise OuroborosError(f"give one or two --version, not {len(refs)}")
+    repo = (repo or versions.source_repo()).resolve()
+    cache = repo / ".ouroboros" / "versions"
+    results = []
+    for ref in refs:
+        sha = versions.resolve(repo, ref)
+        src = versions.install(repo, sha, cache)
+        result = benchmark(src, repo / ".ouroboros" / "delta" / f"{sha[:12]}-{split}", seeds, experiments, split,
+                           names, agent, search, jobs)
+        echo(f"{ref} ({sha[:12]}): {result.line()}")
+        for name, value in result.tasks.items():
+            echo(f"  {name:<14} {value:.4f}")
+        results.append(result)
+    if len(results) == 2:
+        a, b = results
+        verdict = "the intervals overlap: no clear difference" if a.low <= b.high and b.low <= a.high else \
+            f"{refs[0] if a.delta > b.delta else refs[1]} is better (the intervals do not overlap)"
+        echo(f"{refs[1]} - {refs[0]}: {b.delta - a.delta:+.4f}; {verdict}")
+    return results

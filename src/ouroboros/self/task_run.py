@@ -1,0 +1,34 @@
+"""The self task's run phase: the candidate version (the worktree's src/) as the inner harness on
+the suite. Untrusted: it is the candidate's own code that runs here; it leaves the inner runs in
+.self/work/ for the trusted evaluator (task_eval.py), which believes none of it without checking.
+
+    PYTHONPATH=src python -m ouroboros.self.task_run
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from ouroboros.errors import OuroborosError
+from ouroboros.self.delta import benchmark_runs
+from ouroboros.self.settings import WORK, load_settings
+
+
+def main(root: Path) -> int:
+    cfg = load_settings(root)
+    work = root / WORK
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        benchmark_runs(root / "src", work, cfg.seeds, cfg.experiments, "public", cfg.tasks, cfg.agent, cfg.search,
+                       cfg.jobs)
+    except OuroborosError as exc:
+        print(f"error: {exc}", flush=True)
+        return 1
+    print(f"inner runs done: {work}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path.cwd()))
