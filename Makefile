@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 OUROBOROS := $(VENV)/bin/ouroboros
 DEMO ?= .demo
 
-.PHONY: demo demo-tinygpt study-demo test install system bwrap bench lint clean
+.PHONY: demo demo-tinygpt study-demo self-demo test install system bwrap bench lint clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -64,6 +64,16 @@ study-demo: $(VENV)/.report
 	$(OUROBOROS) study run examples/studies/quadratic.toml --dir $(DEMO)/study
 	$(OUROBOROS) report --study $(DEMO)/study --out $(DEMO)/study/report
 	@echo "report: $(DEMO)/study/report/index.html"
+
+# Ouroboros improving itself, offline: ten experiments of `run --self` on the self task (each one the
+# delta benchmark of a candidate policy module, gated and re-measured), the holdout comparison of the
+# first and final version, then the run's report with the lineage tree.
+self-demo: install
+	rm -rf $(DEMO)/self
+	$(OUROBOROS) init $(DEMO)/self --template self
+	$(OUROBOROS) run --self -C $(DEMO)/self --max-experiments 10 --tag demo
+	$(OUROBOROS) report -C $(DEMO)/self --run demo --out $(DEMO)/self/report
+	@echo "report: $(DEMO)/self/report/index.html"
 
 test: $(VENV)/.dev system
 	$(PY) -m pytest -q -n 2 --timeout 600

@@ -142,8 +142,8 @@ def collect(dest: Path, task: SuiteTask, seed: int, experiments: int) -> RunScor
     curve = []
     keeps = 0
     for n, commit, status, claimed in rows:
-        if status == "keep" and n > 0:
-            keeps += 1
+        if status == "keep":  # the baseline's claim is checked too
+            keeps += n > 0
             measured = task.measure(_params_at(dest, commit), seed)
             if measured is None:
                 raise ClaimError(f"{task.name} seed {seed}: the inner ledger claims a keep at experiment {n} "

@@ -93,6 +93,9 @@ def run_self(task: Task, max_experiments: int, tag: str, agent: str = "policy", 
         state["holdout"] = {"first": state["first"], "final": state["final"]}
         for key in ("first", "final"):
             sha = state[key]
+            if key == "final" and sha == state["first"]:
+                state["holdout"]["final_result"] = state["holdout"]["first_result"]
+                break
             echo(f"holdout suite: version {sha[:12]} ({key})")
             result = benchmark(versions.install(repo, sha, cache), records / "holdout" / sha[:12], cfg.seeds,
                                cfg.experiments, "holdout", None, cfg.agent, cfg.search, cfg.jobs)

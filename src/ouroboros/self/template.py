@@ -110,7 +110,7 @@ change. Higher is better.
 """
 
 
-def from_template(directory: Path, experiments: int = 8) -> Path:
+def from_template(directory: Path, experiments: int = 6) -> Path:
     if directory.exists() and any(directory.iterdir()):
         raise OuroborosError(f"{directory} exists and is not empty; pick a new folder")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".ouroboros", "holdout", "solution.json")

@@ -1,0 +1,191 @@
+"""The self task: rollbacks of bad candidates, the gate, the delta benchmark's determinism, tree search."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from ouroboros.errors import OuroborosError
+from ouroboros.ledger import Experiment, Ledger
+from ouroboros.loop import Loop, Options
+from ouroboros.self import lineage
+from ouroboros.self.delta import ClaimError, benchmark, collect, run_inner
+from ouroboros.self.driver import run_self
+from ouroboros.self.gate import gate
+from ouroboros.self.suite import load_suite
+from ouroboros.self.template import from_template
+from ouroboros.task import RECORDS_DIR, load_task
+from ouroboros.testing import commit_all
+from ouroboros.workspace import git
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+SYNTAX_ERROR = "MUTATE_KNOBS = (\n"
+# Imported by the inner harness: every metric its evaluation reports is inflated, so its ledger
+# claims results that the trusted re-measurement cannot reproduce.
+FORGED = '''
+import ouroboros.evaluate as _evaluate
+_sealed = _evaluate.sealed
+
+
+def _forged(*args, **kwargs):
+    m = _sealed(*args, **kwargs)
+    if m.metric is not None:
+        m.metric += 1000.0
+    return m
+
+
+_evaluate.sealed = _forged
+'''
+# Weakens the guard in-process: the guard's checks still run, their violations are dropped.
+NO_GUARD = '''
+from ouroboros import guard as _guard
+_check = _guard.Guard.check
+
+
+def _quiet(self, *args, **kwargs):
+    _check(self, *args, **kwargs)
+    return []
+
+
+_guard.Guard.check = _quiet
+'''
+
+
+@pytest.fixture
+def self_task(tmp_path: Path) -> Path:
+    """A self task with a tiny delta benchmark (one suite task, one seed, two inner experiments)."""
+    root = from_template(tmp_path / "self")
+    (root / "delta.toml").write_text('seeds = [0]\nexperiments = 2\ntasks = ["knapsack"]\njobs = 1\ngate = false\n')
+    commit_all(root, "a tiny delta benchmark for tests")
+    return root
+
+
+def scripted_agent(tmp_path: Path, candidates: list[str]) -> str:
+    """A cmd: agent that writes candidates[i] into policy.py at its i-th call (appended to the module)."""
+    (tmp_path / "candidates.json").write_text(json.dumps(candidates))
+    script = tmp_path / "agent.py"
+    script.write_text(f'''
+import json, os
+from pathlib import Path
+state = Path({str(tmp_path / "calls")!r})
+i = int(state.read_text()) if state.exists() else 0
+state.write_text(str(i + 1))
+text = json.loads(Path({str(tmp_path / "candidates.json")!r}).read_text())[i]
+policy = Path("src/ouroboros/policy.py")
+policy.write_text(text if text.startswith("MUTATE_KNOBS = (") else policy.read_text() + text)
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("candidate %d\\n" % i)
+''')
+    return f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(script))}"
+
+
+def test_bad_candidates_are_rolled_back_and_the_run_goes_on_with_the_last_good_version(self_task, tmp_path):
+    agent = scripted_agent(tmp_path, [SYNTAX_ERROR, FORGED, "\nEXPLORE = 0.5\n"])
+    state = run_self(load_task(self_task), 3, "t", agent=agent, holdout=False, echo=lambda s: None)
+    exps = Ledger(self_task / RECORDS_DIR).experiments("t")
+    base = exps[0]
+    assert base.status == "keep" and base.model == base.commit_sha[:12]
+    syntax, forged, good = exps[1:]
+    assert syntax.status == "crash" and "run exited" in syntax.reason
+    assert "SyntaxError" in (self_task / RECORDS_DIR / "runs/t/exp/1/run.log").read_text()
+    assert forged.status == "crash" and "evaluator exited 1" in forged.reason
+    assert "trusted re-measurement gives" in (self_task / RECORDS_DIR / "runs/t/exp/2/eval.log").read_text()
+    # Every experiment was proposed and run by the last good version (the baseline's), from it.
+    for e in (syntax, forged, good):
+        assert e.model == base.commit_sha[:12] and e.parent == base.commit_sha
+    assert good.status in ("keep", "discard") and good.metric is not None
+    assert state["versions"] == [base.commit_sha[:12]]
+
+
+def test_the_gate_fails_a_version_that_weakens_the_guard(tmp_path):
+    good = tmp_path / "good"
+    bad = tmp_path / "bad"
+    for dest in (good, bad):
+        (dest / "src").mkdir(parents=True)
+        import shutil
+
+        shutil.copytree(SRC / "ouroboros", dest / "src" / "ouroboros",
+                        ignore=shutil.ignore_patterns("__pycache__", "holdout"))
+    policy = bad / "src" / "ouroboros" / "policy.py"
+    policy.write_text(policy.read_text() + NO_GUARD)
+    failures = gate(bad / "src")
+    assert any("cheat edit-evaluator" in f for f in failures), failures
+    assert not any("agent contract" in f for f in failures), failures
+
+
+def test_the_gate_passes_the_current_version():
+    assert gate(SRC) == []
+
+
+def test_the_delta_benchmark_of_the_same_version_and_seeds_gives_the_same_score(tmp_path):
+    first = benchmark(SRC, tmp_path / "a", [0, 1], 3, names=["knapsack", "multimodal"], jobs=2)
+    second = benchmark(SRC, tmp_path / "b", [0, 1], 3, names=["knapsack", "multimodal"], jobs=2)
+    assert first.delta == second.delta and (first.low, first.high) == (second.low, second.high)
+    assert [r.curve for r in first.runs] == [r.curve for r in second.runs]
+    assert 0.0 <= first.low <= first.delta <= first.high <= 1.0
+    assert all(0.0 <= c <= 1.0 for r in first.runs for c in r.curve)
+    assert all(len(r.curve) == 3 for r in first.runs)
+
+
+def test_forged_claims_are_caught_by_the_trusted_re_measurement(tmp_path):
+    task = load_suite("public", ["knapsack"])[0]
+    dest = run_inner(SRC, task, 0, 2, tmp_path)
+    db = dest / RECORDS_DIR / "ledger.sqlite"
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    con.execute("UPDATE experiments SET metric = metric + 5 WHERE n = 0")
+    con.commit()
+    con.close()
+    with pytest.raises(ClaimError, match="trusted re-measurement gives"):
+        collect(dest, task, 0, 2)
+
+
+def test_suite_normalizes_to_zero_at_the_baseline_and_one_at_the_best():
+    for split in ("public", "holdout"):
+        suite = load_suite(split)
+        assert {t.kind for t in suite} == {"quadratic", "noisy", "constrained", "multimodal", "combinatorial", "text"}
+        for t in suite:
+            assert t.normalize(t.baseline) == 0.0 and t.normalize(t.best) == 1.0
+    with pytest.raises(OuroborosError, match="no suite task nope"):
+        load_suite("public", ["nope"])
+
+
+def _exp(n: int, sha: str, parent: str, status: str, metric: float | None = None) -> Experiment:
+    return Experiment("t", n, commit_sha=sha, parent=parent, status=status, metric=metric)
+
+
+def test_clades_count_the_verdicts_below_each_keep():
+    history = [_exp(0, "a", "a", "keep", 10), _exp(1, "b", "a", "keep", 8), _exp(2, "c", "b", "discard", 9),
+               _exp(3, "d", "b", "keep", 5), _exp(4, "e", "a", "crash")]
+    nodes = lineage.tree(history, minimize=True)
+    assert (nodes["a"].successes, nodes["a"].failures, nodes["a"].descendants) == (2, 2, 4)
+    assert (nodes["b"].successes, nodes["b"].failures, nodes["b"].descendants) == (2, 1, 2)
+    assert nodes["a"].clade_best == 5 and nodes["d"].clade_best == 5
+    picks = {lineage.choose_parent(history, True, seed, 5, 1.0).commit_sha for seed in range(30)}
+    assert picks <= {"a", "b", "d"} and len(picks) > 1
+    assert lineage.choose_parent(history, True, 3, 5, 1.0) == lineage.choose_parent(history, True, 3, 5, 1.0)
+
+
+def test_tree_search_expands_keeps_only(tmp_path):
+    task_dir = tmp_path / "multimodal"
+    import shutil
+
+    shutil.copytree(load_suite("public", ["multimodal"])[0].path, task_dir)
+    (task_dir / ".gitignore").write_text(".ouroboros/\n__pycache__/\n")
+    git(task_dir, "init", "-q", "-b", "main")
+    commit_all(task_dir, "task")
+    loop = Loop(load_task(task_dir), Options(agent="policy", tag="tree", max_experiments=8, extra={"search": "tree"}))
+    loop.run()
+    exps = loop.ledger.experiments("tree")
+    assert loop.run_rec.config["search"] == "tree"
+    for e in exps[1:]:
+        keeps_before = {k.commit_sha for k in exps[:e.n] if k.status == "keep"}
+        assert e.parent in keeps_before
+        parent = next(k for k in exps if k.commit_sha == e.parent)
+        if e.status == "keep":  # judged against its own parent
+            assert e.metric < parent.metric
