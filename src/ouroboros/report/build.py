@@ -115,9 +115,13 @@ def run_report(task: Task, tag: str | None, out: Path) -> Path:
     if any(a.tokens_in or a.tokens_out for a in run.attempts):  # tokens per proposal, where the agent said
         rows = [[*r[:3], f"{a.tokens_in} / {a.tokens_out}", r[3]] for r, a in zip(rows, run.attempts, strict=True)]
         header = [*header[:3], "tokens in / out", header[3]]
+    from ouroboros.self.report import sections
+
+    lineage_figs, lineage_tables = sections(task, run.tag, out)
     return html.page(out, f"run {run.tag}", f"task {task.name}, agent {run.agent}, seed {run.seed}, metric "
                      f"{run.metric} ({run.direction})",
                      [{"id": "run", "svg": svg, "caption": "Every attempt in grey, the running best as a step "
-                       "line, each keep labelled with its description; crosses mark attempts without a metric."}],
-                     [{"id": "experiments", "title": "experiments", "header": header,
-                       "rows": rows, "text_last": True}])
+                       "line, each keep labelled with its description; crosses mark attempts without a metric."},
+                      *lineage_figs],
+                     [*lineage_tables[1:], {"id": "experiments", "title": "experiments", "header": header,
+                                            "rows": rows, "text_last": True}, *lineage_tables[:1]])

@@ -100,7 +100,8 @@ def plan(study: Study, out: Path) -> list[Planned]:
             for k, seed in enumerate(study.seed_list):
                 tag = study.tag(cond, k)
                 spec = RunSpec(study=study.name, condition=cond.name, tag=tag, agent=cond.agent, seed=seed,
-                               task_dir=task_dir, limits=study.limits_for(cond), log=out / "logs" / f"{tag}.log")
+                               task_dir=task_dir, limits=study.limits_for(cond), log=out / "logs" / f"{tag}.log",
+                               search=cond.search)
                 run = ledger.run(tag)
                 state = "done" if is_done(run, spec.limits) else ("resume" if run else "new")
                 planned.append(Planned(spec, state))

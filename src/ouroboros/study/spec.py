@@ -80,6 +80,7 @@ class Condition(_Model):
     program: str | None = Field(None, description="a program file relative to the study file")
     knobs: dict[str, int | float | bool | str] = {}
     limits: Limits | None = None
+    search: Literal["greedy", "tree"] | None = Field(None, description="the loop's search policy; default: the task's")
 
     @field_validator("name")
     @classmethod
@@ -178,3 +179,4 @@ class RunSpec(_Model):
     task_dir: Path = Field(description="the condition's task folder (its own copy of the task repo)")
     limits: Limits
     log: Path = Field(description="where the run's own output goes")
+    search: Literal["greedy", "tree"] | None = None

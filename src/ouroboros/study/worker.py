@@ -60,7 +60,7 @@ def execute(spec: RunSpec) -> RunResult:
     lim = spec.limits
     opts = Options(agent=spec.agent, tag=spec.tag, max_experiments=lim.max_experiments, hours=lim.hours,
                    budget=lim.budget, seed=spec.seed, resume=existing is not None, study=spec.study,
-                   condition=spec.condition)
+                   condition=spec.condition, extra={"search": spec.search} if spec.search else {})
     loop = None
     try:
         loop = Loop(load_task(spec.task_dir), opts)
