@@ -8,7 +8,6 @@ import ast
 import json
 import math
 import os
-import random
 import sys
 
 SHIFT = [-2.5, 1.0]

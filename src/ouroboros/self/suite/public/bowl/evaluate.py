@@ -8,7 +8,6 @@ import ast
 import json
 import math
 import os
-import random
 import sys
 
 CENTER = [3.0, -1.0, 0.5, 2.0]
@@ -17,7 +16,7 @@ SCALES = [1.0, 10.0, 100.0, 0.1]
 
 def measure(values, seed):
     x = [float(values[f'X{i}']) for i in range(4)]
-    return {'loss': sum(s * (xi - c) ** 2 for xi, c, s in zip(x, CENTER, SCALES))}
+    return {'loss': sum(s * (xi - c) ** 2 for xi, c, s in zip(x, CENTER, SCALES, strict=True))}
 
 
 class Infeasible(Exception):

@@ -8,7 +8,6 @@ import ast
 import json
 import math
 import os
-import random
 import sys
 
 A, B, R = 1.0, 1.0, 1.0

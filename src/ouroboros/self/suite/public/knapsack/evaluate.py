@@ -8,7 +8,6 @@ import ast
 import json
 import math
 import os
-import random
 import sys
 
 VALUES = [10, 13, 7, 8, 15, 4, 9, 11]
@@ -18,8 +17,8 @@ CAPACITY = 20
 
 def measure(values, seed):
     take = [bool(values[f'TAKE_{i}']) for i in range(len(VALUES))]
-    weight = sum(w for t, w in zip(take, WEIGHTS) if t)
-    value = sum(v for t, v in zip(take, VALUES) if t)
+    weight = sum(w for t, w in zip(take, WEIGHTS, strict=True) if t)
+    value = sum(v for t, v in zip(take, VALUES, strict=True) if t)
     return {'value': float(value if weight <= CAPACITY else 0), 'weight': float(weight)}
 
 

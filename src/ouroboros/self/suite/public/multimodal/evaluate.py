@@ -8,7 +8,6 @@ import ast
 import json
 import math
 import os
-import random
 import sys
 
 SHIFT = [0.5, -1.5]

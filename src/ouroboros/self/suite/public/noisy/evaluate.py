@@ -17,7 +17,7 @@ SIGMA = 0.3
 
 def measure(values, seed):
     x = [float(values[f'X{i}']) for i in range(3)]
-    true = sum((xi - c) ** 2 for xi, c in zip(x, CENTER))
+    true = sum((xi - c) ** 2 for xi, c in zip(x, CENTER, strict=True))
     noise = random.Random(f'{seed}:{x}').gauss(0.0, SIGMA)
     return {'loss': true + noise, 'true_loss': true}
 
