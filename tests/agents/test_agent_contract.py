@@ -32,7 +32,7 @@ def bump_reply(body: dict) -> str:
 
 @contextmanager
 def agent_factory(kind: str, root: Path, tmp_path: Path, monkeypatch) -> Iterator[Callable[[], Agent]]:
-    if kind in ("random", "tpe", "mutate", "random:2"):
+    if kind in ("random", "tpe", "mutate", "random:2", "policy"):
         yield lambda: make_agent(kind, 0)
     elif kind == "cmd":
         script = tmp_path / "bump.py"
@@ -50,7 +50,7 @@ def agent_factory(kind: str, root: Path, tmp_path: Path, monkeypatch) -> Iterato
         yield lambda: make_agent("replay:recorded")
 
 
-@pytest.mark.parametrize("kind", ["random", "tpe", "mutate", "random:2", "cmd", "codex", "api", "replay"])
+@pytest.mark.parametrize("kind", ["random", "tpe", "mutate", "random:2", "policy", "cmd", "codex", "api", "replay"])
 def test_builtin_agent_keeps_the_contract(quadratic, tmp_path, monkeypatch, kind):
     with agent_factory(kind, quadratic, tmp_path, monkeypatch) as make:
         exps = check_agent_contract(make, quadratic, experiments=2, allow_crash=kind == "replay")

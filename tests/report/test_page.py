@@ -78,7 +78,9 @@ def test_report_cli_single_run_view(quadratic: Path, tmp_path: Path) -> None:
                           env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     html = (tmp_path / "r" / "index.html").read_text()
-    assert "baseline" in html and html.count("<tr>") == 5  # header + 4 experiments
+    experiments = html.split("<h2>experiments</h2>")[1].split("</table>")[0]
+    assert "baseline" in html and experiments.count("<tr>") == 5  # header + 4 experiments
+    assert 'id="lineage"' in html and "changes whose descendants improved most" in html
     bad = subprocess.run([*run, "report", "--out", str(tmp_path / "x")], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "--study" in bad.stderr
 
