@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -102,14 +104,8 @@ def test_bad_candidates_are_rolled_back_and_the_run_goes_on_with_the_last_good_v
 
 
 def test_the_gate_fails_a_version_that_weakens_the_guard(tmp_path):
-    good = tmp_path / "good"
     bad = tmp_path / "bad"
-    for dest in (good, bad):
-        (dest / "src").mkdir(parents=True)
-        import shutil
-
-        shutil.copytree(SRC / "ouroboros", dest / "src" / "ouroboros",
-                        ignore=shutil.ignore_patterns("__pycache__", "holdout"))
+    shutil.copytree(SRC / "ouroboros", bad / "src" / "ouroboros", ignore=shutil.ignore_patterns("__pycache__"))
     policy = bad / "src" / "ouroboros" / "policy.py"
     policy.write_text(policy.read_text() + NO_GUARD)
     failures = gate(bad / "src")
@@ -135,8 +131,6 @@ def test_forged_claims_are_caught_by_the_trusted_re_measurement(tmp_path):
     task = load_suite("public", ["knapsack"])[0]
     dest = run_inner(SRC, task, 0, 2, tmp_path)
     db = dest / RECORDS_DIR / "ledger.sqlite"
-    import sqlite3
-
     con = sqlite3.connect(db)
     con.execute("UPDATE experiments SET metric = metric + 5 WHERE n = 0")
     con.commit()
@@ -173,8 +167,6 @@ def test_clades_count_the_verdicts_below_each_keep():
 
 def test_tree_search_expands_keeps_only(tmp_path):
     task_dir = tmp_path / "multimodal"
-    import shutil
-
     shutil.copytree(load_suite("public", ["multimodal"])[0].path, task_dir)
     (task_dir / ".gitignore").write_text(".ouroboros/\n__pycache__/\n")
     git(task_dir, "init", "-q", "-b", "main")
@@ -189,3 +181,52 @@ def test_tree_search_expands_keeps_only(tmp_path):
         parent = next(k for k in exps if k.commit_sha == e.parent)
         if e.status == "keep":  # judged against its own parent
             assert e.metric < parent.metric
+
+
+def test_the_self_template_edits_only_the_policy_and_hides_the_holdout(tmp_path):
+    from ouroboros import knobs
+
+    root = from_template(tmp_path / "self")
+    task = load_task(root)
+    assert task.editable_files() == ["src/ouroboros/policy.py"] and task.metric.direction == "maximize"
+    assert "src/ouroboros/self/delta.py" in task.protected_files() and "evaluate.py" in task.protected_files()
+    assert not (root / "src/ouroboros/self/suite/holdout").exists()
+    _, dists = knobs.space(task)
+    assert set(dists) == {"MUTATE_KNOBS", "MUTATE_SCALE", "EXPLORE", "STARTUP", "TPE_STARTUP", "TREE_PRIOR"}
+    with pytest.raises(OuroborosError, match="exists and is not empty"):
+        from_template(root)
+
+
+def test_delta_names_a_version_that_is_not_a_commit():
+    from ouroboros.self.delta import compare
+
+    with pytest.raises(OuroborosError, match="'no-such-ref' is not a commit"):
+        compare(["no-such-ref"], SRC.parent, [0], 1, "public", None, "policy", "greedy", 1)
+    with pytest.raises(OuroborosError, match="choose greedy or tree"):
+        compare(["HEAD"], SRC.parent, [0], 1, "public", None, "policy", "sideways", 1)
+
+
+def test_a_kept_version_that_fails_to_start_is_rolled_back_and_recorded(self_task, tmp_path):
+    run_self(load_task(self_task), 0, "t", agent="policy", holdout=False, echo=lambda s: None)
+    # A kept version whose harness dies when it is started as the outer harness (as a version
+    # that breaks only outside the gate's checks would).
+    git(self_task, "checkout", "-q", "-b", "broken")
+    policy = self_task / "src/ouroboros/policy.py"
+    policy.write_text(policy.read_text() + "\nimport os\nif os.environ.get('OUROBOROS_VERSION'):\n"
+                      "    raise SystemExit('this version cannot start')\n")
+    commit_all(self_task, "a version that cannot start")
+    broken = git(self_task, "rev-parse", "HEAD").strip()
+    git(self_task, "checkout", "-q", "main")
+    ledger = Ledger(self_task / RECORDS_DIR)
+    base = ledger.experiments("t")[0]
+    fake = Experiment("t", 1, commit_sha=broken, parent=base.commit_sha, status="keep", metric=base.metric + 0.1,
+                      description="a kept version", agent="test")
+    ledger.begin(fake)
+    ledger.finish(fake)
+    state = run_self(load_task(self_task), 3, "t", agent="policy", holdout=False, echo=lambda s: None)
+    exps = ledger.experiments("t")
+    rollback, after = exps[2], exps[3]
+    assert rollback.status == "crash" and rollback.agent == "self" and rollback.model == broken[:12]
+    assert "cannot start" in rollback.reason and "rolled back" in rollback.reason
+    assert after.model == base.commit_sha[:12] and after.status in ("keep", "discard")
+    assert state["bad"] == [broken] and state["final"] != broken
