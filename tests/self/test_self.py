@@ -106,10 +106,13 @@ def test_bad_candidates_are_rolled_back_and_the_run_goes_on_with_the_last_good_v
 def test_the_gate_fails_a_version_that_weakens_the_guard(tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(SRC / "ouroboros", bad / "src" / "ouroboros", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(SRC.parent / "examples" / "quadratic", bad / "examples" / "quadratic")
     policy = bad / "src" / "ouroboros" / "policy.py"
     policy.write_text(policy.read_text() + NO_GUARD)
     failures = gate(bad / "src")
-    assert any("cheat edit-evaluator" in f for f in failures), failures
+    # the attack got through: its experiment was judged instead of refused as a violation
+    assert any(f.startswith("FAIL cheat edit-evaluator: keep") or f.startswith("FAIL cheat edit-evaluator: discard")
+               for f in failures), failures
     assert not any("agent contract" in f for f in failures), failures
 
 
