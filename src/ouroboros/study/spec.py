@@ -23,6 +23,7 @@
     agent = "tpe"
     program = "programs/short.md"  # replaces the task's program.md for this condition
     knobs = { STEPS = 100 }        # written into the editable files before the baseline
+    search = "tree"                # optional: the loop's search policy (greedy | tree)
 
 Typos are errors (pydantic `extra="forbid"`). Workers get the whole validated object, never loose
 fields copied by hand; `Study.model_validate_json(study.model_dump_json())` gives an equal object.
