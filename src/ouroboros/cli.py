@@ -126,7 +126,7 @@ def _importable(module: str) -> bool:
 @app.command()
 def run(
     task: TaskDir = Path("."),
-    agent: Annotated[str | None, typer.Option(help="random | tpe | cmd:<shell command> | codex | claude | aider | "
+    agent: Annotated[str | None, typer.Option(help="random | tpe | policy | cmd:<shell command> | codex | claude | aider | "
                                               "opencode | gemini | api:<model> | replay:<run> | a=0.7,b=0.3")] = None,
     max_experiments: Annotated[int | None, typer.Option("--max-experiments", "-n", min=0)] = None,
     hours: Annotated[float | None, typer.Option(help="stop after this many hours of experiments", min=0)] = None,

@@ -26,6 +26,7 @@ import math
 import shutil
 import sqlite3
 import subprocess
+import tomllib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -163,8 +164,6 @@ def collect(dest: Path, task: SuiteTask, seed: int, experiments: int) -> RunScor
 
 
 def _metric_name(task: SuiteTask) -> str:
-    import tomllib
-
     return tomllib.loads((task.path / "ouroboros.toml").read_text())["metric"]["name"]
 
 
