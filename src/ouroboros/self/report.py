@@ -35,7 +35,7 @@ def lineage_figure(exps: list[Experiment], minimize: bool, metric: str):
         if e.status == "keep":
             ax.scatter([e.n], [y], color="#2ca02c", s=36, zorder=3)
             node = nodes[e.commit_sha]
-            ax.annotate(f"{_fmt(e.metric)} | clade {_fmt(node.clade_best)} ({node.successes}/{node.descendants})",
+            ax.annotate(f"{_fmt(e.metric)} | clade {_fmt(node.clade_best)} ({node.successes}:{node.failures})",
                         (e.n, y), xytext=(5, 6), textcoords="offset points", fontsize=7, color="#1a5e1a")
         elif e.metric is not None:
             ax.scatter([e.n], [y], color="#9a9a9a", s=16, zorder=2)
@@ -46,7 +46,7 @@ def lineage_figure(exps: list[Experiment], minimize: bool, metric: str):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("experiment (edges join each experiment to its parent)")
     ax.set_ylabel(f"{metric} ({'lower' if minimize else 'higher'} is better)")
-    ax.set_title("lineage: keeps green (own score | clade best, keeps/descendants), discards grey, failures x")
+    ax.set_title("lineage: keeps green (own score | clade best, successes:failures), discards grey, failures x")
     ax.grid(alpha=0.3)
     return fig
 
@@ -67,7 +67,8 @@ def sections(task: Task, tag: str, out: Path) -> tuple[list[dict], list[dict]]:
     minimize = run.direction == "minimize"
     svg = figures.save(lineage_figure(exps, minimize, run.metric), out, "lineage")
     figs = [{"id": "lineage", "svg": svg, "caption": "The lineage tree: every experiment joined to its parent; "
-             "each keep shows its own score, its clade's best score and how many of its descendants were kept."}]
+             "each keep shows its own score, its clade's best score, and its clade's successes (keeps, itself "
+             "included) and failures (every other verdict below it)."}]
     nodes = tree(exps, minimize)
     sign = -1 if minimize else 1
     rows = []
