@@ -224,6 +224,7 @@ def test_a_kept_version_that_fails_to_start_is_rolled_back_and_recorded(self_tas
     base = ledger.experiments("t")[0]
     fake = Experiment("t", 1, commit_sha=broken, parent=base.commit_sha, status="keep", metric=base.metric + 0.1,
                       description="a kept version", agent="test")
+    git(self_task, "update-ref", "refs/ouroboros/t/1", broken)  # as the loop pins every experiment
     ledger.begin(fake)
     ledger.finish(fake)
     state = run_self(load_task(self_task), 3, "t", agent="policy", holdout=False, echo=lambda s: None)

@@ -23,7 +23,7 @@ from ouroboros.self import versions
 from ouroboros.self.delta import benchmark
 from ouroboros.self.settings import load_settings
 from ouroboros.task import RECORDS_DIR, Task
-from ouroboros.workspace import ensure_clean, repo_root
+from ouroboros.workspace import ensure_clean, git, repo_root
 
 
 def _tail(path: Path) -> str:
@@ -80,6 +80,7 @@ def run_self(task: Task, max_experiments: int, tag: str, agent: str = "policy", 
         exp = Experiment(tag, n, commit_sha=version, parent=version, status="crash", agent="self",
                          model=version[:12], description=f"rollback: version {version[:12]} failed to start",
                          reason=f"version {version[:12]} exited {proc.returncode}: {_tail(log)}; rolled back")
+        git(repo, "update-ref", f"refs/ouroboros/{tag}/{n}", version)  # every experiment's commit is pinned
         ledger.begin(exp)
         ledger.finish(exp)
         state_path.write_text(json.dumps(state, indent=1))

@@ -69,7 +69,8 @@ def install(repo: Path, sha: str, cache: Path) -> Path:
 
 def environment(src: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment that runs the version at `src`: its source first on the path, nothing of ours."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OUROBOROS_", "PYTEST_", "COV_"))}
+    keep = {"OUROBOROS_CONFIG_DIR"}  # the ledger's chain key: the same records, the same key
+    env = {k: v for k, v in os.environ.items() if k in keep or not k.startswith(("OUROBOROS_", "PYTEST_", "COV_"))}
     env["PYTHONPATH"] = str(src.resolve())
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.update(extra or {})
