@@ -53,6 +53,7 @@ def _mutate(dist: BaseDistribution, value: knobs.Value, scale: float, rng: rando
 
 class PolicyAgent(Agent):
     name = "policy"
+    writes_code = False  # it only rewrites knob literals of the user's own code
 
     def __init__(self, seed: int = 0):
         self.seed = seed

@@ -110,6 +110,7 @@ def run_inner(src: Path, task: SuiteTask, seed: int, experiments: int, work: Pat
 def claims(dest: Path) -> list[tuple[int, str, str, float | None]]:
     """(n, commit, status, metric) of every inner experiment, as the inner ledger tells it."""
     db = dest / ".ouroboros" / "ledger.sqlite"
+    db = db if db.is_file() else dest / "ledger.sqlite"  # an export (export_inner)
     if not db.is_file():
         raise OuroborosError(f"the inner run in {dest} left no ledger")
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
@@ -123,7 +124,22 @@ def claims(dest: Path) -> list[tuple[int, str, str, float | None]]:
     return [(int(n), str(c), str(s), None if m is None else float(m)) for n, c, s, m in rows]
 
 
+def export_inner(dest: Path, out: Path) -> None:
+    """Copy what collect() reads (the ledger and each keep's params.py) to `out`, without git."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(dest / ".ouroboros" / "ledger.sqlite", out / "ledger.sqlite")
+    (out / "keeps").mkdir(exist_ok=True)
+    for _, commit, status, _ in claims(dest):
+        if status == "keep":
+            (out / "keeps" / f"{commit}.py").write_text(_params_at(dest, commit))
+
+
 def _params_at(dest: Path, commit: str) -> str:
+    exported = dest / "keeps" / f"{commit}.py"
+    if not (dest / ".git").exists():
+        if exported.is_file() and len(commit) == 40 and commit.isalnum():
+            return exported.read_text(errors="replace")
+        raise ClaimError(f"the inner ledger of {dest.name} names commit {commit[:12]}, which has no params.py")
     # cat-file runs no filter, textconv or hook of the (untrusted) inner repo
     out = subprocess.run(["git", f"--git-dir={dest / '.git'}", "-c", "core.fsmonitor=false", "cat-file", "blob",
                           f"{commit}:params.py"], capture_output=True)

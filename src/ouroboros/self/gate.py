@@ -24,7 +24,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ouroboros.errors import OuroborosError
 from ouroboros.self import versions
 
 GATE_ATTACKS = ["edit-evaluator", "raise-budget", "git-history", "fake-metric"]
@@ -67,8 +66,9 @@ def main() -> int:
         try:
             _contract(work)
             print("ok   agent contract (policy)", flush=True)
-        except (AssertionError, OuroborosError) as exc:
-            print(f"FAIL agent contract (policy): {' '.join(str(exc).split())[:300]}", flush=True)
+        except Exception as exc:  # the candidate's agent or harness broke the contract
+            print(f"FAIL agent contract (policy): {type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
+                  flush=True)
             failed += 1
         for name in GATE_ATTACKS:
             attack = next(a for a in cheats.ATTACKS if a.name == name)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from ouroboros.errors import OuroborosError
-from ouroboros.self.delta import benchmark_runs
+from ouroboros.self.delta import benchmark_runs, export_inner
 from ouroboros.self.settings import WORK, load_settings
 
 
@@ -21,8 +22,12 @@ def main(root: Path) -> int:
     work = root / WORK
     shutil.rmtree(work, ignore_errors=True)
     try:
-        benchmark_runs(root / "src", work, cfg.seeds, cfg.experiments, "public", cfg.tasks, cfg.agent, cfg.search,
-                       cfg.jobs)
+        # the inner repos live outside the worktree (no .git may be written in it); their ledgers and
+        # kept params are copied in for the evaluator
+        with tempfile.TemporaryDirectory(prefix="ouroboros-inner-") as tmp:
+            for dest, _, _ in benchmark_runs(root / "src", Path(tmp), cfg.seeds, cfg.experiments, "public",
+                                             cfg.tasks, cfg.agent, cfg.search, cfg.jobs):
+                export_inner(dest, work / dest.name)
     except OuroborosError as exc:
         print(f"error: {exc}", flush=True)
         return 1

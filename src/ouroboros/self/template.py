@@ -37,6 +37,7 @@ editable = ["src/ouroboros/policy.py"]
 protected = {protected}
 run = "PYTHONPATH=src python -m ouroboros.self.task_run"
 evaluate = "python -I evaluate.py"
+outputs = [".self/work/**"]  # the inner runs' ledgers and kept params, for the evaluator
 budget = 900
 grace = 30
 eval_timeout = 600
