@@ -53,19 +53,17 @@ def self_task(tmp_path: Path) -> Path:
 
 
 def scripted_agent(tmp_path: Path, candidates: list[str]) -> str:
-    """A cmd: agent that writes candidates[i] into policy.py at its i-th call (appended to the module)."""
-    (tmp_path / "candidates.json").write_text(json.dumps(candidates))
+    """A cmd: agent that writes candidates[n - 1] into policy.py at experiment n (appended to the module).
+
+    The candidates are written into the script itself: the agent runs sandboxed and sees no other file."""
     script = tmp_path / "agent.py"
     script.write_text(f'''
 import json, os
 from pathlib import Path
-state = Path({str(tmp_path / "calls")!r})
-i = int(state.read_text()) if state.exists() else 0
-state.write_text(str(i + 1))
-text = json.loads(Path({str(tmp_path / "candidates.json")!r}).read_text())[i]
+text = json.loads({json.dumps(json.dumps(candidates))})[int(os.environ["OUROBOROS_EXPERIMENT"]) - 1]
 policy = Path("src/ouroboros/policy.py")
 policy.write_text(text if text.startswith("MUTATE_KNOBS = (") else policy.read_text() + text)
-Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("candidate %d\\n" % i)
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("candidate\\n")
 ''')
     return f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(script))}"
 
