@@ -7,6 +7,8 @@ parse and apply rates over all calls (retries included). `summary` reads only th
 (agent.log of each experiment, the ledger), so it works on any finished api run:
 
     python -m ouroboros.llm_demo summary -C TASK --run TAG
+
+With `--url http://127.0.0.1:8090` it uses a server already running instead of starting one.
 """
 
 from __future__ import annotations
@@ -87,42 +89,56 @@ def summary(task_dir: Path, tag: str, echo: Callable[[str], None] = print, repli
         ledger.close()
 
 
+def answers(url: str) -> bool:
+    """Whether a serve-model server answers at url (without /v1)."""
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise OuroborosError(f"serve-model exited with status {proc.returncode} before it was ready; "
                                  "its output is above")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(2)
+        if answers(url):
+            return
+        time.sleep(2)
     raise OuroborosError(f"serve-model did not answer at {url} within {timeout:.0f} s")
 
 
 def demo(task_dir: Path, experiments: int = 10, port: int = 8091, tag: str = "llm", threads: int = 2,
-         echo: Callable[[str], None] = print) -> dict:
+         url: str | None = None, echo: Callable[[str], None] = print) -> dict:
+    """Start a server (unless url names one already serving), run the loop, print the summary."""
     cli = [sys.executable, "-m", "ouroboros.cli"]
-    server = subprocess.Popen([*cli, "serve-model", "--port", str(port), "--threads", str(threads)],
-                              start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    server = None
+    if url is None:
+        server = subprocess.Popen([*cli, "serve-model", "--port", str(port), "--threads", str(threads)],
+                                  start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+    url = url.removesuffix("/").removesuffix("/v1")
     try:
         t = time.monotonic()
-        wait_ready(url, server, timeout=1800)
-        echo(f"server ready after {time.monotonic() - t:.0f} s")
+        if server is not None:
+            wait_ready(url, server, timeout=1800)
+            echo(f"server ready after {time.monotonic() - t:.0f} s")
+        elif not answers(url):
+            raise OuroborosError(f"no serve-model server answers at {url}; start one or leave out --url")
         t = time.monotonic()
         subprocess.run([*cli, "run", "-C", str(task_dir), "--agent", "api:local", "--base-url", url + "/v1",
                         "--max-experiments", str(experiments), "--tag", tag, "--agent-timeout", "1800"], check=True)
         echo(f"run took {time.monotonic() - t:.0f} s")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server we started, and only it
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)  # the server we started, and only it
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
     echo("")
     return summary(task_dir, tag, echo)
 
@@ -136,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("task", type=Path)
     d.add_argument("-n", type=int, default=10)
     d.add_argument("--port", type=int, default=8091)
+    d.add_argument("--url", help="a serve-model server already running (http://127.0.0.1:8090)")
     s = sub.add_parser("summary")
     s.add_argument("-C", dest="task", type=Path, default=Path("."))
     s.add_argument("--run", required=True)
@@ -143,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     try:
         if a.cmd == "demo":
-            demo(a.task, a.n, a.port)
+            demo(a.task, a.n, a.port, url=a.url)
         else:
             summary(a.task, a.run, replies=not a.no_replies)
     except OuroborosError as exc:

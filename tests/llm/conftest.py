@@ -1,6 +1,7 @@
 """The tests that talk to the real local model. They run only under `make test-llm`
 (OUROBOROS_TEST_LLM=1) and only when the model has been fetched (`make llm`); otherwise they skip,
-so `make test` never waits for a model. One server is started for the whole session."""
+so `make test` never waits for a model. One server is started for the whole session, unless
+OUROBOROS_LOCAL_MODEL_URL names one that is already serving (the model takes minutes to load)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,14 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def llm_url():
-    from ouroboros.llm_demo import wait_ready
+    from ouroboros.llm_demo import answers, wait_ready
 
+    running = os.environ.get("OUROBOROS_LOCAL_MODEL_URL")
+    if running:
+        if not answers(running.removesuffix("/v1")):
+            pytest.fail(f"OUROBOROS_LOCAL_MODEL_URL={running} does not answer; start `ouroboros serve-model` or unset it")
+        yield running
+        return
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
