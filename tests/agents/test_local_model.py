@@ -170,3 +170,16 @@ def test_the_local_url_can_be_set_by_the_environment(quadratic, monkeypatch):
     assert make_agent("api:local")._endpoint(load_task(quadratic))[0] == "http://127.0.0.1:9/v1"
     monkeypatch.delenv("OUROBOROS_LOCAL_MODEL_URL")
     assert make_agent("api:local")._endpoint(load_task(quadratic))[0] == LOCAL_URL
+
+
+def test_the_compact_format_shows_a_real_line_of_the_file_not_placeholders(quadratic):
+    from ouroboros.agents import edits
+    from ouroboros.agents.api import compact_format
+
+    text = compact_format(load_task(quadratic), quadratic)
+    assert "<lines copied" not in text  # a small model copied that placeholder back as its SEARCH text
+    example = edits.parse(text)
+    assert [b.path for b in example] == ["train.py"]
+    assert example[0].search == "LEARNING_RATE = 0.001  # step size; above 2/100 the stiffest axis diverges\n"
+    assert example[0].replace.startswith("LEARNING_RATE = 0.002  #")
+    assert example[0].search in (quadratic / "train.py").read_text()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -53,15 +54,32 @@ LOCAL_URL = "http://127.0.0.1:8090/v1"
 SYSTEM = ("You are a research engineer improving a codebase, one small experiment at a time. The harness "
           "runs each change under a fixed budget and keeps it only if the metric improves.\n\n" + edits.FORMAT)
 
-COMPACT_FORMAT = """\
-Reply with one line `DESCRIPTION: <the change, one line>`, then one edit block:
+# Small models copy a format's placeholders literally (`<lines copied exactly ...>` came back as the
+# SEARCH text, 3 tries of 3, on the first demo): the compact format shows a real line of the file.
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]* = .*\d")
+_NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?(?:e-?\d+)?)")
 
-train.py
-<<<<<<< SEARCH
-<lines copied exactly from the current file>
-=======
-<the lines that replace them>
->>>>>>> REPLACE"""
+
+def compact_format(task: Task, worktree: Path) -> str:
+    """The edit format for small models, with an example made from the first editable file: its first
+    assignment of a number, that number doubled (or the line unchanged when there is none)."""
+    files = task.editable_files(worktree)
+    if not files:
+        return edits.FORMAT
+    rel = files[0]
+    lines = (worktree / rel).read_text(errors="replace").splitlines()
+    line = next((x for x in lines if _ASSIGNMENT.match(x)), next((x for x in lines if x.strip()), "x = 1"))
+    m = _NUMBER.search(line.split("=", 1)[1]) if "=" in line else None
+    new = line
+    if m is not None:
+        head = line.index("=") + 1
+        value = float(m.group(1)) * 2
+        text = str(int(value)) if "." not in m.group(1) and "e" not in m.group(1) else f"{value:g}"
+        new = line[:head + m.start(1)] + text + line[head + m.end(1):]
+    return (f"Reply in this form (an example only; make the change you expect to help):\n\n"
+            f"DESCRIPTION: one line saying what you changed and why\n{rel}\n<<<<<<< SEARCH\n{line}\n=======\n"
+            f"{new}\n>>>>>>> REPLACE\n\nThe SEARCH lines must be copied exactly from the current file.")
+
 
 COMPACT_SYSTEM = "You improve code one small experiment at a time. Answer only in the requested format."
 
@@ -135,8 +153,7 @@ class ApiAgent(Agent):
             raise StopRun(f"spend cap reached: ${spent(ctx):.4f} of ${self.spend_cap:.4f} spent", status="spend_cap")
         usage = Proposal("", model=self.model, session=ctx.session)
         if self.compact:
-            fmt = COMPACT_FORMAT.replace("train.py", ctx.task.task.editable[0], 1) if ctx.task.task.editable \
-                else COMPACT_FORMAT
+            fmt = compact_format(ctx.task, ctx.worktree)
             messages = [{"role": "system", "content": COMPACT_SYSTEM},
                         {"role": "user", "content": memory.compact_prompt(ctx.task, ctx.worktree, ctx.history)
                          + "\n" + fmt}]
