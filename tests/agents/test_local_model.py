@@ -183,3 +183,14 @@ def test_the_compact_format_shows_a_real_line_of_the_file_not_placeholders(quadr
     assert example[0].search == "LEARNING_RATE = 0.001  # step size; above 2/100 the stiffest axis diverges\n"
     assert example[0].replace.startswith("LEARNING_RATE = 0.002  #")
     assert example[0].search in (quadratic / "train.py").read_text()
+
+
+def test_the_llm_study_loads_and_compares_the_local_model_with_random_and_tpe():
+    from pathlib import Path
+
+    from ouroboros.study import load_study
+
+    study = load_study(Path(__file__).parents[2] / "examples" / "studies" / "llm-vs-random.toml")
+    assert [c.agent for c in study.conditions] == ["random", "tpe", "api:local"]
+    assert study.baseline_condition == "random" and study.repeats >= 3
+    assert load_task(study.task_path(study.conditions[2])).name == "quadratic"
