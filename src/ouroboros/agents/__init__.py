@@ -14,7 +14,8 @@ Spec grammar:
     <spec>=<weight>,<spec>=<weight>  an ensemble: one member drawn per experiment
 
 `options` (stored in the run record as config["agent_options"], so `--resume` rebuilds the same
-agent): model, timeout, base_url, api_key_env, price [in, out] $/1M tokens, spend_cap, retries.
+agent): model, timeout, base_url, api_key_env, price [in, out] $/1M tokens, spend_cap, retries, temperature,
+compact (the short prompt for small local models; on by default for api:local).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def make_agent(spec: str, seed: int = 0, options: dict[str, Any] | None = None) 
         return PRESETS[kind](arg or opts.get("model"), opts.get("timeout"))
     if kind == "api":
         return ApiAgent(arg or opts.get("model") or "", opts.get("base_url"), opts.get("api_key_env"),
-                        opts.get("price"), opts.get("spend_cap"), int(opts.get("retries", 2)), opts.get("timeout"))
+                        opts.get("price"), opts.get("spend_cap"), int(opts.get("retries", 2)), opts.get("timeout"),
+                        temperature=opts.get("temperature"), compact=opts.get("compact"))
     if kind == "replay":
         return ReplayAgent(arg)
     raise OuroborosError(f"unknown agent {spec!r}; known: {KINDS}")

@@ -8,6 +8,13 @@ editable), the error sent back for another try, up to `retries` times; then the 
 (a crash, with what it cost). Every call's tokens, cost and latency go to the experiment's
 agent.log (one JSON line per call) and add up in the Proposal the ledger records.
 
+`api:local` is the model `ouroboros serve-model` serves (llm_server.py): its endpoint defaults to
+http://127.0.0.1:8090/v1 (or $OUROBOROS_LOCAL_MODEL_URL, or --base-url), and it gets the compact
+prompt (memory.compact_prompt: the editable files, the last few results, the rules) and a short
+system message, since prompt length dominates a small CPU model's latency. `compact` turns that
+prompt on or off for any model. Each call's agent.log line says whether the reply parsed into edit
+blocks and whether they applied (and the error sent back when not).
+
 Cost is tokens times the price per million tokens: `--price IN,OUT` (dollars), else the list price
 below for known OpenAI models, else 0 (local and unknown models). A spend cap (`--spend-cap` dollars)
 ends the run cleanly once the run's recorded cost reaches it, before the next experiment begins.
@@ -17,10 +24,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
 
+from ouroboros import memory
 from ouroboros.agents import edits
 from ouroboros.agents.base import Agent, AgentError, Context, Proposal, StopRun
 from ouroboros.agents.command import NOTES_FILE, bound_notes
@@ -39,8 +48,40 @@ PRICES: dict[str, tuple[float, float]] = {
     "o4-mini": (1.10, 4.40),
 }
 
+LOCAL = "local"
+LOCAL_URL = "http://127.0.0.1:8090/v1"
+
 SYSTEM = ("You are a research engineer improving a codebase, one small experiment at a time. The harness "
           "runs each change under a fixed budget and keeps it only if the metric improves.\n\n" + edits.FORMAT)
+
+# Small models copy a format's placeholders literally (`<lines copied exactly ...>` came back as the
+# SEARCH text, 3 tries of 3, on the first demo): the compact format shows a real line of the file.
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]* = .*\d")
+_NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?(?:e-?\d+)?)")
+
+
+def compact_format(task: Task, worktree: Path) -> str:
+    """The edit format for small models, with an example made from the first editable file: its first
+    assignment of a number, that number doubled (or the line unchanged when there is none)."""
+    files = task.editable_files(worktree)
+    if not files:
+        return edits.FORMAT
+    rel = files[0]
+    lines = (worktree / rel).read_text(errors="replace").splitlines()
+    line = next((x for x in lines if _ASSIGNMENT.match(x)), next((x for x in lines if x.strip()), "x = 1"))
+    m = _NUMBER.search(line.split("=", 1)[1]) if "=" in line else None
+    new = line
+    if m is not None:
+        head = line.index("=") + 1
+        value = float(m.group(1)) * 2
+        text = str(int(value)) if "." not in m.group(1) and "e" not in m.group(1) else f"{value:g}"
+        new = line[:head + m.start(1)] + text + line[head + m.end(1):]
+    return (f"Reply in this form (an example only; make the change you expect to help):\n\n"
+            f"DESCRIPTION: one line saying what you changed and why\n{rel}\n<<<<<<< SEARCH\n{line}\n=======\n"
+            f"{new}\n>>>>>>> REPLACE\n\nThe SEARCH lines must be copied exactly from the current file.")
+
+
+COMPACT_SYSTEM = "You improve code one small experiment at a time. Answer only in the requested format."
 
 
 def price_of(model: str, price: tuple[float, float] | list[float] | None) -> tuple[float, float]:
@@ -58,13 +99,14 @@ class ApiAgent(Agent):
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str | None = None,
                  price: tuple[float, float] | list[float] | None = None, spend_cap: float | None = None,
                  retries: int = 2, timeout: float | None = None, temperature: float | None = None,
-                 http_client: Any = None):
+                 http_client: Any = None, compact: bool | None = None):
         if not model:
             raise OuroborosError("api: needs a model name, e.g. --agent api:gpt-4o-mini or api:llama3.1")
         self.model, self.base_url, self.api_key_env = model, base_url, api_key_env
         self.price = price_of(model, price)
         self.spend_cap, self.retries, self.timeout, self.temperature = spend_cap, retries, timeout, temperature
         self.http_client = http_client
+        self.compact = model == LOCAL if compact is None else compact
         self.name = f"api:{model}"
         self.client: Any = None
 
@@ -78,6 +120,8 @@ class ApiAgent(Agent):
         except ImportError as exc:
             raise OuroborosError("the api agent needs the openai package: pip install 'ouroboros[api]'") from exc
         base_url = self.base_url or task.agent.base_url
+        if base_url is None and self.model == LOCAL:
+            base_url = os.environ.get("OUROBOROS_LOCAL_MODEL_URL") or LOCAL_URL
         key_env = self.api_key_env or task.agent.api_key_env
         key = os.environ.get(key_env)
         if not key:
@@ -108,26 +152,40 @@ class ApiAgent(Agent):
         if self.spend_cap is not None and spent(ctx) >= self.spend_cap:
             raise StopRun(f"spend cap reached: ${spent(ctx):.4f} of ${self.spend_cap:.4f} spent", status="spend_cap")
         usage = Proposal("", model=self.model, session=ctx.session)
-        messages = [{"role": "system", "content": SYSTEM},
-                    {"role": "user", "content": ctx.prompt() + "\n" + edits.FORMAT}]
+        if self.compact:
+            fmt = compact_format(ctx.task, ctx.worktree)
+            messages = [{"role": "system", "content": COMPACT_SYSTEM},
+                        {"role": "user", "content": memory.compact_prompt(ctx.task, ctx.worktree, ctx.history)
+                         + "\n" + fmt}]
+        else:
+            messages = [{"role": "system", "content": SYSTEM},
+                        {"role": "user", "content": ctx.prompt() + "\n" + edits.FORMAT}]
         log = ctx.exp_dir / "agent.log"
         for attempt in range(self.retries + 1):
-            reply = self._call(messages, usage, log, attempt)
+            reply, record = self._call(messages, usage, log, attempt)
+            record["parsed"] = record["applied"] = False
             try:
-                changed = edits.apply(ctx.task, ctx.worktree, edits.parse(reply))
+                blocks = edits.parse(reply)
+                record["parsed"] = True
+                changed = edits.apply(ctx.task, ctx.worktree, blocks)
+                record["applied"] = True
             except edits.EditError as exc:
+                record["error"] = str(exc)
+                self._log(log, record)
                 if attempt == self.retries:
                     raise AgentError(f"reply could not be applied after {attempt + 1} tries: {exc}", usage) from exc
                 messages += [{"role": "assistant", "content": reply},
                              {"role": "user", "content": f"Your reply could not be applied: {exc}\n"
                                                          "Nothing was changed. Reply again with corrected edit blocks."}]
                 continue
+            self._log(log, record)
             self._keep_notes(ctx, reply)
             usage.description = edits.description(reply) or f"{self.model}: edit {', '.join(changed)}"
             return usage
         raise AssertionError("unreachable")
 
-    def _call(self, messages: list[dict], usage: Proposal, log: Path, attempt: int) -> str:
+    def _call(self, messages: list[dict], usage: Proposal, log: Path, attempt: int) -> tuple[str, dict]:
+        """The reply and its agent.log record (written by the caller once it knows the outcome)."""
         import openai
 
         kwargs: dict[str, Any] = {"model": self.model, "messages": messages}
@@ -147,13 +205,13 @@ class ApiAgent(Agent):
         usage.tokens_out += tout
         usage.cost_usd += cost
         reply = (resp.choices[0].message.content or "") if resp.choices else ""
-        self._log(log, {"attempt": attempt, "model": resp.model or self.model, "tokens_in": tin,
-                        "tokens_out": tout, "cost_usd": round(cost, 8), "latency_s": round(latency, 4),
-                        "prompt": messages[-1]["content"] if attempt else "(the experiment prompt: prompt.md)",
-                        "reply": reply})
+        record = {"attempt": attempt, "model": resp.model or self.model, "tokens_in": tin,
+                  "tokens_out": tout, "cost_usd": round(cost, 8), "latency_s": round(latency, 4),
+                  "prompt": messages[-1]["content"] if attempt else "(the experiment prompt: prompt.md)",
+                  "reply": reply}
         if attempt == 0:
             (log.parent / "prompt.md").write_text(messages[1]["content"])
-        return reply
+        return reply, record
 
     @staticmethod
     def _log(log: Path, record: dict) -> None:

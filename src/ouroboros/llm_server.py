@@ -1,0 +1,186 @@
+"""`ouroboros serve-model`: the local model behind a small OpenAI-compatible endpoint.
+
+The api agent (`--agent api:local`) talks to it through the openai SDK like to any other server:
+POST /v1/chat/completions answers with `choices[0].message.content` and `usage` (prompt and
+completion tokens counted by the model's own tokenizer); GET /v1/models lists the one model.
+
+The runtime is transformers on the CPU torch (`pip install 'ouroboros[llm]'`): it reads the GGUF
+through the `gguf` package and dequantizes it to float32 (about 7 GB of memory for the 1.5B model),
+and uses the chat template stored in the GGUF. llama.cpp would be faster but its Python package is
+source-only on PyPI and takes about 40 minutes to compile on 2 cores; this runtime installs in a minute.
+
+One request is generated at a time (a lock); the others wait. A prompt longer than the context,
+a body that is not JSON, or messages that are not a list of {role, content} strings are answered
+with a 400 and an OpenAI-style error object, never a crash. It listens on 127.0.0.1 unless told.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from ouroboros.errors import OuroborosError
+
+DEFAULT_PORT = 8090
+MAX_BODY = 1 << 20
+ROLES = ("system", "user", "assistant")
+
+
+class Model:
+    """A tokenizer and a causal LM loaded from a GGUF file; `chat` answers one conversation."""
+
+    def __init__(self, path: Path, threads: int, n_ctx: int, name: str = "local"):
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as exc:
+            raise OuroborosError("serve-model needs transformers, gguf and torch: pip install 'ouroboros[llm]' "
+                                 "(or make llm)") from exc
+        if not path.is_file():
+            raise OuroborosError(f"no model file at {path}; run `ouroboros model fetch` (or make llm) first")
+        torch.set_num_threads(threads)
+        self.torch, self.name, self.n_ctx = torch, name, n_ctx
+        self.tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        self.model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        self.model.eval()
+        stops = {self.tok.eos_token_id}
+        for t in ("<|im_end|>", "<|endoftext|>"):
+            i = self.tok.convert_tokens_to_ids(t)
+            if isinstance(i, int) and i != self.tok.unk_token_id:
+                stops.add(i)
+        self.stops = sorted(s for s in stops if s is not None)
+        self.lock = threading.Lock()
+
+    def chat(self, messages: list[dict], max_tokens: int, temperature: float, seed: int | None) -> dict:
+        ids = self.tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)["input_ids"]
+        n_in = int(ids.shape[1])
+        if n_in >= self.n_ctx:
+            raise ValueError(f"the prompt has {n_in} tokens, the context holds {self.n_ctx}; shorten it or "
+                             "start serve-model with a larger --ctx")
+        max_new = max(1, min(max_tokens, self.n_ctx - n_in))
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new, "eos_token_id": self.stops,
+                                  "pad_token_id": self.stops[0]}
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=0.95)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with self.lock, self.torch.inference_mode():
+            if seed is not None:
+                self.torch.manual_seed(seed)
+            out = self.model.generate(ids, attention_mask=self.torch.ones_like(ids), **kwargs)
+        new = out[0][n_in:]
+        n_out = int(new.shape[0])
+        finished = n_out > 0 and int(new[-1]) in self.stops
+        text = self.tok.decode(new, skip_special_tokens=True)
+        return {"id": f"chatcmpl-{uuid.uuid4().hex[:16]}", "object": "chat.completion", "created": int(time.time()),
+                "model": self.name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "stop" if finished else "length"}],
+                "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}}
+
+
+def check_request(body: Any, default_max_tokens: int) -> tuple[list[dict], int, float, int | None]:
+    """The messages, max_tokens, temperature and seed of a chat request; ValueError says what is wrong."""
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object with `messages`")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("`messages` must be a non-empty list of {role, content}")
+    clean = []
+    for m in messages:
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise ValueError(f"each message must be {{role: one of {', '.join(ROLES)}, content: a string}}")
+        clean.append({"role": m["role"], "content": m["content"]})
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens")) or default_max_tokens
+    temperature = body.get("temperature", 0.0)
+    seed = body.get("seed")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise ValueError("`max_tokens` must be a positive integer")
+    if not isinstance(temperature, int | float) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
+        raise ValueError("`temperature` must be a number from 0 to 2")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ValueError("`seed` must be an integer")
+    return clean, max_tokens, float(temperature), seed
+
+
+def make_handler(model: Any, default_max_tokens: int, echo: Callable[[str], None]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "ouroboros-serve-model"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+            pass
+
+        def _send(self, code: int, obj: dict) -> None:
+            data = json.dumps(obj).encode()
+            try:
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                echo("the client hung up before its reply was sent")
+
+        def _error(self, code: int, message: str) -> None:
+            self._send(code, {"error": {"message": message, "type": "invalid_request_error", "code": code}})
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path.rstrip("/") in ("/v1/models", "/models"):
+                self._send(200, {"object": "list", "data": [{"id": model.name, "object": "model",
+                                                             "owned_by": "local"}]})
+            elif self.path == "/health":
+                self._send(200, {"status": "ok"})
+            else:
+                self._error(404, f"no such path {self.path[:100]!r}; try POST /v1/chat/completions")
+
+        def do_POST(self) -> None:  # noqa: N802
+            if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+                self._error(404, f"no such path {self.path[:100]!r}; try POST /v1/chat/completions")
+                return
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 < length <= MAX_BODY:
+                self._error(400 if length <= 0 else 413, f"a JSON body of 1 to {MAX_BODY} bytes is required")
+                return
+            try:
+                body = json.loads(self.rfile.read(length))
+                messages, max_tokens, temperature, seed = check_request(body, default_max_tokens)
+            except (ValueError, UnicodeDecodeError) as exc:
+                self._error(400, f"bad request: {exc}")
+                return
+            start = time.monotonic()
+            try:
+                resp = model.chat(messages, max_tokens, temperature, seed)
+            except ValueError as exc:
+                self._error(400, str(exc))
+                return
+            u = resp["usage"]
+            echo(f"reply: {u['prompt_tokens']} tokens in, {u['completion_tokens']} out, "
+                 f"{time.monotonic() - start:.1f} s")
+            self._send(200, resp)
+
+    return Handler
+
+
+def serve(path: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, n_ctx: int = 4096, threads: int = 2,
+          max_tokens: int = 512, echo: Callable[[str], None] = print) -> None:
+    start = time.monotonic()
+    echo(f"loading {path} (transformers, float32, {threads} threads) ...")
+    model = Model(path, threads, n_ctx)
+    echo(f"loaded in {time.monotonic() - start:.0f} s")
+    server = ThreadingHTTPServer((host, port), make_handler(model, max_tokens, echo))
+    echo(f"serving model `local` at http://{host}:{port}/v1 (context {n_ctx} tokens); use it with "
+         f"--agent api:local{'' if port == DEFAULT_PORT else f' --base-url http://{host}:{port}/v1'}; Ctrl-C stops")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
