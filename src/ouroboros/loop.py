@@ -24,6 +24,7 @@ import shlex
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -349,7 +350,8 @@ class Loop:
         """Run `[task] setup` once per run (again on --resume only if it never finished).
 
         It is trusted: the task's own command from the base commit, run in a fresh export of that
-        commit (never in the worktree an agent edits), with the network, and with the data cache
+        commit (never in the worktree an agent edits; a temporary folder deleted after it, since it holds
+        the hidden files), with the network, and with the data cache
         and the run's environment folder writable; experiments then see both read-only.
         """
         command = self.task.task.setup
@@ -361,9 +363,17 @@ class Loop:
             return
         if self.env_dir.exists():
             shutil.rmtree(self.env_dir)  # a half-made environment from a killed setup
-        src = self.env_dir / "src"
-        src.mkdir(parents=True)
-        export(self.repo, self.run_rec.base_commit, src)
+        self.env_dir.mkdir(parents=True)
+        # The export holds the base commit's hidden files: it lives outside the environment folder
+        # (which experiments see read-only) and is gone before the first experiment starts.
+        with tempfile.TemporaryDirectory(prefix="ouroboros-setup-", ignore_cleanup_errors=True) as tmp:
+            src = Path(tmp) / "src"
+            src.mkdir()
+            export(self.repo, self.run_rec.base_commit, src)
+            self._run_setup(command, src)
+        done.write_text(stamp)
+
+    def _run_setup(self, command: str, src: Path) -> None:
         cache = isolation.cache_dir()
         cache.mkdir(parents=True, exist_ok=True)
         venv = self.env_dir / "venv"
@@ -380,7 +390,6 @@ class Loop:
             raise OuroborosError(f"[task] setup {command!r} {why}" + (f" ({tail[0][:160]})" if tail else "")
                                  + f"; see {log}, fix the command, commit, and resume with "
                                  f"`ouroboros run --resume {self.tag}`")
-        done.write_text(stamp)
 
     def experiment_env(self, extra: dict[str, str]) -> dict[str, str]:
         """The environment of run and evaluate: scrubbed, with the project's environment when setup made one."""

@@ -79,8 +79,6 @@ def deep_tmp(tmp_path):
 
 
 @pytest.mark.skipif(not BWRAP, reason="bubblewrap is not installed: level bwrap is the one that claims to mask hidden data")
-@pytest.mark.xfail(strict=True, reason="loop.setup exports the base commit (hidden files included) into "
-                   "runs/<tag>/env/src, and isolation.read_only() binds the whole env folder into every run")
 def test_hidden_data_cannot_be_read_from_the_setup_export(tmp_path):
     attack = cheats.Attack("env-src-hidden", title="read hidden data from setup's export", train=_ENV_SRC_HIDDEN,
                            bound={"hidden": ["data/answer.json"]}, task={"setup": "true"},
@@ -158,8 +156,6 @@ def test_secrets_under_other_names_do_not_reach_experiments(name, value):
 
 
 @pytest.mark.skipif(not BWRAP, reason="bubblewrap is not installed: only level bwrap confines the agent")
-@pytest.mark.xfail(strict=True, reason="the confined agent is given the same read-only env folder: the setup "
-                   "export in runs/<tag>/env/src holds the hidden files, so the agent can write the answer in")
 def test_a_confined_agent_cannot_read_hidden_data_from_the_setup_export(tmp_path):
     agent = '''
 import glob, json
