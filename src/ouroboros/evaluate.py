@@ -6,7 +6,8 @@ Trust levels (every experiment records its own):
 - sealed: after the run, the task's evaluate command runs in a fresh folder that is not the run's
   worktree: the baseline commit's fixed files (everything but the editable files: the evaluator, its
   data, the task file), written from bytes the harness read from the object store at run start, plus
-  only the run's declared outputs (`[task] outputs`, and the editable files) copied in as regular
+  the experiment's editable files as committed (read from the object store, not from the worktree
+  the run could rewrite), plus only the run's declared outputs (`[task] outputs`) copied in as regular
   files. It runs in a fresh process with Python's safe-path mode (PYTHONSAFEPATH), so no file beside
   the evaluator shadows a module it imports, and writes its metrics as JSON to a path created after
   the run ended, read back only if it is a regular file of bounded size.
@@ -123,6 +124,41 @@ def _write(dest: Path, data: bytes, mode: int) -> None:
         f.write(data)
 
 
+MAX_DEPTH = 200  # folder levels of the run's task folder searched for outputs
+
+
+def _walk_fds(source: Path):
+    """(task-relative folder, its descriptor, its non-folder names) for every folder under source,
+    opened by descriptor (relative to source's, no link followed: the run has ended, nothing swaps
+    them); iterative (a folder nested past Python's recursion limit is no error), `.git` and the
+    records skipped. Deeper than MAX_DEPTH raises OuroborosError (the experiment's crash)."""
+    root = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    stack: list[tuple[str, int]] = [(".", 0)]
+    try:
+        while stack:
+            rel_top, depth = stack.pop()
+            if depth > MAX_DEPTH:
+                raise OuroborosError(f"the run left folders nested deeper than {MAX_DEPTH} levels "
+                                     f"({rel_top[:60]}...); outputs must lie in a shallower tree")
+            try:
+                dfd = os.open(rel_top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root)
+            except OSError:
+                continue
+            try:
+                dirs, files = [], []
+                with os.scandir(dfd) as it:
+                    for entry in it:
+                        (dirs if entry.is_dir(follow_symlinks=False) else files).append(entry.name)
+                for d in sorted(dirs, reverse=True):
+                    if d.lower() != ".git" and d != RECORDS_DIR:
+                        stack.append((d if rel_top == "." else f"{rel_top}/{d}", depth + 1))
+                yield rel_top, dfd, sorted(files)
+            finally:
+                os.close(dfd)
+    finally:
+        os.close(root)
+
+
 def prepare_dir(folder: Path, fixed: dict[str, tuple[bytes, int]], source: Path, outputs: list[str],
                 cap: int) -> list[str]:
     """Fill folder with the fixed files' baseline bytes and, from source (the run's task folder),
@@ -137,11 +173,9 @@ def prepare_dir(folder: Path, fixed: dict[str, tuple[bytes, int]], source: Path,
         _write(folder / rel, data, mode)
     notes: list[str] = []
     total = 0
-    for top, dirs, files, dfd in os.fwalk(source, follow_symlinks=False):
-        dirs[:] = [d for d in dirs if d.lower() != ".git" and d != RECORDS_DIR]
-        rel_top = os.path.relpath(top, source)
-        for name in sorted(files):
-            rel = name if rel_top == "." else f"{Path(rel_top).as_posix()}/{name}"
+    for rel_top, dfd, files in _walk_fds(source):
+        for name in files:
+            rel = name if rel_top == "." else f"{rel_top}/{name}"
             if rel in fixed or not matches(rel, outputs):
                 continue
             try:
@@ -196,9 +230,14 @@ def read_metrics(path: Path, cap: int = METRICS_CAP, timeout: float = METRICS_RE
 
 
 def sealed(task: Task, source: Path, fixed: dict[str, tuple[bytes, int]], log_path: Path, env: dict[str, str],
-           wrap: Any = None, command: str | None = None) -> Measurement:
+           wrap: Any = None, command: str | None = None,
+           committed: dict[str, tuple[bytes, int]] | None = None) -> Measurement:
     """Run the task's evaluate command in a fresh folder: the fixed files' baseline bytes plus the run's
     declared outputs copied from source (the run's task folder, which is never the evaluation's cwd).
+
+    `committed` is the experiment's editable files as committed (the bytes the guard checked): given,
+    they are written as they are and the run's copies of editable files are never taken; without it
+    (callers that have no commit) the editable files are copied from source like outputs.
 
     `wrap(argv, writable, cwd) -> (argv, isolation)` lets the caller put the evaluation in a sandbox.
     """
@@ -211,7 +250,8 @@ def sealed(task: Task, source: Path, fixed: dict[str, tuple[bytes, int]], log_pa
         work.mkdir()
         out_dir.mkdir()
         try:
-            notes = prepare_dir(work, fixed, source, [*task.task.editable, *task.task.outputs],
+            outputs = [*task.task.outputs] if committed is not None else [*task.task.editable, *task.task.outputs]
+            notes = prepare_dir(work, {**(committed or {}), **fixed}, source, outputs,
                                 int(task.bound.max_artifact_mb * 2**20))
         except OuroborosError as exc:
             return Measurement(None, {}, task.trust, 0.0, str(exc), isolation)

@@ -33,10 +33,14 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 
 from ouroboros.task import Task, matches
 from ouroboros.workspace import Workspace
+
+MAX_DEPTH = 200  # folder levels the guard walks in one change; deeper is a violation
+MAX_ENTRIES = 200_000  # entries the guard walks in one change; more is a violation
 
 STARTUP_HOOKS = ("sitecustomize.py", "usercustomize.py", "*.pth", "conftest.py", ".env", ".pythonrc*")
 
@@ -97,6 +101,29 @@ def _named_git(root: Path) -> list[Path]:
     return found
 
 
+def _walk(root: Path) -> list[Path]:
+    """Everything under root, sorted, links not followed; iterative (no recursion limit), and at most
+    MAX_DEPTH levels and MAX_ENTRIES entries (what lies beyond is reported as one entry, so a change
+    there still differs from the snapshot)."""
+    found: list[Path] = []
+    stack = [(root, 0)]
+    while stack:
+        top, depth = stack.pop()
+        if depth > MAX_DEPTH or len(found) > MAX_ENTRIES:
+            found.append(top / "...")
+            continue
+        try:
+            with os.scandir(top) as it:
+                entries = [(Path(e.path), e.is_dir(follow_symlinks=False)) for e in it]
+        except OSError:
+            continue
+        for path, is_dir in entries:
+            found.append(path)
+            if is_dir:
+                stack.append((path, depth + 1))
+    return sorted(found)
+
+
 def _hook_named(rel: str, patterns: list[str]) -> bool:
     """Whether a glob names this start-up hook itself, not merely a wildcard that happens to match."""
     base = os.path.basename(rel)
@@ -135,7 +162,7 @@ class Guard:
         state: dict[str, str | None] = {}
         for path in self._git_dirs:
             if path.is_dir():
-                for child in sorted(path.rglob("*")):
+                for child in _walk(path):
                     state[str(child)] = self.hash(child) if child.is_file() else "dir"
             else:
                 state[str(path)] = self.hash(path)
@@ -275,26 +302,50 @@ class Guard:
         return kept
 
     def _links(self, rel: str, path: Path) -> list[str]:
-        try:
-            st = path.lstat()
-        except OSError:
-            return []
-        if path.is_symlink():
-            target = Path(os.path.realpath(path))
-            root = self.ws.path.resolve()
-            if root not in target.parents and target != root:
-                return [f"{rel} is a symlink that leaves the worktree ({os.readlink(path)})"]
-            inside = target.relative_to(self.ws.task_dir.resolve()).as_posix() \
-                if self.ws.task_dir.resolve() in target.parents else None
-            if inside is None or self.task.is_protected(inside):
-                return [f"{rel} is a symlink to a protected or outside file ({os.readlink(path)})"]
-        elif path.is_file() and st.st_nlink > 1:
-            return [f"{rel} is a hardlink ({st.st_nlink} names): links may not alias other files"]
-        elif path.is_dir():
-            bad = []
-            for child in path.rglob("*"):
-                bad += self._links(child.relative_to(self.ws.task_dir).as_posix(), child)
-            return bad
+        """Links that leave the worktree or alias a protected file, hardlinks, and anything that is
+        not a regular file, a folder or a link (FIFOs, sockets, devices), under path. Walked with an
+        explicit stack (no recursion: a folder nested past Python's recursion limit is just deep),
+        and a tree deeper than MAX_DEPTH or larger than MAX_ENTRIES is itself a violation."""
+        bad: list[str] = []
+        stack = [(rel, path, 0)]
+        seen = 0
+        while stack:
+            rel, path, depth = stack.pop()
+            seen += 1
+            if seen > MAX_ENTRIES:
+                return bad + [f"{rel}: more than {MAX_ENTRIES} entries in one change (not walked further)"]
+            if depth > MAX_DEPTH:
+                return bad + [f"{rel}: folders nested deeper than {MAX_DEPTH} levels"]
+            try:
+                st = path.lstat()
+            except OSError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                bad += self._link(rel, path)
+            elif stat.S_ISREG(st.st_mode):
+                if st.st_nlink > 1:
+                    bad.append(f"{rel} is a hardlink ({st.st_nlink} names): links may not alias other files")
+            elif stat.S_ISDIR(st.st_mode):
+                try:
+                    with os.scandir(path) as it:
+                        names = sorted(e.name for e in it)
+                except OSError as exc:
+                    bad.append(f"{rel} cannot be read ({exc.strerror})")
+                    continue
+                stack.extend((f"{rel}/{n}", path / n, depth + 1) for n in reversed(names))
+            else:
+                bad.append(f"{rel} is not a regular file, folder or link (mode {st.st_mode:o})")
+        return bad
+
+    def _link(self, rel: str, path: Path) -> list[str]:
+        target = Path(os.path.realpath(path))
+        root = self.ws.path.resolve()
+        if root not in target.parents and target != root:
+            return [f"{rel} is a symlink that leaves the worktree ({os.readlink(path)})"]
+        inside = target.relative_to(self.ws.task_dir.resolve()).as_posix() \
+            if self.ws.task_dir.resolve() in target.parents else None
+        if inside is None or self.task.is_protected(inside):
+            return [f"{rel} is a symlink to a protected or outside file ({os.readlink(path)})"]
         return []
 
     def _diff_lines(self, changes: list) -> int:

@@ -557,9 +557,15 @@ class Loop:
             return evaluate.from_stdout(self.task, exp_dir / name.replace("eval", "run"))
         head = self.ws.head()
         self.guard.arm()
-        m = evaluate.sealed(self.task, self.ws.task_dir, self.fixed, exp_dir / name, env,
-                            wrap=lambda argv, writable, cwd: self.isolation.wrap(argv, "evaluate", writable, cwd=cwd),
-                            command=command)
+        try:
+            committed = self.ws.files_at(head, self.task.is_editable)  # the bytes the guard checked, not the run's
+            m = evaluate.sealed(self.task, self.ws.task_dir, self.fixed, exp_dir / name, env,
+                                wrap=lambda argv, writable, cwd: self.isolation.wrap(argv, "evaluate", writable,
+                                                                                     cwd=cwd),
+                                command=command, committed=committed)
+        except (OSError, RecursionError, ValueError, OuroborosError) as exc:  # what the run left broke the evaluation
+            m = evaluate.Measurement(None, {}, self.task.trust, 0.0,
+                                     f"the evaluation could not be prepared: {str(exc)[:200]}", self.isolation.level)
         broke = self.guard.after("evaluation", head)
         if broke:
             self._violation = self._violation or "; ".join(broke)

@@ -88,9 +88,6 @@ def test_hidden_data_cannot_be_read_from_the_setup_export(tmp_path):
     assert result.effects == []
 
 
-@pytest.mark.xfail(strict=True, reason="guard._links recurses once per folder level (and Path.rglob too): "
-                   "an ignored folder deeper than the recursion limit raises RecursionError out of Loop.step",
-                   raises=RecursionError)
 def test_an_agent_nesting_an_ignored_folder_past_the_recursion_limit_gets_a_violation(deep_tmp):
     # solution.json is in the template's .gitignore, so git reports the whole folder as one ignored entry
     agent = _DEEP + '''
@@ -103,9 +100,6 @@ Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate.prepare_dir walks the whole task folder with os.fwalk, which "
-                   "recurses per level: a run that nests folders past the recursion limit raises RecursionError "
-                   "out of Loop.step and leaves the experiment running in the ledger", raises=RecursionError)
 def test_a_run_nesting_folders_past_the_recursion_limit_fails_only_its_experiment(deep_tmp):
     train = _DEEP + '''
 
@@ -177,10 +171,11 @@ raise SystemExit("no export found")
 
 
 # A protected evaluator that, like tinygpt's isolated one, loads code from the editable train.py it is
-# given; it refuses a train.py that is not the committed one (the run appends a marker to it).
+# given; it refuses a train.py that is not the committed one (the run appends a marker line to it; the
+# committed code holds the marker only inside a string literal, so the check looks at line starts).
 _EVAL_READS_TRAIN = """\
 import json, os, sys
-if "RUNTIME-REWRITE" in open("train.py").read():
+if any(line.startswith("# RUNTIME-REWRITE") for line in open("train.py").read().splitlines()):
     sys.exit("evaluate.py: train.py is not the committed code")
 CENTER, SCALES = [3.0, -1.0, 0.5, 2.0], [1.0, 10.0, 100.0, 0.1]
 x = [float(v) for v in json.load(open("solution.json"))["x"]]
@@ -189,9 +184,6 @@ json.dump({"loss": loss}, open(os.environ["OUROBOROS_METRICS"], "w"))
 """
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate.prepare_dir copies the editable files from the worktree after "
-                   "the run, not from the experiment's commit: the run can hand the evaluator code (a model "
-                   "definition) other than the code that was guarded, committed and shown in the diff")
 def test_the_evaluation_gets_the_committed_editable_files_not_the_runs_rewrite(tmp_path):
     train = '''
 def cheat():
