@@ -133,6 +133,8 @@ def _hook_named(rel: str, patterns: list[str]) -> bool:
 class Guard:
     """Created once per run from the baseline worktree; `check` before every run of a proposal."""
 
+    unsafe: list[Path] = []
+
     def __init__(self, task: Task, ws: Workspace):
         self.task, self.ws = task, ws
         self.hash = _Hashes()
@@ -209,6 +211,7 @@ class Guard:
         for rel, digest in self.protected.items():
             if self.hash(self.ws.task_dir / rel) != digest:
                 out.append(f"protected file {rel} changed (it must stay byte-identical to the baseline)")
+        self.unsafe: list[Path] = []  # entries that must not reach git: removed before the attempt is committed
         changes = self.changes = self._drop_ignored(self.ws.changes())
         for change in changes:
             rel = change.path
@@ -239,7 +242,7 @@ class Guard:
                               else ")"))
             elif not new and not task.is_editable(rel):
                 out.append(f"{rel} is not editable (editable: {', '.join(task.task.editable)})")
-            out.extend(self._links(rel, path))
+            out.extend(self._links(rel, path, cap=int(bound.max_artifact_mb * 2**20)))
         if bound.max_diff_lines is not None and changes:
             lines = self._diff_lines(changes)
             if lines > bound.max_diff_lines:
@@ -301,7 +304,7 @@ class Guard:
                 kept.append(change)
         return kept
 
-    def _links(self, rel: str, path: Path) -> list[str]:
+    def _links(self, rel: str, path: Path, cap: int | None = None) -> list[str]:
         """Links that leave the worktree or alias a protected file, hardlinks, and anything that is
         not a regular file, a folder or a link (FIFOs, sockets, devices), under path. Walked with an
         explicit stack (no recursion: a folder nested past Python's recursion limit is just deep),
@@ -325,6 +328,10 @@ class Guard:
             elif stat.S_ISREG(st.st_mode):
                 if st.st_nlink > 1:
                     bad.append(f"{rel} is a hardlink ({st.st_nlink} names): links may not alias other files")
+                if cap is not None and st.st_size > cap:
+                    bad.append(f"{rel} is {st.st_size / 2**20:.1f} MB, more than max_artifact_mb="
+                               f"{cap / 2**20:g} (not committed)")
+                    self.unsafe.append(path)
             elif stat.S_ISDIR(st.st_mode):
                 try:
                     with os.scandir(path) as it:
@@ -335,6 +342,7 @@ class Guard:
                 stack.extend((f"{rel}/{n}", path / n, depth + 1) for n in reversed(names))
             else:
                 bad.append(f"{rel} is not a regular file, folder or link (mode {st.st_mode:o})")
+                self.unsafe.append(path)
         return bad
 
     def _link(self, rel: str, path: Path) -> list[str]:

@@ -290,6 +290,8 @@ class Loop:
                       readable: list[Path]) -> tuple[list[str], str]:
         if not self.agent_confined:
             return argv, "none"
+        if shutil.which("prlimit"):  # no file the agent writes grows past max_artifact_mb
+            argv = ["prlimit", f"--fsize={int(self.task.bound.max_artifact_mb * 2**20)}", "--", *argv]
         return self.isolation.wrap(argv, "agent", writable, readable)
 
     def _left(self) -> bool:
@@ -467,13 +469,22 @@ class Loop:
                          session=proposal.session or ctx.session,
                          tokens_in=proposal.tokens_in, tokens_out=proposal.tokens_out, cost_usd=proposal.cost_usd,
                          params=proposal.params, agent_s=time.monotonic() - start)
-        violations = [] if failure else self.guard.check(best.commit_sha)
+        violations = self.guard.check(best.commit_sha)  # also after a failed agent: it lists what must not reach git
+        if failure:
+            violations = []
         changes = self.guard.changes if not failure else self.ws.changes()
         if not failure and not violations and not changes:
             failure = "the proposal changed no file"
         if self.ws.head() != best.commit_sha:  # history rewritten: the branch goes back, the change is kept
             self.ws.rewind(best.commit_sha)
-        exp.commit_sha = self.ws.commit(exp.description, n, untracked=any(c.status == "??" for c in changes))
+        for path in self.guard.unsafe:  # FIFOs, devices, files over max_artifact_mb: never in git
+            path.unlink(missing_ok=True)
+        try:
+            exp.commit_sha = self.ws.commit(exp.description, n, untracked=any(c.status == "??" for c in changes))
+        except OuroborosError as exc:  # what the agent left cannot be committed: this attempt fails, the run goes on
+            failure = failure or f"the attempt could not be committed ({str(exc)[:200]})"
+            self.ws.reset(best.commit_sha)
+            exp.commit_sha = self.ws.commit(exp.description, n, untracked=False)
         self._dirty = any(c.status == "!!" for c in changes)
         exp.loc = count_loc(self.ws.task_dir, self.task.editable_files(self.ws.task_dir))
         (ctx.exp_dir / "diff.patch").write_text(self.ws.diff(best.commit_sha, exp.commit_sha))

@@ -112,9 +112,6 @@ def cheat():
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
 
 
-@pytest.mark.xfail(strict=True, reason="every attempt is committed with `git add -A` (violations too) and pinned "
-                   "under refs/ouroboros/<tag>/<n>, and the agent's sandbox has no artifact limit: whatever it "
-                   "writes into the worktree lands in the user's git object store, kept forever")
 def test_an_agent_cannot_store_more_than_max_artifact_mb_in_the_git_dir(tmp_path):
     import subprocess
 
@@ -197,9 +194,6 @@ def cheat():
     assert result.verdict == "keep", result.reason
 
 
-@pytest.mark.xfail(strict=True, reason="the guard lets an editable path become a FIFO (not a link, not a file), and "
-                   "Workspace.commit's `git commit -a` then fails: the OuroborosError ends the whole run instead "
-                   "of recording the experiment as a violation")
 def test_an_editable_file_replaced_by_a_fifo_is_a_violation_and_the_run_goes_on(tmp_path):
     from ouroboros.errors import OuroborosError
 
