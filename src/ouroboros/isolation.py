@@ -98,6 +98,14 @@ def _runtime_paths(masked: list[Path], keep_out: list[Path]) -> list[Path]:
     return out
 
 
+def harness_code() -> list[Path]:
+    """The harness's own package folder (outside sys.prefix in an editable install, `pip install -e .`):
+    read-only to experiments, so no run rewrites the code of the next `--resume`, `verify` or `audit`."""
+    import ouroboros
+
+    return [Path(os.path.realpath(Path(ouroboros.__file__).parent))]
+
+
 def cache_dir() -> Path:
     """The shared data cache (e.g. tinygpt's corpus): filled by `[task] setup`, read-only to experiments."""
     root = os.environ.get("OUROBOROS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ouroboros")
@@ -185,7 +193,7 @@ class Isolation:
         """What experiments read but never write: the cache, `read_only` paths, the harness's Python,
         the run's environment folder (and the interpreter its venv points to)."""
         paths = [cache_dir(), *self.task.bound.read_only_paths,
-                 *{Path(os.path.realpath(p)) for p in (sys.prefix, sys.base_prefix)}]
+                 *{Path(os.path.realpath(p)) for p in (sys.prefix, sys.base_prefix)}, *harness_code()]
         venv = project_env(self.env_dir) if self.env_dir is not None else None
         if self.env_dir is not None and self.env_dir.is_dir():
             paths.append(self.env_dir)

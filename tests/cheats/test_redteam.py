@@ -211,10 +211,6 @@ os.mkfifo("train.py")
 
 
 @pytest.mark.skipif(not isolation.available("unshare"), reason="level unshare does not work here")
-@pytest.mark.xfail(strict=True, reason="isolation.read_only() protects sys.prefix and sys.base_prefix, but an "
-                   "editable install (`pip install -e .`, the way the templates ship) keeps the harness's code "
-                   "in the clone: at level unshare a run can rewrite judge.py or chain.py for the next "
-                   "`ouroboros run --resume`, `verify` or `audit`")
 def test_at_level_unshare_the_run_cannot_write_the_harnesss_own_code(tmp_path):
     import uuid
 
