@@ -120,3 +120,14 @@ def test_reported_strays_fail_the_run(tmp_path, count):
     code = f"print('[ouroboros] strays {count}')" if count else "print('fine')"
     outcome, _ = _run(tmp_path, code)
     assert outcome.ok == (count == 0)
+
+
+def test_scrubbed_env_is_an_allowlist_with_proxies_stripped_and_task_names_added():
+    base = {"PATH": "/usr/bin", "HOME": "/h", "LC_NUMERIC": "C", "CUDA_HOME": "/cuda", "TORCH_HOME": "/t",
+            "MY_APP_CONFIG": "x", "https_proxy": "http://alice:s3cret@proxy.corp:3128", "NO_PROXY": "localhost",
+            "WANDB_MODE": "offline"}
+    env = sandbox.scrubbed_env(base=base)
+    assert {"HOME", "LC_NUMERIC", "CUDA_HOME", "TORCH_HOME", "NO_PROXY"} <= set(env)
+    assert "MY_APP_CONFIG" not in env and "WANDB_MODE" not in env
+    assert env["https_proxy"] == "http://proxy.corp:3128"
+    assert sandbox.scrubbed_env(base=base, allow=["WANDB_MODE"])["WANDB_MODE"] == "offline"

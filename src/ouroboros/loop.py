@@ -380,7 +380,8 @@ class Loop:
         cache.mkdir(parents=True, exist_ok=True)
         venv = self.env_dir / "venv"
         env = sandbox.scrubbed_env({"OUROBOROS_ENV": str(self.env_dir), "OUROBOROS_CACHE": str(cache),
-                                    "UV_PROJECT_ENVIRONMENT": str(venv), "VIRTUAL_ENV": str(venv)})
+                                    "UV_PROJECT_ENVIRONMENT": str(venv), "VIRTUAL_ENV": str(venv)},
+                                   allow=self.task.bound.env)
         env["PATH"] = str(venv / "bin") + os.pathsep + env["PATH"]
         log = self.ledger.run_dir(self.tag) / "setup.log"
         task_src = src / self.task.root.relative_to(self.repo)
@@ -397,7 +398,8 @@ class Loop:
         """The environment of run and evaluate: scrubbed, with the project's environment when setup made one."""
         env_dir = getattr(self, "env_dir", None)  # loops built without __init__ (the audit's) have none
         venv = isolation.project_env(env_dir) if env_dir is not None else None
-        return sandbox.scrubbed_env({"OUROBOROS_CACHE": str(isolation.cache_dir()), **extra}, venv=venv)
+        return sandbox.scrubbed_env({"OUROBOROS_CACHE": str(isolation.cache_dir()), **extra}, venv=venv,
+                                    allow=self.task.bound.env)
 
     def interpreter(self) -> str:
         """Which Python experiments run with, in words (the run header says it)."""

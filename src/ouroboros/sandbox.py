@@ -43,10 +43,18 @@ from pathlib import Path
 
 import psutil
 
-_SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION)", re.IGNORECASE)
-_KEEP = {"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR",
-         "CUDA_VISIBLE_DEVICES", "PYTHONHASHSEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VIRTUAL_ENV",
-         "OUROBOROS_CACHE"}
+# The environment experiments get is an allowlist: names a task needs (locale, terminal, home, paths,
+# accelerator and thread settings), never whatever else the user's shell holds (a secret under any name:
+# GITHUB_PAT, DATABASE_URL, CI_JOB_JWT). A task names more with `[bound] env`.
+_KEEP = {"PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TERM", "COLORTERM", "NO_COLOR", "COLUMNS",
+         "LINES", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR", "PWD", "PYTHONHASHSEED", "PYTHONPATH",
+         "PYTHONIOENCODING", "PYTHONUTF8", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "LIBRARY_PATH", "CPATH",
+         "PKG_CONFIG_PATH", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "HF_HOME", "HF_HUB_OFFLINE",
+         "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "UV_CACHE_DIR", "SSL_CERT_FILE", "SSL_CERT_DIR",
+         "REQUESTS_CA_BUNDLE", "OUROBOROS_CACHE"}
+_KEEP_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "OMP_", "MKL_", "OPENBLAS_", "TORCH")
+_PROXIES = {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "FTP_PROXY"}  # any case, userinfo stripped
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/@\s]*@")
 _STRAYS = re.compile(r"^\[ouroboros\] strays (\d+)$", re.MULTILINE)  # isolation._REAPER's report
 _SUBREAPER = 0  # the pid that made itself a subreaper: a forked child is not one
 
@@ -68,13 +76,25 @@ class Outcome:
         return self.returncode == 0 and self.killed is None
 
 
+def _strip_userinfo(value: str) -> str:
+    """A proxy URL without `user:password@` (the proxy itself stays usable where it needs no login)."""
+    return _USERINFO.sub(lambda m: m.group(1) or "", value)
+
+
 def scrubbed_env(extra: dict[str, str] | None = None, base: dict[str, str] | None = None,
-                 venv: Path | None = None) -> dict[str, str]:
-    """The environment for experiment processes: no secrets, and the project's environment first on
-    PATH (`venv`, made by `[task] setup`; uv and `python` both use it), else the harness's Python."""
+                 venv: Path | None = None, allow: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment for experiment processes: only allowlisted names (`_KEEP`, `_KEEP_PREFIXES`, the
+    proxies without their credentials, and the task's `allow`, `[bound] env`), and the project's
+    environment first on PATH (`venv`, made by `[task] setup`; uv and `python` both use it), else the
+    harness's Python."""
     base = dict(os.environ if base is None else base)
-    env = {k: v for k, v in base.items()
-           if k in _KEEP or (not _SECRET.search(k) and not k.startswith(("OUROBOROS_", "PYTEST_")))}
+    allowed = set(allow)
+    env = {}
+    for k, v in base.items():
+        if k in allowed or k in _KEEP or k.startswith(_KEEP_PREFIXES):
+            env[k] = v
+        elif k.upper() in _PROXIES:
+            env[k] = _strip_userinfo(v)
     bindir = os.path.dirname(sys.executable)
     path = env.get("PATH", "/usr/bin:/bin")
     if venv is not None:

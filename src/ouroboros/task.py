@@ -123,6 +123,8 @@ class BoundSection(_Model):
     isolation: Literal["auto", "bwrap", "unshare", "process"] = "auto"
     read_only: list[str] = Field([], description="paths (`~` expanded) the run and evaluate see read-only")
     ignore: list[str] = Field([], description="globs of files a run or agent leaves that are dropped, not judged")
+    env: list[str] = Field([], description="names of environment variables passed to setup, run and evaluate "
+                                          "besides the built-in allowlist (locale, paths, CUDA_*, OMP_*...)")
 
     @property
     def read_only_paths(self) -> list[Path]:

@@ -136,9 +136,6 @@ Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
                                         ("HTTPS_PROXY", "http://alice:s3cret@proxy.corp:3128"),
                                         ("DOCKER_PASS", "hunter2"),
                                         ("CI_JOB_JWT", "eyJhbGciOiJIUzI1NiJ9.e30.x")])
-@pytest.mark.xfail(strict=True, reason="sandbox.scrubbed_env drops variables by a name denylist (KEY, TOKEN, "
-                   "SECRET, PASSWORD, ...): secrets under other names (PAT, PASS, JWT, a URL with a password) "
-                   "reach the run and the evaluation")
 def test_secrets_under_other_names_do_not_reach_experiments(name, value):
     from ouroboros import sandbox
 
