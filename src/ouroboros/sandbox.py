@@ -16,7 +16,8 @@ Protects against:
   `max_artifact_mb`, and growth of the watched worktree beyond `max_artifact_mb` (polled, and once
   more when the command ends) fails the run; output beyond the log cap ends the run and the log
   is truncated to the cap;
-- secrets leaking into experiments: API keys, tokens and passwords are scrubbed from the environment.
+- secrets leaking into experiments: the environment is an allowlist (locale, paths, CUDA_*, OMP_*..., proxies
+  without credentials, and `[bound] env`), so a secret under any name stays out.
 
 Does not protect against (see `isolation.py` for the levels that do more):
 - a process that escapes both the group and the subreaper (e.g. through a system daemon);
