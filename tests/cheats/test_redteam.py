@@ -1,9 +1,9 @@
 """Red-team attacks found after the security branches landed (not in cheats.ATTACKS yet).
 
 Each test runs one attack as a real experiment through `cheats.run_attack` and asserts that it is
-stopped (violation, crash or timeout, with nothing leaked and the harness still standing). The ones
-marked xfail(strict=True) get through on the current code: the reason names the root cause, and
-the test starts passing (so the xfail must be dropped) once it is fixed.
+stopped (violation, crash or timeout, with nothing leaked and the harness still standing). An attack
+that gets through on the current code is marked xfail(strict=True) with its root cause as the reason
+(none is now: all nine were fixed on branch `fixes`).
 """
 
 from __future__ import annotations
