@@ -66,6 +66,7 @@ class Export:
     def __init__(self, repo: Path, task_rel: str, path: Path):
         self.repo, self.task_rel, self.path = repo, task_rel, path
         self.commit = ""
+        self.objects: Workspace | None = None  # reads the repository's object store (set by AuditLoop)
 
     @property
     def task_dir(self) -> Path:
@@ -88,6 +89,11 @@ class Export:
         if proc.returncode != 0:
             raise OuroborosError(f"{rel} is not in commit {commit[:8]}")
         return proc.stdout
+
+    def files_at(self, commit: str, wanted) -> dict[str, tuple[bytes, int]]:
+        """A commit's files from the object store (the evaluation takes the editable ones from here)."""
+        assert self.objects is not None
+        return self.objects.files_at(commit, wanted)
 
     def restore(self, commit: str, paths: list[str]) -> None:
         for rel in paths:
@@ -124,8 +130,8 @@ class AuditLoop(Loop):
         # A fresh export per re-run: no git state to watch, so the guard's after-phase checks are void.
         self.guard = SimpleNamespace(protected=dict.fromkeys(protected), arm=lambda: None, after=lambda *a: [])
         # The evaluation folder is built from the base commit's bytes, as in the audited run.
-        self.fixed = Workspace(repo, task_rel, records, tag).files_at(audited.base_commit,
-                                                                      lambda rel: not task.is_editable(rel))
+        self.ws.objects = Workspace(repo, task_rel, records, tag)
+        self.fixed = self.ws.objects.files_at(audited.base_commit, lambda rel: not task.is_editable(rel))
         self._violation = None
         self._dirty = True
 
