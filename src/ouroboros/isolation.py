@@ -99,11 +99,13 @@ def _runtime_paths(masked: list[Path], keep_out: list[Path]) -> list[Path]:
 
 
 def harness_code() -> list[Path]:
-    """The harness's own package folder (outside sys.prefix in an editable install, `pip install -e .`):
-    read-only to experiments, so no run rewrites the code of the next `--resume`, `verify` or `audit`."""
+    """The harness's own package folder and the import path entry holding it (outside sys.prefix in an
+    editable install, `pip install -e .`): read-only to experiments, so no run rewrites the code of the
+    next `--resume`, `verify` or `audit`, or plants a module (sitecustomize.py) beside it."""
     import ouroboros
 
-    return [Path(os.path.realpath(Path(ouroboros.__file__).parent))]
+    package = Path(os.path.realpath(Path(ouroboros.__file__).parent))
+    return [package, package.parent]
 
 
 def cache_dir() -> Path:

@@ -35,10 +35,6 @@ Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
     assert sum(sizes) <= 1 << 20, listing
 
 
-@pytest.mark.xfail(strict=True, reason="isolation.harness_code() makes only the ouroboros package folder read-only, "
-                   "not its parent on sys.path (src/ of an editable install): a run at level unshare writes "
-                   "src/sitecustomize.py there and it runs in the next `--resume`, `verify` or `audit` (fix: make "
-                   "the sys.path entry that holds the package read-only, i.e. Path(ouroboros.__file__).parent.parent)")
 def test_at_level_unshare_the_run_cannot_write_next_to_the_harnesss_package(tmp_path):
     import uuid
     from pathlib import Path
