@@ -86,7 +86,8 @@ def one_lines(values: list, limit: int = TSV_DESCRIPTION_CHARS) -> list[str]:
     """one_line of each value; a column that is all clean already (the common case) is checked in one pass."""
     if all(type(v) is str for v in values):
         blob = "\n".join(values)
-        if (blob.isascii() and blob.replace("\n", "").isprintable() and "  " not in blob and " \n" not in blob
+        if (blob.isascii() and blob.count("\n") == len(values) - 1 and blob.replace("\n", "").isprintable()
+                and "  " not in blob and " \n" not in blob
                 and "\n " not in blob and blob[:1] != " " and blob[-1:] != " "
                 and max(map(len, values), default=0) <= limit):
             return list(values)

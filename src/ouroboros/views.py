@@ -262,33 +262,56 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+class _Lines:
+    """Lines, each a list of (text, style or "") stretches, handed to rich as its segments: rich still
+    applies the console's colour system, NO_COLOR and the rest, but need not divide and re-render one
+    Text of 10,000 lines (a second or more; a rich Table takes longer)."""
+
+    def __init__(self, lines: list[list[tuple[str, str]]]):
+        self.lines = lines
+
+    def __rich_console__(self, console: Console, options) -> Iterator:
+        from rich.segment import Segment
+
+        styles: dict = {}
+        newline = Segment.line()
+        for parts in self.lines:
+            for txt, style in parts:
+                if txt:
+                    if style and style not in styles:
+                        styles[style] = console.get_style(style)
+                    yield Segment(txt, styles[style] if style else None)
+            yield newline
+
+
 def columns(console: Console, title: str, cols: list[str], rows: list[list]) -> None:
     """A table with one line per row, aligned, the last column cut to the terminal's width. Cells are
     plain text (never markup, so no cell can style or break another), a (text, style) pair, or for the
-    last column (text, (text, style) or None). Built as one rich Text, not a rich Table: a Table
-    measures every cell and takes seconds for a run of 10,000 experiments."""
+    last column (text, (text, style) or None). Each cell is one_line()'d already: no control codes."""
     widths = [max([len(col), *(len(_plain(r[i])) for r in rows)]) for i, col in enumerate(cols[:-1])]
     room = max(console.width - sum(w + 2 for w in widths), 20) if console.is_terminal else None
-    out = Text(no_wrap=True, overflow="ignore")
-    out.append(title + "\n", "bold")
-    out.append("  ".join([*(c.ljust(w) for c, w in zip(cols, widths, strict=False)), cols[-1]]) + "\n", "bold")
+    lines = [[(title, "bold")], [("  ".join([*(c.ljust(w) for c, w in zip(cols, widths, strict=False)), cols[-1]]),
+                                  "bold")]]
     for r in rows:
+        parts, plain = [], ""  # plain text runs together into one stretch
         for cell, w in zip(r, widths, strict=False):
             txt, style = (cell if isinstance(cell, tuple) else (cell, ""))
-            out.append(txt, style)
-            out.append(" " * (w - len(txt) + 2))
+            if style:
+                parts += [(plain, ""), (txt, style)]
+                plain = " " * (w - len(txt) + 2)
+            else:
+                plain += txt.ljust(w + 2)
         last, extra = (r[-1] if isinstance(r[-1], tuple) else (r[-1], None))
         if isinstance(extra, str):  # a (text, style) pair as the last column
-            out.append(last[:room] if room else last, extra)
+            parts += [(plain, ""), (last[:room] if room else last, extra)]
         else:
             if extra is not None:
                 last = f"{last} "
-            cut = last[:room] if room else last
-            out.append(cut)
+            parts.append((plain + (last[:room] if room else last), ""))
             if extra is not None and (room is None or len(last) + len(extra[0]) <= room):
-                out.append(extra[0], extra[1])
-        out.append("\n")
-    console.print(out, end="", soft_wrap=True, highlight=False)
+                parts.append(extra)
+        lines.append(parts)
+    console.print(_Lines(lines), end="", soft_wrap=True, highlight=False)
 
 
 def status(console: Console, task: Task, tsv: bool = False) -> None:
