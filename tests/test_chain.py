@@ -161,3 +161,11 @@ def test_a_check_of_one_run_leaves_out_the_other_runs_rows(tmp_path: Path) -> No
     assert chain.check(ledger, "t") == []
     assert [str(p) for p in chain.check(ledger, "u")] == ["experiment u/0: differs from what Ouroboros wrote: "
                                                           "changed outside Ouroboros"]
+
+
+def test_a_check_after_much_was_written_checks_everything(tmp_path: Path, monkeypatch) -> None:
+    ledger = _checked(tmp_path)
+    for n in range(3, 1010):  # more rows since the record than the 1,000 it covers row by row
+        ledger.begin(Experiment("t", n, commit_sha="f" * 40))
+    _sql(ledger, "UPDATE experiments SET metric=0.5, status='keep' WHERE n=0")  # from before the record
+    assert any("experiment t/0: differs from what Ouroboros wrote" in str(p) for p in chain.check(ledger))

@@ -15,8 +15,9 @@ disagree, `run --resume` refuses to build on them, `log` and `status` warn.
 HMAC of the last entry it covered are kept in a record beside the head (`heads/<ledger id>.verified`),
 itself HMAC'd with the key. The next `log` or `status` re-checks that record, that entry (its HMAC
 from the entry before it) and every entry after it, the rows those entries name, the head, and that
-every row has an entry and every entry's row is there; it does not re-digest rows last written
-before the record. So an edit to an old row, or an edit of an old entry together with its row, is
+every row has an entry and every entry's row is there (everything, when the record is missing or
+wrong, or more was written since than before it); it does not re-digest rows last written before
+the record. So an edit to an old row, or an edit of an old entry together with its row, is
 caught by `verify` and `run --resume` (which check everything, every time), by `log` and `status`
 only while no check has passed since the row was written.
 
@@ -238,6 +239,8 @@ def _check(ledger: Ledger, k: bytes) -> tuple[list[Problem], tuple[int, str]]:
         return ([anchor] if anchor else []) + problems, end
     seq, mac = anchor
     entries = ledger.db.execute("SELECT * FROM chain WHERE seq >= ? ORDER BY seq", (seq - 1,)).fetchall()
+    if len(entries) > max(seq, 1000):  # more written since than before: row by row would be slower than all
+        return _verify_all(ledger, k, None)
     before = entries.pop(0) if entries and entries[0]["seq"] == seq - 1 else None
     at = entries.pop(0) if entries and entries[0]["seq"] == seq else None
     if at is None or at["mac"] != mac or (before is None) != (seq == 1) or _entry(k, at, before["mac"] if before
