@@ -121,6 +121,7 @@ def test_the_incremental_check_names_changes_since_the_last_check(tmp_path: Path
     _sql(ledger, sql)
     problems = [str(p) for p in chain.check(ledger)]
     assert any(expected in p for p in problems), problems
+    assert len(set(problems)) == len(problems), problems  # each named once
     assert any(expected in str(p) for p in chain.check(ledger, "t"))
     assert chain.verify_chain(ledger, "t")  # the whole check finds it too
 

@@ -257,7 +257,7 @@ def _check(ledger: Ledger, k: bytes) -> tuple[list[Problem], tuple[int, str]]:
     problems += _head(ledger, expect_seq - 1, prev)
     problems += _rows_named(ledger, last_of)  # the rows written since, and the anchor entry's own row
     problems += _unmatched(ledger)
-    return problems, (expect_seq - 1, prev)
+    return list(dict.fromkeys(problems)), (expect_seq - 1, prev)  # a deleted row is found both ways: once
 
 
 def _rows_named(ledger: Ledger, last_of: dict) -> list[Problem]:
