@@ -109,11 +109,11 @@ from ouroboros.agents import edits
 
 url = os.environ["LLM_URL"]
 log = open(os.environ["STANDIN_LOG"], "a")
-for _ in range(6):  # a bound on the model's failures; `exp` says when the run is closed
+for i in range(6):  # a bound on the model's failures; `exp` says when the run is closed
     src = open("train.py").read()
     prompt = ("Improve train.py so that its final loss is lower. Change one constant.\\n\\n"
               f"train.py:\\n```\\n{src}\\n```\\n\\n" + edits.FORMAT)
-    body = json.dumps({"model": "local", "temperature": 0.7, "seed": 1, "max_tokens": 300,
+    body = json.dumps({"model": "local", "temperature": 0.7, "seed": i, "max_tokens": 300,
                        "messages": [{"role": "user", "content": prompt}]}).encode()
     req = urllib.request.Request(url + "/chat/completions", data=body, headers={"Content-Type": "application/json"})
     reply = json.loads(urllib.request.urlopen(req, timeout=3000).read())["choices"][0]["message"]["content"]
