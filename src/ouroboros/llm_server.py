@@ -161,9 +161,7 @@ def save_cache(tok: Any, model: Any, cache: Path, sha256: str) -> None:
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tok.save_pretrained(tmp)
         (tmp / "ouroboros-cache.json").write_text(json.dumps({"gguf_sha256": sha256, "format": CACHE_FORMAT}))
-        if cache_valid(cache, sha256):  # another server saved it meanwhile
-            return
-        if cache.exists():  # a stale or broken cache: set it aside, then remove it
+        if cache.exists():  # a broken cache (or one another start saved meanwhile): set it aside, remove it
             old = cache.with_name(f".{cache.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(cache, old)
             shutil.rmtree(old, ignore_errors=True)

@@ -195,7 +195,8 @@ def test_the_compact_format_example_is_neutral_and_cannot_be_applied_as_is(quadr
     assert "LEARNING_RATE" not in text  # a real knob, doubled, was applied verbatim 4 proposals of 4
     example = edits.parse(text)
     assert [b.path for b in example] == ["train.py"]
-    assert example[0].search == "SOME_SETTING = OLD_VALUE\n" and example[0].replace == "SOME_SETTING = NEW_VALUE\n"
+    assert example[0].search == "SOME_SETTING = OLD_VALUE  # its comment\n"
+    assert example[0].replace == "SOME_SETTING = NEW_VALUE  # its comment\n"
     before = (quadratic / "train.py").read_text()
     with pytest.raises(edits.EditError, match="SEARCH"):
         edits.apply(task, quadratic, example)  # a model that copies the example gets an error to retry on
@@ -211,7 +212,7 @@ def test_the_compact_format_example_never_names_a_line_the_file_has(quadratic):
     train.write_text(train.read_text() + "SOME_SETTING = OLD_VALUE\nSOME_SETTING_X = OLD_VALUE\n")
     task = load_task(quadratic)
     example = edits.parse(compact_format(task, quadratic))
-    assert example[0].search == "SOME_SETTING_X_X = OLD_VALUE\n"
+    assert example[0].search == "SOME_SETTING_X_X = OLD_VALUE  # its comment\n"
     with pytest.raises(edits.EditError):
         edits.apply(task, quadratic, example)
 

@@ -67,7 +67,9 @@ EXAMPLE_NAME, EXAMPLE_OLD, EXAMPLE_NEW = "SOME_SETTING", "OLD_VALUE", "NEW_VALUE
 
 def compact_format(task: Task, worktree: Path) -> str:
     """The edit format for small models: the first editable file's name and a neutral example edit
-    (`SOME_SETTING = OLD_VALUE` -> `... = NEW_VALUE`, a name lengthened until no editable file holds it)."""
+    (`SOME_SETTING = OLD_VALUE  # its comment` -> `... = NEW_VALUE ...`, a name lengthened until no
+    editable file holds it). The comment is there because the model, shown a line without one, dropped
+    the trailing comments of the file's lines from its SEARCH text (6 replies of 6)."""
     files = task.editable_files(worktree)
     if not files:
         return edits.FORMAT
@@ -76,12 +78,12 @@ def compact_format(task: Task, worktree: Path) -> str:
     name = EXAMPLE_NAME
     while any(name in t for t in texts):
         name += "_X"
-    old, new = f"{name} = {EXAMPLE_OLD}", f"{name} = {EXAMPLE_NEW}"
+    old, new = f"{name} = {EXAMPLE_OLD}  # its comment", f"{name} = {EXAMPLE_NEW}  # its comment"
     return (f"Reply in this form. The edit shown is a pattern, not a change to make: {name}, {EXAMPLE_OLD} "
             f"and {EXAMPLE_NEW} stand for a real line of {rel} and your new value; no file has that line.\n\n"
             f"DESCRIPTION: one line saying what you changed and why\n{rel}\n<<<<<<< SEARCH\n{old}\n=======\n"
             f"{new}\n>>>>>>> REPLACE\n\nThe SEARCH line must be copied exactly from the current file above; "
-            "choose the change you expect to improve the metric.")
+            "copy the whole line, its comment included; choose the change you expect to improve the metric.")
 
 
 COMPACT_SYSTEM = "You improve code one small experiment at a time. Answer only in the requested format."
