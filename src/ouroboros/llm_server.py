@@ -9,7 +9,8 @@ through the `gguf` package and dequantizes it to float32 (about 7 GB of memory f
 and uses the chat template stored in the GGUF. llama.cpp would be faster but its Python package is
 source-only on PyPI and takes about 40 minutes to compile on 2 cores; this runtime installs in a minute.
 
-One request is generated at a time (a lock); the others wait. A prompt longer than the context,
+One request is generated at a time (a lock); the others wait, and one whose client has hung up by
+its turn is dropped. A prompt longer than the context,
 a body that is not JSON, or messages that are not a list of {role, content} strings are answered
 with a 400 and an OpenAI-style error object, never a crash. It listens on 127.0.0.1 unless told.
 """
@@ -19,7 +20,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import select
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -195,7 +198,21 @@ def check_request(body: Any, default_max_tokens: int) -> tuple[list[dict], int, 
     return clean, max_tokens, float(temperature), seed
 
 
+def client_gone(sock: socket.socket) -> bool:
+    """Whether the peer has closed the connection: readable, with nothing left to read."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
 def make_handler(model: Any, default_max_tokens: int, echo: Callable[[str], None]) -> type[BaseHTTPRequestHandler]:
+    # One request is generated at a time. A request whose client hung up while it waited its turn
+    # (a killed run, a client that timed out) is dropped, not generated: on 2 cores one answer
+    # takes minutes, and a queue of abandoned requests delayed the live ones by as many.
+    turn = threading.Lock()
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "ouroboros-serve-model"
 
@@ -242,12 +259,16 @@ def make_handler(model: Any, default_max_tokens: int, echo: Callable[[str], None
             except (ValueError, UnicodeDecodeError) as exc:
                 self._error(400, f"bad request: {exc}")
                 return
-            start = time.monotonic()
-            try:
-                resp = model.chat(messages, max_tokens, temperature, seed)
-            except ValueError as exc:
-                self._error(400, str(exc))
-                return
+            with turn:
+                if client_gone(self.connection):
+                    echo("the client hung up while its request waited; not generated")
+                    return
+                start = time.monotonic()
+                try:
+                    resp = model.chat(messages, max_tokens, temperature, seed)
+                except ValueError as exc:
+                    self._error(400, str(exc))
+                    return
             u = resp["usage"]
             echo(f"reply: {u['prompt_tokens']} tokens in, {u['completion_tokens']} out, "
                  f"{time.monotonic() - start:.1f} s")

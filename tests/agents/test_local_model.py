@@ -102,6 +102,33 @@ def test_bad_requests_get_one_clear_error_and_the_server_keeps_serving(serve, bo
     assert code == 200 and reply["choices"][0]["message"]["content"] == "fine"
 
 
+def test_a_request_whose_client_hung_up_while_it_waited_is_not_generated(serve):
+    import socket
+
+    busy, done = threading.Event(), threading.Event()
+
+    def slow(req):
+        busy.set()
+        done.wait(30)
+        return "first"
+
+    model = StandInModel([slow, "third"])
+    url = serve(model)
+    first = threading.Thread(target=post, args=(url, b'{"messages": [{"role": "user", "content": "one"}]}'))
+    first.start()
+    assert busy.wait(30)  # the first request holds the model
+    host, port = url.removeprefix("http://").removesuffix("/v1").split(":")
+    body = b'{"messages": [{"role": "user", "content": "abandoned"}]}'
+    with socket.create_connection((host, int(port))) as s:  # sent, then the client goes away
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    done.set()
+    first.join(30)
+    code, reply = post(url, b'{"messages": [{"role": "user", "content": "three"}]}')
+    assert code == 200 and reply["choices"][0]["message"]["content"] == "third"
+    assert [r["messages"][0]["content"] for r in model.requests] == ["one", "three"]
+
+
 def test_a_prompt_longer_than_the_context_is_refused_with_its_length(serve):
     url = serve(StandInModel(["never"], n_ctx=3))
     code, reply = post(url, json.dumps({"messages": [{"role": "user", "content": "a b c d"}]}).encode())
@@ -226,3 +253,24 @@ def test_the_llm_study_loads_and_compares_the_local_model_with_random_and_tpe():
     assert [c.agent for c in study.conditions] == ["random", "tpe", "api:local"]
     assert study.baseline_condition == "random" and study.repeats >= 3
     assert load_task(study.task_path(study.conditions[2])).name == "quadratic"
+
+
+@pytest.mark.parametrize("search, nearest", [
+    ("STEPS = 200", "'STEPS = 200  # gradient steps; each costs microseconds'"),  # its comment dropped
+    ("STEPS = 400", "'STEPS = 200  # gradient steps; each costs microseconds'"),  # and its value changed
+    ("CLIP=100.0", "'CLIP = 100.0  # gradient norm clip"),
+    ("completely unrelated text \0 [/]", None),
+])
+def test_a_search_line_not_found_is_answered_with_the_files_nearest_line(quadratic, search, nearest):
+    from ouroboros.agents import edits
+
+    task = load_task(quadratic)
+    before = (quadratic / "train.py").read_text()
+    with pytest.raises(edits.EditError) as exc:
+        edits.apply(task, quadratic, [edits.Edit("train.py", search + "\n", "X = 1\n")])
+    assert "the SEARCH text was not found in train.py" in str(exc.value)
+    if nearest:
+        assert f"; the nearest line in the file is {nearest}" in str(exc.value)
+    else:
+        assert "nearest line" not in str(exc.value)
+    assert (quadratic / "train.py").read_text() == before
