@@ -45,8 +45,9 @@ class Model:
     def __init__(self, path: Path, threads: int, n_ctx: int, name: str = "local",
                  echo: Callable[[str], None] = print):
         try:
+            import gguf  # noqa: F401 - transformers reads the GGUF through it
             import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            import transformers  # noqa: F401
         except ImportError as exc:
             raise OuroborosError("serve-model needs transformers, gguf and torch: pip install 'ouroboros[llm]' "
                                  "(or make llm)") from exc

@@ -17,7 +17,6 @@ so that it can correct its reply. Nothing is written unless every block applies.
 from __future__ import annotations
 
 import difflib
-
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
