@@ -28,12 +28,11 @@ import sqlite3
 import subprocess
 import tomllib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ouroboros.errors import OuroborosError
-from ouroboros.self import versions
+from ouroboros.self import inner, versions
 from ouroboros.self.suite import SuiteTask, load_suite
 from ouroboros.workspace import git
 
@@ -82,29 +81,48 @@ def run_dir(work: Path, task: SuiteTask, seed: int) -> Path:
     return work / f"{task.name}-s{seed}"
 
 
-def run_inner(src: Path, task: SuiteTask, seed: int, experiments: int, work: Path, agent: str = "policy",
-              search: str = "greedy", timeout: float = 600) -> Path:
-    """One inner run: a fresh copy of the suite task, the version at `src` as its harness, exec'd."""
+def prepare_run(task: SuiteTask, seed: int, work: Path) -> Path:
+    """A fresh, committed copy of the suite task for one inner run."""
     dest = run_dir(work, task, seed)
     shutil.rmtree(dest, ignore_errors=True)
+    (dest.parent / f"{dest.name}.log").unlink(missing_ok=True)
     shutil.copytree(task.path, dest, ignore=shutil.ignore_patterns("__pycache__", ".ouroboros"))
     (dest / ".gitignore").write_text(".ouroboros/\n__pycache__/\n")
     git(dest, "init", "-q", "-b", "main")
     git(dest, "add", "-A")
     git(dest, "commit", "-q", "-m", f"suite task {task.name}")
-    argv = versions.command("run", "-C", str(dest), "--agent", agent, "--max-experiments", str(experiments),
-                            "--seed", str(seed), "--tag", TAG, *(["--search", search] if search != "greedy" else []))
-    with open(dest.parent / f"{dest.name}.log", "wb") as log:
-        try:
-            proc = subprocess.run(argv, cwd=dest, env=versions.environment(src, {"COLUMNS": "160"}), stdout=log,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise OuroborosError(f"the inner harness ran past {timeout:g} s on {task.name} (seed {seed})") from None
-    if proc.returncode != 0:
-        tail = (dest.parent / f"{dest.name}.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
-        raise OuroborosError(f"the inner harness failed on {task.name} (seed {seed}, exit {proc.returncode}): "
-                             f"{tail[0][:300]}")
     return dest
+
+
+def run_many(src: Path, items: list[tuple[SuiteTask, int]], experiments: int, work: Path, agent: str = "policy",
+             search: str = "greedy", jobs: int = 2, timeout: float = 600) -> list[Path]:
+    """Inner runs: fresh copies of the suite tasks, all run by one process of the version at `src`
+    (self/inner.py: one fork per run, `jobs` side by side)."""
+    work.mkdir(parents=True, exist_ok=True)
+    runs, dests = [], []
+    for task, seed in items:
+        dest = prepare_run(task, seed, work)
+        argv = ["run", "-C", str(dest), "--agent", agent, "--max-experiments", str(experiments), "--seed", str(seed),
+                "--tag", TAG, *(["--search", search] if search != "greedy" else [])]
+        runs.append({"name": dest.name, "cwd": str(dest), "log": str(dest.parent / f"{dest.name}.log"),
+                     "steps": [argv]})
+        dests.append(dest)
+    codes = inner.spawn(src, runs, work / "plan.json", jobs, timeout)
+    for (task, seed), dest in zip(items, dests, strict=True):
+        code = codes[dest.name]
+        if code == 124:
+            raise OuroborosError(f"the inner harness ran past {timeout:g} s on {task.name} (seed {seed})")
+        if code != 0:
+            tail = (dest.parent / f"{dest.name}.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+            raise OuroborosError(f"the inner harness failed on {task.name} (seed {seed}, exit {code}): "
+                                 f"{tail[0][:300]}")
+    return dests
+
+
+def run_inner(src: Path, task: SuiteTask, seed: int, experiments: int, work: Path, agent: str = "policy",
+              search: str = "greedy", timeout: float = 600) -> Path:
+    """One inner run: a fresh copy of the suite task, the version at `src` as its harness."""
+    return run_many(src, [(task, seed)], experiments, work, agent, search, 1, timeout)[0]
 
 
 def claims(dest: Path) -> list[tuple[int, str, str, float | None]]:
@@ -127,7 +145,17 @@ def claims(dest: Path) -> list[tuple[int, str, str, float | None]]:
 def export_inner(dest: Path, out: Path) -> None:
     """Copy what collect() reads (the ledger and each keep's params.py) to `out`, without git."""
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(dest / ".ouroboros" / "ledger.sqlite", out / "ledger.sqlite")
+    (out / "ledger.sqlite").unlink(missing_ok=True)
+    # sqlite's own copy: it reads what the inner ledger still holds in its write-ahead log
+    source = sqlite3.connect(f"file:{dest / '.ouroboros' / 'ledger.sqlite'}?mode=ro", uri=True)
+    copy = sqlite3.connect(out / "ledger.sqlite")
+    try:
+        source.backup(copy)
+    except sqlite3.Error as exc:
+        raise OuroborosError(f"the inner ledger in {dest} is unreadable: {exc}") from exc
+    finally:
+        copy.close()
+        source.close()
     (out / "keeps").mkdir(exist_ok=True)
     for _, commit, status, _ in claims(dest):
         if status == "keep":
@@ -215,16 +243,9 @@ def benchmark_runs(src: Path, work: Path, seeds: list[int], experiments: int, sp
                    names: list[str] | None = None, agent: str = "policy", search: str = "greedy",
                    jobs: int = 2) -> list[tuple[Path, SuiteTask, int]]:
     """The inner runs of a benchmark, without scoring them (the self task's run phase)."""
-    suite = load_suite(split, names)
-    work.mkdir(parents=True, exist_ok=True)
-    plan = [(t, s) for t in suite for s in seeds]
-
-    def one(item: tuple[SuiteTask, int]) -> tuple[Path, SuiteTask, int]:
-        task, seed = item
-        return run_inner(src, task, seed, experiments, work, agent, search), task, seed
-
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return list(pool.map(one, plan))
+    plan = [(t, s) for t in load_suite(split, names) for s in seeds]
+    dests = run_many(src, plan, experiments, work, agent, search, jobs)
+    return [(dest, task, seed) for dest, (task, seed) in zip(dests, plan, strict=True)]
 
 
 def compare(refs: list[str], repo: Path | None, seeds: list[int], experiments: int, split: str,

@@ -31,7 +31,7 @@ def _tail(path: Path) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
-def run_self(task: Task, max_experiments: int, tag: str, agent: str = "policy", seed: int = 0,
+def run_self(task: Task, max_experiments: int, tag: str, agent: str = "policy", seed: int | None = 0,
              holdout: bool = True, echo: Callable[[str], None] = print) -> dict:
     repo = repo_root(task.root)
     records = task.root / RECORDS_DIR
@@ -55,7 +55,7 @@ def run_self(task: Task, max_experiments: int, tag: str, agent: str = "policy", 
         good = [e.commit_sha for e in history if e.status == "keep" and e.commit_sha not in state["bad"]]
         version = good[-1] if good else base
         src = versions.install(repo, version, cache)
-        start = ["--resume", tag] if ledger.run(tag) else ["--tag", tag, "--seed", str(seed)]
+        start = ["--resume", tag] if ledger.run(tag) else ["--tag", tag, *([] if seed is None else ["--seed", str(seed)])]
         argv = versions.command("run", "-C", str(task.root), "--agent", agent, "--max-experiments", str(done + 1),
                                 *start)
         log = log_dir / f"{len(history)}.log"

@@ -22,7 +22,8 @@ PROTECTED = ["evaluate.py", "delta.toml", "src/ouroboros/__init__.py", "src/ouro
              "src/ouroboros/self/**", "src/ouroboros/judge.py", "src/ouroboros/ledger.py", "src/ouroboros/guard.py",
              "src/ouroboros/sandbox.py", "src/ouroboros/isolation.py", "src/ouroboros/evaluate.py",
              "src/ouroboros/workspace.py", "src/ouroboros/task.py", "src/ouroboros/knobs.py",
-             "src/ouroboros/testing.py", "src/ouroboros/cheats.py", "examples/quadratic/**"]
+             "src/ouroboros/testing.py", "src/ouroboros/cheats.py", "src/ouroboros/scaffold.py",
+             "examples/quadratic/**"]
 
 TOML = """\
 # Ouroboros improving itself: the candidate is this repo's src/ouroboros; its score is the delta
@@ -74,8 +75,9 @@ gate = true
 EVALUATE = '''\
 """PROTECTED. The self task's evaluator, run as `python -I evaluate.py` in the worktree.
 
--I keeps PYTHONPATH, the user's site and this folder off the path; the protected source is copied
-to a private folder first (no __pycache__), so nothing the run phase wrote is imported.
+-I keeps PYTHONPATH, the user's site and this folder off the path; the protected source (and the
+cheat suite's task, examples/quadratic) is copied to a private folder first (no __pycache__), so
+nothing the run phase wrote is imported.
 """
 import shutil
 import sys
@@ -85,10 +87,10 @@ from pathlib import Path
 root = Path.cwd()
 private = Path(tempfile.mkdtemp(prefix="ouroboros-self-eval-"))
 try:
-    shutil.copytree(root / "src" / "ouroboros", private / "ouroboros",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for part in ("src/ouroboros", "examples/quadratic"):
+        shutil.copytree(root / part, private / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     sys.dont_write_bytecode = True
-    sys.path.insert(0, str(private))
+    sys.path.insert(0, str(private / "src"))
     from ouroboros.self.task_eval import main
 
     code = main(root)
