@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from ouroboros.self import lineage
 from ouroboros.self.delta import ClaimError, benchmark, collect, run_inner
 from ouroboros.self.driver import run_self
 from ouroboros.self.gate import gate
-from ouroboros.self.suite import load_suite
+from ouroboros.self.suite import init_task, load_suite
 from ouroboros.self.template import from_template
 from ouroboros.task import RECORDS_DIR, load_task
 from ouroboros.testing import commit_all
@@ -186,6 +188,25 @@ def test_suite_normalizes_to_zero_at_the_baseline_and_one_at_the_best():
         load_suite("public", ["nope"])
 
 
+def test_a_suite_task_is_a_self_contained_repo_sharing_one_suitekit(tmp_path):
+    kit = (SRC / "ouroboros/self/suite/suitekit.py").read_text()
+    for split in ("public", "holdout"):
+        for t in load_suite(split):
+            assert "def read_params" not in (t.path / "evaluate.py").read_text()  # the shared code lives once
+            assert not (t.path / "suitekit.py").exists()
+    root = init_task("phrase", tmp_path / "phrase")
+    assert (root / "suitekit.py").read_text() == kit and "suitekit.py" in load_task(root).protected_files()
+    assert git(root, "status", "--porcelain") == ""
+    out = subprocess.run([sys.executable, "-I", "suitekit.py"], cwd=root, capture_output=True, text=True)
+    task = load_suite("public", ["phrase"])[0]
+    assert out.returncode == 0 and out.stdout == f"distance: {task.baseline:.6f}\n", out.stderr
+    (root / "params.py").write_text("WORD_0 = (\n")
+    bad = subprocess.run([sys.executable, "-I", "suitekit.py"], cwd=root, capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.startswith("unusable params.py (SyntaxError")
+    with pytest.raises(OuroborosError, match="no suite task nope"):
+        init_task("nope", tmp_path / "nope")
+
+
 def _exp(n: int, sha: str, parent: str, status: str, metric: float | None = None) -> Experiment:
     return Experiment("t", n, commit_sha=sha, parent=parent, status=status, metric=metric)
 
@@ -203,11 +224,7 @@ def test_clades_count_the_verdicts_below_each_keep():
 
 
 def test_tree_search_expands_keeps_only(tmp_path):
-    task_dir = tmp_path / "multimodal"
-    shutil.copytree(load_suite("public", ["multimodal"])[0].path, task_dir)
-    (task_dir / ".gitignore").write_text(".ouroboros/\n__pycache__/\n")
-    git(task_dir, "init", "-q", "-b", "main")
-    commit_all(task_dir, "task")
+    task_dir = init_task("multimodal", tmp_path / "multimodal")
     loop = Loop(load_task(task_dir), Options(agent="policy", tag="tree", max_experiments=8, extra={"search": "tree"}))
     loop.run()
     exps = loop.ledger.experiments("tree")
@@ -218,6 +235,39 @@ def test_tree_search_expands_keeps_only(tmp_path):
         parent = next(k for k in exps if k.commit_sha == e.parent)
         if e.status == "keep":  # judged against its own parent
             assert e.metric < parent.metric
+    loop.ledger.close()
+    # `ouroboros report --run`: the lineage tree (each keep under its parent, own score, clade score)
+    # and the changes whose descendants improved most, first.
+    from ouroboros.report.build import run_report
+    from ouroboros.self.report import tree_rows
+
+    html = run_report(load_task(task_dir), "tree", tmp_path / "report").read_text()
+    assert 'id="lineage"' in html and "lineage tree" in html and "changes whose descendants improved most" in html
+    keeps = {e.commit_sha: e for e in exps if e.status == "keep"}
+    rows = tree_rows(exps, minimize=True)
+    assert len(rows) == len(keeps) and rows[0][0] == "0"
+    depth = {}
+    for row in rows:  # depth first: a keep comes right under its parent's subtree, one level deeper
+        n = int(row[0].split()[-1])
+        e = next(k for k in keeps.values() if k.n == n)
+        depth[n] = row[0].count("·")
+        if n:
+            assert depth[n] == depth[keeps[e.parent].n] + 1
+        clade = [e.metric] + [k.metric for k in keeps.values() if _descends(k, e, keeps)]
+        assert row[1] == f"{e.metric:.6g}" and row[2] == f"{min(clade):.6g}"
+        assert f"<td>{row[2]}</td>" in html
+    table = html.split("changes whose descendants improved most")[1].split("</table>")[0]
+    gains = [float(g) for g in re.findall(r"<tr><td>\d+</td><td>[^<]*</td><td>[^<]*</td><td>([^<]*)</td>", table)]
+    assert len(gains) == len(keeps) and gains == sorted(gains, reverse=True) and gains[0] > 0
+
+
+def _descends(e: Experiment, ancestor: Experiment, keeps: dict[str, Experiment]) -> bool:
+    p = keeps.get(e.parent)
+    while p is not None and p.n:
+        if p.commit_sha == ancestor.commit_sha:
+            return True
+        p = keeps.get(p.parent)
+    return p is not None and p.commit_sha == ancestor.commit_sha and e.n > 0
 
 
 def test_the_self_template_edits_only_the_policy_and_hides_the_holdout(tmp_path):

@@ -86,7 +86,7 @@ def prepare_run(task: SuiteTask, seed: int, work: Path) -> Path:
     dest = run_dir(work, task, seed)
     shutil.rmtree(dest, ignore_errors=True)
     (dest.parent / f"{dest.name}.log").unlink(missing_ok=True)
-    shutil.copytree(task.path, dest, ignore=shutil.ignore_patterns("__pycache__", ".ouroboros"))
+    task.export(dest)
     (dest / ".gitignore").write_text(".ouroboros/\n__pycache__/\n")
     git(dest, "init", "-q", "-b", "main")
     git(dest, "add", "-A")

@@ -91,8 +91,8 @@ def _checkout(task: Path) -> tuple[str, str]:
     return head, digest.hexdigest()
 
 
-def _fresh_repo(src_dir: Path, dest: Path) -> Path:
-    shutil.copytree(src_dir, dest, ignore=shutil.ignore_patterns("__pycache__", ".ouroboros"))
+def _fresh_repo(task: SuiteTask, dest: Path) -> Path:
+    task.export(dest)
     (dest / ".gitignore").write_text(".ouroboros/\n__pycache__/\n")
     _git(dest, "init", "-q", "-b", "main")
     _git(dest, "add", "-A")
@@ -182,7 +182,7 @@ def gate(src: Path, timeout: float = 300, jobs: int = 2, keep: Path | None = Non
     try:
         bowl = load_suite("public", ["bowl"])[0]
         bowl.evaluator  # noqa: B018  loaded now, before any of the candidate's code runs
-        contract = _fresh_repo(bowl.path, tmp / "contract" / "task")
+        contract = _fresh_repo(bowl, tmp / "contract" / "task")
         first = ["run", "-C", str(contract), "--agent", "policy", "--max-experiments", str(CONTRACT_EXPERIMENTS),
                  "--seed", "0", "--tag", CONTRACT_TAG]
         again = ["run", "-C", str(contract), "--resume", CONTRACT_TAG, "--max-experiments",
