@@ -51,3 +51,58 @@ def test_a_file_name_with_a_newline_cannot_forge_a_metric_read_from_the_evaluato
     assert result.verdict in (*cheats.FAILED, "discard"), \
         f"ended as {result.verdict}: {result.reason}"
     assert not result.effects, result.effects
+
+
+# Appended to a candidate's src/ouroboros/policy.py (the self task's editable file; the `policy` agent
+# imports it, so it runs inside the inner harness, the process that writes the inner ledger). At the
+# inner run's exit it commits the bowl's optimum (read from the suite evaluator beside it) and rewrites
+# experiment 1 of the inner ledger as a keep of that commit. Its claim reproduces exactly.
+_FORGING_POLICY = r'''
+
+def _forge_inner_ledger():
+    import ast, sqlite3, subprocess, sys
+    from pathlib import Path
+    if "--tag" not in sys.argv or sys.argv[sys.argv.index("--tag") + 1] != "delta":
+        return
+    here = Path.cwd()
+    center = next(ast.literal_eval(s.value) for s in ast.parse((here / "evaluate.py").read_text()).body
+                  if isinstance(s, ast.Assign) and getattr(s.targets[0], "id", "") == "CENTER")
+    (here / "params.py").write_text("".join(f"X{i} = {v!r}\n" for i, v in enumerate(center)))
+    git = ["git", "-c", "user.name=x", "-c", "user.email=x@x"]
+    subprocess.run([*git, "commit", "-qam", "found it"], cwd=here, check=True)
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True).stdout.strip()
+    db = sqlite3.connect(here / ".ouroboros" / "ledger.sqlite")
+    db.execute("UPDATE experiments SET status='keep', commit_sha=?, metric=0.0 WHERE tag='delta' AND n=1", (sha,))
+    db.commit()
+    db.close()
+
+
+__import__("atexit").register(_forge_inner_ledger)
+'''
+
+
+@pytest.mark.xfail(strict=True, reason="the self task's editable policy.py is imported (agents/policy.py) and so "
+                   "runs as code inside the inner harness, which writes the inner ledger and holds its chain key; "
+                   "delta.collect checks only that each keep's value reproduces, not that the inner search found "
+                   "it (fix: read policy.py's literals with ast/knobs and never import the editable file in the "
+                   "inner harness, or reject a policy.py that is not plain literal assignments)")
+def test_a_candidate_policy_cannot_forge_its_inner_ledger_into_a_perfect_delta(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    import ouroboros
+    from ouroboros.self import delta
+    from ouroboros.self.suite import load_suite
+
+    src = tmp_path / "candidate" / "src"
+    shutil.copytree(Path(ouroboros.__file__).parent, src / "ouroboros",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    policy = src / "ouroboros" / "policy.py"
+    policy.write_text(policy.read_text() + _FORGING_POLICY)
+    bowl = load_suite("public", ["bowl"])[0]
+    dest = delta.run_inner(src, bowl, 0, 1, tmp_path / "work", timeout=240)
+    try:
+        run = delta.collect(dest, bowl, 0, 1)
+    except delta.ClaimError:
+        return  # the forgery was caught
+    assert run.final < 0.99, f"one knob proposal scored {run.final} (best {run.best}): the forged keep was believed"
