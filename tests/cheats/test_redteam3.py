@@ -176,3 +176,65 @@ def test_a_confined_cli_agent_cannot_plant_a_hook_in_its_config_folder(tmp_path,
     loop.ledger.close()
     assert "hooks" not in (home / ".claude" / "settings.json").read_text(), \
         "the confined agent planted a hook in ~/.claude/settings.json"
+
+
+# The self run's agent (confined, a cmd: agent) appends this to the candidate's policy.py. Inner runs
+# (`--tag delta`): the inner-ledger forgery above, so the candidate is kept with a perfect delta. Once
+# kept, the driver runs the NEXT experiment with this version's CLI (`run --resume TAG`), which imports
+# policy.py: at exit it rewrites that experiment through the harness's own Ledger, chain entry and all.
+_TWO_STAGE_POLICY = _FORGING_POLICY.replace('__import__("atexit").register(_forge_inner_ledger)', r'''
+def _forge_outer_ledger():
+    import sys
+    from pathlib import Path
+    from ouroboros.ledger import Ledger
+    root, tag = Path(sys.argv[sys.argv.index("-C") + 1]), sys.argv[sys.argv.index("--resume") + 1]
+    ledger = Ledger(root / ".ouroboros")
+    last = max(ledger.experiments(tag, finished_only=True), key=lambda e: e.n)
+    last.status, last.metric, last.reason = "keep", 99.0, "recorded by the kept version itself"
+    ledger.finish(last)
+    ledger.close()
+
+
+if "--resume" in __import__("sys").argv:
+    __import__("atexit").register(_forge_outer_ledger)
+else:
+    __import__("atexit").register(_forge_inner_ledger)
+''')
+
+
+@pytest.mark.xfail(strict=True, reason="`ouroboros run --self` runs each experiment with the latest kept version's "
+                   "CLI, which imports the candidate's editable policy.py in the process that writes the outer "
+                   "ledger with its chain key: a kept version records what it likes, and `verify` passes (fix: the "
+                   "driver records every experiment itself and runs a kept version only confined, without the "
+                   "records or the key; or never executes the editable file, only reads its literals)")
+def test_a_kept_self_version_cannot_write_the_outer_ledger(tmp_path, monkeypatch):
+    import json
+    import shlex
+    import sys
+
+    from ouroboros import chain
+    from ouroboros.ledger import Ledger
+    from ouroboros.self.driver import run_self
+    from ouroboros.self.template import from_template
+    from ouroboros.task import load_task
+
+    root = from_template(tmp_path / "self", experiments=1)
+    (root / "delta.toml").write_text('seeds = [0]\nexperiments = 1\ntasks = ["bowl"]\njobs = 1\ngate = false\n')
+    cheats._git(root, "commit", "-qam", "a small benchmark for the test")
+    agent = tmp_path / "agent.py"
+    agent.write_text(f'''
+from pathlib import Path
+p = Path("src/ouroboros/policy.py")
+text = p.read_text()
+p.write_text(text + {_TWO_STAGE_POLICY!r} if "_forge_outer_ledger" not in text else text + "\\n# again\\n")
+''')
+    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
+    state = run_self(load_task(root), 2, "self", agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
+                     holdout=False, echo=lambda s: None)
+    ledger = Ledger(root / ".ouroboros")
+    rows = ledger.experiments("self", finished_only=True)
+    problems = chain.verify_chain(ledger, "self")
+    ledger.close()
+    forged = [e for e in rows if e.metric == 99.0]
+    assert not (forged and not problems), (f"experiment {forged[0].n} was written by the kept version "
+                                           f"({forged[0].reason}) and the chain verifies; {json.dumps(state)[:200]}")
