@@ -238,3 +238,27 @@ p.write_text(text + {_TWO_STAGE_POLICY!r} if "_forge_outer_ledger" not in text e
     forged = [e for e in rows if e.metric == 99.0]
     assert not (forged and not problems), (f"experiment {forged[0].n} was written by the kept version "
                                            f"({forged[0].reason}) and the chain verifies; {json.dumps(state)[:200]}")
+
+
+@pytest.mark.xfail(strict=True, reason="at trust level stdout every `key: number` line of the run's output becomes "
+                   "a metric, and `confirm_metric` is also the loop's own key for a confirmation re-run: a run that "
+                   "prints it counts as confirmed (judge.standing moves the plausibility anchor, audit.reproduced "
+                   "accepts it) (fix: keep the loop's confirmation outside the evaluator's metrics dict, or drop "
+                   "reserved keys from what an evaluator or a run reports)")
+def test_a_run_that_prints_confirm_metric_is_not_a_confirmed_keep(quadratic):
+    from ouroboros import evaluate
+    from ouroboros.audit import reproduced
+    from ouroboros.judge import standing
+    from ouroboros.ledger import Experiment
+    from ouroboros.task import load_task
+
+    cheats._set_keys(quadratic / "ouroboros.toml", "task", {"evaluate": ""})
+    task = load_task(quadratic)
+    assert task.trust == "stdout"
+    log = quadratic / "run.log"
+    log.write_text("loss: 1.5\nconfirm_metric: 0.25\n")  # a lucky run, and a confirmation it never had
+    m = evaluate.from_stdout(task, log)
+    base = Experiment("t", 0, status="keep", metric=2.0, metrics={})
+    keep = Experiment("t", 1, status="keep", metric=m.metric, metrics=m.metrics)
+    assert standing([base, keep], minimize=True).anchor == 2.0, "an unconfirmed keep moved the plausibility anchor"
+    assert not reproduced(keep, 0.25, 0.0), "the audit took the run's own confirm_metric line as a confirmation"
