@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ouroboros import cheats, isolation
+from ouroboros.cheats import _EVAL_IMPORTS_TRAIN
 
 BWRAP = isolation.available("bwrap")
 LEVEL = "bwrap" if BWRAP else "unshare"
@@ -262,3 +263,30 @@ def test_a_run_that_prints_confirm_metric_is_not_a_confirmed_keep(quadratic):
     keep = Experiment("t", 1, status="keep", metric=m.metric, metrics=m.metrics)
     assert standing([base, keep], minimize=True).anchor == 2.0, "an unconfirmed keep moved the plausibility anchor"
     assert not reproduced(keep, 0.25, 0.0), "the audit took the run's own confirm_metric line as a confirmation"
+
+
+# train.py's module-level code runs in the evaluation phase when the evaluator imports it (trust level
+# sealed; cheats.py's metrics-fifo and eval-grandchild attacks use the same evaluator). There it writes
+# 24 MB, far past max_artifact_mb, into the evaluation folder, which lies on the host's disk.
+_EVAL_FILL = """
+if sys.argv[0].endswith("evaluate.py"):
+    with open("fill.bin", "wb") as f:
+        for _ in range(24):
+            f.write(b"x" * (1 << 20))
+
+
+def cheat():
+    Path("solution.json").write_text(json.dumps({"x": [0.0, 0.0, 0.0, 0.0]}))  # honest verdict: discard
+    sys.exit(0)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="the evaluation phase runs with no max_artifact_mb (nor memory_mb or "
+                   "max_processes): sandbox.run in evaluate.sealed passes none, and its writable folder is on the "
+                   "host's /tmp, not a size-capped tmpfs (fix: pass the task's bounds to the evaluation's sandbox.run, "
+                   "watch the evaluation folder, and RLIMIT_FSIZE it)")
+def test_code_in_the_evaluation_phase_cannot_write_past_max_artifact_mb(tmp_path):
+    attack = cheats.Attack("eval-fill-disk", title="fill the disk from the evaluation phase", train=_EVAL_FILL,
+                           files={"evaluate.py": _EVAL_IMPORTS_TRAIN}, bound={"max_artifact_mb": 1})
+    result = cheats.run_attack(attack, tmp_path / "attack", isolation=LEVEL)
+    assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
