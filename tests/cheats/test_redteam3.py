@@ -290,3 +290,34 @@ def test_code_in_the_evaluation_phase_cannot_write_past_max_artifact_mb(tmp_path
                            files={"evaluate.py": _EVAL_IMPORTS_TRAIN}, bound={"max_artifact_mb": 1})
     result = cheats.run_attack(attack, tmp_path / "attack", isolation=LEVEL)
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
+
+
+@pytest.mark.skipif(not BWRAP, reason="agents are confined only at level bwrap")
+@pytest.mark.xfail(strict=True, reason="CommandAgent.readable binds the whole top folder of every PATH entry under "
+                   "$HOME into the agent's sandbox (~/.cargo for ~/.cargo/bin, ~/.local for ~/.local/bin), with the "
+                   "credentials kept there (~/.cargo/credentials.toml); the agent has the network (fix: bind the PATH "
+                   "entry itself, or the version manager's install folders, never the top folder)")
+def test_a_confined_agent_cannot_read_credentials_beside_a_tool_folder_on_path(tmp_path, monkeypatch):
+    import os
+
+    home = tmp_path / "home"
+    (home / ".cargo" / "bin").mkdir(parents=True)
+    secret = "cio-SECRET-crates-token-0123456789"
+    (home / ".cargo" / "credentials.toml").write_text(f'[registry]\ntoken = "{secret}"\n')
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PATH", f"{home / '.cargo' / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    agent = '''
+import os
+from pathlib import Path
+try:
+    stolen = (Path.home() / ".cargo" / "credentials.toml").read_text().split('"')[1]
+except (OSError, IndexError):
+    stolen = "nothing"
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text(f"stolen: {stolen}\\n")
+Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
+'''
+    result = cheats.run_attack(cheats.Attack("home-tool-folder", title="read ~/.cargo/credentials.toml", agent=agent),
+                               tmp_path / "attack", isolation="bwrap")
+    description = (result.exp_dir / "description.txt").read_text()
+    assert "stolen: " in description, description  # the agent ran
+    assert secret not in description, "the confined agent read ~/.cargo/credentials.toml"
