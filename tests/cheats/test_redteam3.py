@@ -321,3 +321,25 @@ Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
     description = (result.exp_dir / "description.txt").read_text()
     assert "stolen: " in description, description  # the agent ran
     assert secret not in description, "the confined agent read ~/.cargo/credentials.toml"
+
+
+@pytest.mark.xfail(strict=True, reason="chain.verify_tsv reports missing ledger rows only when results.tsv also has "
+                   "an extra row, to forgive a table that is only behind after a kill; but rows cut from the middle "
+                   "(the crashes and discards before the last row) are not 'behind', and verify says all agree (fix: "
+                   "forgive only a missing suffix: the table's rows must be a prefix of the ledger's)")
+def test_verify_reports_results_tsv_rows_cut_from_the_middle(quadratic):
+    from ouroboros import chain
+    from ouroboros.loop import Loop, Options
+    from ouroboros.task import load_task
+    from ouroboros.workspace import repo_root
+
+    loop = Loop(load_task(quadratic), Options(agent="random", max_experiments=3, seed=1, tag="t",
+                                              allow_weak_isolation=True))
+    loop.run()
+    tsv = loop.ledger.run_dir("t") / "results.tsv"
+    lines = tsv.read_text().splitlines(keepends=True)
+    assert len(lines) == 5  # header, baseline, three experiments
+    tsv.write_text("".join(lines[:2] + lines[3:]))  # experiment 1 (whatever its verdict) is gone; 2 and 3 remain
+    problems = chain.verify(loop.ledger, repo_root(quadratic), "t")
+    loop.ledger.close()
+    assert problems, "results.tsv lost a row from its middle and verify found nothing"
