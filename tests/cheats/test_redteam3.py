@@ -355,3 +355,25 @@ def test_a_proxy_password_with_an_at_sign_or_a_space_does_not_reach_experiments(
 
     env = sandbox.scrubbed_env(base={"PATH": "/usr/bin:/bin", "HOME": "/home/u", "HTTPS_PROXY": value})
     assert "@" not in env["HTTPS_PROXY"] and "alice" not in env["HTTPS_PROXY"], env["HTTPS_PROXY"]
+
+
+# An honest solution (the optimum, a real keep) from a run that also rewrites its own train.py: after a
+# keep the worktree is only cleaned (untracked files), not reset to the kept commit, so the run's edit of
+# a tracked file is carried into the next proposal and committed as the agent's change.
+_SELF_REWRITE = '''
+def cheat():
+    p = Path(__file__)
+    p.write_text(p.read_text() + "\\nCARRIED = 'state written by the run, not by the agent'\\n")
+    return True
+'''
+
+
+@pytest.mark.xfail(strict=True, reason="after a keep Loop._record calls ws.clean() (untracked files only), not a reset "
+                   "to the kept commit: what the run wrote into tracked files (its own train.py) stays in the worktree "
+                   "and becomes part of the next proposal, state carried past the budget (fix: reset the worktree to "
+                   "the experiment's commit after every verdict)")
+def test_what_the_run_writes_into_a_tracked_file_does_not_outlive_a_keep(tmp_path):
+    result = cheats.run_attack(cheats.Attack("run-rewrites-tracked", title="carry state in a tracked file",
+                                             train=_SELF_REWRITE), tmp_path / "attack", isolation=LEVEL)
+    assert result.verdict == "keep"  # the solution is honest
+    assert not [e for e in result.effects if "worktree kept" in e], result.effects
