@@ -377,3 +377,28 @@ def test_what_the_run_writes_into_a_tracked_file_does_not_outlive_a_keep(tmp_pat
                                              train=_SELF_REWRITE), tmp_path / "attack", isolation=LEVEL)
     assert result.verdict == "keep"  # the solution is honest
     assert not [e for e in result.effects if "worktree kept" in e], result.effects
+
+
+# sandbox._du skips every folder named .git, anywhere in the worktree: the run writes 8 MB (cap 1 MB)
+# under one, in files each below RLIMIT_FSIZE, and the artifact limit never sees it. The guard flags the
+# folder after the run, but only once the run has ended: the disk was written all through the budget.
+_DOTGIT_FILL = '''
+def cheat():
+    import os
+    os.makedirs("cache/.git", exist_ok=True)
+    for i in range(9):
+        with open(f"cache/.git/blob{i}", "wb") as f:
+            f.write(b"x" * (900 << 10))
+    return True
+'''
+
+
+@pytest.mark.xfail(strict=True, reason="sandbox._du (the run's artifact limit) skips every folder named .git, not "
+                   "only the worktree's own, so a run writes past max_artifact_mb under `any/.git/` for its whole "
+                   "budget (the guard's verdict comes after); empty files and folders count 0 bytes too, so inodes are "
+                   "unbounded (fix: skip only the worktree's own .git entry, and count each entry at least a block)")
+def test_a_run_writing_under_a_nested_dotgit_folder_hits_the_artifact_limit(tmp_path):
+    attack = cheats.Attack("dotgit-fill", title="fill the disk under a folder named .git", train=_DOTGIT_FILL,
+                           bound={"max_artifact_mb": 1})
+    result = cheats.run_attack(attack, tmp_path / "attack", isolation=LEVEL)
+    assert "artifact limit" in result.reason, f"ended as {result.verdict}: {result.reason}"
