@@ -402,3 +402,48 @@ def test_a_run_writing_under_a_nested_dotgit_folder_hits_the_artifact_limit(tmp_
                            bound={"max_artifact_mb": 1})
     result = cheats.run_attack(attack, tmp_path / "attack", isolation=LEVEL)
     assert "artifact limit" in result.reason, f"ended as {result.verdict}: {result.reason}"
+
+
+@pytest.mark.xfail(strict=True, reason="the run may replace a tracked editable file with a symlink to any path (it need "
+                   "not read it); the guard after the run checks only protected files and .git entries, a keep only "
+                   "cleans the worktree (untracked files), and memory.build_prompt reads the editable files outside "
+                   "the sandbox, following links: the next prompt carries any file the harness's user can read (fix: "
+                   "reset to the commit after every verdict; open editable files with O_NOFOLLOW in build_prompt)")
+def test_a_run_cannot_put_a_file_outside_the_worktree_into_the_next_prompt(tmp_path, monkeypatch):
+    import shlex
+    import sys
+
+    from ouroboros.loop import Loop, Options
+    from ouroboros.scaffold import from_template
+    from ouroboros.task import load_task
+
+    secret = tmp_path / "secret.txt"  # stands for ~/.ssh/id_ed25519 or the ledger key
+    secret.write_text("SECRET-0123456789-outside-the-worktree\n")
+    train = f'''import json, os
+from pathlib import Path
+Path("solution.json").write_text(json.dumps({{"x": [3.0, -1.0, 0.5, 2.0]}}))  # the honest optimum: a keep
+os.remove("train.py")
+os.symlink({str(secret)!r}, "train.py")  # a link is made without reading its target
+print("loss: 0.0")
+'''
+    agent = tmp_path / "agent.py"
+    agent.write_text(f'''import os
+from pathlib import Path
+if os.environ["OUROBOROS_EXPERIMENT"] == "1":
+    Path("train.py").write_text({train!r})
+else:
+    Path("notes.txt").write_text("x")
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("experiment " + os.environ["OUROBOROS_EXPERIMENT"])
+''')
+    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
+    task = from_template(tmp_path / "task", "quadratic")
+    cheats._set_keys(task / "ouroboros.toml", "bound", {"isolation": LEVEL})
+    cheats._git(task, "commit", "-qam", LEVEL)
+    loop = Loop(load_task(task), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
+                                         max_experiments=2, budget=3.0, tag="t"))
+    loop.run()
+    first = loop.history[1]
+    prompt = (loop.ledger.exp_dir("t", 2) / "prompt.md").read_text()
+    loop.ledger.close()
+    assert first.status == "keep", first.reason
+    assert "SECRET-0123456789" not in prompt, "the second prompt holds a file from outside the worktree"
