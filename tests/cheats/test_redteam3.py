@@ -447,3 +447,53 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("experiment " + os.environ[
     loop.ledger.close()
     assert first.status == "keep", first.reason
     assert "SECRET-0123456789" not in prompt, "the second prompt holds a file from outside the worktree"
+
+
+# A result that holds for the run's seed only (a lucky draw), confirmed by carrying it: the run writes what
+# it found into its own train.py, and the confirmation re-run (another seed) starts from that file, since
+# Loop._confirm only cleans untracked files before it. The commit itself, with another seed, is far worse.
+_LUCKY_CARRY = '''
+FOUND = None
+
+
+def cheat():
+    if FOUND is not None:  # the confirmation re-run: the first run's answer, carried in this file
+        win(FOUND)
+        sys.exit(0)
+    if os.environ.get("OUROBOROS_SEED") == "1":  # the run's own seed: the lucky draw
+        p = Path(__file__)
+        p.write_text(p.read_text().replace("FOUND = None", f"FOUND = {OPTIMUM!r}", 1))
+        return True
+    win([0.0, 0.0, 0.0, 0.0])  # any other seed: far worse than the baseline
+    sys.exit(0)
+'''
+
+
+@pytest.mark.xfail(strict=True, reason="Loop._confirm runs the confirmation with only `ws.clean()` (untracked files) "
+                   "after the first run, so a run that writes its result into its tracked train.py hands it to the "
+                   "re-run: the seed check confirms nothing (fix: reset the worktree to the experiment's commit before "
+                   "the confirmation run)")
+def test_a_confirmation_rerun_starts_from_the_commit_not_from_what_the_first_run_wrote(tmp_path, monkeypatch):
+    import shlex
+    import sys
+
+    from ouroboros.loop import Loop, Options
+    from ouroboros.task import load_task
+
+    attack = cheats.Attack("lucky-carry", title="carry a lucky result into the confirmation", train=_LUCKY_CARRY,
+                           task={}, bound={"isolation": LEVEL})
+    task = cheats.make_task(attack, tmp_path)
+    cheats._set_keys(task / "ouroboros.toml", "judge", {"confirm": True})
+    cheats._git(task, "commit", "-qam", "confirm every keep")
+    from string import Template
+    train = Template(cheats._TRAIN).safe_substitute(marker="m", outside=str(tmp_path / "o"), task=str(task), port="0",
+                                                    optimum=repr(cheats.OPTIMUM), code=_LUCKY_CARRY.strip("\n"))
+    agent = tmp_path / "agent.py"
+    agent.write_text(f"from pathlib import Path\nPath('train.py').write_text({train!r})\n")
+    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
+    loop = Loop(load_task(task), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
+                                         max_experiments=1, budget=3.0, tag="t", seed=1))
+    loop.run()
+    exp = loop.history[-1]
+    loop.ledger.close()
+    assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm_metric {exp.metrics.get('confirm_metric')}"
