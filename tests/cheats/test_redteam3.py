@@ -497,3 +497,19 @@ def test_a_confirmation_rerun_starts_from_the_commit_not_from_what_the_first_run
     exp = loop.history[-1]
     loop.ledger.close()
     assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm_metric {exp.metrics.get('confirm_metric')}"
+
+
+@pytest.mark.xfail(strict=True, reason="Workspace.git decodes `git status -z` as strict UTF-8: a file name that is not "
+                   "UTF-8 (any bytes but / and NUL are allowed on Linux) raises UnicodeDecodeError out of Guard.check "
+                   "and Loop.run, and the harness dies instead of recording a violation (fix: decode git's output with "
+                   "os.fsdecode / surrogateescape, and refuse such names as a violation)")
+def test_an_agent_writing_a_file_name_that_is_not_utf8_gets_a_violation_not_a_crash(tmp_path):
+    agent = '''
+from pathlib import Path
+with open(b"notes-\\xff\\xfe.txt", "wb") as f:
+    f.write(b"x")
+Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
+'''
+    result = cheats.run_attack(cheats.Attack("non-utf8-name", title="a file name that is not UTF-8", agent=agent),
+                               tmp_path / "attack", isolation=LEVEL)
+    assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
