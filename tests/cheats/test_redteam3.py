@@ -513,3 +513,19 @@ Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
     result = cheats.run_attack(cheats.Attack("non-utf8-name", title="a file name that is not UTF-8", agent=agent),
                                tmp_path / "attack", isolation=LEVEL)
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
+
+
+@pytest.mark.xfail(strict=True, reason="CommandAgent.propose tests the description file with a strict "
+                   "`desc_path.read_text()` (only the second read has errors='replace'): bytes that are not UTF-8 "
+                   "raise UnicodeDecodeError, which is no AgentError, out of Loop.step, and the harness dies (fix: "
+                   "read the file once, as bytes decoded with errors='replace')")
+def test_a_description_that_is_not_utf8_does_not_crash_the_harness(tmp_path):
+    agent = '''
+import os
+from pathlib import Path
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_bytes(b"raise the rate \\xff\\xfe\\n")
+Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
+'''
+    result = cheats.run_attack(cheats.Attack("non-utf8-description", title="a description that is not UTF-8",
+                                             agent=agent), tmp_path / "attack", isolation=LEVEL)
+    assert result.verdict in (*cheats.FAILED, "keep", "discard")  # recorded, whatever the verdict
