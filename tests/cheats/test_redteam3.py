@@ -529,3 +529,19 @@ Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
     result = cheats.run_attack(cheats.Attack("non-utf8-description", title="a description that is not UTF-8",
                                              agent=agent), tmp_path / "attack", isolation=LEVEL)
     assert result.verdict in (*cheats.FAILED, "keep", "discard")  # recorded, whatever the verdict
+
+
+@pytest.mark.xfail(strict=True, reason="Workspace.restore_dotgit compares the worktree's .git file with a strict "
+                   "read_text() and catches only OSError: a run that writes bytes that are not UTF-8 into .git raises "
+                   "UnicodeDecodeError out of Guard.after and Loop.run, and every `--resume` dies the same way (fix: "
+                   "compare bytes, read_bytes() == want.encode())")
+def test_a_run_writing_bytes_that_are_not_utf8_into_the_dotgit_file_gets_a_violation_not_a_crash(tmp_path):
+    train = '''
+def cheat():
+    with open(".git", "wb") as f:
+        f.write(b"gitdir: \\xff\\xfe\\n")
+    return True
+'''
+    result = cheats.run_attack(cheats.Attack("dotgit-bytes", title="non-UTF-8 bytes in the worktree's .git file",
+                                             train=train), tmp_path / "attack", isolation=LEVEL)
+    assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
