@@ -545,3 +545,34 @@ def cheat():
     result = cheats.run_attack(cheats.Attack("dotgit-bytes", title="non-UTF-8 bytes in the worktree's .git file",
                                              train=train), tmp_path / "attack", isolation=LEVEL)
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
+
+
+@pytest.mark.xfail(strict=True, reason="memory.build_prompt reads notes.md (and guidance.md) with a strict read_text(): "
+                   "an agent that writes bytes that are not UTF-8 into its notes makes the next prompt raise "
+                   "UnicodeDecodeError out of Loop.step, and every resume too (fix: read them with errors='replace', "
+                   "as bound_notes already does)")
+def test_notes_that_are_not_utf8_do_not_crash_the_next_experiment(tmp_path, monkeypatch):
+    import shlex
+    import sys
+
+    from ouroboros.loop import Loop, Options
+    from ouroboros.scaffold import from_template
+    from ouroboros.task import load_task
+
+    agent = tmp_path / "agent.py"
+    agent.write_text('''import os
+from pathlib import Path
+Path(os.environ["OUROBOROS_NOTES"]).write_bytes(b"tried a higher rate \\xff\\xfe\\n")
+Path("train.py").write_text(Path("train.py").read_text() + "\\n# change " + os.environ["OUROBOROS_EXPERIMENT"] + "\\n")
+''')
+    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
+    task = from_template(tmp_path / "task", "quadratic")
+    cheats._set_keys(task / "ouroboros.toml", "bound", {"isolation": LEVEL})
+    cheats._git(task, "commit", "-qam", LEVEL)
+    loop = Loop(load_task(task), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
+                                         max_experiments=2, budget=3.0, tag="t"))
+    try:
+        loop.run()
+    finally:
+        loop.ledger.close()
+    assert len(loop.history) == 3
