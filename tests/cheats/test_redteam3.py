@@ -576,3 +576,18 @@ Path("train.py").write_text(Path("train.py").read_text() + "\\n# change " + os.e
     finally:
         loop.ledger.close()
     assert len(loop.history) == 3
+
+
+@pytest.mark.xfail(strict=True, reason="Workspace.git decodes git's output as strict UTF-8, and Loop.step writes "
+                   "diff.patch from `git diff` of the attempt: an editable file holding a byte that is not UTF-8 (in a "
+                   "comment) raises UnicodeDecodeError out of Loop.step (fix: take diffs as bytes, or decode with "
+                   "errors='replace')")
+def test_an_editable_file_with_a_byte_that_is_not_utf8_does_not_crash_the_harness(tmp_path):
+    agent = '''
+from pathlib import Path
+p = Path("train.py")
+p.write_bytes(p.read_bytes() + b"\\n# caf\\xe9 latin-1 comment\\n")
+'''
+    result = cheats.run_attack(cheats.Attack("non-utf8-content", title="a latin-1 byte in train.py", agent=agent),
+                               tmp_path / "attack", isolation=LEVEL)
+    assert result.verdict in (*cheats.FAILED, "keep", "discard")  # recorded, whatever the verdict
