@@ -591,3 +591,32 @@ p.write_bytes(p.read_bytes() + b"\\n# caf\\xe9 latin-1 comment\\n")
     result = cheats.run_attack(cheats.Attack("non-utf8-content", title="a latin-1 byte in train.py", agent=agent),
                                tmp_path / "attack", isolation=LEVEL)
     assert result.verdict in (*cheats.FAILED, "keep", "discard")  # recorded, whatever the verdict
+
+
+@pytest.mark.skipif(not BWRAP, reason="hidden data is masked only at level bwrap")
+@pytest.mark.xfail(strict=True, reason="`[bound] hidden` masks the hidden files only at their worktree paths; a "
+                   "`[bound] read_only` folder of the checkout that holds them (read_only = [\"<task>/data\"], the "
+                   "natural way to let the run read its data) is bound as it is, so the run reads the hidden answer "
+                   "there (fix: mask the hidden files under every read_only path too, or refuse read_only paths in "
+                   "the repository)")
+def test_a_read_only_folder_of_the_checkout_does_not_uncover_hidden_data(tmp_path):
+    import json
+
+    def read_only_data(task):
+        cheats._set_keys(task / "ouroboros.toml", "bound", {"read_only": [str(task / "data")]})
+        cheats._git(task, "commit", "-qam", "the run reads data/ read-only")
+
+    train = '''
+def cheat():
+    checkout = Path.cwd().parents[3]  # the worktree is <checkout>/.ouroboros/runs/<tag>/worktree
+    try:
+        win(json.loads((checkout / "data" / "answer.json").read_text())["x"])
+        return True
+    except (OSError, ValueError, KeyError):
+        return False
+'''
+    attack = cheats.Attack("read-only-hidden", title="read hidden data through a read_only folder", train=train,
+                           bound={"hidden": ["data/answer.json"]},
+                           files={"data/answer.json": json.dumps({"x": cheats.OPTIMUM}), "data/train.txt": "x\n"})
+    result = cheats.run_attack(attack, tmp_path / "attack", isolation="bwrap", on_task=read_only_data)
+    assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
