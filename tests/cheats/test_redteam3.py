@@ -652,3 +652,29 @@ def test_the_api_agent_never_writes_through_a_link_the_run_left(quadratic, tmp_p
     loop.ledger.close()
     assert statuses[1] == "keep", statuses
     assert victim.read_text() == "export PATH=/usr/bin\n", "the api agent wrote outside the worktree"
+
+
+def _user_process_in(folder):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], cwd=folder,
+                            stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.xfail(strict=True, reason="sandbox.kill_inside (called by --resume after a kill) SIGKILLs every process "
+                   "whose working directory is inside the run's folder, whoever started it: the user's shell or editor "
+                   "in the worktree, or the shell that runs `ouroboros run --resume` from there (fix: kill only "
+                   "processes marked as the run's, e.g. by an environment variable or a recorded process group)")
+def test_resume_does_not_kill_the_users_own_processes_in_the_worktree(tmp_path):
+    from ouroboros import sandbox
+
+    folder = tmp_path / ".ouroboros" / "runs" / "t" / "worktree"
+    folder.mkdir(parents=True)
+    shell = _user_process_in(folder)  # e.g. the user's shell, cd'd into the worktree to look around
+    try:
+        sandbox.kill_inside(tmp_path / ".ouroboros" / "runs" / "t")
+        assert shell.poll() is None, "the user's own process in the worktree was killed"
+    finally:
+        shell.kill()
+        shell.wait()
