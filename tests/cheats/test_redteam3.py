@@ -698,3 +698,22 @@ def cheat():
     result = cheats.run_attack(cheats.Attack("root-files", title="read /etc/shadow", train=train), tmp_path / "attack",
                                isolation="bwrap")
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: the run read /etc/shadow"
+
+
+@pytest.mark.xfail(strict=True, reason="sandbox._du counts st_size only: empty files and folders count 0 bytes, so a "
+                   "run creates any number of inodes (each a directory entry and an inode on the host's disk) under "
+                   "max_artifact_mb, and every later git status, guard walk, evaluation folder and clean pays for them "
+                   "outside the budget (fix: count each entry at least one block, or cap the number of entries)")
+def test_a_run_creating_many_empty_files_hits_the_artifact_limit(tmp_path):
+    train = '''
+def cheat():
+    import os
+    for d in range(30):
+        os.makedirs(f"spam/{d}", exist_ok=True)
+        for i in range(1000):
+            open(f"spam/{d}/{i}", "wb").close()
+    return True
+'''
+    attack = cheats.Attack("inode-fill", title="30000 empty files", train=train, bound={"max_artifact_mb": 1})
+    result = cheats.run_attack(attack, tmp_path / "attack", isolation=LEVEL)
+    assert "artifact limit" in result.reason, f"ended as {result.verdict}: {result.reason}"
