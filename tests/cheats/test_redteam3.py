@@ -717,3 +717,46 @@ def cheat():
     attack = cheats.Attack("inode-fill", title="30000 empty files", train=train, bound={"max_artifact_mb": 1})
     result = cheats.run_attack(attack, tmp_path / "attack", isolation=LEVEL)
     assert "artifact limit" in result.reason, f"ended as {result.verdict}: {result.reason}"
+
+
+
+@pytest.mark.xfail(strict=True, reason="with `[bound] max_diff_lines` set, Guard._diff_lines counts the lines of every "
+                   "untracked change with read_text(), following links and opening FIFOs: an agent's link to a FIFO "
+                   "blocks the harness forever inside Guard.check (a link to /dev/zero or a huge file exhausts its "
+                   "memory) (fix: count only regular files, opened with O_NOFOLLOW | O_NONBLOCK, with a byte cap)")
+def test_an_agents_link_to_a_fifo_is_never_opened_by_the_guard(tmp_path):
+    import errno
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    opened, stop = threading.Event(), threading.Event()
+
+    def watch() -> None:  # a reader on the FIFO shows as a writer that can open it; closing it unblocks the reader
+        while not stop.is_set():
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise
+                stop.wait(0.05)
+                continue
+            opened.set()
+            os.close(fd)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    agent = f"""
+import os
+from pathlib import Path
+os.symlink({str(fifo)!r}, "notes.txt")
+Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
+"""
+    try:
+        cheats.run_attack(cheats.Attack("fifo-link", title="a link to a FIFO", agent=agent,
+                                        bound={"max_diff_lines": 1000}), tmp_path / "attack", isolation=LEVEL)
+    finally:
+        stop.set()
+        watcher.join()
+    assert not opened.is_set(), "the harness opened the FIFO the agent linked to (without a writer it blocks forever)"
