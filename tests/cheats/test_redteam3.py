@@ -101,11 +101,13 @@ def test_a_candidate_policy_cannot_forge_its_inner_ledger_into_a_perfect_delta(t
     policy = src / "ouroboros" / "policy.py"
     policy.write_text(policy.read_text() + _FORGING_POLICY)
     bowl = load_suite("public", ["bowl"])[0]
-    dest = delta.run_inner(src, bowl, 0, 1, tmp_path / "work", timeout=240)
+    from ouroboros.errors import OuroborosError
+
     try:
+        dest = delta.run_inner(src, bowl, 0, 1, tmp_path / "work", timeout=240)
         run = delta.collect(dest, bowl, 0, 1)
-    except delta.ClaimError:
-        return  # the forgery was caught
+    except OuroborosError:
+        return  # the candidate was refused, or its forged claim caught (ClaimError)
     assert run.final < 0.99, f"one knob proposal scored {run.final} (best {run.best}): the forged keep was believed"
 
 
@@ -230,8 +232,14 @@ text = p.read_text()
 p.write_text(text + {_TWO_STAGE_POLICY!r} if "_forge_outer_ledger" not in text else text + "\\n# again\\n")
 ''')
     monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
-    state = run_self(load_task(root), 2, "self", agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
-                     holdout=False, echo=lambda s: None)
+    from ouroboros.errors import OuroborosError
+
+    try:
+        state = run_self(load_task(root), 2, "self",
+                         agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}", holdout=False,
+                         echo=lambda s: None)
+    except OuroborosError as exc:  # a driver that refuses the candidate outright stops it too
+        state = {"refused": str(exc)}
     ledger = Ledger(root / ".ouroboros")
     rows = ledger.experiments("self", finished_only=True)
     problems = chain.verify_chain(ledger, "self")
@@ -401,7 +409,7 @@ def test_a_run_writing_under_a_nested_dotgit_folder_hits_the_artifact_limit(tmp_
     attack = cheats.Attack("dotgit-fill", title="fill the disk under a folder named .git", train=_DOTGIT_FILL,
                            bound={"max_artifact_mb": 1})
     result = cheats.run_attack(attack, tmp_path / "attack", isolation=LEVEL)
-    assert "artifact limit" in result.reason, f"ended as {result.verdict}: {result.reason}"
+    assert result.verdict in cheats.FAILED and "limit" in result.reason, f"ended as {result.verdict}: {result.reason}"
 
 
 @pytest.mark.xfail(strict=True, reason="the run may replace a tracked editable file with a symlink to any path (it need "
@@ -716,7 +724,7 @@ def cheat():
 '''
     attack = cheats.Attack("inode-fill", title="30000 empty files", train=train, bound={"max_artifact_mb": 1})
     result = cheats.run_attack(attack, tmp_path / "attack", isolation=LEVEL)
-    assert "artifact limit" in result.reason, f"ended as {result.verdict}: {result.reason}"
+    assert result.verdict in cheats.FAILED and "limit" in result.reason, f"ended as {result.verdict}: {result.reason}"
 
 
 
