@@ -499,10 +499,6 @@ def test_a_confirmation_rerun_starts_from_the_commit_not_from_what_the_first_run
     assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm_metric {exp.metrics.get('confirm_metric')}"
 
 
-@pytest.mark.xfail(strict=True, reason="Workspace.git decodes `git status -z` as strict UTF-8: a file name that is not "
-                   "UTF-8 (any bytes but / and NUL are allowed on Linux) raises UnicodeDecodeError out of Guard.check "
-                   "and Loop.run, and the harness dies instead of recording a violation (fix: decode git's output with "
-                   "os.fsdecode / surrogateescape, and refuse such names as a violation)")
 def test_an_agent_writing_a_file_name_that_is_not_utf8_gets_a_violation_not_a_crash(tmp_path):
     agent = '''
 from pathlib import Path
@@ -515,10 +511,6 @@ Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
 
 
-@pytest.mark.xfail(strict=True, reason="CommandAgent.propose tests the description file with a strict "
-                   "`desc_path.read_text()` (only the second read has errors='replace'): bytes that are not UTF-8 "
-                   "raise UnicodeDecodeError, which is no AgentError, out of Loop.step, and the harness dies (fix: "
-                   "read the file once, as bytes decoded with errors='replace')")
 def test_a_description_that_is_not_utf8_does_not_crash_the_harness(tmp_path):
     agent = '''
 import os
@@ -531,10 +523,6 @@ Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
     assert result.verdict in (*cheats.FAILED, "keep", "discard")  # recorded, whatever the verdict
 
 
-@pytest.mark.xfail(strict=True, reason="Workspace.restore_dotgit compares the worktree's .git file with a strict "
-                   "read_text() and catches only OSError: a run that writes bytes that are not UTF-8 into .git raises "
-                   "UnicodeDecodeError out of Guard.after and Loop.run, and every `--resume` dies the same way (fix: "
-                   "compare bytes, read_bytes() == want.encode())")
 def test_a_run_writing_bytes_that_are_not_utf8_into_the_dotgit_file_gets_a_violation_not_a_crash(tmp_path):
     train = '''
 def cheat():
@@ -547,10 +535,6 @@ def cheat():
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
 
 
-@pytest.mark.xfail(strict=True, reason="memory.build_prompt reads notes.md (and guidance.md) with a strict read_text(): "
-                   "an agent that writes bytes that are not UTF-8 into its notes makes the next prompt raise "
-                   "UnicodeDecodeError out of Loop.step, and every resume too (fix: read them with errors='replace', "
-                   "as bound_notes already does)")
 def test_notes_that_are_not_utf8_do_not_crash_the_next_experiment(tmp_path, monkeypatch):
     import shlex
     import sys
