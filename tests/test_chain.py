@@ -63,3 +63,9 @@ def test_a_bad_key_file_is_one_clear_error(tmp_path: Path) -> None:
         _ledger(tmp_path)
     os.unlink(folder / chain.KEY_FILE)
     assert chain.verify_chain(_ledger(tmp_path / "again"), "t") == []
+
+
+def test_a_head_record_that_is_not_ours_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    chain._head_file(ledger).write_bytes(b"\xff\xfe garbage\n")
+    assert any("is not Ouroboros's" in str(p) for p in chain.verify_chain(ledger, "t"))

@@ -123,8 +123,11 @@ def verify_chain(ledger: Ledger, tag: str | None = None) -> list[Problem]:
         last_of[(e["kind"], e["tag"], e["n"])] = e["digest"]
     head = _head_file(ledger)
     if head.is_file():
-        seq, _, mac = head.read_text().strip().partition(" ")
-        if int(seq) != expect_seq - 1 or mac != prev:
+        seq, _, mac = head.read_text(errors="replace").strip().partition(" ")
+        if not seq.isdecimal():
+            problems.append(Problem("chain", f"the record of this ledger's last entry ({head}) is not Ouroboros's: "
+                                             f"{seq[:40]!r}, not an entry number"))
+        elif int(seq) != expect_seq - 1 or mac != prev:
             problems.append(Problem("chain", f"ends at entry {expect_seq - 1}, but Ouroboros last wrote entry {seq}: "
                                              "entries were cut off or rewritten"))
     elif expect_seq > 1:

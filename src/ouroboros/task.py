@@ -226,6 +226,9 @@ def load_task(root: Path | str, text: str | None = None) -> Task:
         data = tomllib.loads(path.read_text() if text is None else text)
     except tomllib.TOMLDecodeError as exc:
         raise OuroborosError(f"{path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise OuroborosError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                             "save it as UTF-8") from exc
     try:
         task = Task.model_validate({**data, "root": root})
     except ValidationError as exc:
