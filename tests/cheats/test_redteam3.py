@@ -40,10 +40,6 @@ def cheat():
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate.prepare_dir's notes quote output file names raw into eval.log "
-                   "after the evaluator's output, and a metric read from stdout is the log's last match: a "
-                   "name with a newline forges it (fix: write notes elsewhere or escape names with !r, and "
-                   "parse the metric from the evaluator's output before any note)")
 def test_a_file_name_with_a_newline_cannot_forge_a_metric_read_from_the_evaluators_output(tmp_path):
     attack = cheats.Attack("note-injection", title="a metric line in an output's file name", train=_NOTE_INJECTION,
                            task={"outputs": ["solution.json", "out/**"]},
