@@ -319,10 +319,6 @@ Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
     assert secret not in description, "the confined agent read ~/.cargo/credentials.toml"
 
 
-@pytest.mark.xfail(strict=True, reason="chain.verify_tsv reports missing ledger rows only when results.tsv also has "
-                   "an extra row, to forgive a table that is only behind after a kill; but rows cut from the middle "
-                   "(the crashes and discards before the last row) are not 'behind', and verify says all agree (fix: "
-                   "forgive only a missing suffix: the table's rows must be a prefix of the ledger's)")
 def test_verify_reports_results_tsv_rows_cut_from_the_middle(quadratic):
     from ouroboros import chain
     from ouroboros.loop import Loop, Options
