@@ -337,10 +337,6 @@ def test_verify_reports_results_tsv_rows_cut_from_the_middle(quadratic):
     assert problems, "results.tsv lost a row from its middle and verify found nothing"
 
 
-@pytest.mark.xfail(strict=True, reason="sandbox._strip_userinfo's pattern `[^/@\\s]*@` stops at the first '@' and at "
-                   "whitespace: a proxy password holding '@' (which curl and requests accept unencoded) keeps its tail, "
-                   "and one holding a space is passed whole (fix: strip through the LAST '@' before the host's first "
-                   "'/', e.g. `^(scheme://)?[^/]*@`)")
 @pytest.mark.parametrize("value", ["http://alice:p@ss-word@proxy.corp:3128", "http://alice:pass word@proxy.corp:3128"])
 def test_a_proxy_password_with_an_at_sign_or_a_space_does_not_reach_experiments(value):
     from ouroboros import sandbox
