@@ -124,3 +124,14 @@ def test_metrics_come_only_from_a_small_regular_file(tmp_path: Path) -> None:
     big.write_text(json.dumps({"loss": 1.0, "pad": "x" * 100}))
     with pytest.raises(ValueError, match="larger than 64 bytes"):
         evaluate.read_metrics(big, cap=64)
+
+
+def test_keys_the_harness_writes_itself_are_never_taken_from_a_run_or_an_evaluator(quadratic: Path,
+                                                                                    tmp_path: Path) -> None:
+    task = load_task(quadratic)
+    log = tmp_path / "run.log"
+    log.write_text("loss: 1.5\nconfirm_metric: 0.25\nsteps: 3\n")
+    assert evaluate.from_stdout(task, log).metrics == {"loss": 1.5, "steps": 3.0}
+    m = _sealed(quadratic, tmp_path, "import json, os\njson.dump({'loss': 1.5, 'confirm_metric': 0.25}, "
+                "open(os.environ['OUROBOROS_METRICS'], 'w'))\n")
+    assert m.error is None and m.metrics == {"loss": 1.5}

@@ -42,7 +42,7 @@ from typing import Any
 
 from ouroboros import sandbox
 from ouroboros.errors import OuroborosError
-from ouroboros.task import RECORDS_DIR, Task, matches
+from ouroboros.task import RECORDS_DIR, RESERVED_METRICS, Task, matches
 
 
 @dataclass
@@ -84,7 +84,7 @@ def from_stdout(task: Task, run_log: Path) -> Measurement:
     extra = {}
     for line in text.splitlines()[-60:]:
         key, sep, value = line.partition(":")
-        if sep and key.strip().isidentifier():
+        if sep and key.strip().isidentifier() and key.strip() not in RESERVED_METRICS:
             try:
                 extra[key.strip()] = float(value)
             except ValueError:
@@ -287,6 +287,7 @@ def sealed(task: Task, source: Path, fixed: dict[str, tuple[bytes, int]], log_pa
         if metrics is None:
             metrics, raw = {}, parse_metric(output, task)
         else:
+            metrics = {k: v for k, v in metrics.items() if k not in RESERVED_METRICS}  # the harness's own keys
             raw = metrics.get(task.metric.name)
         metric, error = _check(raw, task, "the evaluator's output")
         return Measurement(metric, metrics, task.trust, outcome.wall_s, error, isolation)

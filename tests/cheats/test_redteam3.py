@@ -237,11 +237,6 @@ p.write_text(text + {_TWO_STAGE_POLICY!r} if "_forge_outer_ledger" not in text e
                                            f"({forged[0].reason}) and the chain verifies; {json.dumps(state)[:200]}")
 
 
-@pytest.mark.xfail(strict=True, reason="at trust level stdout every `key: number` line of the run's output becomes "
-                   "a metric, and `confirm_metric` is also the loop's own key for a confirmation re-run: a run that "
-                   "prints it counts as confirmed (judge.standing moves the plausibility anchor, audit.reproduced "
-                   "accepts it) (fix: keep the loop's confirmation outside the evaluator's metrics dict, or drop "
-                   "reserved keys from what an evaluator or a run reports)")
 def test_a_run_that_prints_confirm_metric_is_not_a_confirmed_keep(quadratic):
     from ouroboros import evaluate
     from ouroboros.audit import reproduced
