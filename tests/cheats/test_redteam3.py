@@ -40,10 +40,6 @@ def cheat():
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate.prepare_dir's notes quote output file names raw into eval.log "
-                   "after the evaluator's output, and a metric read from stdout is the log's last match: a "
-                   "name with a newline forges it (fix: write notes elsewhere or escape names with !r, and "
-                   "parse the metric from the evaluator's output before any note)")
 def test_a_file_name_with_a_newline_cannot_forge_a_metric_read_from_the_evaluators_output(tmp_path):
     attack = cheats.Attack("note-injection", title="a metric line in an output's file name", train=_NOTE_INJECTION,
                            task={"outputs": ["solution.json", "out/**"]},
@@ -249,11 +245,6 @@ p.write_text(text + {_TWO_STAGE_POLICY!r} if "_forge_outer_ledger" not in text e
                                            f"({forged[0].reason}) and the chain verifies; {json.dumps(state)[:200]}")
 
 
-@pytest.mark.xfail(strict=True, reason="at trust level stdout every `key: number` line of the run's output becomes "
-                   "a metric, and `confirm_metric` is also the loop's own key for a confirmation re-run: a run that "
-                   "prints it counts as confirmed (judge.standing moves the plausibility anchor, audit.reproduced "
-                   "accepts it) (fix: keep the loop's confirmation outside the evaluator's metrics dict, or drop "
-                   "reserved keys from what an evaluator or a run reports)")
 def test_a_run_that_prints_confirm_metric_is_not_a_confirmed_keep(quadratic):
     from ouroboros import evaluate
     from ouroboros.audit import reproduced
@@ -331,10 +322,6 @@ Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
     assert secret not in description, "the confined agent read ~/.cargo/credentials.toml"
 
 
-@pytest.mark.xfail(strict=True, reason="chain.verify_tsv reports missing ledger rows only when results.tsv also has "
-                   "an extra row, to forgive a table that is only behind after a kill; but rows cut from the middle "
-                   "(the crashes and discards before the last row) are not 'behind', and verify says all agree (fix: "
-                   "forgive only a missing suffix: the table's rows must be a prefix of the ledger's)")
 def test_verify_reports_results_tsv_rows_cut_from_the_middle(quadratic):
     from ouroboros import chain
     from ouroboros.loop import Loop, Options
@@ -353,10 +340,6 @@ def test_verify_reports_results_tsv_rows_cut_from_the_middle(quadratic):
     assert problems, "results.tsv lost a row from its middle and verify found nothing"
 
 
-@pytest.mark.xfail(strict=True, reason="sandbox._strip_userinfo's pattern `[^/@\\s]*@` stops at the first '@' and at "
-                   "whitespace: a proxy password holding '@' (which curl and requests accept unencoded) keeps its tail, "
-                   "and one holding a space is passed whole (fix: strip through the LAST '@' before the host's first "
-                   "'/', e.g. `^(scheme://)?[^/]*@`)")
 @pytest.mark.parametrize("value", ["http://alice:p@ss-word@proxy.corp:3128", "http://alice:pass word@proxy.corp:3128"])
 def test_a_proxy_password_with_an_at_sign_or_a_space_does_not_reach_experiments(value):
     from ouroboros import sandbox
@@ -507,10 +490,6 @@ def test_a_confirmation_rerun_starts_from_the_commit_not_from_what_the_first_run
     assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm_metric {exp.metrics.get('confirm_metric')}"
 
 
-@pytest.mark.xfail(strict=True, reason="Workspace.git decodes `git status -z` as strict UTF-8: a file name that is not "
-                   "UTF-8 (any bytes but / and NUL are allowed on Linux) raises UnicodeDecodeError out of Guard.check "
-                   "and Loop.run, and the harness dies instead of recording a violation (fix: decode git's output with "
-                   "os.fsdecode / surrogateescape, and refuse such names as a violation)")
 def test_an_agent_writing_a_file_name_that_is_not_utf8_gets_a_violation_not_a_crash(tmp_path):
     agent = '''
 from pathlib import Path
@@ -523,10 +502,6 @@ Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
 
 
-@pytest.mark.xfail(strict=True, reason="CommandAgent.propose tests the description file with a strict "
-                   "`desc_path.read_text()` (only the second read has errors='replace'): bytes that are not UTF-8 "
-                   "raise UnicodeDecodeError, which is no AgentError, out of Loop.step, and the harness dies (fix: "
-                   "read the file once, as bytes decoded with errors='replace')")
 def test_a_description_that_is_not_utf8_does_not_crash_the_harness(tmp_path):
     agent = '''
 import os
@@ -539,10 +514,6 @@ Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
     assert result.verdict in (*cheats.FAILED, "keep", "discard")  # recorded, whatever the verdict
 
 
-@pytest.mark.xfail(strict=True, reason="Workspace.restore_dotgit compares the worktree's .git file with a strict "
-                   "read_text() and catches only OSError: a run that writes bytes that are not UTF-8 into .git raises "
-                   "UnicodeDecodeError out of Guard.after and Loop.run, and every `--resume` dies the same way (fix: "
-                   "compare bytes, read_bytes() == want.encode())")
 def test_a_run_writing_bytes_that_are_not_utf8_into_the_dotgit_file_gets_a_violation_not_a_crash(tmp_path):
     train = '''
 def cheat():
@@ -555,10 +526,6 @@ def cheat():
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
 
 
-@pytest.mark.xfail(strict=True, reason="memory.build_prompt reads notes.md (and guidance.md) with a strict read_text(): "
-                   "an agent that writes bytes that are not UTF-8 into its notes makes the next prompt raise "
-                   "UnicodeDecodeError out of Loop.step, and every resume too (fix: read them with errors='replace', "
-                   "as bound_notes already does)")
 def test_notes_that_are_not_utf8_do_not_crash_the_next_experiment(tmp_path, monkeypatch):
     import shlex
     import sys
