@@ -504,10 +504,11 @@ class Loop:
         """The experiment's parent: the latest keep (greedy), or a keep drawn by the tree policy."""
         if (self.run_rec.config.get("search") or self.task.search.policy) != "tree":
             return self.best
-        from ouroboros import policy
+        from ouroboros import policyfile
         from ouroboros.self.lineage import choose_parent
 
-        parent = choose_parent(self.finished, self.task.minimize, self.run_rec.seed, n, float(policy.TREE_PRIOR))
+        prior = float(policyfile.values()["TREE_PRIOR"])  # read as data, never run (the self task's editable)
+        parent = choose_parent(self.finished, self.task.minimize, self.run_rec.seed, n, prior)
         if self.ws.head() != parent.commit_sha:
             self.ws.reset(parent.commit_sha)
         return parent

@@ -90,11 +90,6 @@ __import__("atexit").register(_forge_inner_ledger)
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="the self task's editable policy.py is imported (agents/policy.py) and so "
-                   "runs as code inside the inner harness, which writes the inner ledger and holds its chain key; "
-                   "delta.collect checks only that each keep's value reproduces, not that the inner search found "
-                   "it (fix: read policy.py's literals with ast/knobs and never import the editable file in the "
-                   "inner harness, or reject a policy.py that is not plain literal assignments)")
 def test_a_candidate_policy_cannot_forge_its_inner_ledger_into_a_perfect_delta(tmp_path):
     import shutil
     from pathlib import Path

@@ -23,6 +23,7 @@ PROTECTED = ["evaluate.py", "delta.toml", "src/ouroboros/__init__.py", "src/ouro
              "src/ouroboros/sandbox.py", "src/ouroboros/isolation.py", "src/ouroboros/evaluate.py",
              "src/ouroboros/workspace.py", "src/ouroboros/task.py", "src/ouroboros/knobs.py",
              "src/ouroboros/testing.py", "src/ouroboros/cheats.py", "src/ouroboros/scaffold.py",
+             "src/ouroboros/policyfile.py",
              "examples/quadratic/**"]
 
 TOML = """\
@@ -107,7 +108,8 @@ repo runs as the inner harness on a suite of small tasks, and its mean normalize
 (area under the best-so-far curve and final gain) is measured by a trusted evaluator you cannot
 change. Higher is better.
 
-- Edit only src/ouroboros/policy.py: the ALL_CAPS settings of the proposal policies.
+- Edit only src/ouroboros/policy.py: the ALL_CAPS settings of the proposal policies. It is read as
+  data, never run: only `NAME = number` lines for its known settings are accepted.
 - A version must pass the gate (the agent contract and the cheat subset) to be kept.
 - Results the inner harness claims are re-measured; a claim that does not reproduce is a crash.
 """
