@@ -177,7 +177,8 @@ def run(
 
         if max_experiments is None:
             raise OuroborosError("--self needs --max-experiments N")
-        run_self(t, max_experiments, resume or tag or "self", agent or "policy", seed, echo=console.print)
+        run_self(t, max_experiments, resume or tag or "self", agent or "policy", seed,
+                 echo=lambda s: console.print(s, markup=False))  # it prints agent-written reasons
         return
     opts = Options(agent=agent or "random", tag=resume or tag, max_experiments=max_experiments, hours=hours,
                    budget=budget, seed=seed, resume=resume is not None, allow_weak_isolation=allow_weak_isolation,

@@ -208,11 +208,6 @@ else:
 ''')
 
 
-@pytest.mark.xfail(strict=True, reason="`ouroboros run --self` runs each experiment with the latest kept version's "
-                   "CLI, which imports the candidate's editable policy.py in the process that writes the outer "
-                   "ledger with its chain key: a kept version records what it likes, and `verify` passes (fix: the "
-                   "driver records every experiment itself and runs a kept version only confined, without the "
-                   "records or the key; or never executes the editable file, only reads its literals)")
 def test_a_kept_self_version_cannot_write_the_outer_ledger(tmp_path, monkeypatch):
     import json
     import shlex

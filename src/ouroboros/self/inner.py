@@ -107,9 +107,48 @@ def _kill(pgid: int) -> None:
         pass
 
 
+def _checkout_of(folder: Path) -> Path | None:
+    """The git work tree holding `folder` (the user's checkout, for a folder in its records), if any."""
+    for parent in [folder, *folder.parents]:
+        if (parent / ".git").exists():
+            return parent
+    return None
+
+
+def confined(argv: list[str], work: Path, src: Path) -> tuple[list[str], str]:
+    """argv confined for a version's runner (bubblewrap): `work` is its only writable place; $HOME (the
+    ledger key, the user's files), /tmp, /run and the git checkout holding `work` (the user's
+    records and files) are out of its sight; the version's source and this interpreter are read-only;
+    no network. Without bubblewrap, argv as it is ("none")."""
+    import os
+
+    from ouroboros import isolation
+
+    if not isolation.available("bwrap"):
+        return argv, "none"
+    real = [Path(os.path.realpath(p)) for p in (work, src, sys.prefix, sys.base_prefix)]
+    masks = [Path("/tmp"), Path("/run"), Path(os.path.expanduser("~"))]
+    checkout = _checkout_of(real[0])
+    if checkout is not None:
+        masks.append(checkout)
+    args = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    for mask in masks:
+        if mask.is_dir() and mask != Path("/") and not os.path.islink(mask):
+            args += ["--tmpfs", str(mask)]
+    for path in real[2:]:  # the interpreter and its packages, where a mask covers them
+        if any(m in path.parents or m == path for m in masks):
+            args += ["--ro-bind", str(path), str(path)]
+    args += ["--bind", str(real[0]), str(real[0]), "--ro-bind", str(real[1]), str(real[1]),
+             "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
+             "--new-session", "--chdir", str(real[0]), "--", *argv]
+    return args, "bwrap"
+
+
 def spawn(src: Path, runs: list[dict], plan_path: Path, jobs: int = 2, timeout: float = 600) -> dict[str, int]:
     """Run `runs` with the version at `src`, in a runner process of its own (the caller's side).
 
+    The runner is confined (confined(): the plan's folder, which holds every run, is all it may
+    write; no view of the user's checkout, records or ledger key) and gets a ledger key of its own.
     Returns each run's exit status as the runner tells it (124: past `timeout`), or raises
     OuroborosError when the runner itself dies or says nothing readable."""
     import subprocess
@@ -117,12 +156,20 @@ def spawn(src: Path, runs: list[dict], plan_path: Path, jobs: int = 2, timeout: 
     from ouroboros.errors import OuroborosError
     from ouroboros.self import versions
 
+    work = plan_path.parent
+    for run in runs:
+        for key in ("cwd", "log"):
+            if work.resolve() not in Path(run[key]).resolve().parents:
+                raise OuroborosError(f"inner run {run['name']}: {run[key]} is outside the runner's folder {work}")
     plan_path.write_text(json.dumps({"jobs": jobs, "timeout": timeout, "runs": runs}))
+    config = work / ".config"  # the version's own ledger key: never the user's
+    config.mkdir(mode=0o700, exist_ok=True)
     limit = timeout * (len(runs) + 1)  # every run past its own limit, one at a time, at worst
+    argv, _ = confined([sys.executable, "-m", "ouroboros.self.inner", str(plan_path.resolve())], work, src)
+    env = versions.environment(src, {"COLUMNS": "160", "OUROBOROS_CONFIG_DIR": str(config.resolve())})
     try:
-        proc = subprocess.run([sys.executable, "-m", "ouroboros.self.inner", str(plan_path)], capture_output=True,
-                              text=True, env=versions.environment(src, {"COLUMNS": "160"}), stdin=subprocess.DEVNULL,
-                              timeout=limit, cwd=plan_path.parent)
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
+                              timeout=limit, cwd=work)
     except subprocess.TimeoutExpired:
         raise OuroborosError(f"the version at {src} ran its inner runs past {limit:g} s") from None
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
