@@ -42,7 +42,7 @@ LAUNCH = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import runpy; "
 class VersionAgent(CommandAgent):
     """The agent of `run --self`: each proposal by the latest good kept version, confined."""
 
-    writes_code = True  # the version's code runs: never at isolation level process unless allowed
+    writes_code = True  # the version's code runs: never at isolation level process unless allowed (check())
 
     def __init__(self, spec: str, repo: Path, cache: Path, base: str, state: dict, save: Callable[[], None],
                  timeout: float | None = None):
@@ -59,6 +59,10 @@ class VersionAgent(CommandAgent):
 
     def check(self, task: Task) -> None:
         self.inner.check(task)
+        # a knob agent on the default self task: the versions differ only in the policy file, which is
+        # data, so what runs is the protected code; anything wider runs the versions' own code
+        self.writes_code = bool(getattr(self.inner, "writes_code", True)) or \
+            list(task.task.editable) != ["src/ouroboros/policy.py"]
 
     def latest(self, history: list[Experiment]) -> str:
         good = [e.commit_sha for e in history if e.status == "keep" and e.commit_sha not in self.state["bad"]]
