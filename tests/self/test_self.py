@@ -399,3 +399,11 @@ def test_a_kept_version_proposes_confined_and_the_driver_records(code_task, tmp_
     assert not chain.verify_chain(ledger, "t")
     assert not (code_task / "planted.txt").exists()
     assert not list((code_task / RECORDS_DIR).rglob("stolen.key"))
+
+
+def test_a_failed_proposal_is_a_crash_of_that_experiment_not_of_the_version(self_task):
+    agent = f"cmd:{shlex.quote(sys.executable)} -c 'raise SystemExit(5)'"
+    state = run_self(load_task(self_task), 1, "t", agent=agent, holdout=False, echo=lambda s: None)
+    failed = Ledger(self_task / RECORDS_DIR).experiments("t")[1]
+    assert failed.status == "crash" and failed.agent == agent and "agent exited 5" in failed.reason, failed.reason
+    assert state["bad"] == []

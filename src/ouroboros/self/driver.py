@@ -30,6 +30,7 @@ from ouroboros.errors import OuroborosError
 from ouroboros.ledger import Experiment, Ledger
 from ouroboros.self import versions
 from ouroboros.self.delta import benchmark
+from ouroboros.self.propose import AGENT_FAILED
 from ouroboros.self.settings import load_settings
 from ouroboros.task import RECORDS_DIR, Task
 from ouroboros.workspace import ensure_clean, repo_root
@@ -102,6 +103,9 @@ class VersionAgent(CommandAgent):
         try:
             proposal = super().propose(ctx)
         except AgentError as exc:
+            if str(exc).startswith(f"agent exited {AGENT_FAILED}"):  # the version started; its proposal failed
+                raise AgentError(f"version {self.version[:12]}: {exc}", Proposal("", model=self.version[:12])) \
+                    from None
             return self._rollback(str(exc))
         try:  # the version's word on its parameters: recorded, never acted on (the worktree is what counts)
             params = json.loads((ctx.exp_dir / "proposal.json").read_text(errors="replace")).get("params") or {}

@@ -7,7 +7,8 @@ worktree, with the version's source at SRC: no view of the records, the ledger's
 checkout or $HOME. CONTEXT.json holds what the proposer may know (the agent spec, the run's seed,
 the experiment number, the history, the knob files at the baseline, the prompt); the version's own
 agent edits the worktree, and its description goes to $OUROBOROS_DESCRIPTION and its parameters
-to the `out` file. Nothing here is believed: the trusted loop guards, commits, runs, evaluates,
+to the `out` file. Exit 1: the version could not start its agent; AGENT_FAILED: it started, and
+this one proposal failed. Nothing here is believed: the trusted loop guards, commits, runs, evaluates,
 judges and records what the worktree holds afterwards.
 """
 
@@ -17,6 +18,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+AGENT_FAILED = 3  # the exit status for a failed proposal (the version itself started)
 
 
 def main(context: Path) -> int:
@@ -43,10 +46,14 @@ def main(context: Path) -> int:
         c = Context(task, Path.cwd(), ctx["n"], history, best, scratch, scratch, ctx["exp_seed"],
                     lambda: ctx["prompt"], ctx.get("session", 0), read_baseline)
         agent.start(c)
-        proposal = agent.propose(c)
-    except (OuroborosError, AgentError) as exc:
+    except (OuroborosError, AgentError) as exc:  # the version cannot propose at all
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    try:
+        proposal = agent.propose(c)
+    except (OuroborosError, AgentError) as exc:  # this proposal failed, as any agent's may
+        print(f"error: {exc}", file=sys.stderr)
+        return AGENT_FAILED
     Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text(proposal.description.replace("\n", " ") + "\n")
     Path(ctx["out"]).write_text(json.dumps({"params": proposal.params}, default=str))
     return 0
