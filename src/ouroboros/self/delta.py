@@ -163,7 +163,7 @@ def export_inner(dest: Path, out: Path) -> None:
         source.close()
     (out / "keeps").mkdir(exist_ok=True)
     for n, commit, status, claimed in claims(dest):
-        if n == 0 or status in ("keep", "discard") or claimed is not None:  # what collect() re-measures
+        if n == 0 or status in ("keep", "discard"):  # what collect() re-measures
             (out / "keeps" / f"{commit}.py").write_text(_params_at(dest, commit))
 
 
@@ -198,7 +198,7 @@ def collect(dest: Path, task: SuiteTask, seed: int, experiments: int) -> RunScor
     curve = []
     keeps = 0
     for n, commit, status, claimed in rows:
-        if n == 0 or status in ("keep", "discard") or claimed is not None:  # an evaluated experiment
+        if n == 0 or status in ("keep", "discard"):  # an evaluated experiment (the others get no credit)
             keeps += n > 0 and status == "keep"
             measured = task.measure(_params_at(dest, commit), seed)
             if measured is None:
