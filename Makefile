@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 OUROBOROS := $(VENV)/bin/ouroboros
 DEMO ?= .demo
 
-.PHONY: demo demo-tinygpt study-demo self-demo test install system bwrap bench lint clean llm demo-llm test-llm study-llm
+.PHONY: demo demo-tinygpt study-demo study-policies self-demo test install system bwrap bench lint clean llm demo-llm test-llm study-llm
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -65,13 +65,21 @@ study-demo: $(VENV)/.report
 	$(OUROBOROS) report --study $(DEMO)/study --out $(DEMO)/study/report
 	@echo "report: $(DEMO)/study/report/index.html"
 
+# Greedy against tree search on three tasks of the suite (examples/studies/policies.toml).
+study-policies: $(VENV)/.report
+	rm -rf $(DEMO)/suite $(DEMO)/policies
+	for t in multimodal constrained bowl; do $(OUROBOROS) init $(DEMO)/suite/$$t --template suite:$$t; done
+	$(OUROBOROS) study run examples/studies/policies.toml --dir $(DEMO)/policies
+	$(OUROBOROS) report --study $(DEMO)/policies --out $(DEMO)/policies/report
+	@echo "report: $(DEMO)/policies/report/index.html"
+
 # Ouroboros improving itself, offline: ten experiments of `run --self` on the self task (each one the
 # delta benchmark of a candidate policy module, gated and re-measured), the holdout comparison of the
 # first and final version, then the run's report with the lineage tree.
 self-demo: install
 	rm -rf $(DEMO)/self
 	$(OUROBOROS) init $(DEMO)/self --template self
-	$(OUROBOROS) run --self -C $(DEMO)/self --max-experiments 10 --tag demo
+	$(OUROBOROS) run --self -C $(DEMO)/self --max-experiments 10 --tag demo --seed 0
 	$(OUROBOROS) report -C $(DEMO)/self --run demo --out $(DEMO)/self/report
 	@echo "report: $(DEMO)/self/report/index.html"
 

@@ -257,3 +257,13 @@ def test_files_matching_bound_ignore_are_dropped_not_violations(quadratic):
     assert [v for v in guard.check(base)] == ["new file helper.py is not allowed (editable: train.py)"]
     assert not any((ws.task_dir / n).exists() for n in ("run.log", "debug.log", "results.tsv"))
     assert sorted(c.path for c in guard.changes) == ["helper.py", "train.py"]
+
+
+def test_a_file_name_that_is_not_utf8_is_a_violation_that_names_its_bytes(quadratic):
+    guard, ws, base = _setup(quadratic, 'allow_new_files = ["*.py"]')
+    (ws.task_dir / "helper.py").write_text("x = 1\n")
+    assert guard.check(base) == []  # a new file the bound allows
+    with open(os.path.join(os.fsencode(ws.task_dir), b"helper-\xff.py"), "wb") as f:
+        f.write(b"x = 1\n")
+    assert guard.check(base) == ["the file name 'helper-\\xff.py' is not UTF-8 (records, prompts and tools name "
+                                 "files in UTF-8)"]

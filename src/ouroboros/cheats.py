@@ -588,6 +588,20 @@ def caught_by(verdict: str, reason: str, isolation: str, run_log: Path | None) -
     return f"evaluator: {reason}"
 
 
+def attack_agent(attack: Attack, workdir: Path, task: Path, marker: str, outside: Path, port: int = 0) -> str:
+    """Write the attack's agent script (and train.py frame) into workdir; the `cmd:` agent spec that runs it."""
+    values = {"marker": marker, "outside": str(outside), "task": str(task), "port": str(port),
+              "optimum": repr(OPTIMUM), "name": attack.name, "train_src": str(workdir / "attack_train.py")}
+    script = workdir / "attack.py"
+    if attack.agent:
+        script.write_text(Template(attack.agent).safe_substitute(values))
+    else:
+        train = Template(_TRAIN).safe_substitute({**values, "code": attack.train.strip("\n")})
+        (workdir / "attack_train.py").write_text(train)
+        script.write_text(Template(_AGENT_TRAIN).safe_substitute({**values, "train_code": repr(train)}))
+    return f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(script))}"
+
+
 def run_attack(attack: Attack, workdir: Path, isolation: str | None = None,
                on_task: Callable[[Path], None] | None = None) -> Result:
     """Run one attack as experiment 1 of a fresh run; workdir must be empty and is left with the records."""
@@ -615,16 +629,7 @@ def run_attack(attack: Attack, workdir: Path, isolation: str | None = None,
     # A process started with the key, as a harness started from a shell with OPENAI_API_KEY is.
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], env=dict(os.environ),
                               stdin=subprocess.DEVNULL)
-    values = {"marker": marker, "outside": str(outside), "task": str(task), "port": str(server.port),
-              "optimum": repr(OPTIMUM), "name": attack.name, "train_src": str(workdir / "attack_train.py")}
-    script = workdir / "attack.py"
-    if attack.agent:
-        script.write_text(Template(attack.agent).safe_substitute(values))
-    else:
-        train = Template(_TRAIN).safe_substitute({**values, "code": attack.train.strip("\n")})
-        (workdir / "attack_train.py").write_text(train)
-        script.write_text(Template(_AGENT_TRAIN).safe_substitute({**values, "train_code": repr(train)}))
-    agent = f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(script))}"
+    agent = attack_agent(attack, workdir, task, marker, outside, server.port)
     before = set(os.listdir(workdir))
     try:
         # the suite measures every level, the weak ones included: that is the user's explicit choice

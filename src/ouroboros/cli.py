@@ -74,8 +74,10 @@ TaskDir = Annotated[Path, typer.Option("--task", "-C", help="the task folder (ho
 def init(
     directory: Annotated[Path | None, typer.Argument(help="folder to create from a template, or an existing "
                                                      "repository to describe (default: --here)")] = None,
-    template: Annotated[str | None, typer.Option(help="quadratic (seconds, no torch), tinygpt, or "
-                                                 "self (Ouroboros's own source)")] = None,
+    template: Annotated[str | None, typer.Option(help="quadratic (seconds, no torch), tinygpt, "
+                                                 "self (Ouroboros's own source), or suite:NAME (a task of the "
+                                                 "public suite of improvement: bowl, noisy, constrained, "
+                                                 "multimodal, knapsack, phrase)")] = None,
     from_autoresearch: Annotated[bool, typer.Option("--from-autoresearch", help="write a task file for an "
                                                     "existing autoresearch-layout repo")] = False,
     here: Annotated[bool, typer.Option("--here", help="describe the repository in the current folder")] = False,
@@ -106,6 +108,12 @@ def init(
         from_template(target)
         console.print(f"created the self task {target}; next: ouroboros run --self -C {target} "
                       "--max-experiments 10", markup=False)
+    elif template and template.startswith("suite:"):
+        from ouroboros.self.suite import init_task
+
+        init_task(template.removeprefix("suite:"), target)
+        console.print(f"created task {target} from the suite task {template.removeprefix('suite:')}; next: "
+                      f"ouroboros run -C {target} --agent policy --max-experiments 10", markup=False)
     else:
         template = template or "quadratic"
         scaffold.from_template(target, template)
@@ -169,7 +177,8 @@ def run(
 
         if max_experiments is None:
             raise OuroborosError("--self needs --max-experiments N")
-        run_self(t, max_experiments, resume or tag or "self", agent or "policy", seed, echo=console.print)
+        run_self(t, max_experiments, resume or tag or "self", agent or "policy", seed,
+                 echo=lambda s: console.print(s, markup=False))  # it prints agent-written reasons
         return
     opts = Options(agent=agent or "random", tag=resume or tag, max_experiments=max_experiments, hours=hours,
                    budget=budget, seed=seed, resume=resume is not None, allow_weak_isolation=allow_weak_isolation,

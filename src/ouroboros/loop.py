@@ -361,7 +361,7 @@ class Loop:
             return
         done = self.env_dir / SETUP_DONE
         stamp = f"{self.run_rec.base_commit} {command}"
-        if done.is_file() and done.read_text() == stamp:
+        if done.is_file() and done.read_bytes() == stamp.encode(errors="surrogateescape"):
             return
         if self.env_dir.exists():
             shutil.rmtree(self.env_dir)  # a half-made environment from a killed setup
@@ -489,7 +489,7 @@ class Loop:
             exp.commit_sha = self.ws.commit(exp.description, n, untracked=False)
         self._dirty = any(c.status == "!!" for c in changes)
         exp.loc = count_loc(self.ws.task_dir, self.task.editable_files(self.ws.task_dir))
-        (ctx.exp_dir / "diff.patch").write_text(self.ws.diff(best.commit_sha, exp.commit_sha))
+        (ctx.exp_dir / "diff.patch").write_text(self.ws.diff(best.commit_sha, exp.commit_sha), errors="surrogateescape")
         self.ledger.begin(exp)
         if failure or violations:
             exp.status = Verdict.CRASH if failure else Verdict.VIOLATION
@@ -504,10 +504,11 @@ class Loop:
         """The experiment's parent: the latest keep (greedy), or a keep drawn by the tree policy."""
         if (self.run_rec.config.get("search") or self.task.search.policy) != "tree":
             return self.best
-        from ouroboros import policy
+        from ouroboros import policyfile
         from ouroboros.self.lineage import choose_parent
 
-        parent = choose_parent(self.finished, self.task.minimize, self.run_rec.seed, n, float(policy.TREE_PRIOR))
+        prior = float(policyfile.values()["TREE_PRIOR"])  # read as data, never run (the self task's editable)
+        parent = choose_parent(self.finished, self.task.minimize, self.run_rec.seed, n, prior)
         if self.ws.head() != parent.commit_sha:
             self.ws.reset(parent.commit_sha)
         return parent

@@ -4,7 +4,9 @@ Every ALL_CAPS literal here is read by the knob agents at proposal time (agents/
 `policy`, agents/search.py for `tpe`) and by the loop's `tree` search policy (self/lineage.py).
 This is the editable region of the self task (`ouroboros init --template self`): when Ouroboros
 improves itself offline, its own knob agent searches these values, and a kept version proposes
-with the values it found. Keep them plain literals so that `knobs.py` can find and rewrite them.
+with the values it found. This file is read as data, never imported or run (policyfile.py parses it
+with `ast`): it may hold only this docstring, comments and `NAME = number` lines for the settings
+below; anything else is refused with an error naming the line.
 """
 
 # ---- mutation (agent `policy`) -----------------------------------------------------------------

@@ -128,6 +128,9 @@ class CommandAgent(Agent):
         if outcome.returncode != 0:
             tail = (ctx.exp_dir / "agent.log").read_text(errors="replace").strip().splitlines()[-1:]
             raise AgentError(f"agent exited {outcome.returncode}" + (f": {tail[0][:160]}" if tail else ""))
-        description = desc_path.read_text(errors="replace").strip().splitlines()[0] \
-            if desc_path.exists() and desc_path.read_text().strip() else ""
+        try:  # agent-written bytes, read once: not necessarily UTF-8, nor a regular file
+            lines = desc_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
+        description = lines[0] if lines else ""
         return Proposal(description or f"{self.name} change ({time.monotonic() - start:.0f} s)")

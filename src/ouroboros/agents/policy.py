@@ -14,7 +14,7 @@ import random
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from ouroboros import knobs, policy
+from ouroboros import knobs, policyfile
 from ouroboros.agents.base import Agent, Context, Proposal
 
 
@@ -61,6 +61,7 @@ class PolicyAgent(Agent):
         self.dists: dict[str, BaseDistribution] = {}
 
     def start(self, ctx: Context) -> None:
+        policyfile.values()  # a policy file that is not plain settings stops the run before the baseline
         self.knobs, self.dists = knobs.space(ctx.task, ctx.worktree, ctx.read_baseline)
 
     def propose(self, ctx: Context) -> Proposal:
@@ -68,12 +69,13 @@ class PolicyAgent(Agent):
         current = {k.name: k.value for k in knobs.extract(ctx.worktree, sorted({k.path for k in self.knobs}))}
         names = [n for n in self.dists if n in current]
         done = len(ctx.history) - 1  # experiments after the baseline
-        if done < policy.STARTUP or rng.random() < policy.EXPLORE:
+        policy = policyfile.values()  # read as data: the file is the self task's editable, never run
+        if done < policy["STARTUP"] or rng.random() < policy["EXPLORE"]:
             params = {n: _sample(self.dists[n], rng) for n in names}
             how = "explore"
         else:
-            k = max(1, min(int(policy.MUTATE_KNOBS), len(names)))
-            params = {n: _mutate(self.dists[n], current[n], float(policy.MUTATE_SCALE), rng)
+            k = max(1, min(int(policy["MUTATE_KNOBS"]), len(names)))
+            params = {n: _mutate(self.dists[n], current[n], float(policy["MUTATE_SCALE"]), rng)
                       for n in rng.sample(names, k)}
             how = "mutate"
         knobs.apply(ctx.worktree, self.knobs, params)

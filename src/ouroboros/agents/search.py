@@ -17,7 +17,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState, create_trial
 
-from ouroboros import knobs, policy
+from ouroboros import knobs, policyfile
 from ouroboros.agents.base import Agent, AgentError, Context, Proposal
 from ouroboros.ledger import Experiment
 
@@ -40,7 +40,8 @@ class SearchAgent(Agent):
 
     def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         if self.name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=policy.TPE_STARTUP, multivariate=True)
+            startup = int(policyfile.values()["TPE_STARTUP"])  # read as data, never run
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
         return optuna.samplers.RandomSampler(seed=seed)
 
     def _params(self, exp: Experiment) -> dict:

@@ -106,6 +106,9 @@ def runs_report(runs: list[data.RunData], out: Path, title: str, baseline: str |
     return html.page(out, title, subtitle, figs, tables, findings)
 
 
+SELF_FIRST = ("versions", "holdout")  # a self run's tables, above the experiments; the lineage's below
+
+
 def run_report(task: Task, tag: str | None, out: Path) -> Path:
     run = load.one_run(task.root, tag)
     view = data.run_view(run)
@@ -123,5 +126,6 @@ def run_report(task: Task, tag: str | None, out: Path) -> Path:
                      [{"id": "run", "svg": svg, "caption": "Every attempt in grey, the running best as a step "
                        "line, each keep labelled with its description; crosses mark attempts without a metric."},
                       *lineage_figs],
-                     [*lineage_tables[1:], {"id": "experiments", "title": "experiments", "header": header,
-                                            "rows": rows, "text_last": True}, *lineage_tables[:1]])
+                     [*(t for t in lineage_tables if t["id"] in SELF_FIRST),
+                      {"id": "experiments", "title": "experiments", "header": header, "rows": rows, "text_last": True},
+                      *(t for t in lineage_tables if t["id"] not in SELF_FIRST)])

@@ -1,11 +1,13 @@
 """The delta benchmark: how good a version of Ouroboros is at improving things.
 
 A version runs as the inner harness (its own process, its own source) on every suite task for a
-fixed number of experiments and seeds (`run_inner`). The outer harness then re-measures what each
-inner run kept with the suite's trusted evaluators (`collect`): the inner ledger is read only for
-its claims, which must be reproduced, and for which commits it kept. Scores:
+fixed number of experiments and seeds (`run_inner`, the version's runner confined: inner.py). The
+outer harness then re-measures every experiment each inner run evaluated with the suite's trusted
+evaluators (`collect`): the inner ledger is read only for which commit each experiment tried and
+what it claims, and every claim must be reproduced; its verdicts are not used. Scores:
 
-    curve      c_k = normalized best-so-far after k experiments (0 = the task's baseline, 1 = its best)
+    curve      c_k = normalized best-so-far after k experiments, by this side's greedy replay over its
+               own measurements (0 = the task's baseline, 1 = its best)
     area       mean of c_1 .. c_E (area under the normalized best-so-far curve)
     final      c_E (the final normalized gain)
     run score  (area + final) / 2
@@ -15,8 +17,10 @@ its claims, which must be reproduced, and for which commits it kept. Scores:
 Deterministic for the same version, suite, seeds and experiments: the inner agents are seeded, the
 suite's evaluators are deterministic (the noisy task's noise is seeded), and the bootstrap is too.
 
-Does not protect against: an inner harness that rewrites its own git history consistently (right
-params, matching claims, at earlier experiment numbers) inflates the area, not the final gain.
+Does not protect against: an inner harness that is itself the candidate's code (a self task whose
+editable region includes agents/**) can read the suite's evaluators and claim commits it did not
+find by searching; they reproduce. With the default self task the inner harness is the protected
+code, and the editable policy file is data (policyfile.py).
 """
 
 from __future__ import annotations
@@ -28,12 +32,11 @@ import sqlite3
 import subprocess
 import tomllib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ouroboros.errors import OuroborosError
-from ouroboros.self import versions
+from ouroboros.self import inner, versions
 from ouroboros.self.suite import SuiteTask, load_suite
 from ouroboros.workspace import git
 
@@ -82,29 +85,48 @@ def run_dir(work: Path, task: SuiteTask, seed: int) -> Path:
     return work / f"{task.name}-s{seed}"
 
 
-def run_inner(src: Path, task: SuiteTask, seed: int, experiments: int, work: Path, agent: str = "policy",
-              search: str = "greedy", timeout: float = 600) -> Path:
-    """One inner run: a fresh copy of the suite task, the version at `src` as its harness, exec'd."""
+def prepare_run(task: SuiteTask, seed: int, work: Path) -> Path:
+    """A fresh, committed copy of the suite task for one inner run."""
     dest = run_dir(work, task, seed)
     shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(task.path, dest, ignore=shutil.ignore_patterns("__pycache__", ".ouroboros"))
+    (dest.parent / f"{dest.name}.log").unlink(missing_ok=True)
+    task.export(dest)
     (dest / ".gitignore").write_text(".ouroboros/\n__pycache__/\n")
     git(dest, "init", "-q", "-b", "main")
     git(dest, "add", "-A")
     git(dest, "commit", "-q", "-m", f"suite task {task.name}")
-    argv = versions.command("run", "-C", str(dest), "--agent", agent, "--max-experiments", str(experiments),
-                            "--seed", str(seed), "--tag", TAG, *(["--search", search] if search != "greedy" else []))
-    with open(dest.parent / f"{dest.name}.log", "wb") as log:
-        try:
-            proc = subprocess.run(argv, cwd=dest, env=versions.environment(src, {"COLUMNS": "160"}), stdout=log,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise OuroborosError(f"the inner harness ran past {timeout:g} s on {task.name} (seed {seed})") from None
-    if proc.returncode != 0:
-        tail = (dest.parent / f"{dest.name}.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
-        raise OuroborosError(f"the inner harness failed on {task.name} (seed {seed}, exit {proc.returncode}): "
-                             f"{tail[0][:300]}")
     return dest
+
+
+def run_many(src: Path, items: list[tuple[SuiteTask, int]], experiments: int, work: Path, agent: str = "policy",
+             search: str = "greedy", jobs: int = 2, timeout: float = 600) -> list[Path]:
+    """Inner runs: fresh copies of the suite tasks, all run by one process of the version at `src`
+    (self/inner.py: one fork per run, `jobs` side by side)."""
+    work.mkdir(parents=True, exist_ok=True)
+    runs, dests = [], []
+    for task, seed in items:
+        dest = prepare_run(task, seed, work)
+        argv = ["run", "-C", str(dest), "--agent", agent, "--max-experiments", str(experiments), "--seed", str(seed),
+                "--tag", TAG, *(["--search", search] if search != "greedy" else [])]
+        runs.append({"name": dest.name, "cwd": str(dest), "log": str(dest.parent / f"{dest.name}.log"),
+                     "steps": [argv]})
+        dests.append(dest)
+    codes = inner.spawn(src, runs, work / "plan.json", jobs, timeout)
+    for (task, seed), dest in zip(items, dests, strict=True):
+        code = codes[dest.name]
+        if code == 124:
+            raise OuroborosError(f"the inner harness ran past {timeout:g} s on {task.name} (seed {seed})")
+        if code != 0:
+            tail = (dest.parent / f"{dest.name}.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+            raise OuroborosError(f"the inner harness failed on {task.name} (seed {seed}, exit {code}): "
+                                 f"{tail[0][:300]}")
+    return dests
+
+
+def run_inner(src: Path, task: SuiteTask, seed: int, experiments: int, work: Path, agent: str = "policy",
+              search: str = "greedy", timeout: float = 600) -> Path:
+    """One inner run: a fresh copy of the suite task, the version at `src` as its harness."""
+    return run_many(src, [(task, seed)], experiments, work, agent, search, 1, timeout)[0]
 
 
 def claims(dest: Path) -> list[tuple[int, str, str, float | None]]:
@@ -125,12 +147,23 @@ def claims(dest: Path) -> list[tuple[int, str, str, float | None]]:
 
 
 def export_inner(dest: Path, out: Path) -> None:
-    """Copy what collect() reads (the ledger and each keep's params.py) to `out`, without git."""
+    """Copy what collect() reads (the ledger and the params.py of every evaluated experiment) to `out`,
+    without git."""
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(dest / ".ouroboros" / "ledger.sqlite", out / "ledger.sqlite")
+    (out / "ledger.sqlite").unlink(missing_ok=True)
+    # sqlite's own copy: it reads what the inner ledger still holds in its write-ahead log
+    source = sqlite3.connect(f"file:{dest / '.ouroboros' / 'ledger.sqlite'}?mode=ro", uri=True)
+    copy = sqlite3.connect(out / "ledger.sqlite")
+    try:
+        source.backup(copy)
+    except sqlite3.Error as exc:
+        raise OuroborosError(f"the inner ledger in {dest} is unreadable: {exc}") from exc
+    finally:
+        copy.close()
+        source.close()
     (out / "keeps").mkdir(exist_ok=True)
-    for _, commit, status, _ in claims(dest):
-        if status == "keep":
+    for n, commit, status, claimed in claims(dest):
+        if n == 0 or status in ("keep", "discard"):  # what collect() re-measures
             (out / "keeps" / f"{commit}.py").write_text(_params_at(dest, commit))
 
 
@@ -149,29 +182,37 @@ def _params_at(dest: Path, commit: str) -> str:
 
 
 def collect(dest: Path, task: SuiteTask, seed: int, experiments: int) -> RunScore:
-    """Re-measure every keep of an inner run with the trusted evaluator; check the claims; score it."""
+    """Score an inner run from this process's own re-measurement of every experiment it evaluated.
+
+    The inner ledger says which commit each experiment tried and what it measured; every such claim
+    (keeps and discards, the baseline included) must be reproduced by the trusted evaluator, or the
+    version is rejected (ClaimError). The inner verdicts are not used: the best-so-far curve is this
+    process's own greedy replay over the re-measured values (an experiment counts when its metric
+    beats the best so far; the curve follows the scored metric of that best)."""
     rows = claims(dest)
     if [r[0] for r in rows] != list(range(experiments + 1)):
         raise ClaimError(f"the inner ledger of {dest.name} records experiments {[r[0] for r in rows]}, "
                          f"not 0..{experiments}")
     metric_name = _metric_name(task)
-    best = task.baseline
+    best, best_metric = task.baseline, None
     curve = []
     keeps = 0
     for n, commit, status, claimed in rows:
-        if status == "keep":  # the baseline's claim is checked too
-            keeps += n > 0
+        if n == 0 or status in ("keep", "discard"):  # an evaluated experiment (the others get no credit)
+            keeps += n > 0 and status == "keep"
             measured = task.measure(_params_at(dest, commit), seed)
             if measured is None:
-                raise ClaimError(f"{task.name} seed {seed}: the inner ledger claims a keep at experiment {n} "
+                raise ClaimError(f"{task.name} seed {seed}: the inner ledger claims a {status} at experiment {n} "
                                  f"({metric_name} {claimed}), but its params are infeasible to the trusted evaluator")
             again = measured[metric_name]
             if claimed is None or not math.isclose(claimed, again, rel_tol=CLAIM_RTOL, abs_tol=1e-9):
                 raise ClaimError(f"{task.name} seed {seed}: the inner ledger claims {metric_name} {claimed} at "
                                  f"experiment {n}; the trusted re-measurement gives {again:.6g}")
-            value = measured[task.score]
-            if (value < best) if task.minimize else (value > best):
-                best = value
+            better = best_metric is None or ((again < best_metric) if task.minimize else (again > best_metric))
+            if better:
+                best_metric = again
+                if n > 0:
+                    best = measured[task.score]
         if n > 0:
             curve.append(task.normalize(best))
     area = sum(curve) / len(curve) if curve else 0.0
@@ -215,16 +256,9 @@ def benchmark_runs(src: Path, work: Path, seeds: list[int], experiments: int, sp
                    names: list[str] | None = None, agent: str = "policy", search: str = "greedy",
                    jobs: int = 2) -> list[tuple[Path, SuiteTask, int]]:
     """The inner runs of a benchmark, without scoring them (the self task's run phase)."""
-    suite = load_suite(split, names)
-    work.mkdir(parents=True, exist_ok=True)
-    plan = [(t, s) for t in suite for s in seeds]
-
-    def one(item: tuple[SuiteTask, int]) -> tuple[Path, SuiteTask, int]:
-        task, seed = item
-        return run_inner(src, task, seed, experiments, work, agent, search), task, seed
-
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return list(pool.map(one, plan))
+    plan = [(t, s) for t in load_suite(split, names) for s in seeds]
+    dests = run_many(src, plan, experiments, work, agent, search, jobs)
+    return [(dest, task, seed) for dest, (task, seed) in zip(dests, plan, strict=True)]
 
 
 def compare(refs: list[str], repo: Path | None, seeds: list[int], experiments: int, split: str,

@@ -1,38 +1,147 @@
 """`ouroboros run --self`: the loop turned on itself.
 
-Each experiment is run by the latest kept version: this (trusted) driver exports it (versions.py)
-and execs its CLI, `ouroboros run --resume TAG`, for one more experiment, with OUROBOROS_VERSION
-set so the ledger records which version proposed and ran it (the experiment's `model` column). The
-candidate that experiment proposes is judged by the task's trusted evaluator (gate, re-measured
-delta benchmark); a rejected candidate is a crash, and the next experiment again starts from the
-last kept version. A kept version that then fails to start is recorded as a crash of its own
-(agent `self`), marked bad, and the driver goes back to the last good version. At the end the
-first and the final version are compared on the holdout suite (runs/<tag>/self.json).
+This (trusted) driver runs the loop and records every experiment itself, with its own ledger and
+key. What a kept version changes is how the next experiment is proposed: each proposal is made by
+the latest kept version, exported (versions.py) and started afresh in a process of its own
+(self/propose.py, an exec, not an import), confined in the run's agent sandbox: the worktree is its
+only writable place, and the records, the ledger's key, the user's checkout and $HOME are out of its
+sight. It returns only edits in the worktree and a description; the trusted loop guards, commits,
+runs, evaluates (gate, re-measured delta benchmark), judges and records them, with the version in
+each experiment's `model` column. A rejected candidate is a crash, and the next experiment again
+starts from the last kept version. A kept version whose proposer fails to start (a policy file
+that is not plain settings, a broken agent) is recorded as a crash of its own (agent `self`),
+marked bad, and the driver goes back to the last good version. At the end the first and the final
+version are compared on the holdout suite (runs/<tag>/self.json), each run confined too.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
+import os
+import sys
 from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
+from ouroboros.agents.base import AgentError, Context, Proposal
+from ouroboros.agents.command import CommandAgent
 from ouroboros.errors import OuroborosError
 from ouroboros.ledger import Experiment, Ledger
 from ouroboros.self import versions
 from ouroboros.self.delta import benchmark
+from ouroboros.self.propose import AGENT_FAILED
 from ouroboros.self.settings import load_settings
 from ouroboros.task import RECORDS_DIR, Task
-from ouroboros.workspace import ensure_clean, git, repo_root
+from ouroboros.workspace import ensure_clean, repo_root
+
+# -I: no PYTHONPATH, no user site, not the worktree on the path; the version's source goes first
+LAUNCH = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import runpy; "
+          "runpy.run_module('ouroboros.self.propose', run_name='__main__', alter_sys=True)")
 
 
-def _tail(path: Path) -> str:
-    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()] if path.exists() else []
-    return lines[-1][:300] if lines else "no output"
+class VersionAgent(CommandAgent):
+    """The agent of `run --self`: each proposal by the latest good kept version, confined."""
+
+    writes_code = True  # the version's code runs: never at isolation level process unless allowed (check())
+
+    def __init__(self, spec: str, repo: Path, cache: Path, base: str, state: dict, save: Callable[[], None],
+                 timeout: float | None = None):
+        super().__init__(f"version proposer {spec}", timeout, name=spec)
+        self.spec, self.repo, self.cache, self.base, self.state, self.save = spec, repo, cache, base, state, save
+        self.seed = 0  # the run's seed, set once the loop has opened the run
+        from ouroboros.agents import make_agent
+
+        self.inner = make_agent(spec, 0)  # the spec's agent as made here: checked now, its files and config folders
+        self.home_dirs = tuple(getattr(self.inner, "home_dirs", ()))
+        self.version = base
+        self.src: Path | None = None
+        self.context: Path | None = None  # what the proposer may know (read-only to it)
+
+    def check(self, task: Task) -> None:
+        self.inner.check(task)
+        # a knob agent on the default self task: the versions differ only in the policy file, which is
+        # data, so what runs is the protected code; anything wider runs the versions' own code
+        self.writes_code = bool(getattr(self.inner, "writes_code", True)) or \
+            list(task.task.editable) != ["src/ouroboros/policy.py"]
+
+    def latest(self, history: list[Experiment]) -> str:
+        good = [e.commit_sha for e in history if e.status == "keep" and e.commit_sha not in self.state["bad"]]
+        return good[-1] if good else self.base
+
+    def readable(self) -> list[Path]:
+        extra = self.inner.readable() if isinstance(self.inner, CommandAgent) else []
+        return [p for p in [self.src, self.context, Path(sys.prefix), Path(sys.base_prefix), *extra] if p is not None]
+
+    def argv(self, ctx: Context, prompt_path: Path) -> list[str]:
+        return [sys.executable, "-I", "-c", LAUNCH, str(self.src), str(self.context)]
+
+    def scratch(self, ctx: Context) -> list[Path]:
+        return [ctx.exp_dir / "version", ctx.exp_dir / "proposal.json"]
+
+    def propose(self, ctx: Context) -> Proposal:
+        self.name = self.spec
+        self.version = self.latest(ctx.history)
+        try:
+            self.src = versions.install(self.repo, self.version, self.cache)
+        except OuroborosError as exc:
+            return self._rollback(f"it could not be exported: {exc}")
+        baseline = {}
+        for rel in ctx.task.editable_files(ctx.worktree):
+            try:
+                baseline[rel] = ctx.read_baseline(rel) if ctx.read_baseline else ""
+            except Exception:  # noqa: BLE001  a file the baseline did not have
+                continue
+        (ctx.exp_dir / "version").mkdir(exist_ok=True)
+        (ctx.exp_dir / "proposal.json").write_text("{}")
+        self.context = ctx.exp_dir / "version.json"
+        self.context.write_text(json.dumps({
+            "agent": self.spec, "seed": self.seed, "n": ctx.n, "exp_seed": ctx.seed, "best": ctx.best.n,
+            "history": [asdict(e) for e in ctx.history], "baseline": baseline, "prompt": ctx.prompt(),
+            "session": ctx.session, "scratch": str(ctx.exp_dir / "version"),
+            "out": str(ctx.exp_dir / "proposal.json")}, default=str))
+        try:
+            proposal = super().propose(ctx)
+        except AgentError as exc:
+            if str(exc).startswith(f"agent exited {AGENT_FAILED}"):  # the version started; its proposal failed
+                raise AgentError(f"version {self.version[:12]}: {exc}", Proposal("", model=self.version[:12])) \
+                    from None
+            return self._rollback(str(exc))
+        try:  # the version's word on its parameters: recorded, never acted on (the worktree is what counts)
+            params = json.loads((ctx.exp_dir / "proposal.json").read_text(errors="replace")).get("params") or {}
+            params = {str(k)[:100]: v for k, v in params.items() if isinstance(v, int | float | str | bool)}
+        except (OSError, ValueError, AttributeError):
+            params = {}
+        proposal.params, proposal.model = params, self.version[:12]
+        return proposal
+
+    def _rollback(self, why: str) -> Proposal:
+        if self.version == self.base:
+            raise OuroborosError(f"the base version {self.base[:12]} cannot propose: {why}")
+        self.state["bad"].append(self.version)
+        self.save()
+        self.name = "self"
+        raise AgentError(f"version {self.version[:12]} failed to start: {' '.join(why.split())[:300]}; rolled back "
+                         "to the last good version", Proposal("", model=self.version[:12]))
 
 
-def run_self(task: Task, max_experiments: int, tag: str, agent: str = "policy", seed: int = 0,
+@contextmanager
+def _version_env(value: str):
+    old = os.environ.get("OUROBOROS_VERSION")
+    os.environ["OUROBOROS_VERSION"] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("OUROBOROS_VERSION", None)
+        else:
+            os.environ["OUROBOROS_VERSION"] = old
+
+
+def run_self(task: Task, max_experiments: int, tag: str, agent: str = "policy", seed: int | None = 0,
              holdout: bool = True, echo: Callable[[str], None] = print) -> dict:
+    from ouroboros.loop import Loop, Options
+
     repo = repo_root(task.root)
     records = task.root / RECORDS_DIR
     ledger = Ledger(records)
@@ -41,51 +150,25 @@ def run_self(task: Task, max_experiments: int, tag: str, agent: str = "policy", 
     base = run.base_commit if run else ensure_clean(repo, task.root.relative_to(repo).as_posix() or ".")
     state_path = ledger.run_dir(tag) / "self.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"bad": [], "first": base}
-    log_dir = ledger.run_dir(tag) / "versions"
-    log_dir.mkdir(parents=True, exist_ok=True)
 
-    def finished() -> list[Experiment]:
-        return ledger.experiments(tag, finished_only=True) if ledger.run(tag) else []
-
-    while True:
-        history = finished()
-        done = len(history) - 1
-        if done >= max_experiments:
-            break
-        good = [e.commit_sha for e in history if e.status == "keep" and e.commit_sha not in state["bad"]]
-        version = good[-1] if good else base
-        src = versions.install(repo, version, cache)
-        start = ["--resume", tag] if ledger.run(tag) else ["--tag", tag, "--seed", str(seed)]
-        argv = versions.command("run", "-C", str(task.root), "--agent", agent, "--max-experiments", str(done + 1),
-                                *start)
-        log = log_dir / f"{len(history)}.log"
-        echo(f"experiment {done + 1}: version {version[:12]}")
-        with open(log, "wb") as out:
-            proc = subprocess.run(argv, env=versions.environment(src, {"OUROBOROS_VERSION": version[:12],
-                                                                       "COLUMNS": "160"}),
-                                  stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        after = finished()
-        if len(after) > len(history):
-            for e in after[len(history):]:
-                echo(f"  {e.n}: {e.status} {'' if e.metric is None else f'delta {e.metric:.4f} '}{e.reason[:120]}")
-            continue
-        if not history:
-            raise OuroborosError(f"the first version {version[:12]} could not run the baseline (exit "
-                                 f"{proc.returncode}): {_tail(log)}; see {log}")
-        if version == base:
-            raise OuroborosError(f"the base version {version[:12]} failed to start (exit {proc.returncode}): "
-                                 f"{_tail(log)}; see {log}")
-        state["bad"].append(version)
-        n = max(e.n for e in ledger.experiments(tag)) + 1
-        exp = Experiment(tag, n, commit_sha=version, parent=version, status="crash", agent="self",
-                         model=version[:12], description=f"rollback: version {version[:12]} failed to start",
-                         reason=f"version {version[:12]} exited {proc.returncode}: {_tail(log)}; rolled back")
-        git(repo, "update-ref", f"refs/ouroboros/{tag}/{n}", version)  # every experiment's commit is pinned
-        ledger.begin(exp)
-        ledger.finish(exp)
+    def save() -> None:
+        state_path.parent.mkdir(parents=True, exist_ok=True)
         state_path.write_text(json.dumps(state, indent=1))
-        echo(f"  {n}: crash: version {version[:12]} failed to start; back to the last good version")
-    history = finished()
+
+    proposer = VersionAgent(agent, repo, cache, base, state, save)
+
+    def line(exp: Experiment, best: Experiment) -> None:
+        metric = "" if exp.metric is None else f"delta {exp.metric:.4f} "
+        echo(f"  {exp.n}: {exp.status} {metric}(version {exp.model or '?'}) {' '.join(exp.reason.split())[:120]}")
+
+    opts = Options(agent=agent, tag=tag, max_experiments=max_experiments, seed=seed, resume=run is not None)
+    loop = Loop(task, opts, agent=proposer, on_experiment=line)
+    proposer.seed = loop.run_rec.seed
+    with _version_env(base[:12]):  # the baseline's version; each proposal records its own
+        loop.run()
+    loop.ledger.close()
+    save()
+    history = ledger.experiments(tag, finished_only=True)
     keeps = [e for e in history if e.status == "keep" and e.commit_sha not in state["bad"]]
     state["final"] = keeps[-1].commit_sha
     state["versions"] = sorted({e.model for e in history if e.model})

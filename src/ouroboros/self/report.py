@@ -51,6 +51,30 @@ def lineage_figure(exps: list[Experiment], minimize: bool, metric: str):
     return fig
 
 
+def tree_rows(exps: list[Experiment], minimize: bool) -> list[list]:
+    """The lineage tree as table rows, depth first: each keep under the keep it started from, with its
+    own score, its clade's best score and its clade's counts."""
+    nodes = tree(exps, minimize)
+    children: dict[str, list[str]] = {}
+    roots = []
+    for sha, node in nodes.items():
+        parent = node.exp.parent
+        if parent in nodes and parent != sha and node.exp.n > 0:
+            children.setdefault(parent, []).append(sha)
+        else:
+            roots.append(sha)
+    rows: list[list] = []
+    stack = [(sha, 0) for sha in sorted(roots, key=lambda c: -nodes[c].exp.n)]
+    while stack:
+        sha, depth = stack.pop()
+        node = nodes[sha]
+        e = node.exp
+        rows.append([("· " * depth) + ("└ " if depth else "") + str(e.n), _fmt(e.metric), _fmt(node.clade_best),
+                     f"{node.successes}:{node.failures}", node.descendants, e.description])
+        stack += [(c, depth + 1) for c in sorted(children.get(sha, []), key=lambda c: -nodes[c].exp.n)]
+    return rows
+
+
 def sections(task: Task, tag: str, out: Path) -> tuple[list[dict], list[dict]]:
     """Figures and tables for the run page."""
     from ouroboros.report import figures
@@ -78,7 +102,12 @@ def sections(task: Task, tag: str, out: Path) -> tuple[list[dict], list[dict]]:
         rows.append((gain or 0.0, [e.n, _fmt(e.metric), _fmt(node.clade_best), _fmt(gain), node.descendants,
                                    f"{node.rate:.2f}", e.description]))
     rows.sort(key=lambda r: -r[0])
-    tables = [{"id": "clades", "title": "changes whose descendants improved most",
+    tables = [{"id": "lineage-tree", "title": "lineage tree",
+               "note": "every keep under the keep it started from (depth shown by dots); own score, the best "
+                       "score in its clade (itself and its descendants), and the clade's successes:failures",
+               "header": ["n", run.metric, "clade best", "successes:failures", "descendants", "description"],
+               "rows": tree_rows(exps, minimize), "text_last": True},
+              {"id": "clades", "title": "changes whose descendants improved most",
                "note": "clade gain: the best score among a keep's descendants minus its own (0 when none improved "
                        "on it); CMP: the clade's success rate (keeps among descendants, Beta(1,1) posterior mean)",
                "header": ["n", run.metric, "clade best", "clade gain", "descendants", "CMP", "description"],

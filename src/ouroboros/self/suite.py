@@ -7,7 +7,9 @@ values as shipped), 1 at its known best.
 
 Measurement is trusted: `measure` loads the pristine evaluate.py of the suite task (never a copy
 from a run) and applies it to knob values read from a params.py with `ast`, so nothing the inner
-harness wrote is executed.
+harness wrote is executed. The code the evaluators share is one file, suite/suitekit.py, a protected
+file of every task: `export` copies it beside the task's evaluate.py wherever a suite task is made
+into a task repo.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import shutil
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ from types import ModuleType
 from ouroboros.errors import OuroborosError
 
 SPLITS = ("public", "holdout")
+KIT = Path(__file__).resolve().parent / "suite" / "suitekit.py"  # shared by every suite task's evaluate.py
 
 
 def suite_dir(split: str = "public") -> Path:
@@ -45,19 +49,21 @@ class SuiteTask:
 
     @functools.cached_property
     def evaluator(self) -> ModuleType:
-        spec = importlib.util.spec_from_file_location(f"_suite_{self.name.replace('-', '_')}",
-                                                      self.path / "evaluate.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+        """The pristine evaluate.py (its `measure`, maybe its `Infeasible`)."""
+        return _load(self.path / "evaluate.py", f"_suite_{self.name.replace('-', '_')}")
+
+    def export(self, dest: Path) -> Path:
+        """The task's files, self-contained: its folder and, beside its evaluate.py, the shared suitekit.py."""
+        shutil.copytree(self.path, dest, ignore=shutil.ignore_patterns("__pycache__", ".ouroboros"))
+        shutil.copyfile(KIT, dest / KIT.name)
+        return dest
 
     def measure(self, params_source: str, seed: int) -> dict[str, float] | None:
         """The evaluator's metrics for a params.py's text, or None where it is infeasible or unusable."""
         ev = self.evaluator
         try:
-            metrics = ev.measure(ev.read_params(params_source), seed)
-        except (ev.Infeasible, SyntaxError, KeyError, TypeError, ValueError):
+            metrics = ev.measure(_kit().read_params(params_source), seed)
+        except (getattr(ev, "Infeasible", ValueError), SyntaxError, KeyError, TypeError, ValueError):
             return None
         return metrics if all(math.isfinite(v) for v in metrics.values()) else None
 
@@ -76,6 +82,19 @@ class SuiteTask:
         return min(1.0, max(0.0, gained / span))
 
 
+@functools.cache
+def _kit() -> ModuleType:
+    return _load(KIT, "_suite_kit")
+
+
+def _load(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_suite(split: str = "public", names: list[str] | None = None) -> list[SuiteTask]:
     root = suite_dir(split)
     rows = tomllib.loads((root / "suite.toml").read_text())["task"]
@@ -91,3 +110,23 @@ def load_suite(split: str = "public", names: list[str] | None = None) -> list[Su
                                  f"tasks: {', '.join(t.name for t in tasks)}")
         tasks = [t for t in tasks if t.name in names]
     return tasks
+
+
+def init_task(name: str, directory: Path) -> Path:
+    """`ouroboros init --template suite:NAME DIR`: a public suite task as a repo of its own."""
+    from ouroboros.task import load_task
+    from ouroboros.workspace import exclude_records, git
+
+    if directory.exists() and any(directory.iterdir()):
+        raise OuroborosError(f"{directory} exists and is not empty; pick a new folder")
+    task = load_suite("public", [name])[0]
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(directory, ignore_errors=True)
+    task.export(directory)
+    (directory / ".gitignore").write_text(".ouroboros/\n__pycache__/\n")
+    git(directory, "init", "-q", "-b", "main")
+    git(directory, "add", "-A")
+    git(directory, "commit", "-q", "-m", f"suite task {name} (ouroboros init --template suite:{name})")
+    exclude_records(directory)
+    load_task(directory)
+    return directory

@@ -16,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+from ouroboros import policyfile
 from ouroboros.errors import OuroborosError
 from ouroboros.self.delta import collect, score
 from ouroboros.self.gate import gate
@@ -26,6 +27,7 @@ from ouroboros.self.suite import load_suite
 def main(root: Path) -> int:
     try:
         cfg = load_settings(root)
+        policyfile.read(root / "src" / "ouroboros" / "policy.py")  # the candidate's settings: literals only
         if cfg.gate:
             failures = gate(root / "src")
             if failures:

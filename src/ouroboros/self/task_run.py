@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ouroboros import policyfile
 from ouroboros.errors import OuroborosError
 from ouroboros.self.delta import benchmark_runs, export_inner
 from ouroboros.self.settings import WORK, load_settings
@@ -22,6 +23,7 @@ def main(root: Path) -> int:
     work = root / WORK
     shutil.rmtree(work, ignore_errors=True)
     try:
+        policyfile.read(root / "src" / "ouroboros" / "policy.py")  # data only: refused before anything runs
         # the inner repos live outside the worktree (no .git may be written in it); their ledgers and
         # kept params are copied in for the evaluator
         with tempfile.TemporaryDirectory(prefix="ouroboros-inner-") as tmp:

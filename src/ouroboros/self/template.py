@@ -22,7 +22,9 @@ PROTECTED = ["evaluate.py", "delta.toml", "src/ouroboros/__init__.py", "src/ouro
              "src/ouroboros/self/**", "src/ouroboros/judge.py", "src/ouroboros/ledger.py", "src/ouroboros/guard.py",
              "src/ouroboros/sandbox.py", "src/ouroboros/isolation.py", "src/ouroboros/evaluate.py",
              "src/ouroboros/workspace.py", "src/ouroboros/task.py", "src/ouroboros/knobs.py",
-             "src/ouroboros/testing.py", "src/ouroboros/cheats.py", "examples/quadratic/**"]
+             "src/ouroboros/testing.py", "src/ouroboros/cheats.py", "src/ouroboros/scaffold.py",
+             "src/ouroboros/policyfile.py",
+             "examples/quadratic/**"]
 
 TOML = """\
 # Ouroboros improving itself: the candidate is this repo's src/ouroboros; its score is the delta
@@ -74,8 +76,9 @@ gate = true
 EVALUATE = '''\
 """PROTECTED. The self task's evaluator, run as `python -I evaluate.py` in the worktree.
 
--I keeps PYTHONPATH, the user's site and this folder off the path; the protected source is copied
-to a private folder first (no __pycache__), so nothing the run phase wrote is imported.
+-I keeps PYTHONPATH, the user's site and this folder off the path; the protected source (and the
+cheat suite's task, examples/quadratic) is copied to a private folder first (no __pycache__), so
+nothing the run phase wrote is imported.
 """
 import shutil
 import sys
@@ -85,10 +88,10 @@ from pathlib import Path
 root = Path.cwd()
 private = Path(tempfile.mkdtemp(prefix="ouroboros-self-eval-"))
 try:
-    shutil.copytree(root / "src" / "ouroboros", private / "ouroboros",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for part in ("src/ouroboros", "examples/quadratic"):
+        shutil.copytree(root / part, private / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     sys.dont_write_bytecode = True
-    sys.path.insert(0, str(private))
+    sys.path.insert(0, str(private / "src"))
     from ouroboros.self.task_eval import main
 
     code = main(root)
@@ -105,7 +108,8 @@ repo runs as the inner harness on a suite of small tasks, and its mean normalize
 (area under the best-so-far curve and final gain) is measured by a trusted evaluator you cannot
 change. Higher is better.
 
-- Edit only src/ouroboros/policy.py: the ALL_CAPS settings of the proposal policies.
+- Edit only src/ouroboros/policy.py: the ALL_CAPS settings of the proposal policies. It is read as
+  data, never run: only `NAME = number` lines for its known settings are accepted.
 - A version must pass the gate (the agent contract and the cheat subset) to be kept.
 - Results the inner harness claims are re-measured; a claim that does not reproduce is a crash.
 """

@@ -22,7 +22,7 @@ from ouroboros.errors import OuroborosError
 from ouroboros.workspace import git
 
 SOURCE = "src/ouroboros"
-EXTRA = ["examples/quadratic"]  # the cheat suite's task, which the gate needs
+EXTRA = ["examples/quadratic"]  # the cheat suite's task: a version's own `ouroboros cheats` needs it
 
 
 def source_repo() -> Path:

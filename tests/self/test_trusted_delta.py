@@ -1,0 +1,51 @@
+"""The delta benchmark believes the trusted re-measurement, not the inner harness; a version's runner is confined."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ouroboros import isolation
+from ouroboros.self import inner
+from ouroboros.self.delta import collect, run_inner
+from ouroboros.self.suite import load_suite
+from ouroboros.task import RECORDS_DIR
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def test_the_score_comes_from_re_measurement_not_the_inner_verdicts(tmp_path):
+    task = load_suite("public", ["knapsack"])[0]
+    dest = run_inner(SRC, task, 0, 3, tmp_path)
+    honest = collect(dest, task, 0, 3)
+    assert honest.final > 0, "this seed finds an improvement (the check below needs one)"
+    con = sqlite3.connect(dest / RECORDS_DIR / "ledger.sqlite")
+    con.execute("UPDATE experiments SET status = CASE status WHEN 'keep' THEN 'discard' ELSE 'keep' END "
+                "WHERE n > 0 AND status IN ('keep', 'discard')")
+    con.commit()
+    con.close()
+    flipped = collect(dest, task, 0, 3)
+    assert flipped.curve == honest.curve and flipped.score == honest.score
+
+
+def test_a_versions_runner_sees_no_checkout_key_or_home(tmp_path):
+    key = tmp_path / "config" / "ledger.key"  # a ledger key, where a user's would be readable
+    key.parent.mkdir(exist_ok=True)
+    key.write_text("k" * 64)
+    if not isolation.available("bwrap"):
+        pytest.skip("the runner is confined at level bwrap")
+    checkout = tmp_path / "checkout"
+    (checkout / ".git").mkdir(parents=True)
+    (checkout / "secret.txt").write_text("the user's file")
+    work = checkout / ".ouroboros" / "delta"
+    work.mkdir(parents=True)
+    argv, level = inner.confined(["bash", "-c", f"cat {checkout}/secret.txt {key}; echo ok > out.txt; "
+                                  f"echo x > {checkout}/planted.txt"], work, SRC)
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    assert level == "bwrap"
+    assert "the user's file" not in proc.stdout and "kkkk" not in proc.stdout
+    assert (work / "out.txt").read_text() == "ok\n"
+    assert not (checkout / "planted.txt").exists()
