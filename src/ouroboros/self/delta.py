@@ -162,7 +162,7 @@ def export_inner(dest: Path, out: Path) -> None:
         copy.close()
         source.close()
     (out / "keeps").mkdir(exist_ok=True)
-    for n, commit, status, claimed in claims(dest):
+    for n, commit, status, _claimed in claims(dest):
         if n == 0 or status in ("keep", "discard"):  # what collect() re-measures
             (out / "keeps" / f"{commit}.py").write_text(_params_at(dest, commit))
 
