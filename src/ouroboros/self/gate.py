@@ -33,8 +33,8 @@ def gate(src: Path, timeout: float = 300) -> list[str]:
     """The gate's failures for the version at `src` (empty: it passes)."""
     try:
         proc = subprocess.run([sys.executable, "-m", "ouroboros.self.gate"], env=versions.environment(src),
-                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                              cwd=tempfile.gettempdir())
+                              capture_output=True, text=True, errors="replace", timeout=timeout,
+                              stdin=subprocess.DEVNULL, cwd=tempfile.gettempdir())
     except subprocess.TimeoutExpired:
         return [f"the gate ran past {timeout:g} s"]
     if proc.returncode == 0:
