@@ -41,3 +41,13 @@ def test_running_rows_are_not_in_the_table(tmp_path: Path) -> None:
     ledger.begin(Experiment("t", 0, commit_sha="d" * 40))
     assert ledger.experiments("t", finished_only=True) == []
     assert len(ledger.write_tsv("t").read_text().splitlines()) == 1
+
+
+def test_text_that_is_not_valid_utf8_is_stored_replaced_not_raised(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    ledger.save_run(Run(tag="t", metric="loss", fingerprint="data-\udcff"))  # reported JSON may hold one
+    ledger.finish(Experiment("t", 0, commit_sha="a" * 40, status="keep", metric=1.0, trust="sealed\udcfe",
+                             metrics={"key\udcff": "v\ud800"}))
+    assert ledger.run("t").fingerprint == "data-?"
+    got = ledger.experiments("t")[0]
+    assert got.trust == "sealed?" and got.metrics == {"key?": "v?"}
