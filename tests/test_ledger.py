@@ -54,3 +54,13 @@ def test_one_lines_cleans_a_column_as_one_line_cleans_each_value(values, limit) 
     assert one_lines(values, limit) == [one_line(v, limit) for v in values]
     clean = [one_line(v, 300) for v in values]  # a column that is clean already comes back as it is
     assert one_lines(clean, 300) == clean
+
+
+def test_text_that_is_not_valid_utf8_is_stored_replaced_not_raised(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    ledger.save_run(Run(tag="t", metric="loss", fingerprint="data-\udcff"))  # reported JSON may hold one
+    ledger.finish(Experiment("t", 0, commit_sha="a" * 40, status="keep", metric=1.0, trust="sealed\udcfe",
+                             metrics={"key\udcff": "v\ud800"}))
+    assert ledger.run("t").fingerprint == "data-?"
+    got = ledger.experiments("t")[0]
+    assert got.trust == "sealed?" and got.metrics == {"key?": "v?"}

@@ -134,7 +134,7 @@ def git_dirs(root: Path) -> list[Path]:
     try:
         out = subprocess.run(["git", "-C", str(root), "-c", "core.fsmonitor=false", "rev-parse",
                               "--path-format=absolute", "--git-dir", "--git-common-dir"],
-                             capture_output=True, text=True, timeout=30)
+                             capture_output=True, encoding="utf-8", errors="surrogateescape", timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return []
     if out.returncode != 0:

@@ -200,7 +200,18 @@ _JSON = {"metrics", "params", "config"}
 
 
 def _encode(obj: Any) -> dict[str, Any]:
-    return {k: (json.dumps(v) if k in _JSON else v) for k, v in asdict(obj).items()}
+    """A record as a row; text that is not valid UTF-8 (lone surrogates, from a path or an evaluator's JSON)
+    replaced, since sqlite could not store it and no reader could print it."""
+    return {k: _storable(json.dumps(v, ensure_ascii=False) if k in _JSON else v) for k, v in asdict(obj).items()}
+
+
+def _storable(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            v.encode()
+        except UnicodeEncodeError:
+            return v.encode("utf-8", "replace").decode("utf-8")
+    return v
 
 
 _NAMES: dict[type, frozenset[str]] = {}

@@ -38,7 +38,7 @@ from ouroboros.agents.base import experiment_seed
 from ouroboros.errors import OuroborosError
 from ouroboros.guard import Guard
 from ouroboros.judge import Verdict, effective_min_delta, implausible, judge, standing
-from ouroboros.ledger import Experiment, Ledger, Run, clean_text
+from ouroboros.ledger import Experiment, Ledger, Run, clean_text, one_line
 from ouroboros.memory import build_prompt
 from ouroboros.task import RECORDS_DIR, TASK_FILE, Task, load_task
 from ouroboros.workspace import (
@@ -594,12 +594,13 @@ class Loop:
     def _fingerprint(self, value: object) -> str | None:
         if value is None:
             return f"the evaluator reported no {self.task.metric.fingerprint}"
+        seen = clean_text(str(value))  # reported text: stored as data (a lone surrogate cannot reach sqlite)
         if self.run_rec.fingerprint is None:
-            self.run_rec.fingerprint = str(value)
+            self.run_rec.fingerprint = seen
             self.ledger.save_run(self.run_rec)
-        elif str(value) != self.run_rec.fingerprint:
-            return (f"{self.task.metric.fingerprint} {value} differs from the baseline's {self.run_rec.fingerprint}: "
-                    "results on different data are never compared")
+        elif seen != self.run_rec.fingerprint:
+            return (f"{self.task.metric.fingerprint} {one_line(seen, 80)} differs from the baseline's "
+                    f"{one_line(self.run_rec.fingerprint, 80)}: results on different data are never compared")
         return None
 
     def _judge(self, exp: Experiment, best: Experiment | None, exp_dir: Path,

@@ -555,10 +555,6 @@ Path("train.py").write_text(Path("train.py").read_text() + "\\n# change " + os.e
     assert len(loop.history) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="Workspace.git decodes git's output as strict UTF-8, and Loop.step writes "
-                   "diff.patch from `git diff` of the attempt: an editable file holding a byte that is not UTF-8 (in a "
-                   "comment) raises UnicodeDecodeError out of Loop.step (fix: take diffs as bytes, or decode with "
-                   "errors='replace')")
 def test_an_editable_file_with_a_byte_that_is_not_utf8_does_not_crash_the_harness(tmp_path):
     agent = '''
 from pathlib import Path

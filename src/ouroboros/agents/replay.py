@@ -57,7 +57,7 @@ class ReplayAgent(Agent):
         if patch.read_bytes().strip():  # git's bytes, not necessarily UTF-8
             root = git_root(ctx.worktree)
             proc = subprocess.run(["git", "apply", "--whitespace=nowarn", str(patch.resolve())], cwd=root,
-                                  capture_output=True, text=True)
+                                  capture_output=True, text=True, errors="replace")
             if proc.returncode != 0:
                 raise AgentError(f"replay diverged: experiment {ctx.n}'s diff does not apply here "
                                  f"({proc.stderr.strip().splitlines()[-1:] or ['?']})")
