@@ -383,6 +383,7 @@ class Loop:
                                     "UV_PROJECT_ENVIRONMENT": str(venv), "VIRTUAL_ENV": str(venv)},
                                    allow=self.task.bound.env)
         env["PATH"] = str(venv / "bin") + os.pathsep + env["PATH"]
+        env = sandbox.marked(env, self.ledger.run_dir(self.tag))
         log = self.ledger.run_dir(self.tag) / "setup.log"
         task_src = src / self.task.root.relative_to(self.repo)
         outcome = sandbox.run(["bash", "-c", command], task_src, self.task.task.setup_timeout, 0.0, log, env=env,
@@ -398,8 +399,10 @@ class Loop:
         """The environment of run and evaluate: scrubbed, with the project's environment when setup made one."""
         env_dir = getattr(self, "env_dir", None)  # loops built without __init__ (the audit's) have none
         venv = isolation.project_env(env_dir) if env_dir is not None else None
-        return sandbox.scrubbed_env({"OUROBOROS_CACHE": str(isolation.cache_dir()), **extra}, venv=venv,
-                                    allow=self.task.bound.env)
+        env = sandbox.scrubbed_env({"OUROBOROS_CACHE": str(isolation.cache_dir()), **extra}, venv=venv,
+                                   allow=self.task.bound.env)
+        ledger, tag = getattr(self, "ledger", None), getattr(self, "tag", None)
+        return sandbox.marked(env, ledger.run_dir(tag)) if ledger is not None and tag else env
 
     def interpreter(self) -> str:
         """Which Python experiments run with, in words (the run header says it)."""

@@ -649,10 +649,6 @@ def _user_process_in(folder):
                             stdin=subprocess.DEVNULL)
 
 
-@pytest.mark.xfail(strict=True, reason="sandbox.kill_inside (called by --resume after a kill) SIGKILLs every process "
-                   "whose working directory is inside the run's folder, whoever started it: the user's shell or editor "
-                   "in the worktree, or the shell that runs `ouroboros run --resume` from there (fix: kill only "
-                   "processes marked as the run's, e.g. by an environment variable or a recorded process group)")
 def test_resume_does_not_kill_the_users_own_processes_in_the_worktree(tmp_path):
     from ouroboros import sandbox
 

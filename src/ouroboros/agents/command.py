@@ -56,7 +56,7 @@ class CommandAgent(Agent):
     def env(self, ctx: Context, prompt_path: Path, desc_path: Path) -> dict[str, str]:
         artifacts = ctx.run_dir / "artifacts"
         artifacts.mkdir(parents=True, exist_ok=True)
-        return {**os.environ, "OUROBOROS_PROMPT": str(prompt_path), "OUROBOROS_DESCRIPTION": str(desc_path),
+        return {**sandbox.marked(None, ctx.run_dir), "OUROBOROS_PROMPT": str(prompt_path), "OUROBOROS_DESCRIPTION": str(desc_path),
                 "OUROBOROS_EXPERIMENT": str(ctx.n), "OUROBOROS_NOTES": str(ctx.run_dir / NOTES_FILE),
                 "OUROBOROS_ARTIFACTS": str(artifacts), "PYTHONUNBUFFERED": "1"}
 
