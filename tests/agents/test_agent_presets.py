@@ -183,3 +183,24 @@ def test_a_prompt_holding_a_nul_is_passed_as_its_file(monkeypatch, tmp_path):
     prompt.write_bytes(b"# Your notes\n\nrate \x00 \xff\n")  # agent-written notes: any bytes
     argv = make_agent("codex").session_argv(prompt, tmp_path)
     assert "\0" not in argv[-1] and str(prompt) in argv[-1]
+
+
+def test_a_confined_cli_sees_its_installation_but_not_the_secrets_beside_it(tmp_path, monkeypatch):
+    from ouroboros.agents.command import CommandAgent
+
+    home = tmp_path / "home"
+    node = home / ".nvm" / "versions" / "node" / "v20"
+    (node / "bin").mkdir(parents=True)
+    (node / "lib" / "node_modules" / "tool").mkdir(parents=True)
+    (node / "lib" / "node_modules" / "tool" / "cli.js").write_text("")
+    (node / "bin" / "tool").symlink_to("../lib/node_modules/tool/cli.js")
+    (node / "bin" / "tool").resolve().chmod(0o755)
+    (home / ".cargo" / "bin").mkdir(parents=True)
+    (home / ".cargo" / "credentials.toml").write_text("token")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PATH", f"{node / 'bin'}:{home / '.cargo' / 'bin'}:/usr/bin:/bin")
+    seen = CommandAgent("tool --go").readable()
+    assert node / "bin" in seen and node / "lib" in seen  # the program and the modules it runs from
+    assert home / ".cargo" / "bin" in seen
+    for p in seen:  # nothing that holds a sibling secret: neither ~/.cargo nor an ancestor of the node install
+        assert p not in (home / ".cargo", home / ".nvm", node, node.parent), p

@@ -304,10 +304,6 @@ def test_code_in_the_evaluation_phase_cannot_write_past_max_artifact_mb(tmp_path
 
 
 @pytest.mark.skipif(not BWRAP, reason="agents are confined only at level bwrap")
-@pytest.mark.xfail(strict=True, reason="CommandAgent.readable binds the whole top folder of every PATH entry under "
-                   "$HOME into the agent's sandbox (~/.cargo for ~/.cargo/bin, ~/.local for ~/.local/bin), with the "
-                   "credentials kept there (~/.cargo/credentials.toml); the agent has the network (fix: bind the PATH "
-                   "entry itself, or the version manager's install folders, never the top folder)")
 def test_a_confined_agent_cannot_read_credentials_beside_a_tool_folder_on_path(tmp_path, monkeypatch):
     import os
 

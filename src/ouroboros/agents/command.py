@@ -46,6 +46,19 @@ def bound_notes(path: Path, max_chars: int) -> None:
     path.write_text(marker + keep)
 
 
+# What an installation needs beside its folder of programs: libraries (npm's lib/node_modules, a venv's
+# site-packages), helpers (pyenv's libexec), the versions that shims point into, a venv's pyvenv.cfg.
+_INSTALL_PARTS = ("lib", "lib64", "libexec", "versions", "pyvenv.cfg")
+
+
+def _tool_folder(folder: Path) -> list[Path]:
+    """A folder of programs and, for a `bin` or pyenv's `shims`, the installation parts beside it."""
+    out = [folder]
+    if folder.name in ("bin", "shims"):
+        out += [folder.parent / part for part in _INSTALL_PARTS if (folder.parent / part).exists()]
+    return out
+
+
 class CommandAgent(Agent):
     def __init__(self, command: str, timeout: float | None = None, name: str | None = None):
         if not command.strip():
@@ -66,7 +79,10 @@ class CommandAgent(Agent):
     home_dirs: tuple[str, ...] = ()  # folders (relative to $HOME) the program keeps its config and login in
 
     def readable(self) -> list[Path]:
-        """What the confined program must see besides the system: the files its command names."""
+        """What the confined program must see besides the system: the files its command names, its program's
+        folder and the folders on PATH (version managers, npm prefixes in $HOME), each with only what an
+        installation needs beside its `bin` (`_tool_folder`), never the whole folder above it: ~/.cargo
+        holds credentials.toml beside ~/.cargo/bin, ~/.local holds keyrings beside ~/.local/bin."""
         out = []
         try:
             words = shlex.split(self.command)
@@ -78,12 +94,13 @@ class CommandAgent(Agent):
         exe = shutil.which(words[0]) if words else None
         if exe:  # the program and the installation it lives in (npm's lib/node_modules beside bin/)
             for p in {Path(exe), Path(os.path.realpath(exe))}:
-                out += [p.parent, p.parent.parent] if p.parent.name == "bin" else [p.parent]
+                out += _tool_folder(p.parent)
         home = Path(os.path.expanduser("~"))
         for entry in os.environ.get("PATH", "").split(os.pathsep):  # version managers (pyenv, nvm) in $HOME
             p = Path(entry)
             if p.is_absolute() and home in p.parents:
-                out.append(home / p.relative_to(home).parts[0])
+                for q in {p, Path(os.path.realpath(p))}:
+                    out += _tool_folder(q)
         return [p for p in dict.fromkeys(out) if p not in (home, Path("/"))]
 
     def confined(self, ctx: Context, argv: list[str] | str, writable: list[Path],
