@@ -100,6 +100,28 @@ def test_bwrap_masks_hidden_data_from_the_run_only(quadratic, tmp_path):
 
 
 @needs_bwrap
+def test_a_relative_read_only_folder_of_the_checkout_shows_its_data_but_not_the_hidden_files(quadratic, tmp_path,
+                                                                                              monkeypatch):
+    (quadratic / "data").mkdir()
+    (quadratic / "data" / "answer.json").write_text("42\n")
+    (quadratic / "data" / "train.txt").write_text("seen\n")
+    monkeypatch.chdir(tmp_path)  # relative paths are the task folder's, not the harness's cwd
+    loop = _loop(quadratic, 'hidden = ["data/answer.json"]\nread_only = ["data"]')
+    assert loop.task.read_only_paths == [(quadratic / "data").resolve()]
+    rc, out = _sh(loop, f"echo run:$(cat {quadratic}/data/train.txt):$(cat {quadratic}/data/answer.json):")
+    assert "run:seen::" in out
+    rc, out = _sh(loop, f"echo agent:$(cat {quadratic}/data/answer.json):", "agent")
+    assert "agent::" in out
+
+
+@pytest.mark.parametrize("inside", [".git/objects", ".ouroboros"])
+def test_a_read_only_path_inside_the_git_dir_or_the_records_is_refused(quadratic, inside):
+    (quadratic / ".ouroboros").mkdir(exist_ok=True)
+    with pytest.raises(OuroborosError, match=r"read_only path .* is inside .*remove it from ouroboros.toml"):
+        _loop(quadratic, f'read_only = ["{inside}"]')
+
+
+@needs_bwrap
 def test_bwrap_hides_home_and_the_harness(quadratic, tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()

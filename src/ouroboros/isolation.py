@@ -170,6 +170,21 @@ class Isolation:
         self.task, self.task_dir, self.records = task, worktree, records
         self.repo = git_root(task.root)
         self.env_dir = env_dir
+        self._check_read_only()
+
+    def _check_read_only(self) -> None:
+        """Refuse a `[bound] read_only` path inside the repository's git dir or the records: read there, the
+        run would see the history (hidden data in every commit), the ledger and other runs' worktrees."""
+        if not self.task.bound.read_only:
+            return
+        records = Path(os.path.realpath(self.records))
+        for path in self.task.read_only_paths:
+            for inside, what in [(records, "the records folder"),
+                                 *((d, "the repository's git dir") for d in git_dirs(self.task.root))]:
+                if _under(path, [inside]):
+                    raise OuroborosError(
+                        f"[bound] read_only path {str(path)!r} is inside {what} {str(inside)!r}, which experiments "
+                        "must never read (history, hidden data, records); remove it from ouroboros.toml and commit")
 
     @functools.cached_property
     def worktree(self) -> Path:
@@ -186,6 +201,15 @@ class Isolation:
         return glob_files(self.task_dir, self.task.bound.hidden) if self.task.bound.hidden else []
 
     @functools.cached_property
+    def checkout_hidden(self) -> list[Path]:
+        """The hidden files at their places in the user's checkout (committed or not), masked wherever a
+        read-only path of the checkout (`read_only = ["data"]`) would show them to the run phase."""
+        if not self.task.bound.hidden:
+            return []
+        return [Path(os.path.realpath(self.task.root / rel))
+                for rel in glob_files(self.task.root, self.task.bound.hidden)]
+
+    @functools.cached_property
     def git_masks(self) -> list[Path]:
         """The repo's git dirs that the repo mask does not already cover, and that hold no run's files."""
         keep = [self.worktree, self.records]
@@ -194,7 +218,7 @@ class Isolation:
     def read_only(self) -> list[Path]:
         """What experiments read but never write: the cache, `read_only` paths, the harness's Python,
         the run's environment folder (and the interpreter its venv points to)."""
-        paths = [cache_dir(), *self.task.bound.read_only_paths,
+        paths = [cache_dir(), *self.task.read_only_paths,
                  *{Path(os.path.realpath(p)) for p in (sys.prefix, sys.base_prefix)}, *harness_code()]
         venv = project_env(self.env_dir) if self.env_dir is not None else None
         if self.env_dir is not None and self.env_dir.is_dir():
@@ -248,13 +272,20 @@ class Bwrap(Isolation):
              readable: list[Path] | None = None, cwd: Path | None = None) -> tuple[list[str], str]:
         mounts, repo_masks = self._mounts
         args = list(mounts)
+        shown: list[Path] = []  # what is bound back inside the repo masks
         for path in self.read_only():  # those that hold no mask; the others are in _mounts, under the masks
             if not _covers(path, [self.worktree, *repo_masks]):
                 args += ["--ro-bind", str(path), str(path)]
+                shown.append(path)
         masked = [Path("/tmp"), Path("/run"), Path(os.path.expanduser("~")), *repo_masks]
         for path in {Path(os.path.realpath(p)) for p in readable or []}:
             if _under(path, masked) and not _covers(path, [*masked, self.worktree]):
                 args += ["--ro-bind-try", str(path), str(path)]
+                shown.append(path)
+        if phase in ("run", "agent"):  # hidden files of the checkout under what was bound back: masked there too
+            for path in self.checkout_hidden:
+                if _under(path, shown) and _under(path, repo_masks):
+                    args += ["--ro-bind", "/dev/null", str(path)]
         args += ["--bind", str(self.worktree), str(self.worktree)]
         if phase in ("run", "agent"):
             for rel in self._hidden:

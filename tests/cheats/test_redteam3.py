@@ -577,11 +577,6 @@ p.write_bytes(p.read_bytes() + b"\\n# caf\\xe9 latin-1 comment\\n")
 
 
 @pytest.mark.skipif(not BWRAP, reason="hidden data is masked only at level bwrap")
-@pytest.mark.xfail(strict=True, reason="`[bound] hidden` masks the hidden files only at their worktree paths; a "
-                   "`[bound] read_only` folder of the checkout that holds them (read_only = [\"<task>/data\"], the "
-                   "natural way to let the run read its data) is bound as it is, so the run reads the hidden answer "
-                   "there (fix: mask the hidden files under every read_only path too, or refuse read_only paths in "
-                   "the repository)")
 def test_a_read_only_folder_of_the_checkout_does_not_uncover_hidden_data(tmp_path):
     import json
 
