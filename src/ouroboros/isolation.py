@@ -24,8 +24,9 @@ Level `bwrap` (bubblewrap; strongest):
 - all capabilities dropped, a new session (no terminal injection), a minimal /dev (GPUs bound in).
 Phase `agent` (CLI and `cmd:` agents, harness-driven): the same filesystem view, with the network
 (agents call their API), their environment (their key), the worktree, the experiment's prompt and
-description and the run's notes and artifacts writable, and the agent CLI's own config folder in
-$HOME; the records, the checkout, the git common dir and the rest of $HOME stay invisible.
+description and the run's notes and artifacts writable, and private copies of the agent CLI's config
+folders at their places in $HOME (nothing it writes there reaches the real ones, but a refreshed
+login); the records, the checkout, the git common dir and the rest of $HOME stay invisible.
 Level `unshare` (util-linux, fallback): network, PID, IPC and mount namespaces: no network, no
 view of the harness, nothing survives the run; in its mount namespace the data cache, the
 `read_only` paths and the harness's Python are read-only, and /run and the git common dir are
@@ -192,8 +193,10 @@ class Isolation:
         return git_root(self.task_dir)
 
     def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None,
-             readable: list[Path] | None = None, cwd: Path | None = None) -> tuple[list[str], str]:
-        """argv wrapped for phase; `cwd` is where it will run (the caller passes it to sandbox.run too)."""
+             readable: list[Path] | None = None, cwd: Path | None = None,
+             binds: list[tuple[Path, Path]] | None = None) -> tuple[list[str], str]:
+        """argv wrapped for phase; `cwd` is where it will run (the caller passes it to sandbox.run too);
+        `binds` are (source, place) pairs bound writable where the level has a private filesystem view."""
         return argv, self.level
 
     def hidden_files(self) -> list[str]:
@@ -235,7 +238,8 @@ class Unshare(Isolation):
     overhead = 2  # unshare, the reaper shell
 
     def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None,
-             readable: list[Path] | None = None, cwd: Path | None = None) -> tuple[list[str], str]:
+             readable: list[Path] | None = None, cwd: Path | None = None,
+             binds: list[tuple[Path, Path]] | None = None) -> tuple[list[str], str]:
         flags = ["--fork", "--pid", "--kill-child", "--mount-proc", "--ipc", "--mount"]
         if not self.task.bound.network:
             flags.append("--net")
@@ -269,7 +273,8 @@ class Bwrap(Isolation):
     overhead = 3  # bwrap, its init in the PID namespace, the reaper shell
 
     def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None,
-             readable: list[Path] | None = None, cwd: Path | None = None) -> tuple[list[str], str]:
+             readable: list[Path] | None = None, cwd: Path | None = None,
+             binds: list[tuple[Path, Path]] | None = None) -> tuple[list[str], str]:
         mounts, repo_masks = self._mounts
         args = list(mounts)
         shown: list[Path] = []  # what is bound back inside the repo masks
@@ -292,6 +297,8 @@ class Bwrap(Isolation):
                 args += ["--ro-bind", "/dev/null", str(self.task_dir / rel)]
         for path in writable or []:
             args += ["--bind-try" if phase == "agent" else "--bind", str(path), str(path)]
+        for source, place in binds or []:
+            args += ["--bind", str(source), str(place)]
         for hide in repo_masks:  # after the binds inside them: the mask itself takes no writes
             args += ["--remount-ro", str(hide)]
         args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]

@@ -286,13 +286,13 @@ class Loop:
         cannot hide the records or the checkout from a process that needs the network)."""
         return self.isolation.level == "bwrap"
 
-    def confine_agent(self, argv: list[str], writable: list[Path],
-                      readable: list[Path]) -> tuple[list[str], str]:
+    def confine_agent(self, argv: list[str], writable: list[Path], readable: list[Path],
+                      binds: list[tuple[Path, Path]] | None = None) -> tuple[list[str], str]:
         if not self.agent_confined:
             return argv, "none"
         if shutil.which("prlimit"):  # no file the agent writes grows past max_artifact_mb
             argv = ["prlimit", f"--fsize={int(self.task.bound.max_artifact_mb * 2**20)}", "--", *argv]
-        return self.isolation.wrap(argv, "agent", writable, readable)
+        return self.isolation.wrap(argv, "agent", writable, readable, binds=binds)
 
     def _left(self) -> bool:
         cfg = self.run_rec.config

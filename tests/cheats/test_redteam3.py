@@ -156,10 +156,6 @@ Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
 
 
 @pytest.mark.skipif(not BWRAP, reason="agents are confined only at level bwrap")
-@pytest.mark.xfail(strict=True, reason="a confined CLI agent's config folder in $HOME (home_dirs: ~/.claude, ~/.codex, "
-                   "~/.gemini, ...) is bound writable, so it persists hooks, MCP servers or notify commands that the "
-                   "CLI runs unconfined at its next start (fix: bind a per-run copy of the config folder and copy "
-                   "back only the login/credential files, or bind it read-only with a writable credentials file)")
 def test_a_confined_cli_agent_cannot_plant_a_hook_in_its_config_folder(tmp_path, monkeypatch):
     import os
     import sys
