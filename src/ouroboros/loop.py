@@ -559,6 +559,7 @@ class Loop:
 
     def _run_phase(self, exp_dir: Path, env: dict[str, str], name: str = "run.log") -> sandbox.Outcome:
         argv, level = self.isolation.wrap(["bash", "-c", self.task.task.run], "run")
+        self.guard.arm()  # after wrapping: a root harness's wrap opens the worktree to the run's uid (isolation._grant)
         return sandbox.run(argv, self.ws.task_dir, self.budget, self.task.task.grace_s, exp_dir / name, env=env,
                            memory_mb=self.task.bound.memory_mb, max_log_mb=self.task.bound.max_log_mb,
                            isolation=level, gpu=sandbox.cuda_present(), max_processes=self.task.bound.max_processes,
@@ -576,8 +577,7 @@ class Loop:
         try:
             committed = self.ws.files_at(head, self.task.is_editable)  # the bytes the guard checked, not the run's
             m = evaluate.sealed(self.task, self.ws.task_dir, self.fixed, exp_dir / name, env,
-                                wrap=lambda argv, writable, cwd: self.isolation.wrap(argv, "evaluate", writable,
-                                                                                     cwd=cwd),
+                                wrap=lambda argv, writable, cwd: self._wrap_evaluation(argv, writable, cwd),
                                 command=command, committed=committed)
         except (OSError, RecursionError, ValueError, OuroborosError) as exc:  # what the run left broke the evaluation
             m = evaluate.Measurement(None, {}, self.task.trust, 0.0,
@@ -586,6 +586,11 @@ class Loop:
         if broke:
             self._violation = self._violation or "; ".join(broke)
         return m
+
+    def _wrap_evaluation(self, argv: list[str], writable: list[Path], cwd: Path) -> tuple[list[str], str]:
+        wrapped = self.isolation.wrap(argv, "evaluate", writable, cwd=cwd)
+        self.guard.arm()  # after wrapping, as for the run phase
+        return wrapped
 
     @functools.cached_property
     def fixed(self) -> dict[str, tuple[bytes, int]]:

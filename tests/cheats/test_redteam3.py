@@ -653,10 +653,6 @@ def test_resume_does_not_kill_the_users_own_processes_in_the_worktree(tmp_path):
 @pytest.mark.skipif(not BWRAP, reason="needs bubblewrap")
 @pytest.mark.skipif(__import__("os").geteuid() != 0 or not __import__("os").path.exists("/etc/shadow"),
                     reason="only a harness running as root (containers, CI) shows it")
-@pytest.mark.xfail(strict=True, reason="run as root, bwrap keeps uid 0 (no user namespace) and only drops "
-                   "capabilities; the root filesystem is bound read-only, so root-owned files (/etc/shadow, ssh host "
-                   "keys, credentials in /etc or /opt) stay readable to the run by ownership (fix: --unshare-user with "
-                   "--uid/--gid of an unprivileged id when the harness is root)")
 def test_at_level_bwrap_a_run_under_a_root_harness_cannot_read_root_only_files(tmp_path):
     train = '''
 def cheat():
