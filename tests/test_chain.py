@@ -87,3 +87,110 @@ def test_verify_reports_every_results_tsv_row_that_differs_from_the_ledger(tmp_p
     problems = [str(p) for p in chain.verify_tsv(ledger, "t")]
     assert problems and any(expected in p for p in problems), problems
     assert ("only the last rows" in problems[0]) == (expected == "only the last rows are missing")
+
+
+# `log` and `status` check incrementally (chain.check): what a check that passed covered is kept in an
+# HMAC'd record; later checks cover what was written since, that record, and the entry it names.
+
+def _anchor(ledger: Ledger) -> Path:
+    (path,) = (chain.config_dir() / "heads").glob("*.verified")
+    return path
+
+
+def _checked(tmp_path: Path) -> Ledger:
+    """A ledger whose records a check has passed, then one more experiment written by Ouroboros."""
+    ledger = _ledger(tmp_path)
+    assert chain.check(ledger) == []
+    assert _anchor(ledger).read_text().split()[0] == "4"  # verified through entry 4 (run, exp 0 twice, exp 1)
+    ledger.finish(Experiment("t", 2, commit_sha="c" * 40, status="discard", metric=3.0))
+    return ledger
+
+
+def _sql(ledger: Ledger, sql: str) -> None:
+    with sqlite3.connect(ledger.records / "ledger.sqlite") as db:
+        db.execute(sql)
+
+
+def test_a_check_that_passes_moves_the_record_and_one_that_fails_does_not(tmp_path: Path) -> None:
+    ledger = _checked(tmp_path)
+    assert chain.check(ledger) == []
+    assert _anchor(ledger).read_text().split()[0] == "5"
+    ledger.finish(Experiment("t", 3, commit_sha="d" * 40, status="discard", metric=4.0))
+    _sql(ledger, "UPDATE experiments SET metric=0.1 WHERE n=3")
+    assert [str(p) for p in chain.check(ledger)] == ["experiment t/3: differs from what Ouroboros wrote: changed "
+                                                     "outside Ouroboros"]
+    assert _anchor(ledger).read_text().split()[0] == "5"
+    assert chain.check(ledger) != []  # still reported: the record stays where the last clean check left it
+
+
+@pytest.mark.parametrize("sql, expected", [
+    # a row written after the record: changed, deleted; a row added with no entry
+    ("UPDATE experiments SET metric=0.5, status='keep' WHERE n=2", "experiment t/2: differs from what"),
+    ("DELETE FROM experiments WHERE n=2", "experiment t/2: was recorded, and is now gone"),
+    ("INSERT INTO experiments (tag, n, status, metric) VALUES ('t', 9, 'keep', 0.1)", "experiment t/9: has no chain"),
+    # rows from before the record, deleted
+    ("DELETE FROM experiments WHERE n=1", "experiment t/1: was recorded, and is now gone"),
+    ("DELETE FROM runs", "run t: was recorded, and is now gone"),
+    # the row the record's entry names (experiment 1, entry 4), and that entry itself
+    ("UPDATE experiments SET metric=0.5, status='keep' WHERE n=1", "experiment t/1: differs from what"),
+    ("UPDATE chain SET digest='0' WHERE seq=4", "entry 4, the last one a check passed, was changed"),
+    ("DELETE FROM chain WHERE seq=4", "entry 4, the last one a check passed, was changed or removed"),
+    ("UPDATE chain SET mac='0' WHERE seq=3", "entry 4, the last one a check passed, was changed"),
+    # entries after the record
+    ("UPDATE chain SET digest='0' WHERE seq=5", "entry 5 (exp t 2) has a wrong HMAC"),
+    ("DELETE FROM chain WHERE seq=5", "entries were cut off or rewritten"),
+])
+def test_the_incremental_check_names_changes_since_the_last_check(tmp_path: Path, sql: str, expected: str) -> None:
+    ledger = _checked(tmp_path)
+    _sql(ledger, sql)
+    problems = [str(p) for p in chain.check(ledger)]
+    assert any(expected in p for p in problems), problems
+    assert len(set(problems)) == len(problems), problems  # each named once
+    assert any(expected in str(p) for p in chain.check(ledger, "t"))
+    assert chain.verify_chain(ledger, "t")  # the whole check finds it too
+
+
+def test_an_old_row_changed_after_a_check_is_named_by_verify(tmp_path: Path) -> None:
+    ledger = _checked(tmp_path)
+    _sql(ledger, "UPDATE experiments SET metric=0.5, status='keep' WHERE n=0")
+    assert any("experiment t/0: differs from what Ouroboros wrote" in str(p) for p in chain.verify_chain(ledger))
+    # verify (and run --resume) always check every row; so does a check with no record to start from
+    _anchor(ledger).unlink()
+    assert any("experiment t/0: differs from what Ouroboros wrote" in str(p) for p in chain.check(ledger))
+
+
+@pytest.mark.parametrize("forge", ["edit", "garbage", "other ledger"])
+def test_a_changed_record_of_the_last_check_is_reported(tmp_path: Path, forge: str) -> None:
+    ledger = _checked(tmp_path)
+    anchor = _anchor(ledger)
+    seq, mac, check = anchor.read_text().split()
+    if forge == "edit":  # claim a later entry was verified, to skip checking it
+        anchor.write_text(f"5 {mac} {check}\n")
+    elif forge == "garbage":
+        anchor.write_text("\0[/]\n")
+    else:  # a valid record of another ledger, copied over this one's
+        other = _ledger(tmp_path / "other")
+        assert chain.check(other) == []
+        anchor.write_text(next(p for p in anchor.parent.glob("*.verified") if p != anchor).read_text())
+    _sql(ledger, "UPDATE experiments SET metric=0.5 WHERE n=0")  # an old row: found by the whole check it falls back to
+    problems = [str(p) for p in chain.check(ledger)]
+    assert any("record of the last verified entry" in p and "has a wrong HMAC" in p for p in problems), problems
+    assert any("experiment t/0: differs from what Ouroboros wrote" in p for p in problems), problems
+
+
+def test_a_check_of_one_run_leaves_out_the_other_runs_rows(tmp_path: Path) -> None:
+    ledger = _checked(tmp_path)
+    ledger.save_run(Run(tag="u", metric="loss"))
+    ledger.finish(Experiment("u", 0, commit_sha="e" * 40, status="keep", metric=1.0))
+    _sql(ledger, "UPDATE experiments SET metric=0.5 WHERE tag='u'")
+    assert chain.check(ledger, "t") == []
+    assert [str(p) for p in chain.check(ledger, "u")] == ["experiment u/0: differs from what Ouroboros wrote: "
+                                                          "changed outside Ouroboros"]
+
+
+def test_a_check_after_much_was_written_checks_everything(tmp_path: Path, monkeypatch) -> None:
+    ledger = _checked(tmp_path)
+    for n in range(3, 1010):  # more rows since the record than the 1,000 it covers row by row
+        ledger.begin(Experiment("t", n, commit_sha="f" * 40))
+    _sql(ledger, "UPDATE experiments SET metric=0.5, status='keep' WHERE n=0")  # from before the record
+    assert any("experiment t/0: differs from what Ouroboros wrote" in str(p) for p in chain.check(ledger))

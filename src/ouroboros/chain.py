@@ -11,6 +11,16 @@ deleted, a forged best), and cannot read the key: at isolation level `bwrap` the
 evaluation see no `$HOME`, so the key is out of their reach. `verify` then names the rows that
 disagree, `run --resume` refuses to build on them, `log` and `status` warn.
 
+`log` and `status` check incrementally: after a check finds nothing wrong, the sequence number and
+HMAC of the last entry it covered are kept in a record beside the head (`heads/<ledger id>.verified`),
+itself HMAC'd with the key. The next `log` or `status` re-checks that record, that entry (its HMAC
+from the entry before it) and every entry after it, the rows those entries name, the head, and that
+every row has an entry and every entry's row is there (everything, when the record is missing or
+wrong, or more was written since than before it); it does not re-digest rows last written before
+the record. So an edit to an old row, or an edit of an old entry together with its row, is
+caught by `verify` and `run --resume` (which check everything, every time), by `log` and `status`
+only while no check has passed since the row was written.
+
 What it does not stop: code that can read the key (a run at levels `unshare` or `process`, where
 `$HOME` is visible; an agent process that is not confined; `ouroboros exp` runs inside the agent's
 session in agent-driven mode and must write rows, so that agent holds the harness's power) can
@@ -104,6 +114,7 @@ def append(ledger: Ledger, k: bytes, kind: str, tag: str, n: int, dig: str) -> N
 class Problem:
     where: str  # what disagrees: "chain", "run <tag>", "experiment <n>", "ref <name>", "results.tsv"
     what: str
+    tag: str | None = None  # the run it concerns; None for the chain as a whole
 
     def __str__(self) -> str:
         return f"{self.where}: {self.what}"
@@ -111,29 +122,18 @@ class Problem:
 
 def verify_chain(ledger: Ledger, tag: str | None = None) -> list[Problem]:
     """The HMACs of every entry, the head, and each row (of `tag`, or all) against its last entry."""
-    k = key()
+    return _verify_all(ledger, key(), tag)[0]
+
+
+def _verify_all(ledger: Ledger, k: bytes, tag: str | None) -> tuple[list[Problem], tuple[int, str]]:
+    """verify_chain's work, and the last entry's (seq, mac) it covered."""
     problems: list[Problem] = []
     prev, expect_seq, last_of = "", 1, {}
     for e in ledger.db.execute("SELECT * FROM chain ORDER BY seq"):
-        if e["seq"] != expect_seq:
-            problems.append(Problem("chain", f"entries {expect_seq}..{e['seq'] - 1} are missing"))
-        if not hmac.compare_digest(_mac(k, prev, e["seq"], e["kind"], e["tag"], e["n"], e["digest"]), e["mac"]):
-            problems.append(Problem("chain", f"entry {e['seq']} ({e['kind']} {e['tag']} {e['n']}) has a wrong HMAC: "
-                                             "written outside Ouroboros, or with another key"))
+        problems += _entry(k, e, prev, expect_seq)
         prev, expect_seq = e["mac"], e["seq"] + 1
         last_of[(e["kind"], e["tag"], e["n"])] = e["digest"]
-    head = _head_file(ledger)
-    if head.is_file():
-        seq, _, mac = head.read_text(errors="replace").strip().partition(" ")
-        if not seq.isdecimal():
-            problems.append(Problem("chain", f"the record of this ledger's last entry ({head}) is not Ouroboros's: "
-                                             f"{seq[:40]!r}, not an entry number"))
-        elif int(seq) != expect_seq - 1 or mac != prev:
-            problems.append(Problem("chain", f"ends at entry {expect_seq - 1}, but Ouroboros last wrote entry {seq}: "
-                                             "entries were cut off or rewritten"))
-    elif expect_seq > 1:
-        problems.append(Problem("chain", f"no record of this ledger's last entry in {head.parent}: written on "
-                                         "another machine or account, so a cut-off end cannot be ruled out"))
+    problems += _head(ledger, expect_seq - 1, prev)
     where = " WHERE tag=?" if tag else ""
     args = (tag,) if tag else ()
     present = set()  # the rows there are (of `tag`, or all), for the entries whose row is gone
@@ -147,8 +147,149 @@ def verify_chain(ledger: Ledger, tag: str | None = None) -> list[Problem]:
         if tag and t != tag:
             continue
         if (kind, t, n) not in present:
-            problems.append(Problem(f"{'run' if kind == 'run' else 'experiment'} {t}" + ("" if kind == "run" else
-                                    f"/{n}"), "was recorded, and is now gone from the ledger"))
+            problems.append(_gone(kind, t, n))
+    return problems, (expect_seq - 1, prev)
+
+
+def _entry(k: bytes, e: sqlite3.Row, prev: str, expect_seq: int) -> list[Problem]:
+    problems = []
+    if e["seq"] != expect_seq:
+        problems.append(Problem("chain", f"entries {expect_seq}..{e['seq'] - 1} are missing"))
+    if not hmac.compare_digest(_mac(k, prev, e["seq"], e["kind"], e["tag"], e["n"], e["digest"]), e["mac"]):
+        problems.append(Problem("chain", f"entry {e['seq']} ({e['kind']} {e['tag']} {e['n']}) has a wrong HMAC: "
+                                         "written outside Ouroboros, or with another key"))
+    return problems
+
+
+def _head(ledger: Ledger, last_seq: int, last_mac: str) -> list[Problem]:
+    head = _head_file(ledger)
+    if head.is_file():
+        seq, _, mac = head.read_text(errors="replace").strip().partition(" ")
+        if not seq.isdecimal():
+            return [Problem("chain", f"the record of this ledger's last entry ({head}) is not Ouroboros's: "
+                                     f"{seq[:40]!r}, not an entry number")]
+        if seq != str(last_seq) or mac != last_mac:
+            return [Problem("chain", f"ends at entry {last_seq}, but Ouroboros last wrote entry {seq}: "
+                                     "entries were cut off or rewritten")]
+    elif last_seq > 0:
+        return [Problem("chain", f"no record of this ledger's last entry in {head.parent}: written on "
+                                 "another machine or account, so a cut-off end cannot be ruled out")]
+    return []
+
+
+def _gone(kind: str, tag: str, n: int) -> Problem:
+    where = f"run {tag}" if kind == "run" else f"experiment {tag}/{n}"
+    return Problem(where, "was recorded, and is now gone from the ledger", tag)
+
+
+# The incremental check of `log` and `status`: the module docstring says what it covers.
+
+def _anchor_file(ledger: Ledger) -> Path:
+    head = _head_file(ledger)
+    return head.with_name(head.name + ".verified")
+
+
+def _anchor_mac(k: bytes, ledger: Ledger, seq: int, mac: str) -> str:
+    # the ledger's id is in the message: a record copied from another ledger's does not verify here
+    msg = "\n".join(("verified", _head_file(ledger).name, str(seq), mac)).encode()
+    return hmac.new(k, msg, hashlib.sha256).hexdigest()
+
+
+def _read_anchor(ledger: Ledger, k: bytes) -> tuple[int, str] | None | Problem:
+    path = _anchor_file(ledger)
+    try:
+        seq, mac, check = path.read_text().split()
+        good = hmac.compare_digest(_anchor_mac(k, ledger, int(seq), mac), check)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, UnicodeDecodeError):
+        good = False
+    if not good:
+        return Problem("chain", f"the record of the last verified entry ({path}) has a wrong HMAC: changed "
+                                "outside Ouroboros; everything was checked instead")
+    return int(seq), mac
+
+
+def _write_anchor(ledger: Ledger, k: bytes, seq: int, mac: str) -> None:
+    path = _anchor_file(ledger)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(f"{seq} {mac} {_anchor_mac(k, ledger, seq, mac)}\n")
+        tmp.replace(path)
+    except OSError:  # only a shortcut: without it the next check is a whole one
+        pass
+
+
+def check(ledger: Ledger, tag: str | None = None) -> list[Problem]:
+    """What `log` and `status` run: the chain since the last check that passed (all of it the first
+    time), the rows written since, rows without entries and entries without rows. Problems of other
+    runs than `tag` are left out; the record moves on only when nothing at all is wrong."""
+    k = key()
+    ledger.db.execute("BEGIN")  # one snapshot of the ledger, however many queries
+    try:
+        problems, end = _check(ledger, k)
+    finally:
+        ledger.db.execute("COMMIT")
+    if not problems and end[0] > 0:
+        _write_anchor(ledger, k, *end)
+    return [p for p in problems if tag is None or p.tag is None or p.tag == tag]
+
+
+def _check(ledger: Ledger, k: bytes) -> tuple[list[Problem], tuple[int, str]]:
+    anchor = _read_anchor(ledger, k)
+    if not isinstance(anchor, tuple):
+        problems, end = _verify_all(ledger, k, None)
+        return ([anchor] if anchor else []) + problems, end
+    seq, mac = anchor
+    entries = ledger.db.execute("SELECT * FROM chain WHERE seq >= ? ORDER BY seq", (seq - 1,)).fetchall()
+    if len(entries) > max(seq, 1000):  # more written since than before: row by row would be slower than all
+        return _verify_all(ledger, k, None)
+    before = entries.pop(0) if entries and entries[0]["seq"] == seq - 1 else None
+    at = entries.pop(0) if entries and entries[0]["seq"] == seq else None
+    if at is None or at["mac"] != mac or (before is None) != (seq == 1) or _entry(k, at, before["mac"] if before
+                                                                                    else "", seq):
+        problems, end = _verify_all(ledger, k, None)
+        return [Problem("chain", f"entry {seq}, the last one a check passed, was changed or removed since; "
+                                 "everything was checked instead")] + problems, end
+    problems: list[Problem] = []
+    prev, expect_seq, last_of = mac, seq + 1, {(at["kind"], at["tag"], at["n"]): at["digest"]}
+    for e in entries:
+        problems += _entry(k, e, prev, expect_seq)
+        prev, expect_seq = e["mac"], e["seq"] + 1
+        last_of[(e["kind"], e["tag"], e["n"])] = e["digest"]
+    problems += _head(ledger, expect_seq - 1, prev)
+    problems += _rows_named(ledger, last_of)  # the rows written since, and the anchor entry's own row
+    problems += _unmatched(ledger)
+    return list(dict.fromkeys(problems)), (expect_seq - 1, prev)  # a deleted row is found both ways: once
+
+
+def _rows_named(ledger: Ledger, last_of: dict) -> list[Problem]:
+    problems = []
+    for kind, t, n in last_of:
+        if kind == "run":
+            rows = ledger.db.execute("SELECT * FROM runs WHERE tag=?", (t,)).fetchall()
+            where = f"run {t}"
+        else:
+            rows = ledger.db.execute("SELECT * FROM experiments WHERE tag=? AND n=?", (t, n)).fetchall()
+            where = f"experiment {t}/{n}"
+        if not rows:
+            problems.append(_gone(kind, t, n))
+        problems += [p for r in rows for p in _row(last_of, kind, t, n, digest(r), where)]
+    return problems
+
+
+def _unmatched(ledger: Ledger) -> list[Problem]:
+    """Rows with no entry at all, and entries whose row is gone, found by SQLite in one pass each."""
+    db, problems = ledger.db, []
+    for t, n in db.execute("SELECT tag, n FROM experiments EXCEPT SELECT tag, n FROM chain WHERE kind='exp'"):
+        problems += _row({}, "exp", t, n, "", f"experiment {t}/{n}")
+    for (t,) in db.execute("SELECT tag FROM runs EXCEPT SELECT tag FROM chain WHERE kind='run'"):
+        problems += _row({}, "run", t, -1, "", f"run {t}")
+    for t, n in db.execute("SELECT tag, n FROM chain WHERE kind='exp' EXCEPT SELECT tag, n FROM experiments"):
+        problems.append(_gone("exp", t, n))
+    for (t,) in db.execute("SELECT tag FROM chain WHERE kind='run' EXCEPT SELECT tag FROM runs"):
+        problems.append(_gone("run", t, -1))
     return problems
 
 
@@ -156,9 +297,9 @@ def _row(last_of: dict, kind: str, tag: str, n: int, dig: str, where: str) -> li
     recorded = last_of.get((kind, tag, n))
     if recorded is None:
         return [Problem(where, "has no chain entry: added outside Ouroboros (or written before records were "
-                               "chained)")]
+                               "chained)", tag)]
     if recorded != dig:
-        return [Problem(where, "differs from what Ouroboros wrote: changed outside Ouroboros")]
+        return [Problem(where, "differs from what Ouroboros wrote: changed outside Ouroboros", tag)]
     return []
 
 

@@ -40,7 +40,7 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -75,8 +75,23 @@ def clean_text(text: str | None) -> str:
 
 def one_line(text: str | None, limit: int = TSV_DESCRIPTION_CHARS) -> str:
     """Clean text on one line, whitespace collapsed, at most `limit` characters."""
-    line = " ".join(clean_text(text).split())
+    if isinstance(text, str) and text.isascii() and text.isprintable():
+        line = " ".join(text.split())  # nothing to clean (`log` of a long run calls this 50,000 times)
+    else:
+        line = " ".join(clean_text(text).split())
     return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def one_lines(values: list, limit: int = TSV_DESCRIPTION_CHARS) -> list[str]:
+    """one_line of each value; a column that is all clean already (the common case) is checked in one pass."""
+    if all(type(v) is str for v in values):
+        blob = "\n".join(values)
+        if (blob.isascii() and blob.count("\n") == len(values) - 1 and blob.replace("\n", "").isprintable()
+                and "  " not in blob and " \n" not in blob
+                and "\n " not in blob and blob[:1] != " " and blob[-1:] != " "
+                and max(map(len, values), default=0) <= limit):
+            return list(values)
+    return [one_line(v, limit) for v in values]
 
 
 def fmt_metric(value: float | None, missing: str = "-") -> str:
@@ -146,6 +161,39 @@ class Run:
     study: str | None = None
     condition: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Tally:
+    finished: int
+    keeps: int
+    wall_s: float
+    first: Experiment | None  # the baseline, where it finished
+    latest_keep: Experiment | None  # the best so far: each keep beat the one before
+
+
+class Shown(NamedTuple):
+    """The columns of an experiment that `log` shows: read without decoding the rest of the row."""
+
+    n: int
+    commit_sha: str
+    metric: float | None
+    status: str
+    reason: str
+    run_s: float
+    peak_gpu_mb: float | None
+    peak_rss_mb: float
+    model: str
+    agent: str
+    session: int
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    isolation: str
+    description: str
+    holdout: float | None
+
+    memory_gb = Experiment.memory_gb
 
 
 _JSON = {"metrics", "params", "config"}
@@ -247,6 +295,25 @@ class Ledger:
     def experiments(self, tag: str, finished_only: bool = False) -> list[Experiment]:
         sql = "SELECT * FROM experiments WHERE tag=?" + (" AND status != 'running'" if finished_only else "")
         return [_decode(Experiment, r) for r in self.db.execute(sql + " ORDER BY n", (tag,))]
+
+    def shown(self, tag: str) -> list[Shown]:
+        """A run's experiments, in order, with the columns `log` shows."""
+        cursor = self.db.cursor()
+        cursor.row_factory = None
+        cursor.execute(f"SELECT {','.join(Shown._fields)} FROM experiments WHERE tag=? ORDER BY n", (tag,))
+        return list(map(Shown._make, cursor))
+
+    def tally(self, tag: str) -> Tally:
+        """A run's finished experiments counted by SQLite, for `status`: no row is decoded but two."""
+        count, keeps, wall = self.db.execute(
+            "SELECT count(*), total(status = 'keep'), total(wall_s) FROM experiments WHERE tag=? AND status != 'running'",
+            (tag,)).fetchone()
+        first = self.db.execute("SELECT * FROM experiments WHERE tag=? AND status != 'running' ORDER BY n LIMIT 1",
+                                (tag,)).fetchone()
+        top = self.db.execute("SELECT * FROM experiments WHERE tag=? AND status = 'keep' ORDER BY n DESC LIMIT 1",
+                              (tag,)).fetchone()
+        return Tally(count, int(keeps), wall, None if first is None else _decode(Experiment, first),
+                     None if top is None else _decode(Experiment, top))
 
     def write_tsv(self, tag: str) -> Path:
         """Rebuild results.tsv from the ledger, which heals a table cut short by a kill."""

@@ -189,4 +189,7 @@ def fetch(pin: Pinned = QWEN, echo: Callable[[str], None] = print) -> Path:
 def _describe(out: Path, pin: Pinned, echo: Callable[[str], None]) -> None:
     echo(f"model: {pin.what}")
     echo(f"file: {out} ({out.stat().st_size / 2**30:.2f} GiB on disk; delete it to free the space)")
+    for cache in sorted(out.parent.glob(f"{out.name}.*.f32")):  # serve-model's dequantized weights
+        size = sum(f.stat().st_size for f in cache.iterdir() if f.is_file())
+        echo(f"cache: {cache} ({size / 2**30:.2f} GiB, the float32 weights serve-model saved on its first start)")
     echo("serve it: ouroboros serve-model   then: ouroboros run --agent api:local ...")

@@ -11,21 +11,23 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.live import Live as RichLive
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
-from ouroboros import chain, isolation
+from ouroboros import chain
 from ouroboros.errors import OuroborosError
-from ouroboros.ledger import Experiment, Ledger, fmt_metric, one_line
-from ouroboros.sandbox import tail_text
-from ouroboros.task import RECORDS_DIR, Task
+from ouroboros.ledger import Experiment, Ledger, Shown, fmt_metric, one_line, one_lines
+from ouroboros.task import RECORDS_DIR
+
+if TYPE_CHECKING:  # `log` and `status` start without the loop's modules (isolation, sandbox) or rich.table
+    from rich.console import Console
+
+    from ouroboros.task import Task
 
 COLORS = {"keep": "green", "discard": "dim", "crash": "red", "timeout": "magenta", "violation": "bold red"}
 
@@ -36,6 +38,8 @@ SHOWN_CHARS = 300  # of a description in `log` (the ledger has it all)
 def header_lines(loop, agent_driven: bool = False) -> list[str]:
     """What a run is protected by and runs with: isolation level (and how to get bwrap when it is
     weaker), whether the agent's own process is confined, the experiments' Python, warnings."""
+    from ouroboros import isolation
+
     level = loop.isolation.level
     out = [f"isolation: {level}" + ("" if level == "bwrap" else " (weaker than bwrap)")]
     hint = isolation.install_hint(level)
@@ -68,6 +72,8 @@ _METRIC_LIKE = re.compile(r"[A-Za-z_][\w/ .-]*\s*[:=]\s*[-+]?\d")
 
 def last_metric_line(log: Path) -> str:
     """The last line of a log that looks like `name: number` (a step's loss, a val_bpb)."""
+    from ouroboros.sandbox import tail_text
+
     try:
         tail = tail_text(log, 16_000)
     except OSError:
@@ -95,6 +101,8 @@ class Live:
 
     @contextmanager
     def watching(self, loop) -> Iterator[None]:
+        from rich.live import Live as RichLive
+
         stop = threading.Event()
         live = RichLive(Text(""), console=self.console, refresh_per_second=4, transient=True) \
             if self.console.is_terminal else None
@@ -174,7 +182,7 @@ def _ledger(task: Task) -> Ledger:
     return Ledger(records)
 
 
-def holdout_worse(exps: list[Experiment], minimize: bool) -> set[int]:
+def holdout_worse(exps: Sequence[Experiment | Shown], minimize: bool) -> set[int]:
     """Keeps whose private holdout metric got worse than the previous keep's."""
     marked, last = set(), None
     for e in exps:
@@ -195,42 +203,51 @@ def log(console: Console, task: Task, tag: str | None, tsv: bool = False) -> Non
     if run is None:
         raise OuroborosError(f"no run {one_line(tag, 80)!r}; runs: {', '.join(one_line(r.tag, 80) for r in runs)}")
     warn(console, ledger, task, run.tag)
-    exps = ledger.experiments(run.tag)
-    worse = holdout_worse(exps, run.direction == "minimize")
-    rows = []
-    for e in exps:
-        why = f" ({one_line(e.reason, SHOWN_CHARS)})" if e.status in ("crash", "timeout", "violation") else ""
-        rows.append({"n": str(e.n), "commit": one_line(e.commit_sha[:7]), run.metric: fmt(e.metric),
-                     "status": (one_line(e.status, 40), COLORS.get(e.status, "")), "run s": f"{e.run_s:.1f}",
-                     "mem GB": f"{e.memory_gb:.2f}", "agent": one_line(e.model or e.agent, 80),
-                     "session": str(e.session or ""),
-                     "tokens in/out": f"{e.tokens_in}/{e.tokens_out}" if e.tokens_in or e.tokens_out else "",
-                     "cost $": f"{e.cost_usd:.4f}" if e.cost_usd else "", "isolation": one_line(e.isolation, 40),
-                     "description": (one_line(e.description, SHOWN_CHARS) + why,
-                                     ("(holdout worse)", "yellow") if e.n in worse else None)})
-    if not rows:
-        console.print(f"run {text(run.tag)}: no experiments yet")
-        ledger.close()
-        return
-    # Columns that say nothing (all empty, or the same on every row) are left out to keep rows short.
-    cols = [c for c in rows[0] if c in ("n", "commit", run.metric, "status", "description")
-            or len({str(r[c]) for r in rows}) > 1 or (c in ("agent", "isolation") and rows[-1][c])]
-    if tsv:  # piped: one tab-separated row per experiment, for grep and cut
-        print(f"run {one_line(run.tag, 80)} ({one_line(run.agent, 80)}, seed {run.seed}, trust {one_line(run.trust, 40)})",
-              file=sys.stderr)
-        _row(console, cols)
-        for r in rows:
-            _row(console, [_plain(r[c]) for c in cols])
-        ledger.close()
-        return
-    columns(console, f"run {one_line(run.tag, 80)} ({one_line(run.agent, 80)}, seed {run.seed}, "
-            f"trust {one_line(run.trust, 40)})", cols, [[r[c] for c in cols] for r in rows])
+    exps = ledger.shown(run.tag)
     ledger.close()
+    if not exps:
+        console.print(f"run {text(run.tag)}: no experiments yet")
+        return
+    # Built a column at a time (10,000 rows in well under a second); a cell is plain text, or (text, style)
+    # for the status, or (text, (flag, style) or None) for the description.
+    worse = holdout_worse(exps, run.direction == "minimize")
+    status = one_lines([e.status for e in exps], 40)
+    why = [f" ({one_line(e.reason, SHOWN_CHARS)})" if e.status in ("crash", "timeout", "violation") else ""
+           for e in exps]
+    table = {
+        "n": [str(e.n) for e in exps],
+        "commit": one_lines([e.commit_sha[:7] for e in exps]),
+        run.metric: [fmt(e.metric) for e in exps],
+        "status": list(zip(status, [COLORS.get(e.status, "") for e in exps], strict=True)),
+        "run s": [f"{e.run_s:.1f}" for e in exps],
+        "mem GB": [f"{e.memory_gb:.2f}" for e in exps],
+        "agent": one_lines([e.model or e.agent for e in exps], 80),
+        "session": [str(e.session or "") for e in exps],
+        "tokens in/out": [f"{e.tokens_in}/{e.tokens_out}" if e.tokens_in or e.tokens_out else "" for e in exps],
+        "cost $": [f"{e.cost_usd:.4f}" if e.cost_usd else "" for e in exps],
+        "isolation": one_lines([e.isolation for e in exps], 40),
+        "description": list(zip([d + w for d, w in zip(one_lines([e.description for e in exps], SHOWN_CHARS), why,
+                                                          strict=True)],
+                                [("(holdout worse)", "yellow") if e.n in worse else None for e in exps], strict=True)),
+    }
+    # Columns that say nothing (all empty, or the same on every row) are left out to keep rows short.
+    cols = [c for c, cells in table.items() if c in ("n", "commit", run.metric, "status", "description")
+            or len(set(cells)) > 1 or (c in ("agent", "isolation") and cells[-1])]
+    title = f"run {one_line(run.tag, 80)} ({one_line(run.agent, 80)}, seed {run.seed}, trust {one_line(run.trust, 40)})"
+    if tsv:  # piped: one tab-separated row per experiment, for grep and cut
+        print(title, file=sys.stderr)
+        plain = [[_plain(cell) for cell in table[c]] if c in ("status", "description") else table[c] for c in cols]
+        _rows(console, [cols, *zip(*plain, strict=True)])
+        return
+    columns(console, title, cols, [list(r) for r in zip(*(table[c] for c in cols), strict=True)])
 
 
-def _row(console: Console, cells) -> None:
-    """One tab-separated line, written as is (rich would expand the tabs); a cell never holds a tab or newline."""
-    print("\t".join(" ".join(str(c).split()) for c in cells), file=console.file, flush=True)
+def _rows(console: Console, rows: Iterable[Iterable]) -> None:
+    """Tab-separated lines, written as they are (rich would expand the tabs) in one write; a cell never
+    holds a tab or newline."""
+    out = console.file
+    out.write("".join("\t".join(" ".join(str(c).split()) for c in cells) + "\n" for cells in rows))
+    out.flush()
 
 
 def _plain(cell) -> str:
@@ -245,33 +262,56 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+class _Lines:
+    """Lines, each a list of (text, style or "") stretches, handed to rich as its segments: rich still
+    applies the console's colour system, NO_COLOR and the rest, but need not divide and re-render one
+    Text of 10,000 lines (a second or more; a rich Table takes longer)."""
+
+    def __init__(self, lines: list[list[tuple[str, str]]]):
+        self.lines = lines
+
+    def __rich_console__(self, console: Console, options) -> Iterator:
+        from rich.segment import Segment
+
+        styles: dict = {}
+        newline = Segment.line()
+        for parts in self.lines:
+            for txt, style in parts:
+                if txt:
+                    if style and style not in styles:
+                        styles[style] = console.get_style(style)
+                    yield Segment(txt, styles[style] if style else None)
+            yield newline
+
+
 def columns(console: Console, title: str, cols: list[str], rows: list[list]) -> None:
     """A table with one line per row, aligned, the last column cut to the terminal's width. Cells are
     plain text (never markup, so no cell can style or break another), a (text, style) pair, or for the
-    last column (text, (text, style) or None). Built as one rich Text, not a rich Table: a Table
-    measures every cell and takes seconds for a run of 10,000 experiments."""
+    last column (text, (text, style) or None). Each cell is one_line()'d already: no control codes."""
     widths = [max([len(col), *(len(_plain(r[i])) for r in rows)]) for i, col in enumerate(cols[:-1])]
     room = max(console.width - sum(w + 2 for w in widths), 20) if console.is_terminal else None
-    out = Text(no_wrap=True, overflow="ignore")
-    out.append(title + "\n", "bold")
-    out.append("  ".join([*(c.ljust(w) for c, w in zip(cols, widths, strict=False)), cols[-1]]) + "\n", "bold")
+    lines = [[(title, "bold")], [("  ".join([*(c.ljust(w) for c, w in zip(cols, widths, strict=False)), cols[-1]]),
+                                  "bold")]]
     for r in rows:
+        parts, plain = [], ""  # plain text runs together into one stretch
         for cell, w in zip(r, widths, strict=False):
             txt, style = (cell if isinstance(cell, tuple) else (cell, ""))
-            out.append(txt, style)
-            out.append(" " * (w - len(txt) + 2))
+            if style:
+                parts += [(plain, ""), (txt, style)]
+                plain = " " * (w - len(txt) + 2)
+            else:
+                plain += txt.ljust(w + 2)
         last, extra = (r[-1] if isinstance(r[-1], tuple) else (r[-1], None))
         if isinstance(extra, str):  # a (text, style) pair as the last column
-            out.append(last[:room] if room else last, extra)
+            parts += [(plain, ""), (last[:room] if room else last, extra)]
         else:
             if extra is not None:
                 last = f"{last} "
-            cut = last[:room] if room else last
-            out.append(cut)
+            parts.append((plain + (last[:room] if room else last), ""))
             if extra is not None and (room is None or len(last) + len(extra[0]) <= room):
-                out.append(extra[0], extra[1])
-        out.append("\n")
-    console.print(out, end="", soft_wrap=True, highlight=False)
+                parts.append(extra)
+        lines.append(parts)
+    console.print(_Lines(lines), end="", soft_wrap=True, highlight=False)
 
 
 def status(console: Console, task: Task, tsv: bool = False) -> None:
@@ -282,20 +322,21 @@ def status(console: Console, task: Task, tsv: bool = False) -> None:
     runs = ledger.runs()
     warn(console, ledger, task, None)
     for run in runs:
-        exps = ledger.experiments(run.tag, finished_only=True)
-        keeps = [e for e in exps if e.status == "keep"]
-        top, base = (keeps[-1] if keeps else None), (exps[0] if exps else None)
-        gain = "-" if top is None or base is None or top.metric is None or base.metric is None or top is base \
+        t = ledger.tally(run.tag)
+        top, base = t.latest_keep, t.first
+        gain = "-" if top is None or base is None or top.metric is None or base.metric is None or top.n == base.n \
             else f"{top.metric - base.metric:+.6g}"
-        rows.append((one_line(run.tag, 80), one_line(run.agent, 80), str(run.seed), one_line(run.status, 40), str(max(len(exps) - 1, 0)), str(max(len(keeps) - 1, 0)),
+        rows.append((one_line(run.tag, 80), one_line(run.agent, 80), str(run.seed), one_line(run.status, 40),
+                     str(max(t.finished - 1, 0)), str(max(t.keeps - 1, 0)),
                      fmt(top.metric if top else None), fmt(base.metric if base else None), gain,
                      str(top.n) if top else "-", top.commit_sha[:7] if top else "-",
-                     _duration(sum(e.wall_s for e in exps)), one_line(run.trust, 40)))
+                     _duration(t.wall_s), one_line(run.trust, 40)))
     ledger.close()
     if tsv:  # piped: one tab-separated row per run
-        for row in (cols, *rows):
-            _row(console, row)
+        _rows(console, (cols, *rows))
         return
+    from rich.table import Table
+
     table = Table(title=f"runs of {text(task.name)}")
     for col in cols:
         table.add_column(col)
@@ -306,7 +347,7 @@ def status(console: Console, task: Task, tsv: bool = False) -> None:
 
 def warn(console: Console, ledger: Ledger, task: Task, tag: str | None) -> None:
     """One warning line when the records (of one run, or all) do not verify; `verify` lists why."""
-    problems = chain.verify_chain(ledger, tag)
+    problems = chain.check(ledger, tag)
     if problems:
         console.print(f"[bold red]warning:[/] the records{' of run ' + text(tag) if tag else ''} do not verify "
                       f"({len(problems)} problem(s), first: {text(problems[0], 200)}); they were changed outside "
@@ -372,9 +413,10 @@ def knobs(console: Console, task: Task, tsv: bool = False) -> None:
     rows += [(s.name, f"{s.path}:{s.line}", "", "", "", f"not searched: {s.why}") for s in sp.skipped]
     header = ("knob", "where", "value", "range or choices", "scale", "note")
     if tsv:
-        for row in (header, *rows):
-            _row(console, row)
+        _rows(console, (header, *rows))
     else:
+        from rich.table import Table
+
         table = Table(title=f"knobs of {text(task.name)}: {len(sp.dists)} searched")
         for col in header:
             table.add_column(col, overflow="fold")

@@ -28,7 +28,8 @@ class StandInModel:
         self.replies, self.n_ctx, self.requests = list(replies), n_ctx, []
 
     def chat(self, messages, max_tokens, temperature, seed):
-        self.requests.append({"messages": messages, "max_tokens": max_tokens, "temperature": temperature})
+        self.requests.append({"messages": messages, "max_tokens": max_tokens, "temperature": temperature,
+                              "seed": seed})
         n_in = sum(len(m["content"].split()) for m in messages)
         if n_in >= self.n_ctx:
             raise ValueError(f"the prompt has {n_in} tokens, the context holds {self.n_ctx}")
@@ -101,6 +102,33 @@ def test_bad_requests_get_one_clear_error_and_the_server_keeps_serving(serve, bo
     assert code == 200 and reply["choices"][0]["message"]["content"] == "fine"
 
 
+def test_a_request_whose_client_hung_up_while_it_waited_is_not_generated(serve):
+    import socket
+
+    busy, done = threading.Event(), threading.Event()
+
+    def slow(req):
+        busy.set()
+        done.wait(30)
+        return "first"
+
+    model = StandInModel([slow, "third"])
+    url = serve(model)
+    first = threading.Thread(target=post, args=(url, b'{"messages": [{"role": "user", "content": "one"}]}'))
+    first.start()
+    assert busy.wait(30)  # the first request holds the model
+    host, port = url.removeprefix("http://").removesuffix("/v1").split(":")
+    body = b'{"messages": [{"role": "user", "content": "abandoned"}]}'
+    with socket.create_connection((host, int(port))) as s:  # sent, then the client goes away
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    done.set()
+    first.join(30)
+    code, reply = post(url, b'{"messages": [{"role": "user", "content": "three"}]}')
+    assert code == 200 and reply["choices"][0]["message"]["content"] == "third"
+    assert [r["messages"][0]["content"] for r in model.requests] == ["one", "three"]
+
+
 def test_a_prompt_longer_than_the_context_is_refused_with_its_length(serve):
     url = serve(StandInModel(["never"], n_ctx=3))
     code, reply = post(url, json.dumps({"messages": [{"role": "user", "content": "a b c d"}]}).encode())
@@ -141,6 +169,18 @@ def test_api_local_sends_the_short_prompt_and_logs_whether_each_reply_parsed_and
     assert exps[1].tokens_out == sum(c["tokens_out"] for c in calls) > 0
 
 
+def test_api_local_samples_with_the_experiments_seed_so_repeats_differ_and_resumes_repeat(quadratic, serve):
+    from ouroboros.agents.base import experiment_seed
+
+    model = StandInModel(["no block", knob_edit("MOMENTUM", "0.5", "0.9")])
+    run, _, _ = run_local(quadratic, serve(model), options={"retries": 1})
+    first = experiment_seed(run.seed, 1)
+    assert [r["temperature"] for r in model.requests] == [0.7, 0.7]
+    assert [r["seed"] for r in model.requests] == [first, first + 1]  # a retry is not the same draw again
+    assert make_agent("api:local", options={"temperature": 0}).temperature == 0
+    assert make_agent("api:gpt-4o-mini").temperature is None and not make_agent("api:gpt-4o-mini").seeded
+
+
 def test_the_compact_prompt_shows_the_baseline_the_best_and_only_the_last_results(quadratic, serve):
     replies = [knob_edit("STEPS", str(200 + k), str(201 + k)) for k in range(8)]
     model = StandInModel(replies)
@@ -172,17 +212,36 @@ def test_the_local_url_can_be_set_by_the_environment(quadratic, monkeypatch):
     assert make_agent("api:local")._endpoint(load_task(quadratic))[0] == LOCAL_URL
 
 
-def test_the_compact_format_shows_a_real_line_of_the_file_not_placeholders(quadratic):
+def test_the_compact_format_example_is_neutral_and_cannot_be_applied_as_is(quadratic):
     from ouroboros.agents import edits
     from ouroboros.agents.api import compact_format
 
-    text = compact_format(load_task(quadratic), quadratic)
+    task = load_task(quadratic)
+    text = compact_format(task, quadratic)
     assert "<lines copied" not in text  # a small model copied that placeholder back as its SEARCH text
+    assert "LEARNING_RATE" not in text  # a real knob, doubled, was applied verbatim 4 proposals of 4
     example = edits.parse(text)
     assert [b.path for b in example] == ["train.py"]
-    assert example[0].search == "LEARNING_RATE = 0.001  # step size; above 2/100 the stiffest axis diverges\n"
-    assert example[0].replace.startswith("LEARNING_RATE = 0.002  #")
-    assert example[0].search in (quadratic / "train.py").read_text()
+    assert example[0].search == "SOME_SETTING = OLD_VALUE  # its comment\n"
+    assert example[0].replace == "SOME_SETTING = NEW_VALUE  # its comment\n"
+    before = (quadratic / "train.py").read_text()
+    with pytest.raises(edits.EditError, match="SEARCH"):
+        edits.apply(task, quadratic, example)  # a model that copies the example gets an error to retry on
+    assert (quadratic / "train.py").read_text() == before
+
+
+def test_the_compact_format_example_never_names_a_line_the_file_has(quadratic):
+    from ouroboros.agents import edits
+    from ouroboros.agents.api import compact_format
+
+    # A task whose file holds the example's own lines: the example's name changes so it still cannot apply.
+    train = quadratic / "train.py"
+    train.write_text(train.read_text() + "SOME_SETTING = OLD_VALUE\nSOME_SETTING_X = OLD_VALUE\n")
+    task = load_task(quadratic)
+    example = edits.parse(compact_format(task, quadratic))
+    assert example[0].search == "SOME_SETTING_X_X = OLD_VALUE  # its comment\n"
+    with pytest.raises(edits.EditError):
+        edits.apply(task, quadratic, example)
 
 
 def test_the_llm_study_loads_and_compares_the_local_model_with_random_and_tpe():
@@ -194,3 +253,24 @@ def test_the_llm_study_loads_and_compares_the_local_model_with_random_and_tpe():
     assert [c.agent for c in study.conditions] == ["random", "tpe", "api:local"]
     assert study.baseline_condition == "random" and study.repeats >= 3
     assert load_task(study.task_path(study.conditions[2])).name == "quadratic"
+
+
+@pytest.mark.parametrize("search, nearest", [
+    ("STEPS = 200", "'STEPS = 200  # gradient steps; each costs microseconds'"),  # its comment dropped
+    ("STEPS = 400", "'STEPS = 200  # gradient steps; each costs microseconds'"),  # and its value changed
+    ("CLIP=100.0", "'CLIP = 100.0  # gradient norm clip"),
+    ("completely unrelated text \0 [/]", None),
+])
+def test_a_search_line_not_found_is_answered_with_the_files_nearest_line(quadratic, search, nearest):
+    from ouroboros.agents import edits
+
+    task = load_task(quadratic)
+    before = (quadratic / "train.py").read_text()
+    with pytest.raises(edits.EditError) as exc:
+        edits.apply(task, quadratic, [edits.Edit("train.py", search + "\n", "X = 1\n")])
+    assert "the SEARCH text was not found in train.py" in str(exc.value)
+    if nearest:
+        assert f"; the nearest line in the file is {nearest}" in str(exc.value)
+    else:
+        assert "nearest line" not in str(exc.value)
+    assert (quadratic / "train.py").read_text() == before

@@ -123,3 +123,20 @@ def test_at_level_bwrap_the_run_cannot_read_the_chain_key(quadratic: Path, tmp_p
     assert loop.history[-1].status in ("keep", "discard", "crash"), (loop.history[-1].status, loop.history[-1].reason)
     log = (quadratic / ".ouroboros/runs/k/exp/1/run.log").read_text()
     assert "NOKEY" in log and "KEY:" not in log and key_file.read_text() not in log
+
+
+def test_a_row_forged_after_a_clean_status_is_still_reported_by_log_and_status(quadratic: Path):
+    from ouroboros.ledger import Experiment, Ledger, Run
+
+    ledger = Ledger(quadratic / ".ouroboros")
+    ledger.save_run(Run(tag="g", metric="loss"))
+    ledger.finish(Experiment("g", 0, commit_sha="a" * 40, status="keep", metric=1.0))
+    for command in ("status", "log"):  # both pass, and remember what they checked
+        assert "warning" not in cli(command, "-C", str(quadratic), check=True).stdout
+    ledger.finish(Experiment("g", 1, commit_sha="b" * 40, status="discard", metric=2.0))
+    with sqlite3.connect(quadratic / ".ouroboros/ledger.sqlite") as db:
+        db.execute("UPDATE experiments SET metric=1e-30, status='keep' WHERE tag='g' AND n=1")
+    for command in ("status", "log"):
+        shown = cli(command, "-C", str(quadratic), check=True)
+        assert "warning: the records" in shown.stdout and "experiment g/1: differs from what Ouroboros wrote" \
+            in shown.stdout, shown.stdout

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -49,36 +48,42 @@ PRICES: dict[str, tuple[float, float]] = {
 }
 
 LOCAL = "local"
+# api:local samples (temperature 0.7, the request seeded with the experiment's seed): at temperature 0
+# every repeat of a study would make the same proposals; seeded, a resumed or repeated run makes the
+# same ones again. The agent option `temperature` (options dict) overrides it.
+LOCAL_TEMPERATURE = 0.7
 LOCAL_URL = "http://127.0.0.1:8090/v1"
 
 SYSTEM = ("You are a research engineer improving a codebase, one small experiment at a time. The harness "
           "runs each change under a fixed budget and keeps it only if the metric improves.\n\n" + edits.FORMAT)
 
-# Small models copy a format's placeholders literally (`<lines copied exactly ...>` came back as the
-# SEARCH text, 3 tries of 3, on the first demo): the compact format shows a real line of the file.
-_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]* = .*\d")
-_NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?(?:e-?\d+)?)")
+# Small models copy a format's example. Placeholder lines (`<lines copied exactly ...>`) came back
+# verbatim as the SEARCH text (3 tries of 3); an example made of a real line of the file (its first
+# knob, doubled) was applied as-is in 4 proposals of 4, so the model never chose a change of its own.
+# The compact format's example is therefore a pattern in code form that matches no line of the task's
+# files: copied as-is it fails with "SEARCH not found" and the retry says so.
+EXAMPLE_NAME, EXAMPLE_OLD, EXAMPLE_NEW = "SOME_SETTING", "OLD_VALUE", "NEW_VALUE"
 
 
 def compact_format(task: Task, worktree: Path) -> str:
-    """The edit format for small models, with an example made from the first editable file: its first
-    assignment of a number, that number doubled (or the line unchanged when there is none)."""
+    """The edit format for small models: the first editable file's name and a neutral example edit
+    (`SOME_SETTING = OLD_VALUE  # its comment` -> `... = NEW_VALUE ...`, a name lengthened until no
+    editable file holds it). The comment is there because the model, shown a line without one, dropped
+    the trailing comments of the file's lines from its SEARCH text (6 replies of 6)."""
     files = task.editable_files(worktree)
     if not files:
         return edits.FORMAT
     rel = files[0]
-    lines = (worktree / rel).read_text(errors="replace").splitlines()
-    line = next((x for x in lines if _ASSIGNMENT.match(x)), next((x for x in lines if x.strip()), "x = 1"))
-    m = _NUMBER.search(line.split("=", 1)[1]) if "=" in line else None
-    new = line
-    if m is not None:
-        head = line.index("=") + 1
-        value = float(m.group(1)) * 2
-        text = str(int(value)) if "." not in m.group(1) and "e" not in m.group(1) else f"{value:g}"
-        new = line[:head + m.start(1)] + text + line[head + m.end(1):]
-    return (f"Reply in this form (an example only; make the change you expect to help):\n\n"
-            f"DESCRIPTION: one line saying what you changed and why\n{rel}\n<<<<<<< SEARCH\n{line}\n=======\n"
-            f"{new}\n>>>>>>> REPLACE\n\nThe SEARCH lines must be copied exactly from the current file.")
+    texts = [(worktree / f).read_text(errors="replace") for f in files]
+    name = EXAMPLE_NAME
+    while any(name in t for t in texts):
+        name += "_X"
+    old, new = f"{name} = {EXAMPLE_OLD}  # its comment", f"{name} = {EXAMPLE_NEW}  # its comment"
+    return (f"Reply in this form. The edit shown is a pattern, not a change to make: {name}, {EXAMPLE_OLD} "
+            f"and {EXAMPLE_NEW} stand for a real line of {rel} and your new value; no file has that line.\n\n"
+            f"DESCRIPTION: one line saying what you changed and why\n{rel}\n<<<<<<< SEARCH\n{old}\n=======\n"
+            f"{new}\n>>>>>>> REPLACE\n\nThe SEARCH line must be copied exactly from the current file above; "
+            "copy the whole line, its comment included; choose the change you expect to improve the metric.")
 
 
 COMPACT_SYSTEM = "You improve code one small experiment at a time. Answer only in the requested format."
@@ -107,6 +112,9 @@ class ApiAgent(Agent):
         self.spend_cap, self.retries, self.timeout, self.temperature = spend_cap, retries, timeout, temperature
         self.http_client = http_client
         self.compact = model == LOCAL if compact is None else compact
+        if self.temperature is None and model == LOCAL:
+            self.temperature = LOCAL_TEMPERATURE
+        self.seeded = model == LOCAL  # the local server honours `seed`; hosted APIs vary in what they accept
         self.name = f"api:{model}"
         self.client: Any = None
 
@@ -162,7 +170,7 @@ class ApiAgent(Agent):
                         {"role": "user", "content": ctx.prompt() + "\n" + edits.FORMAT}]
         log = ctx.exp_dir / "agent.log"
         for attempt in range(self.retries + 1):
-            reply, record = self._call(messages, usage, log, attempt)
+            reply, record = self._call(messages, usage, log, attempt, ctx.seed + attempt if self.seeded else None)
             record["parsed"] = record["applied"] = False
             try:
                 blocks = edits.parse(reply)
@@ -184,13 +192,16 @@ class ApiAgent(Agent):
             return usage
         raise AssertionError("unreachable")
 
-    def _call(self, messages: list[dict], usage: Proposal, log: Path, attempt: int) -> tuple[str, dict]:
+    def _call(self, messages: list[dict], usage: Proposal, log: Path, attempt: int,
+              seed: int | None = None) -> tuple[str, dict]:
         """The reply and its agent.log record (written by the caller once it knows the outcome)."""
         import openai
 
         kwargs: dict[str, Any] = {"model": self.model, "messages": messages}
         if self.temperature is not None:
             kwargs["temperature"] = self.temperature
+        if seed is not None:
+            kwargs["seed"] = seed
         start = time.monotonic()
         try:
             resp = self.client.chat.completions.create(**kwargs)

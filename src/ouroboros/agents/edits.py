@@ -16,6 +16,7 @@ so that it can correct its reply. Nothing is written unless every block applies.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -135,6 +136,18 @@ def _find(text: str, search: str) -> tuple[int, int] | None:
     return None
 
 
+def _closest(text: str, first: str) -> str:
+    """A hint naming the file's line nearest to a SEARCH line that was not found: small models drop a
+    line's trailing comment or change its spacing, and do better when shown the line to copy."""
+    lines = [line.strip()[:200] for line in text.splitlines() if line.strip()]
+    code = {}  # a line without its trailing comment -> the first whole line with that code
+    for line in lines:
+        code.setdefault(line.split("  #", 1)[0].rstrip() or line, line)
+    near = difflib.get_close_matches(first.strip(), list(code), n=1, cutoff=0.6)
+    near = [code[near[0]]] if near else []
+    return f"; the nearest line in the file is {near[0]!r}" if near else ""
+
+
 def apply(task: Task, root: Path, edits: list[Edit]) -> list[str]:
     """Apply every edit under root (the task folder in the worktree); the files changed."""
     new: dict[str, str] = {}
@@ -156,7 +169,7 @@ def apply(task: Task, root: Path, edits: list[Edit]) -> list[str]:
         if span is None:
             first = e.search.strip().splitlines()[0][:120]
             raise EditError(f"the SEARCH text was not found in {rel} (its first line: {first!r}); copy the "
-                            "lines exactly from the current file")
+                            f"lines exactly from the current file{_closest(text, first)}")
         new[rel] = text[:span[0]] + e.replace + text[span[1]:]
     for rel, text in new.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
