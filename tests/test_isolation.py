@@ -78,6 +78,50 @@ def test_bwrap_keeps_the_worktree_writable_and_python_working(quadratic):
     assert (loop.ws.task_dir / "made.txt").read_text() == "ok\n"
 
 
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="only a harness running as root drops to nobody")
+
+
+@needs_bwrap
+@needs_root
+def test_under_a_root_harness_bwrap_runs_as_nobody_and_still_writes_its_worktree(quadratic, tmp_path):
+    loop = _loop(quadratic)
+    rc, out = _sh(loop, "id -u; id -g; echo 1 > made.txt && echo '# x' >> train.py && echo wrote; "
+                        "echo 2 > $HOME/h && echo home-ok; echo 3 > /tmp/t && echo tmp-ok; "
+                        "cat /etc/shadow 2>/dev/null | head -c 5; echo; echo 4 > /etc/planted || echo etc-refused")
+    assert out.split()[:2] == [str(isolation.NOBODY)] * 2, out
+    assert "wrote" in out and "home-ok" in out and "tmp-ok" in out and "etc-refused" in out, out
+    assert "root:" not in out
+    metrics = tmp_path / "metrics"
+    metrics.mkdir(mode=0o700)  # like the evaluation's folder: made by the harness, private to root
+    rc, out = _sh(loop, f"echo 1 > {metrics}/m.json && echo eval-ok", "evaluate", [metrics])
+    assert "eval-ok" in out and (metrics / "m.json").read_text() == "1\n"
+    # the harness (root) keeps using git on the worktree the run wrote into
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=loop.ws.task_dir, capture_output=True, text=True)
+    assert status.returncode == 0 and "made.txt" in status.stdout and "train.py" in status.stdout, status.stderr
+
+
+@needs_bwrap
+@needs_root
+def test_under_a_root_harness_a_repository_and_python_in_closed_folders_still_work(tmp_path, monkeypatch):
+    import shutil
+
+    from ouroboros.scaffold import from_template
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # so /root, where this machine's Python may live, is no mask
+    (tmp_path / "home").mkdir()
+    top = Path("/var/tmp") / f"ouroboros-{uuid.uuid4().hex}"
+    try:
+        (top / "locked").mkdir(parents=True)
+        (top / "locked").chmod(0o700)  # like /root: nobody cannot cross it
+        task = from_template(top / "locked" / "task", "quadratic")
+        loop = _loop(task)
+        rc, out = _sh(loop, "id -u; python -c 'import json; print(\"py-ok\")' && echo 1 > made.txt && echo made")
+        assert rc == 0 and "py-ok" in out and "made" in out, out
+        assert (loop.ws.task_dir / "made.txt").exists()
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
 @needs_bwrap
 def test_bwrap_is_read_only_outside_the_worktree(quadratic):
     loop = _loop(quadratic)
@@ -97,6 +141,28 @@ def test_bwrap_masks_hidden_data_from_the_run_only(quadratic, tmp_path):
     metrics.mkdir()
     rc, out = _sh(loop, f"echo eval:$(cat data/answer.json); echo 1 > {metrics}/m.json", "evaluate", [metrics])
     assert "eval:42" in out and (metrics / "m.json").exists()
+
+
+@needs_bwrap
+def test_a_relative_read_only_folder_of_the_checkout_shows_its_data_but_not_the_hidden_files(quadratic, tmp_path,
+                                                                                              monkeypatch):
+    (quadratic / "data").mkdir()
+    (quadratic / "data" / "answer.json").write_text("42\n")
+    (quadratic / "data" / "train.txt").write_text("seen\n")
+    monkeypatch.chdir(tmp_path)  # relative paths are the task folder's, not the harness's cwd
+    loop = _loop(quadratic, 'hidden = ["data/answer.json"]\nread_only = ["data"]')
+    assert loop.task.read_only_paths == [(quadratic / "data").resolve()]
+    rc, out = _sh(loop, f"echo run:$(cat {quadratic}/data/train.txt):$(cat {quadratic}/data/answer.json):")
+    assert "run:seen::" in out
+    rc, out = _sh(loop, f"echo agent:$(cat {quadratic}/data/answer.json):", "agent")
+    assert "agent::" in out
+
+
+@pytest.mark.parametrize("inside", [".git/objects", ".ouroboros"])
+def test_a_read_only_path_inside_the_git_dir_or_the_records_is_refused(quadratic, inside):
+    (quadratic / ".ouroboros").mkdir(exist_ok=True)
+    with pytest.raises(OuroborosError, match=r"read_only path .* is inside .*remove it from ouroboros.toml"):
+        _loop(quadratic, f'read_only = ["{inside}"]')
 
 
 @needs_bwrap

@@ -146,3 +146,24 @@ def test_proxies_keep_only_their_scheme_host_and_port(value, kept):
                                      "NO_PROXY": "a@b"})
     assert env.get("HTTPS_PROXY") == kept
     assert env["no_proxy"] == "localhost,10.0.0.0/8" and "NO_PROXY" not in env
+
+
+def test_kill_inside_ends_the_runs_marked_processes_wherever_they_are_and_nothing_else(tmp_path):
+    import subprocess
+
+    run_dir = tmp_path / ".ouroboros" / "runs" / "t"
+    (run_dir / "worktree").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    ours = subprocess.Popen(sleep, cwd=elsewhere, env=sandbox.marked(None, run_dir))  # a leftover that moved away
+    other_run = subprocess.Popen(sleep, cwd=run_dir / "worktree", env=sandbox.marked(None, tmp_path / "other"))
+    users = subprocess.Popen(sleep, cwd=run_dir / "worktree")  # the user's shell in the worktree
+    try:
+        assert sandbox.kill_inside(run_dir) == 1
+        ours.wait(timeout=10)  # ended (TimeoutExpired otherwise)
+        assert other_run.poll() is None and users.poll() is None
+    finally:
+        for p in (ours, other_run, users):
+            p.kill()
+            p.wait()

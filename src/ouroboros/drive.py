@@ -205,7 +205,7 @@ def _session(loop: Loop, agent: CommandAgent, sessions_dir: Path, deadline: floa
         argv: list[str] | str = agent.session_argv(prompt_path, run_dir)
     else:
         argv = agent.command
-    env = session_env(agent if isinstance(agent, PresetAgent) else None)
+    env = sandbox.marked(session_env(agent if isinstance(agent, PresetAgent) else None), run_dir)
     env.update({"OUROBOROS_TASK_DIR": str(loop.task.root), "OUROBOROS_RUN": loop.tag, "OUROBOROS_SESSION": str(k),
                 "OUROBOROS_PROMPT": str(prompt_path), "OUROBOROS_NOTES": str(run_dir / NOTES_FILE),
                 "OUROBOROS_ARTIFACTS": str(run_dir / "artifacts"), "PYTHONUNBUFFERED": "1"})

@@ -21,11 +21,14 @@ Level `bwrap` (bubblewrap; strongest):
 - a fresh PID namespace: the run cannot see or signal the harness or read its /proc (and so not its
   environment), and every process it started dies with it, so nothing survives into evaluation;
   processes still alive when the command ends are counted (see `_REAPER`) and fail the run;
-- all capabilities dropped, a new session (no terminal injection), a minimal /dev (GPUs bound in).
+- all capabilities dropped, a new session (no terminal injection), a minimal /dev (GPUs bound in);
+  under a root harness the command runs as uid/gid 65534 (nobody), so root-only files stay closed
+  (what it may write is given group 65534; folders it cannot cross, like /root, become empty tmpfs).
 Phase `agent` (CLI and `cmd:` agents, harness-driven): the same filesystem view, with the network
 (agents call their API), their environment (their key), the worktree, the experiment's prompt and
-description and the run's notes and artifacts writable, and the agent CLI's own config folder in
-$HOME; the records, the checkout, the git common dir and the rest of $HOME stay invisible.
+description and the run's notes and artifacts writable, and private copies of the agent CLI's config
+folders at their places in $HOME (nothing it writes there reaches the real ones, but a refreshed
+login); the records, the checkout, the git common dir and the rest of $HOME stay invisible.
 Level `unshare` (util-linux, fallback): network, PID, IPC and mount namespaces: no network, no
 view of the harness, nothing survives the run; in its mount namespace the data cache, the
 `read_only` paths and the harness's Python are read-only, and /run and the git common dir are
@@ -50,8 +53,10 @@ import glob
 import os
 import shutil
 import site
+import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from ouroboros.errors import OuroborosError
@@ -78,19 +83,42 @@ def _mb(value: float) -> str:
     return str(int(value * 2**20))
 
 
+def _runtime_candidates() -> list[Path]:
+    """The interpreter's folders and the PATH entries, resolved."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages()}
+    user = site.getusersitepackages()
+    if user:
+        paths.add(user)
+    paths.update(p for p in os.environ.get("PATH", "").split(os.pathsep) if p.startswith("/"))
+    return sorted({Path(os.path.realpath(p)) for p in paths if p and os.path.isdir(p)})
+
+
+def _closed_ancestors(paths: list[Path], masked: list[Path]) -> list[Path]:
+    """For each path, the highest folder above it that others cannot cross (no o+x: /root), outside the masks."""
+    out: list[Path] = []
+    for path in paths:
+        for folder in reversed(Path(os.path.realpath(path)).parents):
+            if folder == Path("/") or _under(folder, masked):
+                continue
+            try:
+                closed = not folder.stat().st_mode & 0o001
+            except OSError:
+                break
+            if closed:
+                if not _under(folder, out):
+                    out = [o for o in out if not _under(o, [folder])] + [folder]
+                break
+    return out
+
+
 def _runtime_paths(masked: list[Path], keep_out: list[Path]) -> list[Path]:
     """What the interpreter needs, to bind back read-only where a mask (/tmp, $HOME, the repo) hides it.
 
     Only paths under a mask are bound back, and never one that would uncover what the mask hides
     (a folder holding the repo, the worktree or the records, or a mask itself).
     """
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages()}
-    user = site.getusersitepackages()
-    if user:
-        paths.add(user)
-    paths.update(p for p in os.environ.get("PATH", "").split(os.pathsep) if p.startswith("/"))
     out = []
-    for p in sorted({Path(os.path.realpath(p)) for p in paths if p and os.path.isdir(p)}):
+    for p in _runtime_candidates():
         under_mask = any(m == p or m in p.parents for m in masked)
         uncovers = any(p == k or p in k.parents for k in keep_out + masked)
         if under_mask and not uncovers:
@@ -170,6 +198,21 @@ class Isolation:
         self.task, self.task_dir, self.records = task, worktree, records
         self.repo = git_root(task.root)
         self.env_dir = env_dir
+        self._check_read_only()
+
+    def _check_read_only(self) -> None:
+        """Refuse a `[bound] read_only` path inside the repository's git dir or the records: read there, the
+        run would see the history (hidden data in every commit), the ledger and other runs' worktrees."""
+        if not self.task.bound.read_only:
+            return
+        records = Path(os.path.realpath(self.records))
+        for path in self.task.read_only_paths:
+            for inside, what in [(records, "the records folder"),
+                                 *((d, "the repository's git dir") for d in git_dirs(self.task.root))]:
+                if _under(path, [inside]):
+                    raise OuroborosError(
+                        f"[bound] read_only path {str(path)!r} is inside {what} {str(inside)!r}, which experiments "
+                        "must never read (history, hidden data, records); remove it from ouroboros.toml and commit")
 
     @functools.cached_property
     def worktree(self) -> Path:
@@ -177,13 +220,24 @@ class Isolation:
         return git_root(self.task_dir)
 
     def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None,
-             readable: list[Path] | None = None, cwd: Path | None = None) -> tuple[list[str], str]:
-        """argv wrapped for phase; `cwd` is where it will run (the caller passes it to sandbox.run too)."""
+             readable: list[Path] | None = None, cwd: Path | None = None,
+             binds: list[tuple[Path, Path]] | None = None) -> tuple[list[str], str]:
+        """argv wrapped for phase; `cwd` is where it will run (the caller passes it to sandbox.run too);
+        `binds` are (source, place) pairs bound writable where the level has a private filesystem view."""
         return argv, self.level
 
     def hidden_files(self) -> list[str]:
         """Task-relative files masked from the run phase: `[bound] hidden`."""
         return glob_files(self.task_dir, self.task.bound.hidden) if self.task.bound.hidden else []
+
+    @functools.cached_property
+    def checkout_hidden(self) -> list[Path]:
+        """The hidden files at their places in the user's checkout (committed or not), masked wherever a
+        read-only path of the checkout (`read_only = ["data"]`) would show them to the run phase."""
+        if not self.task.bound.hidden:
+            return []
+        return [Path(os.path.realpath(self.task.root / rel))
+                for rel in glob_files(self.task.root, self.task.bound.hidden)]
 
     @functools.cached_property
     def git_masks(self) -> list[Path]:
@@ -194,7 +248,7 @@ class Isolation:
     def read_only(self) -> list[Path]:
         """What experiments read but never write: the cache, `read_only` paths, the harness's Python,
         the run's environment folder (and the interpreter its venv points to)."""
-        paths = [cache_dir(), *self.task.bound.read_only_paths,
+        paths = [cache_dir(), *self.task.read_only_paths,
                  *{Path(os.path.realpath(p)) for p in (sys.prefix, sys.base_prefix)}, *harness_code()]
         venv = project_env(self.env_dir) if self.env_dir is not None else None
         if self.env_dir is not None and self.env_dir.is_dir():
@@ -211,7 +265,8 @@ class Unshare(Isolation):
     overhead = 2  # unshare, the reaper shell
 
     def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None,
-             readable: list[Path] | None = None, cwd: Path | None = None) -> tuple[list[str], str]:
+             readable: list[Path] | None = None, cwd: Path | None = None,
+             binds: list[tuple[Path, Path]] | None = None) -> tuple[list[str], str]:
         flags = ["--fork", "--pid", "--kill-child", "--mount-proc", "--ipc", "--mount"]
         if not self.task.bound.network:
             flags.append("--net")
@@ -245,22 +300,32 @@ class Bwrap(Isolation):
     overhead = 3  # bwrap, its init in the PID namespace, the reaper shell
 
     def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None,
-             readable: list[Path] | None = None, cwd: Path | None = None) -> tuple[list[str], str]:
-        mounts, repo_masks = self._mounts
+             readable: list[Path] | None = None, cwd: Path | None = None,
+             binds: list[tuple[Path, Path]] | None = None) -> tuple[list[str], str]:
+        mounts, repo_masks, tmpfs = self._mounts
         args = list(mounts)
+        shown: list[Path] = []  # what is bound back inside the repo masks
         for path in self.read_only():  # those that hold no mask; the others are in _mounts, under the masks
             if not _covers(path, [self.worktree, *repo_masks]):
                 args += ["--ro-bind", str(path), str(path)]
-        masked = [Path("/tmp"), Path("/run"), Path(os.path.expanduser("~")), *repo_masks]
+                shown.append(path)
+        masked = [*tmpfs, *repo_masks]
         for path in {Path(os.path.realpath(p)) for p in readable or []}:
             if _under(path, masked) and not _covers(path, [*masked, self.worktree]):
                 args += ["--ro-bind-try", str(path), str(path)]
+                shown.append(path)
+        if phase in ("run", "agent"):  # hidden files of the checkout under what was bound back: masked there too
+            for path in self.checkout_hidden:
+                if _under(path, shown) and _under(path, repo_masks):
+                    args += ["--ro-bind", "/dev/null", str(path)]
         args += ["--bind", str(self.worktree), str(self.worktree)]
         if phase in ("run", "agent"):
             for rel in self._hidden:
                 args += ["--ro-bind", "/dev/null", str(self.task_dir / rel)]
         for path in writable or []:
             args += ["--bind-try" if phase == "agent" else "--bind", str(path), str(path)]
+        for source, place in binds or []:
+            args += ["--bind", str(source), str(place)]
         for hide in repo_masks:  # after the binds inside them: the mask itself takes no writes
             args += ["--remount-ro", str(hide)]
         args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
@@ -271,8 +336,14 @@ class Bwrap(Isolation):
             resolv = Path(os.path.realpath("/etc/resolv.conf"))
             if _under(resolv, [Path("/run")]) and resolv.exists():
                 args += ["--ro-bind", str(resolv), str(resolv)]
-        args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--chdir", str(cwd or self.task_dir),
-                 "--", "bash", "-c", _REAPER, _shell(argv)]
+        args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+        command = ["bash", "-c", _REAPER, _shell(argv)]
+        if drops_root():  # root would keep reading root's own files: the command runs as NOBODY instead
+            args = _open_parents(args) + ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+                                          "--cap-add", "CAP_SETPCAP"]
+            command = [*_DROP_ROOT, *command]
+            _grant([self.worktree, *(writable or []), *(source for source, _ in binds or [])])
+        args += ["--chdir", str(cwd or self.task_dir), "--", *command]
         return args, self.level
 
     @functools.cached_property
@@ -280,11 +351,13 @@ class Bwrap(Isolation):
         return self.hidden_files()  # committed files, protected: the same for the whole run
 
     @functools.cached_property
-    def _mounts(self) -> tuple[list[str], list[Path]]:
-        """The mounts every experiment of the run shares (computed once: they walk PATH and sys paths)."""
+    def _mounts(self) -> tuple[list[str], list[Path], list[Path]]:
+        """The mounts every experiment of the run shares (computed once: they walk PATH and sys paths), the
+        repository's masks and the other tmpfs masks (/tmp, /run, $HOME, folders NOBODY cannot cross)."""
         size = _mb(self.task.bound.max_artifact_mb)
+        shared = ["--perms", "1777"] if drops_root() else []  # writable by the dropped run, as on the host
         args = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                "--size", size, "--tmpfs", "/dev/shm", "--size", size, "--tmpfs", "/tmp",
+                *shared, "--size", size, "--tmpfs", "/dev/shm", *shared, "--size", size, "--tmpfs", "/tmp",
                 "--size", "1048576", "--tmpfs", "/run"]  # host sockets (dbus, docker, systemd, X)
         if os.path.isdir("/var/run") and not os.path.islink("/var/run"):
             args += ["--size", "1048576", "--tmpfs", "/var/run"]
@@ -293,8 +366,13 @@ class Bwrap(Isolation):
         masked = [Path("/tmp"), Path("/run")]
         home = Path(os.path.expanduser("~"))
         if str(home) not in ("/", "") and home.is_dir():
-            args += ["--size", size, "--tmpfs", str(home)]
+            args += [*(["--perms", "0777"] if drops_root() else []), "--size", size, "--tmpfs", str(home)]
             masked.append(home)
+        if drops_root():  # folders NOBODY cannot cross (/root): empty, with what the run needs bound back in them
+            for closed in _closed_ancestors([*_runtime_candidates(), *self.read_only(), self.repo,
+                                             Path(tempfile.gettempdir())], masked):
+                args += ["--size", "1048576", "--tmpfs", str(closed)]
+                masked.append(closed)
         # a read-only path holding the repo (`read_only = ["~"]`) goes in before the masks that hide in it
         for path in self.read_only():
             if _covers(path, [self.repo, self.records, *self.git_masks]):
@@ -304,10 +382,77 @@ class Bwrap(Isolation):
             if not _under(hide, repo_masks):
                 args += ["--size", "1048576", "--tmpfs", str(hide)]
                 repo_masks.append(hide)
-        masked += repo_masks
-        for path in _runtime_paths(masked, [self.repo, self.records, self.worktree]):
+        for path in _runtime_paths([*masked, *repo_masks], [self.repo, self.records, self.worktree]):
             args += ["--ro-bind", str(path), str(path)]
-        return args, repo_masks
+        return args, repo_masks, masked
+
+
+# Under a root harness, level bwrap runs each command as this uid and gid (nobody): with capabilities dropped,
+# uid 0 would still read and write every file root owns (/etc/shadow, ssh host keys, credentials in /etc, /opt
+# or another user's home) by plain ownership, and a user namespace would map root's files to the run's uid.
+NOBODY = 65534
+_DROP_ROOT = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all",
+              "--bounding-set=-all", "--"]
+_BWRAP_OPS = {"--ro-bind": 2, "--ro-bind-try": 2, "--bind": 2, "--bind-try": 2, "--dev-bind": 2, "--dev-bind-try": 2,
+              "--tmpfs": 1, "--dir": 1, "--dev": 1, "--proc": 1, "--remount-ro": 1, "--chdir": 1, "--size": 1,
+              "--perms": 1, "--cap-add": 1, "--cap-drop": 1, "--chmod": 2}
+_MOUNTS = {"--ro-bind", "--ro-bind-try", "--bind", "--bind-try", "--dev-bind", "--dev-bind-try", "--tmpfs", "--dir"}
+
+
+def drops_root() -> bool:
+    """Whether level bwrap runs commands as NOBODY: where the harness itself is root."""
+    return os.geteuid() == 0
+
+
+def _open_parents(args: list[str]) -> list[str]:
+    """bwrap's args with `--dir` before each mount whose parent lies in one of its tmpfs: bwrap makes the
+    missing parents of a bind 0700 and root's, which NOBODY could not cross (`--dir` makes them 0755)."""
+    out: list[str] = []
+    pending: list[str] = []  # --size and --perms: they apply to the next op, so they stay right before it
+    tmpfs: list[Path] = []
+    i = 0
+    while i < len(args):
+        op = args[i]
+        n = _BWRAP_OPS.get(op, 0)
+        if op in ("--size", "--perms"):
+            pending += args[i:i + 2]
+            i += 2
+            continue
+        if op in _MOUNTS:
+            dest = Path(args[i + n])
+            if _under(dest.parent, tmpfs) and dest.parent not in tmpfs:
+                out += ["--dir", str(dest.parent)]
+            if op == "--tmpfs":
+                tmpfs.append(dest)
+        out += [*pending, *args[i:i + n + 1]]
+        pending = []
+        i += n + 1
+    return out + pending
+
+
+def _grant(paths: list[Path]) -> None:
+    """Make what a run dropped to NOBODY may write writable by it, as the user's own run may: group NOBODY,
+    group read-write (folders searchable), owner unchanged (the harness's git still trusts the worktree),
+    links never followed. Only entries that need it are changed (a change moves their inode change time, so
+    the caller arms the guard after wrapping)."""
+    stack = [p for p in paths if p.exists() and not p.is_symlink()]
+    while stack:
+        path = stack.pop()
+        try:
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            folder = stat.S_ISDIR(st.st_mode)
+            mode = stat.S_IMODE(st.st_mode) | (0o070 if folder else 0o060) | (0o010 if st.st_mode & 0o100 else 0)
+            if st.st_gid != NOBODY:
+                os.chown(path, -1, NOBODY, follow_symlinks=False)
+            if mode != stat.S_IMODE(st.st_mode):
+                os.chmod(path, mode, follow_symlinks=False)
+            if folder:
+                with os.scandir(path) as it:
+                    stack.extend(Path(e.path) for e in it)
+        except OSError:
+            continue
 
 
 def _shell(argv: list[str]) -> str:
@@ -332,6 +477,9 @@ def available(level: str) -> bool:
         argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
                 "--unshare-pid", "--unshare-net", "--unshare-ipc", "--die-with-parent", "--new-session",
                 "--cap-drop", "ALL", "--", "true"]
+        if drops_root():  # the level needs the drop to NOBODY (util-linux's setpriv) to work too
+            argv[-2:] = ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP", "--",
+                         *_DROP_ROOT, "true"]
     elif level == "unshare":
         argv = ["unshare", "--fork", "--pid", "--kill-child", "--mount-proc", "--ipc", "--net", "--mount",
                 *_unshare_user(), "--", "bash", "-c", "mount -t tmpfs none /run && mount --bind /run /run "

@@ -286,13 +286,13 @@ class Loop:
         cannot hide the records or the checkout from a process that needs the network)."""
         return self.isolation.level == "bwrap"
 
-    def confine_agent(self, argv: list[str], writable: list[Path],
-                      readable: list[Path]) -> tuple[list[str], str]:
+    def confine_agent(self, argv: list[str], writable: list[Path], readable: list[Path],
+                      binds: list[tuple[Path, Path]] | None = None) -> tuple[list[str], str]:
         if not self.agent_confined:
             return argv, "none"
         if shutil.which("prlimit"):  # no file the agent writes grows past max_artifact_mb
             argv = ["prlimit", f"--fsize={int(self.task.bound.max_artifact_mb * 2**20)}", "--", *argv]
-        return self.isolation.wrap(argv, "agent", writable, readable)
+        return self.isolation.wrap(argv, "agent", writable, readable, binds=binds)
 
     def _left(self) -> bool:
         cfg = self.run_rec.config
@@ -383,6 +383,7 @@ class Loop:
                                     "UV_PROJECT_ENVIRONMENT": str(venv), "VIRTUAL_ENV": str(venv)},
                                    allow=self.task.bound.env)
         env["PATH"] = str(venv / "bin") + os.pathsep + env["PATH"]
+        env = sandbox.marked(env, self.ledger.run_dir(self.tag))
         log = self.ledger.run_dir(self.tag) / "setup.log"
         task_src = src / self.task.root.relative_to(self.repo)
         outcome = sandbox.run(["bash", "-c", command], task_src, self.task.task.setup_timeout, 0.0, log, env=env,
@@ -398,8 +399,10 @@ class Loop:
         """The environment of run and evaluate: scrubbed, with the project's environment when setup made one."""
         env_dir = getattr(self, "env_dir", None)  # loops built without __init__ (the audit's) have none
         venv = isolation.project_env(env_dir) if env_dir is not None else None
-        return sandbox.scrubbed_env({"OUROBOROS_CACHE": str(isolation.cache_dir()), **extra}, venv=venv,
-                                    allow=self.task.bound.env)
+        env = sandbox.scrubbed_env({"OUROBOROS_CACHE": str(isolation.cache_dir()), **extra}, venv=venv,
+                                   allow=self.task.bound.env)
+        ledger, tag = getattr(self, "ledger", None), getattr(self, "tag", None)
+        return sandbox.marked(env, ledger.run_dir(tag)) if ledger is not None and tag else env
 
     def interpreter(self) -> str:
         """Which Python experiments run with, in words (the run header says it)."""
@@ -557,6 +560,7 @@ class Loop:
 
     def _run_phase(self, exp_dir: Path, env: dict[str, str], name: str = "run.log") -> sandbox.Outcome:
         argv, level = self.isolation.wrap(["bash", "-c", self.task.task.run], "run")
+        self.guard.arm()  # after wrapping: a root harness's wrap opens the worktree to the run's uid (isolation._grant)
         return sandbox.run(argv, self.ws.task_dir, self.budget, self.task.task.grace_s, exp_dir / name, env=env,
                            memory_mb=self.task.bound.memory_mb, max_log_mb=self.task.bound.max_log_mb,
                            isolation=level, gpu=sandbox.cuda_present(), max_processes=self.task.bound.max_processes,
@@ -574,8 +578,7 @@ class Loop:
         try:
             committed = self.ws.files_at(head, self.task.is_editable)  # the bytes the guard checked, not the run's
             m = evaluate.sealed(self.task, self.ws.task_dir, self.fixed, exp_dir / name, env,
-                                wrap=lambda argv, writable, cwd: self.isolation.wrap(argv, "evaluate", writable,
-                                                                                     cwd=cwd),
+                                wrap=lambda argv, writable, cwd: self._wrap_evaluation(argv, writable, cwd),
                                 command=command, committed=committed)
         except (OSError, RecursionError, ValueError, OuroborosError) as exc:  # what the run left broke the evaluation
             m = evaluate.Measurement(None, {}, self.task.trust, 0.0,
@@ -584,6 +587,11 @@ class Loop:
         if broke:
             self._violation = self._violation or "; ".join(broke)
         return m
+
+    def _wrap_evaluation(self, argv: list[str], writable: list[Path], cwd: Path) -> tuple[list[str], str]:
+        wrapped = self.isolation.wrap(argv, "evaluate", writable, cwd=cwd)
+        self.guard.arm()  # after wrapping, as for the run phase
+        return wrapped
 
     @functools.cached_property
     def fixed(self) -> dict[str, tuple[bytes, int]]:

@@ -144,9 +144,9 @@ class ParallelLoop:
                 while loop._left():
                     self.round()
         finally:
+            # A pool worker killed by Ctrl-C dies without its sandbox's cleanup: end what it ran.
+            sandbox.kill_inside(loop.ledger.run_dir(loop.tag))
             for slot in self.slots:
-                # A pool worker killed by Ctrl-C dies without its sandbox's cleanup: end what it ran.
-                sandbox.kill_inside(slot.ws.path)
                 slot.ws.remove()
                 git(loop.repo, "branch", "-D", slot.ws.branch, check=False)
         return loop.run_rec

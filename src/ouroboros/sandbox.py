@@ -458,14 +458,49 @@ def _sweep(known: dict[int, psutil.Process], before: set[int], teardown: float =
     return len(stopped)
 
 
-def kill_inside(folder: Path) -> int:
-    """Kill every process whose working directory is inside folder (left by a killed harness)."""
-    folder = folder.resolve()
+# Every process the harness starts for a run (setup, agent, run, evaluate) carries the run's mark in its
+# environment, so that `--resume` after a killed harness ends the run's leftovers and nothing else.
+MARK = "OUROBOROS_RUN_MARK"
+
+
+def run_mark(run_dir: Path) -> str:
+    """The run's mark: an HMAC of its records folder under the ledger's key, so no other process has it
+    by chance and nothing outside the harness can put it on a process it does not own."""
+    import hashlib
+    import hmac
+
+    from ouroboros import chain
+
+    msg = b"processes of the run in " + os.fsencode(os.path.realpath(run_dir))
+    return hmac.new(chain.key(), msg, hashlib.sha256).hexdigest()[:32]
+
+
+def marked(env: dict[str, str] | None, run_dir: Path) -> dict[str, str]:
+    """env (the harness's own where None) with the run's mark."""
+    return {**(os.environ if env is None else env), MARK: run_mark(run_dir)}
+
+
+def kill_inside(run_dir: Path) -> int:
+    """Kill every process that carries the mark of the run whose records are run_dir (left by a killed
+    harness), wherever it runs; how many. Processes without the mark are never touched, even with their
+    working directory in the run's worktree (the user's shell, an editor), nor the caller and its
+    ancestors (`ouroboros exp` inside the run's own agent session). A process that clears its
+    environment loses the mark: at levels bwrap and unshare it dies with its PID namespace anyway."""
+    token = run_mark(run_dir)
+    spare = {os.getpid()}
+    try:
+        spare.update(p.pid for p in psutil.Process().parents())
+    except psutil.Error:
+        pass
     found = []
-    for p in psutil.process_iter(["cwd"]):
-        cwd = p.info.get("cwd")
-        if cwd and p.pid != os.getpid() and (Path(cwd) == folder or folder in Path(cwd).parents):
-            found.append(p)
+    for p in psutil.process_iter():
+        if p.pid in spare:
+            continue
+        try:
+            if p.environ().get(MARK) == token:
+                found.append(p)
+        except (psutil.Error, OSError):
+            continue
     _kill(found)
     return len(found)
 

@@ -134,14 +134,11 @@ class BoundSection(_Model):
     max_log_mb: float = Field(20.0, gt=0)
     max_artifact_mb: float = Field(512.0, gt=0)
     isolation: Literal["auto", "bwrap", "unshare", "process"] = "auto"
-    read_only: list[str] = Field([], description="paths (`~` expanded) the run and evaluate see read-only")
+    read_only: list[str] = Field([], description="paths (`~` expanded, relative ones from the task folder) the run "
+                                                 "and evaluate see read-only")
     ignore: list[str] = Field([], description="globs of files a run or agent leaves that are dropped, not judged")
     env: list[str] = Field([], description="names of environment variables passed to setup, run and evaluate "
                                           "besides the built-in allowlist (locale, paths, CUDA_*, OMP_*...)")
-
-    @property
-    def read_only_paths(self) -> list[Path]:
-        return [Path(os.path.expanduser(p)).resolve() for p in self.read_only]
 
 
 class AgentSection(_Model):
@@ -198,6 +195,11 @@ class Task(_Model):
         """Whether an editable, protected, allowed-new or hidden glob, or the program, names this path."""
         return rel == self.task.program or matches(rel, [*self.task.editable, *self.protected_patterns,
                                                          *self.bound.allow_new_files])
+
+    @property
+    def read_only_paths(self) -> list[Path]:
+        """`[bound] read_only`, `~` expanded, relative paths taken from the task folder (never the caller's cwd)."""
+        return [(self.root / os.path.expanduser(p)).resolve() for p in self.bound.read_only]
 
     def editable_files(self, root: Path | None = None) -> list[str]:
         return glob_files(root or self.root, self.task.editable)

@@ -183,3 +183,56 @@ def test_a_prompt_holding_a_nul_is_passed_as_its_file(monkeypatch, tmp_path):
     prompt.write_bytes(b"# Your notes\n\nrate \x00 \xff\n")  # agent-written notes: any bytes
     argv = make_agent("codex").session_argv(prompt, tmp_path)
     assert "\0" not in argv[-1] and str(prompt) in argv[-1]
+
+
+def test_a_confined_cli_sees_its_installation_but_not_the_secrets_beside_it(tmp_path, monkeypatch):
+    from ouroboros.agents.command import CommandAgent
+
+    home = tmp_path / "home"
+    node = home / ".nvm" / "versions" / "node" / "v20"
+    (node / "bin").mkdir(parents=True)
+    (node / "lib" / "node_modules" / "tool").mkdir(parents=True)
+    (node / "lib" / "node_modules" / "tool" / "cli.js").write_text("")
+    (node / "bin" / "tool").symlink_to("../lib/node_modules/tool/cli.js")
+    (node / "bin" / "tool").resolve().chmod(0o755)
+    (home / ".cargo" / "bin").mkdir(parents=True)
+    (home / ".cargo" / "credentials.toml").write_text("token")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PATH", f"{node / 'bin'}:{home / '.cargo' / 'bin'}:/usr/bin:/bin")
+    seen = CommandAgent("tool --go").readable()
+    assert node / "bin" in seen and node / "lib" in seen  # the program and the modules it runs from
+    assert home / ".cargo" / "bin" in seen
+    for p in seen:  # nothing that holds a sibling secret: neither ~/.cargo nor an ancestor of the node install
+        assert p not in (home / ".cargo", home / ".nvm", node, node.parent), p
+
+
+def test_a_cli_config_copy_takes_the_login_back_and_nothing_else(tmp_path, monkeypatch):
+    import os
+
+    from ouroboros.agents.command import HomeCopy
+
+    home = tmp_path / "home"
+    cfg = home / ".tool"
+    (cfg / "projects").mkdir(parents=True)
+    (cfg / "projects" / "old-transcript.jsonl").write_text("x" * 1000)
+    (cfg / "settings.json").write_text("{}")
+    (cfg / "auth.json").write_text('{"token": "old", "refresh": "r1"}')
+    (cfg / "other.json").write_text('{"token": "old"}')
+    os.mkfifo(cfg / "socket-like")  # copying it would block
+    monkeypatch.setenv("HOME", str(home))
+    copy = HomeCopy((".tool", ".missing"), skip=("projects",), logins=(".tool/auth.json", ".tool/other.json"))
+    try:
+        [(source, place)] = copy.binds
+        assert place == cfg and (source / "settings.json").read_text() == "{}"
+        assert not (source / "projects").exists() and not (source / "socket-like").exists()
+        (source / "settings.json").write_text('{"hooks": {"SessionStart": "steal"}}')  # what the CLI writes
+        (source / "auth.json").write_text('{"token": "new", "refresh": "r2"}')  # a refreshed login
+        (source / "other.json").write_text('{"token": "new", "apiKeyHelper": "steal"}')  # a login with a new key
+        copy.give_back()
+    finally:
+        copy.remove()
+    assert (cfg / "settings.json").read_text() == "{}"
+    assert (cfg / "auth.json").read_text() == '{"token": "new", "refresh": "r2"}'
+    assert (cfg / "auth.json").stat().st_mode & 0o777 == 0o600
+    assert (cfg / "other.json").read_text() == '{"token": "old"}'
+    assert not copy.root.exists()

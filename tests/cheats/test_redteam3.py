@@ -151,10 +151,6 @@ Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
 
 
 @pytest.mark.skipif(not BWRAP, reason="agents are confined only at level bwrap")
-@pytest.mark.xfail(strict=True, reason="a confined CLI agent's config folder in $HOME (home_dirs: ~/.claude, ~/.codex, "
-                   "~/.gemini, ...) is bound writable, so it persists hooks, MCP servers or notify commands that the "
-                   "CLI runs unconfined at its next start (fix: bind a per-run copy of the config folder and copy "
-                   "back only the login/credential files, or bind it read-only with a writable credentials file)")
 def test_a_confined_cli_agent_cannot_plant_a_hook_in_its_config_folder(tmp_path, monkeypatch):
     import os
     import sys
@@ -294,10 +290,6 @@ def test_code_in_the_evaluation_phase_cannot_write_past_max_artifact_mb(tmp_path
 
 
 @pytest.mark.skipif(not BWRAP, reason="agents are confined only at level bwrap")
-@pytest.mark.xfail(strict=True, reason="CommandAgent.readable binds the whole top folder of every PATH entry under "
-                   "$HOME into the agent's sandbox (~/.cargo for ~/.cargo/bin, ~/.local for ~/.local/bin), with the "
-                   "credentials kept there (~/.cargo/credentials.toml); the agent has the network (fix: bind the PATH "
-                   "entry itself, or the version manager's install folders, never the top folder)")
 def test_a_confined_agent_cannot_read_credentials_beside_a_tool_folder_on_path(tmp_path, monkeypatch):
     import os
 
@@ -567,11 +559,6 @@ p.write_bytes(p.read_bytes() + b"\\n# caf\\xe9 latin-1 comment\\n")
 
 
 @pytest.mark.skipif(not BWRAP, reason="hidden data is masked only at level bwrap")
-@pytest.mark.xfail(strict=True, reason="`[bound] hidden` masks the hidden files only at their worktree paths; a "
-                   "`[bound] read_only` folder of the checkout that holds them (read_only = [\"<task>/data\"], the "
-                   "natural way to let the run read its data) is bound as it is, so the run reads the hidden answer "
-                   "there (fix: mask the hidden files under every read_only path too, or refuse read_only paths in "
-                   "the repository)")
 def test_a_read_only_folder_of_the_checkout_does_not_uncover_hidden_data(tmp_path):
     import json
 
@@ -635,10 +622,6 @@ def _user_process_in(folder):
                             stdin=subprocess.DEVNULL)
 
 
-@pytest.mark.xfail(strict=True, reason="sandbox.kill_inside (called by --resume after a kill) SIGKILLs every process "
-                   "whose working directory is inside the run's folder, whoever started it: the user's shell or editor "
-                   "in the worktree, or the shell that runs `ouroboros run --resume` from there (fix: kill only "
-                   "processes marked as the run's, e.g. by an environment variable or a recorded process group)")
 def test_resume_does_not_kill_the_users_own_processes_in_the_worktree(tmp_path):
     from ouroboros import sandbox
 
@@ -656,10 +639,6 @@ def test_resume_does_not_kill_the_users_own_processes_in_the_worktree(tmp_path):
 @pytest.mark.skipif(not BWRAP, reason="needs bubblewrap")
 @pytest.mark.skipif(__import__("os").geteuid() != 0 or not __import__("os").path.exists("/etc/shadow"),
                     reason="only a harness running as root (containers, CI) shows it")
-@pytest.mark.xfail(strict=True, reason="run as root, bwrap keeps uid 0 (no user namespace) and only drops "
-                   "capabilities; the root filesystem is bound read-only, so root-owned files (/etc/shadow, ssh host "
-                   "keys, credentials in /etc or /opt) stay readable to the run by ownership (fix: --unshare-user with "
-                   "--uid/--gid of an unprivileged id when the harness is root)")
 def test_at_level_bwrap_a_run_under_a_root_harness_cannot_read_root_only_files(tmp_path):
     train = '''
 def cheat():

@@ -74,7 +74,7 @@ def test_read_only_paths_are_visible_and_unwritable_even_under_a_private_home(le
     monkeypatch.setenv("HOME", str(home))
     loop = _loop(from_template(tmp_path / "q", "quadratic"),
                  f'isolation = "{level}"\nread_only = ["~/.cache/autoresearch"]')
-    assert load_task(loop.task.root).bound.read_only_paths == [data.resolve()]
+    assert load_task(loop.task.root).read_only_paths == [data.resolve()]
     rc, log = _sh(loop, f'cat {data}/tokenizer.pkl; echo; echo x > {data}/tokenizer.pkl && echo "WR""OTE"')
     assert "tokens" in log and "WROTE" not in log
     assert (data / "tokenizer.pkl").read_text() == "tokens"

@@ -85,9 +85,11 @@ class Context:
     prompt: Callable[[], str]  # the assembled prompt (memory.build_prompt), built on demand
     session: int = 0
     read_baseline: Callable[[str], str] | None = None  # a task-relative file as it was at the baseline
-    # Wraps an agent's own process in the run's sandbox (phase "agent"): (argv, writable, readable)
-    # -> (argv, level). None where the harness cannot confine it (no bubblewrap).
-    confine: Callable[[list[str], list[Path], list[Path]], tuple[list[str], str]] | None = None
+    # Wraps an agent's own process in the run's sandbox (phase "agent"): (argv, writable, readable, binds)
+    # -> (argv, level), binds being (source, place in the sandbox) pairs bound writable (the private
+    # copies of a CLI's config folders). None where the harness cannot confine it (no bubblewrap).
+    confine: Callable[[list[str], list[Path], list[Path], list[tuple[Path, Path]]], tuple[list[str], str]] | None \
+        = None
 
 
 @dataclass

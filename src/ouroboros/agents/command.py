@@ -10,17 +10,21 @@ Its output goes to the experiment's agent.log. A non-zero exit or a run past the
 fails the proposal (recorded as a crash with the reason), and the loop goes on.
 
 Confinement: where the run has bubblewrap, the program runs in the run's sandbox (phase "agent"):
-with the network and its environment (its key), but with only the worktree, the files above and
-its own config folder in $HOME (`home_dirs`) writable, and the records, the user's checkout, the
-repository's git dir and the rest of $HOME invisible. Files named by absolute path in the command
-are visible read-only. Without bubblewrap it runs with the user's rights, and the run says so.
+with the network and its environment (its key), but with only the worktree and the files above
+writable, its own config folders in $HOME (`home_dirs`) as private copies made for the proposal (only
+a refreshed login goes back: `HomeCopy`), and the records, the user's checkout, the repository's git
+dir and the rest of $HOME invisible. Files named by absolute path in the command and the folders on
+its PATH are visible read-only. Without bubblewrap it runs with the user's rights, and the run says so.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
+import stat
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +50,116 @@ def bound_notes(path: Path, max_chars: int) -> None:
     path.write_text(marker + keep)
 
 
+# What an installation needs beside its folder of programs: libraries (npm's lib/node_modules, a venv's
+# site-packages), helpers (pyenv's libexec), the versions that shims point into, a venv's pyvenv.cfg.
+_INSTALL_PARTS = ("lib", "lib64", "libexec", "versions", "pyvenv.cfg")
+
+
+def _tool_folder(folder: Path) -> list[Path]:
+    """A folder of programs and, for a `bin` or pyenv's `shims`, the installation parts beside it."""
+    out = [folder]
+    if folder.name in ("bin", "shims"):
+        out += [folder.parent / part for part in _INSTALL_PARTS if (folder.parent / part).exists()]
+    return out
+
+
+# A private copy of a CLI's config folders: files above this size are left out (caches, histories).
+COPY_FILE_MAX = 16 << 20
+COPY_TOTAL_MAX = 256 << 20
+LOGIN_MAX = 64 << 10
+
+
+class HomeCopy:
+    """Private copies of a confined program's config folders in $HOME, made for one proposal and bound at their
+    places in the sandbox's private $HOME, so the program finds its settings and login and writes what it likes,
+    but nothing it writes (a hook in settings.json, an MCP server, a notify command, a poisoned cache) reaches
+    the real folders, which the CLI reads unconfined at its next start. Only the login files (`logins`: a
+    refreshed OAuth token) go back, and only as a JSON object of at most 64 KiB with the same top-level keys,
+    over a file that existed and that nothing else changed meanwhile."""
+
+    def __init__(self, names: tuple[str, ...], skip: tuple[str, ...] = (), logins: tuple[str, ...] = ()):
+        self.home = Path(os.path.expanduser("~"))
+        self.root = Path(tempfile.mkdtemp(prefix="ouroboros-agent-home-"))  # mode 0700: it holds logins
+        self.binds: list[tuple[Path, Path]] = []
+        self._left = COPY_TOTAL_MAX
+        self._before = {rel: _read_login(Path(os.path.realpath(self.home / rel))) for rel in logins}
+        for name in names:
+            src, dest = self.home / name, self.root / name
+            try:
+                if src.is_dir():
+                    shutil.copytree(src, dest, ignore=self._ignore(src, skip), ignore_dangling_symlinks=True)
+                elif src.is_file() and src.stat().st_size <= COPY_FILE_MAX:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, dest)
+                else:
+                    continue
+            except (OSError, shutil.Error):
+                if not dest.exists():  # a partial copy is still the program's to use; none, nothing to bind
+                    continue
+            self.binds.append((dest, src))
+
+    def _ignore(self, top: Path, skip: tuple[str, ...]):
+        def ignore(folder: str, names: list[str]) -> set[str]:
+            out = {n for n in names if Path(folder) == top and n in skip}
+            for n in names:
+                try:
+                    st = os.stat(os.path.join(folder, n))  # links followed: their targets are outside the sandbox
+                except OSError:
+                    out.add(n)
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    continue
+                if not stat.S_ISREG(st.st_mode) or st.st_size > min(COPY_FILE_MAX, self._left):
+                    out.add(n)  # FIFOs, sockets (a copy would block on them), caches too large to copy
+                elif n not in out:
+                    self._left -= st.st_size
+            return out
+
+        return ignore
+
+    def give_back(self) -> None:
+        """Copy each login the program refreshed back to its real place (atomically, mode 0600)."""
+        for rel, before in self._before.items():
+            real = Path(os.path.realpath(self.home / rel))
+            after = _read_login(self.root / rel)
+            if before is None or after is None or after == before or _read_login(real) != before:
+                continue
+            try:
+                old, new = json.loads(before), json.loads(after)
+            except ValueError:
+                continue
+            if not isinstance(new, dict) or not isinstance(old, dict) or set(new) != set(old):
+                continue
+            tmp = real.with_name(f".{real.name}.ouroboros-{os.getpid()}")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(after)
+                os.replace(tmp, real)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _read_login(path: Path) -> bytes | None:
+    """A login file's bytes: a regular file (no link, FIFO or device) of at most LOGIN_MAX bytes, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > LOGIN_MAX:
+            return None
+        return os.read(fd, LOGIN_MAX + 1)[:LOGIN_MAX]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 class CommandAgent(Agent):
     def __init__(self, command: str, timeout: float | None = None, name: str | None = None):
         if not command.strip():
@@ -56,7 +170,7 @@ class CommandAgent(Agent):
     def env(self, ctx: Context, prompt_path: Path, desc_path: Path) -> dict[str, str]:
         artifacts = ctx.run_dir / "artifacts"
         artifacts.mkdir(parents=True, exist_ok=True)
-        return {**os.environ, "OUROBOROS_PROMPT": str(prompt_path), "OUROBOROS_DESCRIPTION": str(desc_path),
+        return {**sandbox.marked(None, ctx.run_dir), "OUROBOROS_PROMPT": str(prompt_path), "OUROBOROS_DESCRIPTION": str(desc_path),
                 "OUROBOROS_EXPERIMENT": str(ctx.n), "OUROBOROS_NOTES": str(ctx.run_dir / NOTES_FILE),
                 "OUROBOROS_ARTIFACTS": str(artifacts), "PYTHONUNBUFFERED": "1"}
 
@@ -66,7 +180,10 @@ class CommandAgent(Agent):
     home_dirs: tuple[str, ...] = ()  # folders (relative to $HOME) the program keeps its config and login in
 
     def readable(self) -> list[Path]:
-        """What the confined program must see besides the system: the files its command names."""
+        """What the confined program must see besides the system: the files its command names, its program's
+        folder and the folders on PATH (version managers, npm prefixes in $HOME), each with only what an
+        installation needs beside its `bin` (`_tool_folder`), never the whole folder above it: ~/.cargo
+        holds credentials.toml beside ~/.cargo/bin, ~/.local holds keyrings beside ~/.local/bin."""
         out = []
         try:
             words = shlex.split(self.command)
@@ -78,26 +195,29 @@ class CommandAgent(Agent):
         exe = shutil.which(words[0]) if words else None
         if exe:  # the program and the installation it lives in (npm's lib/node_modules beside bin/)
             for p in {Path(exe), Path(os.path.realpath(exe))}:
-                out += [p.parent, p.parent.parent] if p.parent.name == "bin" else [p.parent]
+                out += _tool_folder(p.parent)
         home = Path(os.path.expanduser("~"))
         for entry in os.environ.get("PATH", "").split(os.pathsep):  # version managers (pyenv, nvm) in $HOME
             p = Path(entry)
             if p.is_absolute() and home in p.parents:
-                out.append(home / p.relative_to(home).parts[0])
+                for q in {p, Path(os.path.realpath(p))}:
+                    out += _tool_folder(q)
         return [p for p in dict.fromkeys(out) if p not in (home, Path("/"))]
 
+    home_skip: tuple[str, ...] = ()  # entries of home_dirs not copied into the sandbox (histories, transcripts)
+    logins: tuple[str, ...] = ()  # files (relative to $HOME) of home_dirs holding the login, copied back
+
     def confined(self, ctx: Context, argv: list[str] | str, writable: list[Path],
-                 readable: list[Path]) -> list[str] | str:
-        """argv inside the run's sandbox where the harness can confine it; records whether it did."""
+                 readable: list[Path], home: HomeCopy | None = None) -> list[str] | str:
+        """argv inside the run's sandbox where the harness can confine it; records whether it did. The
+        program's config folders in $HOME are `home`'s private copies, never the real ones."""
         if ctx.confine is None:
             return argv
-        home = Path(os.path.expanduser("~"))
         for path in writable:
             if not path.exists():
                 path.touch()  # a file bound into the sandbox must exist; bound, it cannot be swapped for a link
-        wrapped, level = ctx.confine(["bash", "-c", argv] if isinstance(argv, str) else argv,
-                                     [*writable, *(home / d for d in self.home_dirs)],
-                                     [*readable, *self.readable()])
+        wrapped, level = ctx.confine(["bash", "-c", argv] if isinstance(argv, str) else argv, writable,
+                                     [*readable, *self.readable()], home.binds if home is not None else [])
         self.confinement = level
         return wrapped
 
@@ -116,13 +236,21 @@ class CommandAgent(Agent):
         start = time.monotonic()
         env = self.env(ctx, prompt_path, desc_path)
         (ctx.run_dir / NOTES_FILE).touch()
-        argv = self.confined(ctx, self.argv(ctx, prompt_path),
-                             [desc_path, ctx.run_dir / NOTES_FILE, ctx.run_dir / "artifacts", *self.scratch(ctx)],
-                             [prompt_path])
+        home = HomeCopy(self.home_dirs, self.home_skip, self.logins) if ctx.confine is not None else None
         try:
-            outcome = sandbox.run(argv, ctx.worktree, timeout, 0.0, ctx.exp_dir / "agent.log", env=env, max_log_mb=50)
+            argv = self.confined(ctx, self.argv(ctx, prompt_path),
+                                 [desc_path, ctx.run_dir / NOTES_FILE, ctx.run_dir / "artifacts", *self.scratch(ctx)],
+                                 [prompt_path], home)
+            try:
+                outcome = sandbox.run(argv, ctx.worktree, timeout, 0.0, ctx.exp_dir / "agent.log", env=env,
+                                      max_log_mb=50)
+            finally:
+                bound_notes(ctx.run_dir / NOTES_FILE, ctx.task.agent.notes_max_chars)
+                if home is not None and self.confinement != "none":
+                    home.give_back()
         finally:
-            bound_notes(ctx.run_dir / NOTES_FILE, ctx.task.agent.notes_max_chars)
+            if home is not None:
+                home.remove()
         if outcome.timed_out:
             raise AgentError(f"agent ran past its timeout ({timeout:g} s)")
         if outcome.returncode != 0:

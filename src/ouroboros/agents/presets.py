@@ -145,6 +145,8 @@ def _json_lines(text: str) -> list[dict]:
 class CodexAgent(PresetAgent):
     preset, executable = "codex", "codex"
     home_dirs = (".codex",)
+    home_skip = ("sessions", "log", "history.jsonl")
+    logins = (".codex/auth.json",)
     install = "npm install -g @openai/codex"
     auth = "sign in with `codex login` (or set OPENAI_API_KEY)"
 
@@ -166,6 +168,8 @@ class CodexAgent(PresetAgent):
 class ClaudeAgent(PresetAgent):
     preset, executable = "claude", "claude"
     home_dirs = (".claude", ".claude.json", ".config/claude")
+    home_skip = ("projects", "shell-snapshots", "todos", "file-history", "debug", "statsig")
+    logins = (".claude/.credentials.json", ".config/claude/.credentials.json")
     install = "npm install -g @anthropic-ai/claude-code"
     auth = "sign in by running `claude` once (or set ANTHROPIC_API_KEY)"
 
@@ -214,6 +218,8 @@ class AiderAgent(PresetAgent):
 class OpenCodeAgent(PresetAgent):
     preset, executable = "opencode", "opencode"
     home_dirs = (".config/opencode", ".local/share/opencode", ".local/state/opencode", ".cache/opencode")
+    home_skip = ("log", "snapshot", "storage")
+    logins = (".local/share/opencode/auth.json",)
     install = "npm install -g opencode-ai"
     auth = "sign in with `opencode auth login`"
 
@@ -229,6 +235,8 @@ class OpenCodeAgent(PresetAgent):
 class GeminiAgent(PresetAgent):
     preset, executable = "gemini", "gemini"
     home_dirs = (".gemini",)
+    home_skip = ("tmp", "history")
+    logins = (".gemini/oauth_creds.json",)
     install = "npm install -g @google/gemini-cli"
     auth = "sign in by running `gemini` once (or set GEMINI_API_KEY)"
 
