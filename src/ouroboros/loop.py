@@ -519,6 +519,7 @@ class Loop:
         else:
             patch = None
         if fast and self._pending is None:  # the files moved while git read them: pinned, reverted with git
+            self.ws.adopt_index()
             self.ws.pin(n, exp.commit_sha)
         (ctx.exp_dir / "diff.patch").write_text(patch if patch is not None else
                                                 self.ws.diff(best.commit_sha, exp.commit_sha))

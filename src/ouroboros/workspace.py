@@ -415,27 +415,14 @@ class Workspace:
         if _call([_GIT, f"--git-dir={self.admin}", *_SAFE, "update-ref", "--stdin"], "update-ref", False,
                  input=refs).returncode != 0:
             return False
-        for name in delete:  # files and links only (new folders were left to git above)
-            path = os.path.join(self.path, name)
-            if os.path.lexists(path):
-                os.unlink(path)
-        for name in sorted(rewrite):
-            data, mode = files[name[len(prefix):]]
-            path = self.path / name
-            if os.path.lexists(path):
-                os.unlink(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if mode == 0o120000:
-                os.symlink(data, path)
-                continue
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o777)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-        index = self.attempt_index
-        if target == attempt:
-            os.replace(index, self.admin / "index")
-        else:
-            index.unlink(missing_ok=True)
+        try:
+            self._put_back(delete, rewrite, files)
+            if target == attempt:
+                self.adopt_index()
+            else:
+                self.attempt_index.unlink(missing_ok=True)
+        except OSError:  # a folder the run made unwritable, the index copy gone: the caller resets with git
+            return False
         return True
 
     def rewind(self, commit: str) -> None:
@@ -443,6 +430,29 @@ class Workspace:
         that committed or switched branches still gets its change recorded as an attempt."""
         self.git("symbolic-ref", "HEAD", f"refs/heads/{self.branch}")
         self.git("reset", "-q", "--soft", commit)
+
+    def _put_back(self, delete: list[str], rewrite: set[str], files: dict[str, tuple[bytes, int]]) -> None:
+        prefix = self.prefix
+        for name in delete:  # files and links only (new folders are left to git)
+            path = os.path.join(self.path, name)
+            if os.path.lexists(path):
+                os.unlink(path)
+        for name in sorted(rewrite):
+            data, mode = files[name[len(prefix):]]
+            target = self.path / name
+            if os.path.lexists(target):
+                os.unlink(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if mode == 0o120000:
+                os.symlink(data, target)
+                continue
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o777)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+
+    def adopt_index(self) -> None:
+        """Make the copy an attempt was committed with the worktree's index (it describes HEAD now)."""
+        os.replace(self.attempt_index, self.admin / "index")
 
     def reset(self, commit: str) -> None:
         """Make the worktree exactly `commit`: tracked files reset, untracked and ignored files gone."""
