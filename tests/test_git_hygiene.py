@@ -1,13 +1,18 @@
-"""A long run packs its attempt refs and objects as it goes (workspace.maintain, called by the loop)."""
+"""Git hygiene: few git processes per experiment (the common path settles attempts without git),
+and a long run packs its attempt refs and objects as it goes (workspace.maintain)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from ouroboros import loop as loop_mod
+from ouroboros import workspace
+from ouroboros.agents import Agent, Context, Proposal
+from ouroboros.judge import Verdict
 from ouroboros.loop import Loop, Options
 from ouroboros.task import load_task
 from ouroboros.workspace import Workspace, maintain
@@ -47,3 +52,110 @@ def test_the_loop_maintains_every_few_hundred_experiments(quadratic: Path, monke
     monkeypatch.setattr(loop_mod, "maintain", lambda path: calls.append(path))
     Loop(load_task(quadratic), Options(agent="random", tag="m", max_experiments=5)).run()
     assert len(calls) == 2  # after experiments 2 and 4, never after the baseline
+
+
+class _Scripted(Agent):
+    """Sets LEARNING_RATE in train.py from a script of values, one per experiment; `extra` is
+    appended to the file each time (code the run executes)."""
+
+    name = "scripted"
+    writes_code = False
+
+    def __init__(self, rates: list[float], extra: str = "") -> None:
+        self.rates, self.extra = rates, extra
+
+    def propose(self, ctx: Context) -> Proposal:
+        path = ctx.worktree / "train.py"
+        text = re.sub(r"^LEARNING_RATE = .*$", f"LEARNING_RATE = {self.rates[ctx.n - 1]}",
+                      path.read_text(), count=1, flags=re.MULTILINE)
+        path.write_text(text if self.extra in text else text + self.extra)
+        return Proposal(f"LEARNING_RATE = {self.rates[ctx.n - 1]}")
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = workspace._call
+
+    def spy(argv, what, check, input=None, text=True, index=None):
+        calls.append(next(a for a in argv[1:] if not a.startswith("-") and "=" not in a))
+        return real(argv, what, check, input=input, text=text, index=index)
+
+    monkeypatch.setattr(workspace, "_call", spy)
+    return calls
+
+
+def _per_step(loop: Loop, calls: list[str]) -> list[list[str]]:
+    spans: list[list[str]] = []
+    real = loop.step
+
+    def step(*args, **kwargs):
+        start = len(calls)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            spans.append(calls[start:])
+
+    loop.step = step  # type: ignore[method-assign]
+    return spans
+
+
+def _worktree_is(loop: Loop, commit: str) -> None:
+    wt = loop.ws.path
+    status = subprocess.run(["git", "-C", str(wt), "status", "--porcelain", "--ignored", "--untracked-files=all"],
+                            capture_output=True, text=True, check=True).stdout
+    assert status == "" and loop.ws.head() == commit
+    assert subprocess.run(["git", "-C", str(wt), "diff", "--quiet", commit], capture_output=True).returncode == 0
+
+
+RATES = [0.005, 0.0005, 0.02, 0.004, 0.0001, 0.3, 0.006, 0.0009]  # keeps and discards
+
+
+def test_a_common_experiment_starts_three_git_processes(quadratic: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _counting(monkeypatch)
+    loop = Loop(load_task(quadratic), Options(agent="scripted", tag="g", max_experiments=len(RATES)),
+                agent=_Scripted(RATES))
+    spans = _per_step(loop, calls)
+    loop.run()
+    statuses = {e.status for e in loop.finished[1:]}
+    assert statuses == {Verdict.KEEP, Verdict.DISCARD}, statuses
+    assert [sorted(s) for s in spans] == [["commit", "status", "update-ref"]] * len(RATES)
+    _worktree_is(loop, loop.best.commit_sha)
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname:lstrip=3) %(objectname)", "refs/ouroboros/g/"],
+                          cwd=quadratic, capture_output=True, text=True, check=True).stdout.split("\n")
+    assert dict(r.split() for r in refs if r) == {str(e.n): e.commit_sha for e in loop.finished}
+    for e in loop.finished[1:]:  # each diff.patch is the change from its parent, as git applies it
+        patch = (loop.ledger.exp_dir("g", e.n) / "diff.patch").read_text()
+        assert f"+LEARNING_RATE = {RATES[e.n - 1]}" in patch
+        git_diff = subprocess.run(["git", "diff", "--full-index", e.parent, e.commit_sha], cwd=quadratic,
+                                  capture_output=True, text=True, check=True).stdout
+        assert patch == git_diff
+
+
+RUN_WRITES = '''
+import os as _os
+_os.makedirs("out", exist_ok=True) if _os.environ.get("MKDIR") else None
+open("scratch.bin", "wb").write(b"x" * 10)
+open("train.py", "a").write("# the run rewrote me\\n")
+_os.link("train.py", "alias.py")
+'''
+
+
+@pytest.mark.parametrize("mkdir", ["", "1"])
+def test_what_a_run_writes_is_undone_after_a_keep_and_after_a_discard(quadratic: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     mkdir: str) -> None:
+    monkeypatch.setenv("MKDIR", mkdir)
+    toml = quadratic / "ouroboros.toml"  # the run sees MKDIR; a new folder is left to git's clean
+    toml.write_text(toml.read_text().replace("[judge]", '[bound]\nenv = ["MKDIR"]\n\n[judge]'))
+    subprocess.run(["git", "commit", "-qam", "env"], cwd=quadratic, check=True)
+    calls = _counting(monkeypatch)
+    loop = Loop(load_task(quadratic), Options(agent="scripted", tag="w", max_experiments=4),
+                agent=_Scripted(RATES[:4], RUN_WRITES))
+    seen = []
+    loop.on_experiment = lambda exp, best: seen.append((exp.status, _worktree_is(loop, best.commit_sha)))
+    spans = _per_step(loop, calls)
+    loop.run()
+    assert {s for s, _ in seen[1:]} == {Verdict.KEEP, Verdict.DISCARD}
+    assert all(len(s) == (3 if not mkdir else 5) for s in spans), spans  # + reset and clean for a folder
+    kept = subprocess.run(["git", "show", f"{loop.best.commit_sha}:train.py"], cwd=quadratic, capture_output=True,
+                          text=True, check=True).stdout
+    assert "\n# the run rewrote me\n" not in kept and (loop.ws.task_dir / "train.py").read_text() == kept

@@ -135,3 +135,28 @@ def test_names_and_bytes_that_are_not_utf8_are_addressed_byte_for_byte(quadratic
     (ws.path / ".git").write_bytes(b"gitdir: \xff\xfe\n")
     assert ws.restore_dotgit() and (ws.path / ".git").read_text() == ws.dotgit_text()
     assert not ws.restore_dotgit()
+
+
+@pytest.mark.parametrize("old,new", [
+    (b"a\nb\nc\n", b"a\nB\nc"),  # the new file loses its last newline
+    (b"x = 1\n" * 20 + b"def f():\n" + b"    y = 2\n" * 10, b"x = 1\n" * 20 + b"def f():\n" + b"    y = 3\n" * 10),
+    ("caf\u00e9 = 1\n".encode() * 3, "caf\u00e9 = 2\n".encode() * 3 + b"z\n"),
+])
+def test_git_patch_writes_what_git_diff_writes(tmp_path: Path, old: bytes, new: bytes) -> None:
+    from ouroboros.workspace import git_patch
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "f.py").write_bytes(old)
+    git(tmp_path, "add", "f.py")
+    (tmp_path / "f.py").write_bytes(new)
+    expected = subprocess.run(["git", "diff", "--full-index"], cwd=tmp_path, capture_output=True, check=True).stdout
+    got = git_patch("", {"f.py": (old, 0o100644)}, {"f.py": (new, 0o100644)}, ["f.py"])
+    assert got is not None and got.encode() == expected
+
+
+def test_git_patch_leaves_binary_files_and_quoted_paths_to_git() -> None:
+    from ouroboros.workspace import git_patch
+
+    assert git_patch("", {"f": (b"\0a", 0o100644)}, {"f": (b"\0b", 0o100644)}, ["f"]) is None
+    assert git_patch("", {"a b": (b"a\n", 0o100644)}, {"a b": (b"b\n", 0o100644)}, ["a b"]) is None
+    assert git_patch("", {"f": (b"a\n", 0o100644)}, {"f": (b"a\n", 0o100755)}, ["f"]) is None

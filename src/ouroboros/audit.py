@@ -107,6 +107,8 @@ class Export:
 class AuditLoop(Loop):
     """The loop's run and evaluation (`_execute`) on an export; it records into its own run."""
 
+    settle_fast = False  # an export has no git to settle
+
     def __init__(self, task: Task, records: Path, audited: Run, tag: str, repo: Path, task_rel: str,
                  path: Path, protected: list[str]):
         self.task, self.opts = task, Options(agent="audit", tag=tag)

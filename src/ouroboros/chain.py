@@ -304,10 +304,14 @@ def _row(last_of: dict, kind: str, tag: str, n: int, dig: str, where: str) -> li
 
 
 def verify_refs(ledger: Ledger, repo: Path, tag: str) -> list[Problem]:
-    """Each experiment's attempt commit against its ref refs/ouroboros/<tag>/<n>."""
+    """Each experiment's attempt commit against its ref refs/ouroboros/<tag>/<n>. An experiment still
+    running may have none yet while its commit is the tip of the run's branch: the loop pins an
+    attempt when it records it (see Workspace.settle)."""
     from ouroboros.workspace import git
 
-    out = git(repo, "for-each-ref", "--format=%(refname) %(objectname)", f"refs/ouroboros/{tag}/", check=False)
+    branch = f"refs/heads/ouroboros/{tag}"
+    out = git(repo, "for-each-ref", "--format=%(refname) %(objectname)", f"refs/ouroboros/{tag}/", branch,
+              check=False)
     refs = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
     problems = []
     for e in ledger.experiments(tag):
@@ -315,6 +319,8 @@ def verify_refs(ledger: Ledger, repo: Path, tag: str) -> list[Problem]:
             continue
         name = f"refs/ouroboros/{tag}/{e.n}"
         sha = refs.get(name)
+        if sha is None and e.status == "running" and refs.get(branch) == e.commit_sha:
+            continue
         if sha is None:
             problems.append(Problem(f"ref {name}", f"is missing; the ledger says experiment {e.n} is commit "
                                                    f"{e.commit_sha[:12]}"))

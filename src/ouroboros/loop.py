@@ -22,6 +22,7 @@ import re
 import secrets
 import shlex
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -46,6 +47,7 @@ from ouroboros.workspace import (
     count_loc,
     ensure_clean,
     exclude_records,
+    git_patch,
     left_out,
     maintain,
     repo_root,
@@ -177,7 +179,22 @@ def crash_cause(log: Path) -> str:
     return f"; the log ends: {cause}{hint}"
 
 
+def _stat(path: Path) -> tuple[int, ...] | None:
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return (st.st_mode, st.st_ino, st.st_dev, st.st_ctime_ns, st.st_mtime_ns, st.st_size)
+
+
+FILES_KEPT = 64  # commits whose editable files the loop keeps in memory (keeps are parents)
+
+
 class Loop:
+    settle_fast = True  # commit and settle attempts with the few-process path (a slot of --parallel does not)
+    _pending: tuple | None = None  # (n, attempt, proposed paths, worktree snapshot) of an unpinned attempt
+    _files: dict[str, dict[str, tuple[bytes, int]]] | None = None
+
     def __init__(self, task: Task, options: Options, agent: Agent | None = None,
                  on_experiment: Callable[[Experiment, Experiment], None] | None = None):
         self.task, self.opts = task, options
@@ -430,6 +447,7 @@ class Loop:
         self.guard = Guard(self.task, self.ws)
         if pending:
             self.ws.reset(pending[0].commit_sha)
+            self.ws.pin(pending[0].n, pending[0].commit_sha)  # a killed attempt may not be pinned yet
             return pending[0]
         return None
 
@@ -484,15 +502,31 @@ class Loop:
             self.ws.rewind(best.commit_sha)
         for path in self.guard.unsafe:  # FIFOs, devices, files over max_artifact_mb: never in git
             path.unlink(missing_ok=True)
+        fast = self.settle_fast and not failure and not violations and self._simple(changes, best.commit_sha)
+        stats = {c.path: _stat(self.ws.task_dir / c.path) for c in changes} if fast else {}
         try:
-            exp.commit_sha = self.ws.commit(exp.description, n, untracked=any(c.status == "??" for c in changes))
+            exp.commit_sha = self.ws.commit(exp.description, n, untracked=any(c.status == "??" for c in changes),
+                                            pin=not fast)
         except OuroborosError as exc:  # what the agent left cannot be committed: this attempt fails, the run goes on
             failure = failure or f"the attempt could not be committed ({str(exc)[:200]})"
+            fast = False
             self.ws.reset(best.commit_sha)
             exp.commit_sha = self.ws.commit(exp.description, n, untracked=False)
         self._dirty = any(c.status == "!!" for c in changes)
         exp.loc = count_loc(self.ws.task_dir, self.task.editable_files(self.ws.task_dir))
-        (ctx.exp_dir / "diff.patch").write_text(self.ws.diff(best.commit_sha, exp.commit_sha), errors="surrogateescape")
+        attempt = self._read_attempt(best.commit_sha, exp.commit_sha, stats) if fast else None
+        if attempt is not None:
+            before = self.ws.snapshot()
+            self._pending = (n, exp.commit_sha, list(stats), before) if before is not None else None
+            patch = git_patch(self.ws.prefix, self._files_of(best.commit_sha), attempt, [c.path for c in changes])
+        else:
+            patch = None
+        if fast and self._pending is None:  # the files moved while git read them: pinned, reverted with git
+            self.ws.adopt_index()
+            self.ws.pin(n, exp.commit_sha)
+        (ctx.exp_dir / "diff.patch").write_text(patch if patch is not None else
+                                                self.ws.diff(best.commit_sha, exp.commit_sha),
+                                                errors="surrogateescape")
         self.ledger.begin(exp)
         if failure or violations:
             exp.status = Verdict.CRASH if failure else Verdict.VIOLATION
@@ -515,6 +549,64 @@ class Loop:
         if self.ws.head() != parent.commit_sha:
             self.ws.reset(parent.commit_sha)
         return parent
+
+    # -- the common path's bookkeeping without git (see Workspace.settle) ----------------------
+    def _files_of(self, commit: str) -> dict[str, tuple[bytes, int]]:
+        """A commit's editable files as committed (task-relative -> (bytes, git mode)): the object
+        store's, read once per commit; kept for the keeps (parents) and the attempt under way."""
+        if self._files is None:
+            self._files = {}
+        if commit not in self._files:
+            self._files[commit] = self.ws.files_at(commit, self.task.is_editable)
+            while len(self._files) > FILES_KEPT:
+                del self._files[next(iter(self._files))]
+        return self._files[commit]
+
+    def _simple(self, changes: list, best: str) -> bool:
+        """Whether a proposal is the common kind whose attempt the loop can settle without git:
+        editable regular files modified in place, their executable bit as in the best commit."""
+        if not changes or any(c.status != " M" or c.path.startswith("../") or not self.task.is_editable(c.path)
+                              for c in changes):
+            return False
+        files = self._files_of(best)
+        for c in changes:
+            st = _stat(self.ws.task_dir / c.path)
+            if st is None or not stat.S_ISREG(st[0]) or c.path not in files or \
+                    bool(st[0] & 0o100) != (files[c.path][1] == 0o100755):
+                return False
+        return True
+
+    def _read_attempt(self, best: str, attempt: str, stats: dict) -> dict[str, tuple[bytes, int]] | None:
+        """The attempt's editable files: the best commit's, with the changed ones read from the worktree.
+        A file is taken only if nothing touched it from before the commit until after it was read (its
+        inode and change time unmoved), so these are the bytes git committed; None otherwise."""
+        files = dict(self._files_of(best))
+        for rel, key in stats.items():
+            path = self.ws.task_dir / rel
+            try:
+                data = path.read_bytes()
+            except OSError:
+                return None
+            if key is None or _stat(path) != key:
+                return None
+            files[rel] = (data, files[rel][1])
+        assert self._files is not None
+        self._files[attempt] = files
+        return files
+
+    def _settle(self, exp: Experiment, best: Experiment) -> bool:
+        """Pin the pending attempt, put branch and worktree at the new best (without git where it can)."""
+        pending, self._pending = self._pending, None
+        if pending is None or pending[0] != exp.n or pending[1] != exp.commit_sha:
+            return False
+        n, sha, proposed, before = pending
+        target = sha if exp.status == Verdict.KEEP else best.commit_sha
+        if not self.ws.settle(n, sha, target, self._files_of(target), before, proposed):
+            self.ws.pin(n, sha)
+            self.ws.reset(target)
+        if target != sha:
+            self._files.pop(sha, None)
+        return True
 
     def _execute(self, exp: Experiment, best: Experiment | None, start: float | None = None) -> None:
         """Run, evaluate and judge an attempt already committed and begun in the ledger."""
@@ -576,7 +668,7 @@ class Loop:
         head = self.ws.head()
         self.guard.arm()
         try:
-            committed = self.ws.files_at(head, self.task.is_editable)  # the bytes the guard checked, not the run's
+            committed = self._files_of(head)  # the bytes the guard checked and git committed, not the run's
             m = evaluate.sealed(self.task, self.ws.task_dir, self.fixed, exp_dir / name, env,
                                 wrap=lambda argv, writable, cwd: self._wrap_evaluation(argv, writable, cwd),
                                 command=command, committed=committed)
@@ -656,9 +748,12 @@ class Loop:
         return m.metric if m.error is None and m.metric is not None and math.isfinite(m.metric) else None
 
     def _record(self, exp: Experiment, best: Experiment | None) -> None:
+        settled = best is not None and self._settle(exp, best)  # pinned before the row is final
         self.ledger.finish(exp)
         self.history.append(exp)
-        if exp.status != Verdict.KEEP and best is not None:
+        if settled:
+            pass
+        elif exp.status != Verdict.KEEP and best is not None:
             self.ws.reset(best.commit_sha)
         else:
             self.ws.clean()

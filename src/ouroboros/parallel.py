@@ -38,6 +38,8 @@ MEASURED = "measured"  # a slot's outcome that still awaits the round's judgemen
 class Slot(Loop):
     """The run's Loop seen through one slot: its own worktree, guard, devices; shared ledger and agent."""
 
+    settle_fast = False  # its attempts are recorded by the run's loop, in the run's own worktree
+
     def __init__(self, loop: Loop, i: int, devices: str | None):
         self.__dict__.update(loop.__dict__)  # not Loop.__init__: the run, ledger, agent and history are shared
         self.index, self.devices, self.deferred = i, devices, None

@@ -23,10 +23,13 @@ what a replay agent's own `git apply` does (agents/replay.py, run in the worktre
 
 from __future__ import annotations
 
+import difflib
 import functools
+import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,14 +58,18 @@ def git_env() -> dict[str, str]:
     return env
 
 
-def _call(argv: list[str], what: str, check: bool, input: str | bytes | None = None, text: bool = True):
+def _call(argv: list[str], what: str, check: bool, input: str | bytes | None = None, text: bool = True,
+          index: Path | None = None):
     # An absolute executable, no cwd= and close_fds=False let CPython use posix_spawn instead of
     # fork: a few milliseconds saved per call, and the loop makes several calls per experiment.
     # Text is UTF-8 with surrogateescape both ways: a path or a line that is not UTF-8 (any bytes but
     # / and NUL make a file name) comes back as a str that names the same bytes when passed to git again.
     enc = {"encoding": "utf-8", "errors": "surrogateescape"} if text else {}
+    env = git_env()
+    if index is not None:
+        env["GIT_INDEX_FILE"] = str(index)
     try:
-        proc = subprocess.run(argv, capture_output=True, input=input, close_fds=False, env=git_env(), **enc)
+        proc = subprocess.run(argv, capture_output=True, input=input, close_fds=False, env=env, **enc)
     except FileNotFoundError as exc:
         raise OuroborosError("git is not installed; install it (apt-get install git)") from exc
     if check and proc.returncode != 0:
@@ -146,6 +153,9 @@ class Change:
     path: str  # relative to the task folder, posix
 
 
+MAX_SNAPSHOT = 200_000  # worktree entries `Workspace.snapshot` lists; past it the loop resets with git
+
+
 class Workspace:
     """The run's worktree. `task_rel` is the task folder inside the repo ('.' for the root).
 
@@ -227,9 +237,10 @@ class Workspace:
                 [a for n in sorted(names) for a in ("-c", f"filter.{n}.required=false")]
         return self._filters
 
-    def git(self, *args: str, check: bool = True, text: bool = True, input: str | None = None) -> str:
+    def git(self, *args: str, check: bool = True, text: bool = True, input: str | None = None,
+            index: Path | None = None) -> str:
         argv = [_GIT, f"--git-dir={self.admin}", f"--work-tree={self.path}", *_SAFE, *self._filter_args(), *args]
-        return _call(argv, f"{' '.join(args[:3])} in {self.path}", check, input=input, text=text).stdout
+        return _call(argv, f"{' '.join(args[:3])} in {self.path}", check, input=input, text=text, index=index).stdout
 
     def _repo_git(self, *args: str, check: bool = True, text: bool = True, input=None):
         """git on the repository itself (worktree bookkeeping, objects, refs), its git dir named."""
@@ -310,23 +321,113 @@ class Workspace:
             changes.append(Change(entry[:2], path))
         return changes
 
-    def commit(self, message: str, n: int, untracked: bool = True) -> str:
+    def commit(self, message: str, n: int, untracked: bool = True, pin: bool = True) -> str:
         """Commit everything in the worktree and pin it under refs/ouroboros/<tag>/<n>.
 
-        With untracked=False (the caller saw no new files) one `commit -a` does the add too.
+        With untracked=False (the caller saw no new files) one `commit -a` does the add too. With
+        pin=False the commit is made on a copy of the index (the worktree's own index still describes
+        the commit the branch was at) and not pinned: `settle` pins it and moves the branch back or on
+        in one ref transaction, and puts the files back without git (the loop's common path).
         """
+        index = None
+        if not pin:
+            index = self.attempt_index
+            shutil.copyfile(self.admin / "index", index)
         if untracked:
-            self.git("add", "-A")
+            self.git("add", "-A", index=index)
         # The message goes by file (stdin), cleaned: agent text is data, never an argument (a NUL in
         # argv cannot even be passed) or an option.
         self.git("commit", "-q", "--no-verify", "--allow-empty", *(() if untracked else ("-a",)),
-                 "--cleanup=verbatim", "-F", "-", input=clean_text(message).strip() or f"experiment {n}")
+                 "--cleanup=verbatim", "-F", "-", input=clean_text(message).strip() or f"experiment {n}", index=index)
         sha = self.head()
-        self.pin(n, sha)
+        if pin:
+            self.pin(n, sha)
         return sha
+
+    @property
+    def attempt_index(self) -> Path:
+        """The index an unpinned attempt is committed with (see `commit`)."""
+        return self.admin / "ouroboros-attempt-index"
 
     def pin(self, n: int, sha: str) -> None:
         self.git("update-ref", f"refs/ouroboros/{self.tag}/{n}", sha)
+
+    def snapshot(self) -> dict[str, tuple[int, ...]] | None:
+        """Every entry of the worktree (its `.git` file excepted) -> (mode, inode, ctime, size), read
+        without git; None past MAX_SNAPSHOT entries. Any write, rename, chmod or link moves an entry's
+        change time, which no process can set back, so two snapshots tell what was written between."""
+        found: dict[str, tuple[int, ...]] = {}
+        root = str(self.path)
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            try:
+                with os.scandir(os.path.join(root, rel) if rel else root) as it:
+                    for entry in it:
+                        name = f"{rel}/{entry.name}" if rel else entry.name
+                        if name == ".git":
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                        found[name] = (st.st_mode, st.st_ino, st.st_ctime_ns, st.st_size)
+                        if stat.S_ISDIR(st.st_mode):
+                            stack.append(name)
+                        if len(found) > MAX_SNAPSHOT:
+                            return None
+            except OSError:
+                return None
+        return found
+
+    def settle(self, n: int, attempt: str, target: str, files: dict[str, tuple[bytes, int]],
+               before: dict[str, tuple[int, ...]], proposed: list[str]) -> bool:
+        """After an unpinned attempt (`commit(pin=False)`) ran: pin it, put the branch at target (the
+        attempt when kept, the best commit when not) in one `update-ref --stdin`, and make the worktree
+        exactly target without git: `files` are target's committed editable files (task-relative ->
+        (bytes, mode), from the object store), `before` the snapshot taken right after the commit,
+        `proposed` the task-relative paths the proposal changed. Whatever was written since `before`
+        is deleted (new files and links) or rewritten from `files`; so are the proposed paths when the
+        target is not the attempt. False, with nothing changed, where that cannot be done exactly
+        (HEAD no longer on the branch at the attempt, a changed path target has no bytes for here,
+        an entry whose kind changed, a new folder): the caller then resets and cleans with git."""
+        head = self.admin / "HEAD"
+        try:
+            on_branch = head.read_text() == f"ref: refs/heads/{self.branch}\n"
+        except OSError:
+            on_branch = False
+        after = self.snapshot()
+        if not on_branch or after is None or self.head() != attempt:
+            return False
+        prefix = self.prefix
+        rewrite: set[str] = set() if target == attempt else {prefix + p for p in proposed}
+        delete: list[str] = []
+        for name, key in after.items():
+            old = before.get(name)
+            if old is None:
+                if stat.S_ISDIR(key[0]):  # a new folder (perhaps nested past any recursion limit): git clean
+                    return False
+                delete.append(name)
+            elif old != key:
+                if stat.S_IFMT(old[0]) != stat.S_IFMT(key[0]):
+                    return False
+                if not stat.S_ISDIR(key[0]):
+                    rewrite.add(name)
+        rewrite.update(name for name, key in before.items() if name not in after and not stat.S_ISDIR(key[0]))
+        if any(not name.startswith(prefix) or name[len(prefix):] not in files for name in rewrite):
+            return False
+        refs = f"update refs/ouroboros/{self.tag}/{n} {attempt}\n"
+        if target != attempt:
+            refs += f"update refs/heads/{self.branch} {target} {attempt}\n"
+        if _call([_GIT, f"--git-dir={self.admin}", *_SAFE, "update-ref", "--stdin"], "update-ref", False,
+                 input=refs).returncode != 0:
+            return False
+        try:
+            self._put_back(delete, rewrite, files)
+            if target == attempt:
+                self.adopt_index()
+            else:
+                self.attempt_index.unlink(missing_ok=True)
+        except OSError:  # a folder the run made unwritable, the index copy gone: the caller resets with git
+            return False
+        return True
 
     def rewind(self, commit: str) -> None:
         """Put the run's branch back at commit, and HEAD on it, leaving the files as they are: an agent
@@ -334,9 +435,36 @@ class Workspace:
         self.git("symbolic-ref", "HEAD", f"refs/heads/{self.branch}")
         self.git("reset", "-q", "--soft", commit)
 
+    def _put_back(self, delete: list[str], rewrite: set[str], files: dict[str, tuple[bytes, int]]) -> None:
+        prefix = self.prefix
+        for name in delete:  # files and links only (new folders are left to git)
+            path = os.path.join(self.path, name)
+            if os.path.lexists(path):
+                os.unlink(path)
+        for name in sorted(rewrite):
+            data, mode = files[name[len(prefix):]]
+            target = self.path / name
+            if os.path.lexists(target):
+                os.unlink(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if mode == 0o120000:
+                os.symlink(data, target)
+                continue
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o777)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+
+    def adopt_index(self) -> None:
+        """Make the copy an attempt was committed with the worktree's index (it describes HEAD now)."""
+        os.replace(self.attempt_index, self.admin / "index")
+
     def reset(self, commit: str) -> None:
         """Make the worktree exactly `commit`: tracked files reset, untracked and ignored files gone."""
         self.git("reset", "-q", "--hard", commit)
+        try:
+            self.attempt_index.unlink(missing_ok=True)
+        except OSError:
+            pass
         self.clean()
 
     def clean(self) -> None:
@@ -377,6 +505,71 @@ class Workspace:
             files[rel] = (out[header_end + 1:header_end + 1 + size], mode)
             pos = header_end + 1 + size + 1
         return files
+
+
+_PLAIN_PATH = re.compile(r"^[A-Za-z0-9._/+-]+$")  # paths git writes in a diff header as they are
+
+
+def _lines(data: bytes) -> list[bytes]:
+    lines = data.split(b"\n")
+    return [line + b"\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+
+
+def git_patch(prefix: str, old: dict[str, tuple[bytes, int]], new: dict[str, tuple[bytes, int]],
+              paths: list[str]) -> str | None:
+    """The patch `git diff --full-index` writes for text files modified in place (same mode), made
+    without a git process: headers, full blob ids, hunks with three lines of context and git's
+    default hunk headers (difflib's matching, so hunks may be cut where git's would not; `git apply`
+    takes either). None where git must write it: a binary or non-UTF-8 file, a path git would
+    quote, another kind of change."""
+    out: list[str] = []
+    for rel in sorted(paths):
+        name = prefix + rel
+        if rel not in old or rel not in new or old[rel][1] != new[rel][1] or not _PLAIN_PATH.match(name):
+            return None
+        a, b = old[rel][0], new[rel][0]
+        if b"\0" in a[:8000] or b"\0" in b[:8000]:
+            return None
+        try:
+            a_lines, b_lines = [x.decode() for x in _lines(a)], [x.decode() for x in _lines(b)]
+        except UnicodeDecodeError:
+            return None
+        if a == b:
+            continue
+        ids = [hashlib.sha1(b"blob %d\0" % len(x) + x).hexdigest() for x in (a, b)]
+        out.append(f"diff --git a/{name} b/{name}\nindex {ids[0]}..{ids[1]} {old[rel][1]:o}\n"
+                   f"--- a/{name}\n+++ b/{name}\n")
+        matcher = difflib.SequenceMatcher(None, a_lines, b_lines, autojunk=False)
+        for group in matcher.get_grouped_opcodes(3):
+            i1, i2, j1, j2 = group[0][1], group[-1][2], group[0][3], group[-1][4]
+            out.append(f"@@ -{_range(i1, i2)} +{_range(j1, j2)} @@{_funcname(a_lines, i1)}\n")
+            for tag, k1, k2, m1, m2 in group:
+                if tag == "equal":
+                    out += [_line(" ", x) for x in a_lines[k1:k2]]
+                    continue
+                out += [_line("-", x) for x in a_lines[k1:k2]]
+                out += [_line("+", x) for x in b_lines[m1:m2]]
+    return "".join(out)
+
+
+def _funcname(lines: list[str], start: int) -> str:
+    """git's default hunk header context: the nearest line above the hunk that starts with a letter,
+    `_` or `$`, cut at 79 bytes, trailing blanks dropped (a diff driver's own pattern is not used)."""
+    for k in range(start - 1, -1, -1):
+        line = lines[k]
+        if line[:1].isascii() and (line[:1].isalpha() or line[:1] in "_$"):
+            cut = line.encode()[:79].decode(errors="ignore").rstrip()
+            return " " + cut
+    return ""
+
+
+def _range(start: int, stop: int) -> str:
+    length = stop - start
+    return f"{start + 1}" if length == 1 else f"{start + (1 if length else 0)},{length}"
+
+
+def _line(mark: str, text: str) -> str:
+    return mark + text if text.endswith("\n") else f"{mark}{text}\n\\ No newline at end of file\n"
 
 
 def count_loc(root: Path, files: list[str]) -> int:
