@@ -481,8 +481,11 @@ class Loop:
             self.ws.rewind(best.commit_sha)
         for path in self.guard.unsafe:  # FIFOs, devices, files over max_artifact_mb: never in git
             path.unlink(missing_ok=True)
+        if failure and self.guard.withheld:  # a failed agent's leftovers: the same files stay out of git
+            failure += f" ({self.guard.note})"
         try:
-            exp.commit_sha = self.ws.commit(exp.description, n, untracked=any(c.status == "??" for c in changes))
+            exp.commit_sha = self.ws.commit(exp.description, n, untracked=any(c.status == "??" for c in changes),
+                                            only=self.guard.admitted if self.guard.withheld else None)
         except OuroborosError as exc:  # what the agent left cannot be committed: this attempt fails, the run goes on
             failure = failure or f"the attempt could not be committed ({str(exc)[:200]})"
             self.ws.reset(best.commit_sha)

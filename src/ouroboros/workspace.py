@@ -306,12 +306,20 @@ class Workspace:
             changes.append(Change(entry[:2], path))
         return changes
 
-    def commit(self, message: str, n: int, untracked: bool = True) -> str:
+    def commit(self, message: str, n: int, untracked: bool = True, only: list[str] | None = None) -> str:
         """Commit everything in the worktree and pin it under refs/ouroboros/<tag>/<n>.
 
-        With untracked=False (the caller saw no new files) one `commit -a` does the add too.
+        With untracked=False (the caller saw no new files) one `commit -a` does the add too. With
+        `only` (task-relative paths), the commit holds HEAD plus exactly those paths' changes: the
+        index is reset first (whatever was staged is dropped), paths are literal, never globs.
         """
-        if untracked:
+        if only is not None:
+            self.git("read-tree", "HEAD")
+            if only:
+                self.git("add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul",
+                         input="\0".join(f":(top,literal){self.prefix}{rel}" for rel in only))
+            untracked = True  # no -a: the index is the commit
+        elif untracked:
             self.git("add", "-A")
         # The message goes by file (stdin), cleaned: agent text is data, never an argument (a NUL in
         # argv cannot even be passed) or an option.
