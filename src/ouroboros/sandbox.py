@@ -5,7 +5,8 @@ Protects against:
   seen (or that was orphaned onto it, since the harness is a child subreaper) get SIGKILL;
 - a daemon left behind: whatever descendant is still alive when the command ends is frozen, then
   killed, and the run fails ("left N processes running"), so a daemon can never tamper with the
-  evaluation; one that re-forks each generation is frozen before it can fork again;
+  evaluation; one that re-forks each generation is caught too (the sweep looks again as long as
+  it finds a stray or an ended child of ours, whose successor has then been orphaned onto us);
 - a stopped harness: elapsed time is checked again when the command ends, so SIGSTOP on the
   harness (possible at level `process`) buys the run no time;
 - a fork bomb: more than `max_processes` processes in the tree (polled) ends the run;
@@ -205,22 +206,24 @@ def _children() -> dict[int, psutil.Process]:
     return out
 
 
-def _strays(known: dict[int, psutil.Process], before: set[int]) -> list[psutil.Process]:
-    """Descendants that outlived the command: seen in its tree, or orphaned onto us since it started."""
+def _strays(known: dict[int, psutil.Process], before: set[int]) -> tuple[list[psutil.Process], bool]:
+    """Descendants that outlived the command (seen in its tree, or orphaned onto us since it
+    started), and whether a child of ours that had already ended was reaped on the way: its own
+    children, if any, have just been orphaned onto us, so the caller must look again."""
     alive = {pid: p for pid, p in known.items() if p.is_running()}
     for pid, child in _children().items():
         if pid not in before:
             alive.setdefault(pid, child)
-    out = []
+    out, reaped = [], False
     for p in alive.values():
         try:
             if p.status() != psutil.STATUS_ZOMBIE:
                 out.append(p)
             elif p.ppid() == os.getpid():
-                os.waitpid(p.pid, os.WNOHANG)  # an orphan re-parented to us: reap it
+                reaped = os.waitpid(p.pid, os.WNOHANG)[0] == p.pid or reaped  # an orphan re-parented to us
         except (psutil.Error, ChildProcessError):
             pass
-    return out
+    return out, reaped
 
 
 def _du(folder: Path) -> int:
@@ -391,41 +394,43 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
 def _sweep(known: dict[int, psutil.Process], before: set[int], teardown: float = 0.1) -> int:
     """Kill every descendant that outlived the command; how many there were.
 
-    Strays are stopped (SIGSTOP) before anything is killed, and the search goes on until a pass
-    finds no running one: a stopped process cannot fork, so a daemon that re-forks each
-    generation (or whose children orphan onto us as we kill it) is caught as soon as one
-    generation is seen alive. One whose generations live shorter than a pass (well under a
-    millisecond) can still outrun it: only the PID namespaces of levels unshare and bwrap end
-    such a chain for certain, which is why level process is refused for agents that write code.
+    The harness is a child subreaper, so whatever a run leaves is either a descendant of a process
+    we can see or orphaned onto us as its parent ends. Each pass freezes (SIGSTOP) every stray it
+    finds and its whole tree before killing any (a stopped process cannot fork), and the passes go
+    on until one finds no stray and no ended child of ours to reap: a generation that forked its
+    successor and exited between our listing and our signal leaves a zombie child of ours, and its
+    successor is by then our child too, so the next pass finds it. A daemon that re-forks each
+    generation, however fast, is therefore caught at every level, without a PID namespace.
     """
-    stopped: dict[int, psutil.Process] = {}
-    deadline = time.monotonic() + 3.0
+    found: dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + 10.0
     first = True
     while time.monotonic() < deadline:
-        strays = [p for p in _strays(known, before) if p.pid not in stopped]
+        strays, reaped = _strays(known, before)
         if strays and first:  # a wrapper process tearing itself down (bwrap's init) is not a stray; with a
             first = False  # wrapper, the reaper's count inside the namespace finds real strays, so on a
-            strays = psutil.wait_procs(strays, timeout=teardown)[1]  # loaded machine its teardown gets longer
-            if not strays:
-                continue  # but what it orphaned onto us while ending is: look again
-        if not strays:
+            psutil.wait_procs(strays, timeout=teardown)  # loaded machine its teardown gets longer
+            continue  # what is still there, or was orphaned onto us meanwhile, is found by the next pass
+        if not strays and not reaped:
             break
+        frozen: list[psutil.Process] = []
         for p in strays:
+            for c in _tree(p) or [p]:
+                known.setdefault(c.pid, c)
+                try:
+                    c.suspend()
+                    frozen.append(c)
+                    if c.status() != psutil.STATUS_ZOMBIE:
+                        found.setdefault(c.pid, c)
+                except psutil.Error:
+                    pass
+        for p in frozen:  # killing orphans what it had forked meanwhile onto us: the next pass sees it
             try:
-                p.suspend()
+                p.kill()
             except psutil.Error:
                 pass
-            stopped[p.pid] = p
-            for c in _tree(p):
-                known.setdefault(c.pid, c)
-                if c.pid not in stopped:
-                    try:
-                        c.suspend()
-                    except psutil.Error:
-                        pass
-                    stopped[c.pid] = c
-    _kill(list(stopped.values()))
-    return len(stopped)
+    psutil.wait_procs(list(found.values()), timeout=2)
+    return len(found)
 
 
 def kill_inside(folder: Path) -> int:
