@@ -492,7 +492,8 @@ class Loop:
             exp.commit_sha = self.ws.commit(exp.description, n, untracked=False)
         self._dirty = any(c.status == "!!" for c in changes)
         exp.loc = count_loc(self.ws.task_dir, self.task.editable_files(self.ws.task_dir))
-        (ctx.exp_dir / "diff.patch").write_text(self.ws.diff(best.commit_sha, exp.commit_sha))
+        (ctx.exp_dir / "diff.patch").write_text(self.ws.diff(best.commit_sha, exp.commit_sha),
+                                                errors="surrogateescape")  # git's bytes, UTF-8 or not
         self.ledger.begin(exp)
         if failure or violations:
             exp.status = Verdict.CRASH if failure else Verdict.VIOLATION

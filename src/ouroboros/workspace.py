@@ -59,7 +59,10 @@ def _call(argv: list[str], what: str, check: bool, input: str | bytes | None = N
     # An absolute executable, no cwd= and close_fds=False let CPython use posix_spawn instead of
     # fork: a few milliseconds saved per call, and the loop makes several calls per experiment.
     try:
-        proc = subprocess.run(argv, capture_output=True, text=text, input=input, close_fds=False, env=git_env())
+        # Text is UTF-8 with surrogateescape: names and contents an agent wrote need not be UTF-8,
+        # and they go back to the filesystem (or to git on stdin) as the same bytes.
+        proc = subprocess.run(argv, capture_output=True, input=input, close_fds=False, env=git_env(),
+                              **({"encoding": "utf-8", "errors": "surrogateescape"} if text else {}))
     except FileNotFoundError as exc:
         raise OuroborosError("git is not installed; install it (apt-get install git)") from exc
     if check and proc.returncode != 0:

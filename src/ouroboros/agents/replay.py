@@ -54,7 +54,7 @@ class ReplayAgent(Agent):
         patch = self.run_dir / "exp" / str(ctx.n) / "diff.patch"
         if not patch.is_file():
             raise AgentError(f"replay: {patch} is missing")
-        if patch.read_text().strip():
+        if patch.read_bytes().strip():  # a recorded diff need not be UTF-8
             root = git_root(ctx.worktree)
             proc = subprocess.run(["git", "apply", "--whitespace=nowarn", str(patch.resolve())], cwd=root,
                                   capture_output=True, text=True)
