@@ -534,8 +534,9 @@ class Loop:
         vram = evaluate.parse_key(exp_dir / "run.log", "peak_vram_mb")
         exp.peak_gpu_mb = outcome.peak_gpu_mb or vram or None
         broke = self.guard.after("run", exp.commit_sha)
-        if broke:
-            exp.status, exp.reason = Verdict.VIOLATION, "; ".join(broke)
+        if broke:  # the verdict; what the sandbox stopped on the way is said too
+            exp.status, exp.reason = Verdict.VIOLATION, "; ".join(broke) + (
+                f"; the sandbox also stopped the run: {outcome.killed}" if outcome.killed else "")
         elif outcome.timed_out:
             exp.status, exp.reason = Verdict.TIMEOUT, f"killed at budget + grace ({self.budget + self.task.task.grace_s:g} s)"
         elif not outcome.ok:
@@ -637,7 +638,7 @@ class Loop:
 
     def _confirm(self, exp: Experiment, exp_dir: Path, env: dict[str, str]) -> float | None:
         env = {**env, "OUROBOROS_SEED": str(self.run_rec.seed + 1000 + exp.n)}
-        self.ws.clean()
+        self.ws.reset(exp.commit_sha)  # from the commit: nothing the first run wrote, tracked files included
         self.guard.arm()
         outcome = self._run_phase(exp_dir, env, "confirm.log")
         broke = self.guard.after("confirmation run", exp.commit_sha)
@@ -654,8 +655,8 @@ class Loop:
         self.history.append(exp)
         if exp.status != Verdict.KEEP and best is not None:
             self.ws.reset(best.commit_sha)
-        else:
-            self.ws.clean()
+        else:  # a keep: its commit, not what the run wrote into tracked files (state, links) since
+            self.ws.reset(exp.commit_sha) if exp.commit_sha else self.ws.clean()
         self._dirty = False
         if best is not None:
             self.agent.observe(exp)

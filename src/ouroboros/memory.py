@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ouroboros.ledger import Experiment, fmt_metric, one_line
+from ouroboros.readfile import read_regular
 from ouroboros.sandbox import tail_text
 from ouroboros.task import Task
 
@@ -125,17 +126,20 @@ def build_prompt(task: Task, worktree_task: Path, history: list[Experiment], run
              f"# Metric\n\n{task.metric.name}, {'lower' if task.minimize else 'higher'} is better.",
              "# Editable files"]
     for rel in task.editable_files(worktree_task):
-        text = (worktree_task / rel).read_text(errors="replace")
+        text = read_regular(worktree_task / rel, 4 * MAX_FILE_CHARS)  # never through a link a run left
+        if text is None:
+            text = "[not a regular file: the harness does not read it]"
         if len(text) > MAX_FILE_CHARS:
             text = text[:MAX_FILE_CHARS] + "\n[... truncated ...]"
         parts.append(f"## {rel}\n\n```\n{text}\n```")
     results = results_section(task, history, task.agent.prompt_results, task.agent.prompt_results_chars)
     parts.append(f"# Results so far\n\n{results}")
     notes, guidance = run_dir / "notes.md", run_dir / "guidance.md"
-    if notes.exists() and notes.read_text().strip():
-        parts.append(f"# Your notes (notes.md, kept across experiments)\n\n{notes.read_text().strip()}")
-    if guidance.exists() and guidance.read_text().strip():
-        parts.append(f"# Guidance from a person (guidance.md)\n\n{guidance.read_text().strip()}")
+    notes_text, guidance_text = (read_regular(notes) or "").strip(), (read_regular(guidance) or "").strip()
+    if notes_text:
+        parts.append(f"# Your notes (notes.md, kept across experiments)\n\n{notes_text}")
+    if guidance_text:
+        parts.append(f"# Guidance from a person (guidance.md)\n\n{guidance_text}")
     failed = next((e for e in reversed(history) if e.status in ("crash", "timeout", "violation")), None)
     if failed is not None:
         log = run_dir / "exp" / str(failed.n) / ("eval.log" if "evaluat" in failed.reason else "run.log")

@@ -56,8 +56,9 @@ _KEEP = {"PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TERM", "COLO
          "REQUESTS_CA_BUNDLE", "OUROBOROS_CACHE"}
 _KEEP_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "OMP_", "MKL_", "OPENBLAS_", "TORCH")
 _PROXIES = {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "FTP_PROXY"}  # any case, userinfo stripped
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/@\s]*@")
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/]*@")  # through the last @ before the path
 _STRAYS = re.compile(r"^\[ouroboros\] strays (\d+)$", re.MULTILINE)  # isolation._REAPER's report
+_BLOCK = 512  # what an entry costs at least, in _du
 _SUBREAPER = 0  # the pid that made itself a subreaper: a forked child is not one
 
 
@@ -227,19 +228,24 @@ def _strays(known: dict[int, psutil.Process], before: set[int]) -> tuple[list[ps
 
 
 def _du(folder: Path) -> int:
-    """Bytes of the files under folder, .git excluded; links are not followed."""
+    """Bytes under folder, its own top-level .git excluded (a `.git` deeper down counts: the guard
+    refuses it, but only after the phase); links are not followed. Every entry counts at least one
+    block (512 bytes), so empty files and folders cannot add up to any number of inodes."""
     total = 0
-    stack = [str(folder)]
+    top = str(folder)
+    stack = [top]
     while stack:
+        current = stack.pop()
         try:
-            with os.scandir(stack.pop()) as it:
+            with os.scandir(current) as it:
                 for entry in it:
                     try:
                         if entry.is_dir(follow_symlinks=False):
-                            if entry.name != ".git":
+                            if entry.name != ".git" or current != top:
                                 stack.append(entry.path)
+                                total += _BLOCK
                         else:
-                            total += entry.stat(follow_symlinks=False).st_size
+                            total += max(entry.stat(follow_symlinks=False).st_size, _BLOCK)
                     except OSError:
                         pass
         except OSError:

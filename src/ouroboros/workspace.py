@@ -254,7 +254,7 @@ class Workspace:
         dotgit = self.path / ".git"
         want = self.dotgit_text()
         try:
-            if dotgit.is_file() and not dotgit.is_symlink() and dotgit.read_text() == want:
+            if dotgit.is_file() and not dotgit.is_symlink() and dotgit.read_bytes() == want.encode():
                 return False
         except OSError:
             pass
@@ -285,7 +285,7 @@ class Workspace:
             for line in (common / "packed-refs").read_text().splitlines():
                 if line.endswith(" " + ref):
                     return line.split()[0]
-        except OSError:
+        except (OSError, ValueError):  # ValueError: bytes that are not UTF-8 where git keeps text
             pass
         return self.git("rev-parse", "HEAD").strip()
 

@@ -323,10 +323,6 @@ Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
     assert secret not in description, "the confined agent read ~/.cargo/credentials.toml"
 
 
-@pytest.mark.xfail(strict=True, reason="chain.verify_tsv reports missing ledger rows only when results.tsv also has "
-                   "an extra row, to forgive a table that is only behind after a kill; but rows cut from the middle "
-                   "(the crashes and discards before the last row) are not 'behind', and verify says all agree (fix: "
-                   "forgive only a missing suffix: the table's rows must be a prefix of the ledger's)")
 def test_verify_reports_results_tsv_rows_cut_from_the_middle(quadratic):
     from ouroboros import chain
     from ouroboros.loop import Loop, Options
@@ -345,10 +341,6 @@ def test_verify_reports_results_tsv_rows_cut_from_the_middle(quadratic):
     assert problems, "results.tsv lost a row from its middle and verify found nothing"
 
 
-@pytest.mark.xfail(strict=True, reason="sandbox._strip_userinfo's pattern `[^/@\\s]*@` stops at the first '@' and at "
-                   "whitespace: a proxy password holding '@' (which curl and requests accept unencoded) keeps its tail, "
-                   "and one holding a space is passed whole (fix: strip through the LAST '@' before the host's first "
-                   "'/', e.g. `^(scheme://)?[^/]*@`)")
 @pytest.mark.parametrize("value", ["http://alice:p@ss-word@proxy.corp:3128", "http://alice:pass word@proxy.corp:3128"])
 def test_a_proxy_password_with_an_at_sign_or_a_space_does_not_reach_experiments(value):
     from ouroboros import sandbox
@@ -368,10 +360,6 @@ def cheat():
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="after a keep Loop._record calls ws.clean() (untracked files only), not a reset "
-                   "to the kept commit: what the run wrote into tracked files (its own train.py) stays in the worktree "
-                   "and becomes part of the next proposal, state carried past the budget (fix: reset the worktree to "
-                   "the experiment's commit after every verdict)")
 def test_what_the_run_writes_into_a_tracked_file_does_not_outlive_a_keep(tmp_path):
     result = cheats.run_attack(cheats.Attack("run-rewrites-tracked", title="carry state in a tracked file",
                                              train=_SELF_REWRITE), tmp_path / "attack", isolation=LEVEL)
@@ -393,10 +381,6 @@ def cheat():
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="sandbox._du (the run's artifact limit) skips every folder named .git, not "
-                   "only the worktree's own, so a run writes past max_artifact_mb under `any/.git/` for its whole "
-                   "budget (the guard's verdict comes after); empty files and folders count 0 bytes too, so inodes are "
-                   "unbounded (fix: skip only the worktree's own .git entry, and count each entry at least a block)")
 def test_a_run_writing_under_a_nested_dotgit_folder_hits_the_artifact_limit(tmp_path):
     attack = cheats.Attack("dotgit-fill", title="fill the disk under a folder named .git", train=_DOTGIT_FILL,
                            bound={"max_artifact_mb": 1})
@@ -404,11 +388,6 @@ def test_a_run_writing_under_a_nested_dotgit_folder_hits_the_artifact_limit(tmp_
     assert "artifact limit" in result.reason, f"ended as {result.verdict}: {result.reason}"
 
 
-@pytest.mark.xfail(strict=True, reason="the run may replace a tracked editable file with a symlink to any path (it need "
-                   "not read it); the guard after the run checks only protected files and .git entries, a keep only "
-                   "cleans the worktree (untracked files), and memory.build_prompt reads the editable files outside "
-                   "the sandbox, following links: the next prompt carries any file the harness's user can read (fix: "
-                   "reset to the commit after every verdict; open editable files with O_NOFOLLOW in build_prompt)")
 def test_a_run_cannot_put_a_file_outside_the_worktree_into_the_next_prompt(tmp_path, monkeypatch):
     import shlex
     import sys
@@ -469,10 +448,6 @@ def cheat():
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="Loop._confirm runs the confirmation with only `ws.clean()` (untracked files) "
-                   "after the first run, so a run that writes its result into its tracked train.py hands it to the "
-                   "re-run: the seed check confirms nothing (fix: reset the worktree to the experiment's commit before "
-                   "the confirmation run)")
 def test_a_confirmation_rerun_starts_from_the_commit_not_from_what_the_first_run_wrote(tmp_path, monkeypatch):
     import shlex
     import sys
@@ -499,10 +474,6 @@ def test_a_confirmation_rerun_starts_from_the_commit_not_from_what_the_first_run
     assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm_metric {exp.metrics.get('confirm_metric')}"
 
 
-@pytest.mark.xfail(strict=True, reason="Workspace.git decodes `git status -z` as strict UTF-8: a file name that is not "
-                   "UTF-8 (any bytes but / and NUL are allowed on Linux) raises UnicodeDecodeError out of Guard.check "
-                   "and Loop.run, and the harness dies instead of recording a violation (fix: decode git's output with "
-                   "os.fsdecode / surrogateescape, and refuse such names as a violation)")
 def test_an_agent_writing_a_file_name_that_is_not_utf8_gets_a_violation_not_a_crash(tmp_path):
     agent = '''
 from pathlib import Path
@@ -515,10 +486,6 @@ Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
 
 
-@pytest.mark.xfail(strict=True, reason="CommandAgent.propose tests the description file with a strict "
-                   "`desc_path.read_text()` (only the second read has errors='replace'): bytes that are not UTF-8 "
-                   "raise UnicodeDecodeError, which is no AgentError, out of Loop.step, and the harness dies (fix: "
-                   "read the file once, as bytes decoded with errors='replace')")
 def test_a_description_that_is_not_utf8_does_not_crash_the_harness(tmp_path):
     agent = '''
 import os
@@ -531,10 +498,6 @@ Path("train.py").write_text(Path("train.py").read_text() + "\\n# a change\\n")
     assert result.verdict in (*cheats.FAILED, "keep", "discard")  # recorded, whatever the verdict
 
 
-@pytest.mark.xfail(strict=True, reason="Workspace.restore_dotgit compares the worktree's .git file with a strict "
-                   "read_text() and catches only OSError: a run that writes bytes that are not UTF-8 into .git raises "
-                   "UnicodeDecodeError out of Guard.after and Loop.run, and every `--resume` dies the same way (fix: "
-                   "compare bytes, read_bytes() == want.encode())")
 def test_a_run_writing_bytes_that_are_not_utf8_into_the_dotgit_file_gets_a_violation_not_a_crash(tmp_path):
     train = '''
 def cheat():
@@ -547,10 +510,6 @@ def cheat():
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
 
 
-@pytest.mark.xfail(strict=True, reason="memory.build_prompt reads notes.md (and guidance.md) with a strict read_text(): "
-                   "an agent that writes bytes that are not UTF-8 into its notes makes the next prompt raise "
-                   "UnicodeDecodeError out of Loop.step, and every resume too (fix: read them with errors='replace', "
-                   "as bound_notes already does)")
 def test_notes_that_are_not_utf8_do_not_crash_the_next_experiment(tmp_path, monkeypatch):
     import shlex
     import sys
@@ -578,10 +537,6 @@ Path("train.py").write_text(Path("train.py").read_text() + "\\n# change " + os.e
     assert len(loop.history) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="Workspace.git decodes git's output as strict UTF-8, and Loop.step writes "
-                   "diff.patch from `git diff` of the attempt: an editable file holding a byte that is not UTF-8 (in a "
-                   "comment) raises UnicodeDecodeError out of Loop.step (fix: take diffs as bytes, or decode with "
-                   "errors='replace')")
 def test_an_editable_file_with_a_byte_that_is_not_utf8_does_not_crash_the_harness(tmp_path):
     agent = '''
 from pathlib import Path
@@ -622,10 +577,6 @@ def cheat():
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
 
 
-@pytest.mark.xfail(strict=True, reason="the same link as above (a run replaces train.py with a symlink; a keep keeps "
-                   "it) makes the in-process api: agent write outside the worktree: edits.apply reads and writes "
-                   "`root / rel` following links, as the harness's user (fix: reset to the commit after every verdict; "
-                   "open editable files with O_NOFOLLOW in edits.apply, and refuse a path that is a link)")
 def test_the_api_agent_never_writes_through_a_link_the_run_left(quadratic, tmp_path, monkeypatch):
     from ouroboros.loop import Loop, Options
     from ouroboros.task import load_task
@@ -700,10 +651,6 @@ def cheat():
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: the run read /etc/shadow"
 
 
-@pytest.mark.xfail(strict=True, reason="sandbox._du counts st_size only: empty files and folders count 0 bytes, so a "
-                   "run creates any number of inodes (each a directory entry and an inode on the host's disk) under "
-                   "max_artifact_mb, and every later git status, guard walk, evaluation folder and clean pays for them "
-                   "outside the budget (fix: count each entry at least one block, or cap the number of entries)")
 def test_a_run_creating_many_empty_files_hits_the_artifact_limit(tmp_path):
     train = '''
 def cheat():
