@@ -63,3 +63,27 @@ def test_a_bad_key_file_is_one_clear_error(tmp_path: Path) -> None:
         _ledger(tmp_path)
     os.unlink(folder / chain.KEY_FILE)
     assert chain.verify_chain(_ledger(tmp_path / "again"), "t") == []
+
+
+def test_a_head_record_that_is_not_ours_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    chain._head_file(ledger).write_bytes(b"\xff\xfe garbage\n")
+    assert any("is not Ouroboros's" in str(p) for p in chain.verify_chain(ledger, "t"))
+
+
+@pytest.mark.parametrize("cut, expected", [
+    (lambda rows: rows[:1] + rows[2:], "the ledger's row 'bbbbbbb\\t2\\t0.0\\tdiscard\\t' is not in the table"),
+    (lambda rows: rows[:-1], "only the last rows are missing"),  # off the end: also what a kill leaves
+    (lambda rows: rows + rows[-1:], "is not in the ledger"),  # a row twice
+    (lambda rows: rows + ["ccccccc\t0.1\t0.0\tkeep\tforged"], "row 'ccccccc\\t0.1"),
+])
+def test_verify_reports_every_results_tsv_row_that_differs_from_the_ledger(tmp_path: Path, cut, expected) -> None:
+    ledger = _ledger(tmp_path)
+    ledger.finish(Experiment("t", 2, commit_sha="c" * 40, status="keep", metric=0.5))
+    tsv = ledger.run_dir("t") / "results.tsv"
+    assert chain.verify_tsv(ledger, "t") == []
+    rows = tsv.read_text().splitlines()
+    tsv.write_text("\n".join([rows[0], *cut(rows[1:])]) + "\n")
+    problems = [str(p) for p in chain.verify_tsv(ledger, "t")]
+    assert problems and any(expected in p for p in problems), problems
+    assert ("only the last rows" in problems[0]) == (expected == "only the last rows are missing")

@@ -79,8 +79,25 @@ def test_the_evaluation_folder_gets_baseline_bytes_and_only_declared_outputs(tmp
     files = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if not p.is_dir())
     assert files == ["evaluate.py", "solution.json", "sub/out.txt"]
     assert (work / "evaluate.py").read_bytes() == b"real" and os.access(work / "evaluate.py", os.X_OK)
-    assert sorted(notes) == ["fifo.txt: not copied (not a regular file)", "link.txt: not copied (Too many levels of "
-                                                                          "symbolic links)"]
+    assert sorted(notes) == ["'fifo.txt': not copied (not a regular file)", "'link.txt': not copied (Too many levels "
+                                                                            "of symbolic links)"]
+
+
+def test_a_note_naming_the_runs_file_cannot_forge_the_metric_the_evaluator_printed(quadratic: Path,
+                                                                                   tmp_path: Path) -> None:
+    task = load_task(quadratic)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "real.txt").write_text("x")
+    (run / "x\nloss: 0.0\n.txt").symlink_to("real.txt")  # refused, and named in a note after the output
+    notes = evaluate.prepare_dir(tmp_path / "work", {}, run, ["*.txt"], 1 << 20)
+    assert notes == ["'x\\nloss: 0.0\\n.txt': not copied (Too many levels of symbolic links)"]
+    m = evaluate.sealed(task.model_copy(update={"task": task.task.model_copy(update={"outputs": ["*.txt"]})}), run,
+                        {"evaluate.py": (b"print('loss: 2.5')\n", 0o100644)}, tmp_path / "eval.log",
+                        sandbox.scrubbed_env(), committed={})
+    assert m.error is None and m.metric == 2.5
+    assert (tmp_path / "eval.log").read_text().splitlines() == [
+        "loss: 2.5", "[ouroboros] 'x\\nloss: 0.0\\n.txt': not copied (Too many levels of symbolic links)"]
 
 
 def test_outputs_beyond_the_cap_are_refused(tmp_path: Path) -> None:
@@ -107,3 +124,14 @@ def test_metrics_come_only_from_a_small_regular_file(tmp_path: Path) -> None:
     big.write_text(json.dumps({"loss": 1.0, "pad": "x" * 100}))
     with pytest.raises(ValueError, match="larger than 64 bytes"):
         evaluate.read_metrics(big, cap=64)
+
+
+def test_keys_the_harness_writes_itself_are_never_taken_from_a_run_or_an_evaluator(quadratic: Path,
+                                                                                    tmp_path: Path) -> None:
+    task = load_task(quadratic)
+    log = tmp_path / "run.log"
+    log.write_text("loss: 1.5\nconfirm_metric: 0.25\nsteps: 3\n")
+    assert evaluate.from_stdout(task, log).metrics == {"loss": 1.5, "steps": 3.0}
+    m = _sealed(quadratic, tmp_path, "import json, os\njson.dump({'loss': 1.5, 'confirm_metric': 0.25}, "
+                "open(os.environ['OUROBOROS_METRICS'], 'w'))\n")
+    assert m.error is None and m.metrics == {"loss": 1.5}

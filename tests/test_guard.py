@@ -301,3 +301,13 @@ def test_a_violating_attempt_commits_only_what_the_bound_allows(guarded):
     assert ws.show(sha, "evaluate.py") == ws.show(base, "evaluate.py")
     with pytest.raises(Exception, match="helper.py is not in commit"):
         ws.show(sha, "helper.py")
+
+
+def test_a_file_name_that_is_not_utf8_is_a_violation_that_names_its_bytes(quadratic):
+    guard, ws, base = _setup(quadratic, 'allow_new_files = ["*.py"]')
+    (ws.task_dir / "helper.py").write_text("x = 1\n")
+    assert guard.check(base) == []  # a new file the bound allows
+    with open(os.path.join(os.fsencode(ws.task_dir), b"helper-\xff.py"), "wb") as f:
+        f.write(b"x = 1\n")
+    assert guard.check(base) == ["the file name 'helper-\\xff.py' is not UTF-8 (records, prompts and tools name "
+                                 "files in UTF-8)", "not committed: helper-\\xff.py"]

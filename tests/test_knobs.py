@@ -206,3 +206,9 @@ def test_bad_constraints_are_one_line_errors(tmp_path: Path, constraint: str, me
 
 def test_huge_powers_are_not_evaluated() -> None:
     assert knobs.rewrite("X = 10**10**10\n", {"X": 1}) == "X = 10**10**10\n"
+
+
+def test_a_source_file_that_is_not_utf8_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_bytes(b"LR = 0.1  # \xe9\n")
+    with pytest.raises(OuroborosError, match=r"train.py is not UTF-8 \(byte 12\)"):
+        knobs.extract(tmp_path, ["train.py"])

@@ -67,3 +67,12 @@ def test_noise_cli(quadratic: Path) -> None:
                           capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr
     assert "sigma" in proc.stdout and "over 3 re-runs" in proc.stdout
+
+
+@pytest.mark.parametrize("data", [b"\xff\xfe not ours", b"[1, 2]", b'{"abc": {"x": 1}}', b"{"])
+def test_a_noise_file_that_is_not_ours_holds_no_floor(tmp_path: Path, data: bytes) -> None:
+    (tmp_path / noise.NOISE_FILE).write_bytes(data)
+    assert noise.stored_sigma(tmp_path, "abc") is None
+    floor = noise.NoiseFloor(commit="abc", sigma=0.7, mean=1.5, values=[1.0, 2.0], tag="n", measured=0.0)
+    noise._store(tmp_path, floor)  # a measurement replaces it
+    assert noise.stored_sigma(tmp_path, "abc") == 0.7

@@ -131,3 +131,18 @@ def test_scrubbed_env_is_an_allowlist_with_proxies_stripped_and_task_names_added
     assert "MY_APP_CONFIG" not in env and "WANDB_MODE" not in env
     assert env["https_proxy"] == "http://proxy.corp:3128"
     assert sandbox.scrubbed_env(base=base, allow=["WANDB_MODE"])["WANDB_MODE"] == "offline"
+
+
+@pytest.mark.parametrize("value, kept", [
+    ("http://alice:p@ss/w rd@proxy.corp:3128/", "http://proxy.corp:3128"),  # '@', '/', a space in the password
+    ("alice:s3cret@proxy.corp:8080", "proxy.corp:8080"),
+    ("socks5h://u:p@[::1]:1080", "socks5h://[::1]:1080"),
+    ("http://proxy.corp:port", None),  # malformed: dropped, not passed
+    ("ht tp://alice@proxy:1", None),
+    ("http://alice:pw@", None),
+])
+def test_proxies_keep_only_their_scheme_host_and_port(value, kept):
+    env = sandbox.scrubbed_env(base={"PATH": "/usr/bin", "HTTPS_PROXY": value, "no_proxy": "localhost,10.0.0.0/8",
+                                     "NO_PROXY": "a@b"})
+    assert env.get("HTTPS_PROXY") == kept
+    assert env["no_proxy"] == "localhost,10.0.0.0/8" and "NO_PROXY" not in env

@@ -85,3 +85,16 @@ def test_cli_prints_one_line_and_exits_2_without_a_traceback(tmp_path: Path) -> 
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "budgte" in proc.stderr
+
+
+def test_a_task_file_that_is_not_utf8_is_one_clear_error(tmp_path: Path) -> None:
+    root = make(tmp_path, GOOD)
+    (root / "ouroboros.toml").write_bytes(GOOD.encode().replace(b'"t"', b'"t\xe9"'))
+    with pytest.raises(OuroborosError, match=r"ouroboros.toml is not UTF-8 text \(byte \d+: b'\\xe9'\); save it"):
+        load_task(root)
+
+
+def test_the_metric_may_not_take_a_key_the_harness_writes_itself(tmp_path: Path) -> None:
+    root = make(tmp_path, GOOD.replace('name = "loss"', 'name = "confirm_metric"'))
+    with pytest.raises(OuroborosError, match="metric.name: Value error, 'confirm_metric' is a key the harness writes"):
+        load_task(root)

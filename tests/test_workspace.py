@@ -110,3 +110,28 @@ def test_git_runs_without_secrets_or_the_callers_git_settings(monkeypatch) -> No
     env = git_env()
     assert "OPENAI_API_KEY" not in env and "GIT_DIR" not in env and "GIT_CONFIG_COUNT" not in env
     assert env["GIT_CONFIG_NOSYSTEM"] == "1" and env["GIT_CONFIG_GLOBAL"] == "/dev/null"
+
+
+def test_names_and_bytes_that_are_not_utf8_are_addressed_byte_for_byte(quadratic: Path) -> None:
+    import os
+
+    base = ensure_clean(quadratic)
+    ws = Workspace(quadratic, ".", quadratic / ".ouroboros", "b")
+    ws.open(base)
+    name = b"notes-\xff\xfe.txt"
+    with open(os.path.join(os.fsencode(ws.task_dir), name), "wb") as f:
+        f.write(b"x")
+    with open(ws.task_dir / "train.py", "ab") as f:
+        f.write(b"# \xe9t\xe9 in latin-1\n")
+    paths = {os.fsencode(c.path): c.status for c in ws.changes()}
+    assert paths == {name: "??", b"train.py": " M"}
+    sha = ws.commit("bytes", 1)
+    listed = subprocess.run(["git", "ls-tree", "-z", "--name-only", sha], cwd=quadratic, capture_output=True).stdout
+    assert name in listed.split(b"\0")  # git got the very bytes, not a replacement character
+    diff = ws.diff(base, sha)
+    assert b"# \xe9t\xe9 in latin-1" in diff.encode(errors="surrogateescape")
+    ws.reset(base)
+    assert ws.changes() == [] and not os.path.exists(os.path.join(os.fsencode(ws.task_dir), name))
+    (ws.path / ".git").write_bytes(b"gitdir: \xff\xfe\n")
+    assert ws.restore_dotgit() and (ws.path / ".git").read_text() == ws.dotgit_text()
+    assert not ws.restore_dotgit()

@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 import sqlite3
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -123,8 +124,11 @@ def verify_chain(ledger: Ledger, tag: str | None = None) -> list[Problem]:
         last_of[(e["kind"], e["tag"], e["n"])] = e["digest"]
     head = _head_file(ledger)
     if head.is_file():
-        seq, _, mac = head.read_text().strip().partition(" ")
-        if int(seq) != expect_seq - 1 or mac != prev:
+        seq, _, mac = head.read_text(errors="replace").strip().partition(" ")
+        if not seq.isdecimal():
+            problems.append(Problem("chain", f"the record of this ledger's last entry ({head}) is not Ouroboros's: "
+                                             f"{seq[:40]!r}, not an entry number"))
+        elif int(seq) != expect_seq - 1 or mac != prev:
             problems.append(Problem("chain", f"ends at entry {expect_seq - 1}, but Ouroboros last wrote entry {seq}: "
                                              "entries were cut off or rewritten"))
     elif expect_seq > 1:
@@ -179,21 +183,26 @@ def verify_refs(ledger: Ledger, repo: Path, tag: str) -> list[Problem]:
 
 
 def verify_tsv(ledger: Ledger, tag: str) -> list[Problem]:
-    """results.tsv against the rows the ledger would write. A table that is only behind (a kill between
-    the ledger's write and the table's) is healed on resume, and not a problem."""
+    """results.tsv against the rows the ledger would write, as multisets: every ledger row missing from
+    the table and every table row (or extra copy of one) the ledger has not, wherever it lies.
+
+    A kill between the ledger's write and the table's leaves the table behind by its last rows; that
+    is reported too (verify cannot tell it from rows cut off the end), with the note that `run
+    --resume` rewrites the table from the ledger."""
     path = ledger.run_dir(tag) / "results.tsv"
     if not path.is_file():
         return []
-    expected = [e.tsv_row().rstrip("\n") for e in ledger.experiments(tag, finished_only=True)]
-    lines = path.read_text(errors="replace").splitlines()[1:]
-    extra = [r for r in lines if r not in expected]
-    problems = [Problem("results.tsv", f"row {r[:120]!r} is not in the ledger") for r in extra]
-    # Only a missing tail is forgiven (the table behind the ledger after a kill): a row missing before
-    # the table's last known row was cut, and with a changed row, its ledger version is missing too.
-    known = [expected.index(r) for r in lines if r in expected]
-    upto = len(expected) if extra else (max(known) + 1 if known else 0)
-    problems += [Problem("results.tsv", f"the ledger's row {r[:120]!r} is not in the table")
-                 for r in expected[:upto] if r not in lines]
+    exps = ledger.experiments(tag, finished_only=True)
+    expected = Counter(e.tsv_row().rstrip("\n") for e in exps)
+    lines = Counter(path.read_text(errors="replace").splitlines()[1:])
+    extra, missing = lines - expected, expected - lines
+    problems = [Problem("results.tsv", f"row {r[:120]!r} is not in the ledger" + (f" ({k} times)" if k > 1 else ""))
+                for r, k in extra.items()]
+    latest = sorted(exps, key=lambda e: (e.finished or 0, e.n))[-sum(missing.values()):] if missing else []
+    behind = not extra and Counter(e.tsv_row().rstrip("\n") for e in latest) == missing
+    why = (" (only the last rows are missing, as a kill between the ledger's write and the table's leaves it; "
+           "`run --resume` rewrites the table)") if behind else ""
+    problems += [Problem("results.tsv", f"the ledger's row {r[:120]!r} is not in the table{why}") for r in missing]
     return problems
 
 

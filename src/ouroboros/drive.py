@@ -228,7 +228,7 @@ def _session(loop: Loop, agent: CommandAgent, sessions_dir: Path, deadline: floa
         if leftover:
             loop.ws.git("add", "-A", "-N")  # new files into the patch too (intent to add; reset below)
             patch = loop.ws.git("diff", "--no-color", "--no-ext-diff", "--no-textconv", "HEAD")
-            (sessions_dir / f"{k}.leftover.patch").write_text(patch)
+            (sessions_dir / f"{k}.leftover.patch").write_text(patch, errors="surrogateescape")  # git's bytes
         loop.ws.reset(loop.best.commit_sha)
         bound_notes(run_dir / NOTES_FILE, loop.task.agent.notes_max_chars)
         usage = agent.usage((sessions_dir / f"{k}.log").read_text(errors="replace")) \

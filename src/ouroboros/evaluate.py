@@ -42,7 +42,7 @@ from typing import Any
 
 from ouroboros import sandbox
 from ouroboros.errors import OuroborosError
-from ouroboros.task import RECORDS_DIR, Task, matches
+from ouroboros.task import RECORDS_DIR, RESERVED_METRICS, Task, matches
 
 
 @dataclass
@@ -84,7 +84,7 @@ def from_stdout(task: Task, run_log: Path) -> Measurement:
     extra = {}
     for line in text.splitlines()[-60:]:
         key, sep, value = line.partition(":")
-        if sep and key.strip().isidentifier():
+        if sep and key.strip().isidentifier() and key.strip() not in RESERVED_METRICS:
             try:
                 extra[key.strip()] = float(value)
             except ValueError:
@@ -139,7 +139,7 @@ def _walk_fds(source: Path):
             rel_top, depth = stack.pop()
             if depth > MAX_DEPTH:
                 raise OuroborosError(f"the run left folders nested deeper than {MAX_DEPTH} levels "
-                                     f"({rel_top[:60]}...); outputs must lie in a shallower tree")
+                                     f"({rel_top[:60]!r}...); outputs must lie in a shallower tree")
             try:
                 dfd = os.open(rel_top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root)
             except OSError:
@@ -162,7 +162,8 @@ def _walk_fds(source: Path):
 def prepare_dir(folder: Path, fixed: dict[str, tuple[bytes, int]], source: Path, outputs: list[str],
                 cap: int) -> list[str]:
     """Fill folder with the fixed files' baseline bytes and, from source (the run's task folder),
-    the regular files matching outputs; what was refused, as notes.
+    the regular files matching outputs; what was refused, as notes (the run's file names quoted with
+    repr: a name may hold a newline and a metric line, and the notes go into the evaluation's log).
 
     Nothing in source is followed or trusted: directories are walked by descriptor without following
     links, each file is opened with O_NOFOLLOW and O_NONBLOCK (a FIFO cannot block the harness) and
@@ -181,17 +182,17 @@ def prepare_dir(folder: Path, fixed: dict[str, tuple[bytes, int]], source: Path,
             try:
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
             except OSError as exc:
-                notes.append(f"{rel}: not copied ({exc.strerror})")
+                notes.append(f"{rel!r}: not copied ({exc.strerror})")
                 continue
             with os.fdopen(fd, "rb") as f:
                 st = os.fstat(f.fileno())
                 if not stat.S_ISREG(st.st_mode):
-                    notes.append(f"{rel}: not copied (not a regular file)")
+                    notes.append(f"{rel!r}: not copied (not a regular file)")
                     continue
                 data = f.read(cap - total + 1)
             total += len(data)
             if total > cap:
-                raise OuroborosError(f"the run's outputs exceed {cap / 2**20:g} MB (max_artifact_mb) at {rel}")
+                raise OuroborosError(f"the run's outputs exceed {cap / 2**20:g} MB (max_artifact_mb) at {rel!r}")
             _write(folder / rel, data, st.st_mode)
     return notes
 
@@ -264,6 +265,7 @@ def sealed(task: Task, source: Path, fixed: dict[str, tuple[bytes, int]], log_pa
         if "PYTHONPATH" in env:
             eval_env["PYTHONPATH"] = _safe_paths(env["PYTHONPATH"])
         outcome = sandbox.run(argv, work, task.task.eval_timeout, 0.0, log_path, env=eval_env, isolation=isolation)
+        output = sandbox.tail_text(log_path)  # the evaluator's own output: read before any note of ours follows it
         if notes:
             with open(log_path, "a") as log:
                 log.write("".join(f"[ouroboros] {n}\n" for n in notes))
@@ -276,15 +278,16 @@ def sealed(task: Task, source: Path, fixed: dict[str, tuple[bytes, int]], log_pa
         if outcome.killed:
             return failed(f"evaluation {outcome.killed}")
         if outcome.returncode != 0:
-            tail = sandbox.tail_text(log_path, 4096).strip().splitlines()[-1:] or ["no output"]
+            tail = output.strip().splitlines()[-1:] or ["no output"]
             return failed(f"evaluator exited {outcome.returncode}: {tail[0][:200]}")
         try:
             metrics = read_metrics(metrics_path)
         except ValueError as exc:
             return failed(str(exc))
         if metrics is None:
-            metrics, raw = {}, parse_metric(sandbox.tail_text(log_path), task)
+            metrics, raw = {}, parse_metric(output, task)
         else:
+            metrics = {k: v for k, v in metrics.items() if k not in RESERVED_METRICS}  # the harness's own keys
             raw = metrics.get(task.metric.name)
         metric, error = _check(raw, task, "the evaluator's output")
         return Measurement(metric, metrics, task.trust, outcome.wall_s, error, isolation)

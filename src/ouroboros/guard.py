@@ -11,6 +11,8 @@ Protects against (each is attacked in tests/cheats/):
 - git history, config or hooks rewritten by the agent (HEAD must still be the best commit); changed
   config, hooks and info files are put back at once, so a planted hook never runs in the user's
   checkout (the harness's own git calls run with hooks switched off anyway);
+- file names that are not UTF-8 (git and the harness address them byte for byte, but records,
+  prompts and tools could not name them);
 - any entry named `.git` inside the worktree, at any depth (git does not see files in a folder of
   that name, so they would escape the commit and the checks), and a replaced worktree `.git` file;
 - diffs larger than `max_diff_lines`;
@@ -128,6 +130,15 @@ def _walk(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def _utf8(name: str) -> bool:
+    """Whether a path read with surrogateescape (git's output, os.fsdecode) was valid UTF-8 bytes."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _hook_named(rel: str, patterns: list[str]) -> bool:
     """Whether a glob names this start-up hook itself, not merely a wildcard that happens to match."""
     base = os.path.basename(rel)
@@ -232,6 +243,9 @@ class Guard:
             path = self.ws.task_dir / rel
             new = change.status in ("??", "!!")
             before, self._bytes, withhold = len(out), 0, False
+            if change.status != "!!" and not _utf8(rel):
+                out.append(f"the file name {ascii(os.fsencode(rel))[1:]} is not UTF-8 (records, prompts and tools "
+                           "name files in UTF-8)")
             if change.status == "!!" and not task.is_protected(rel):
                 # Ignored files (caches, build output) are deleted before the run; only the ones
                 # that could act at start-up or alias another file matter.
@@ -280,7 +294,7 @@ class Guard:
                 else:
                     self.withheld.append(rel)
             if self.withheld:
-                shown = sorted(self.withheld)
+                shown = sorted(r if _utf8(r) else ascii(os.fsencode(r))[2:-1] for r in self.withheld)
                 self.note = "not committed: " + ", ".join(shown[:10]) + (
                     f" and {len(shown) - 10} more" if len(shown) > 10 else "")
                 out.append(self.note)

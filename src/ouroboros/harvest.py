@@ -82,7 +82,7 @@ def apply(task: Task, found: Best) -> list[str]:
         raise OuroborosError(f"run {found.run.tag}: no experiment beat the baseline, so there is nothing to apply")
     repo = repo_root(task.root)
     proc = subprocess.run(["git", "-C", str(repo), "apply", "--binary", "--whitespace=nowarn", "-"],
-                          input=found.diff.encode(), capture_output=True)
+                          input=found.diff.encode(errors="surrogateescape"), capture_output=True)
     if proc.returncode != 0:
         why = (proc.stderr.decode(errors="replace").strip().splitlines() or ["?"])[0]
         raise OuroborosError(f"the best diff does not apply to your checkout ({why}); put it on a branch instead: "

@@ -173,6 +173,9 @@ def _scan(root: Path, files: list[str], read: Callable[[str], str] | None) -> tu
         except SyntaxError as exc:
             raise OuroborosError(f"{rel} does not parse ({exc.msg}, line {exc.lineno}); fix it before "
                                  "searching its knobs") from exc
+        except UnicodeDecodeError as exc:
+            raise OuroborosError(f"{rel} is not UTF-8 (byte {exc.start}); Python source must be, fix it before "
+                                 "searching its knobs") from exc
         for var, node in assigns:
             parts, why = _parts(var, node)
             if why:

@@ -235,7 +235,7 @@ class Ledger:
         self.begin(exp)
         exp_dir = self.exp_dir(exp.tag, exp.n)
         (exp_dir / "metrics.json").write_text(json.dumps(
-            {"metric": exp.metric, "status": exp.status, "reason": exp.reason, **exp.metrics}, indent=1,
+            {**exp.metrics, "metric": exp.metric, "status": exp.status, "reason": exp.reason}, indent=1,
             default=str))
         tsv = self.run_dir(exp.tag) / "results.tsv"
         if not tsv.exists():

@@ -361,7 +361,7 @@ class Loop:
             return
         done = self.env_dir / SETUP_DONE
         stamp = f"{self.run_rec.base_commit} {command}"
-        if done.is_file() and done.read_text() == stamp:
+        if done.is_file() and done.read_bytes() == stamp.encode(errors="surrogateescape"):
             return
         if self.env_dir.exists():
             shutil.rmtree(self.env_dir)  # a half-made environment from a killed setup
@@ -492,8 +492,7 @@ class Loop:
             exp.commit_sha = self.ws.commit(exp.description, n, untracked=False)
         self._dirty = any(c.status == "!!" for c in changes)
         exp.loc = count_loc(self.ws.task_dir, self.task.editable_files(self.ws.task_dir))
-        (ctx.exp_dir / "diff.patch").write_text(self.ws.diff(best.commit_sha, exp.commit_sha),
-                                                errors="surrogateescape")  # git's bytes, UTF-8 or not
+        (ctx.exp_dir / "diff.patch").write_text(self.ws.diff(best.commit_sha, exp.commit_sha), errors="surrogateescape")
         self.ledger.begin(exp)
         if failure or violations:
             exp.status = Verdict.CRASH if failure else Verdict.VIOLATION

@@ -22,6 +22,14 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(tail_text(path).splitlines()[-lines:]) if path.exists() else ""
 
 
+def _read(path: Path) -> str:
+    """A text file an agent (or a person) wrote, whatever bytes it holds; empty when there is none."""
+    try:
+        return path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+
+
 def _row(e: Experiment, limit: int) -> str:
     why = f" ({one_line(e.reason, limit)})" if e.status in ("crash", "timeout", "violation") and e.reason else ""
     return f"| {e.n} | {fmt_metric(e.metric)} | {e.status} | {one_line(e.description, limit)}{why} |"
@@ -135,11 +143,10 @@ def build_prompt(task: Task, worktree_task: Path, history: list[Experiment], run
     results = results_section(task, history, task.agent.prompt_results, task.agent.prompt_results_chars)
     parts.append(f"# Results so far\n\n{results}")
     notes, guidance = run_dir / "notes.md", run_dir / "guidance.md"
-    notes_text, guidance_text = (read_regular(notes) or "").strip(), (read_regular(guidance) or "").strip()
-    if notes_text:
-        parts.append(f"# Your notes (notes.md, kept across experiments)\n\n{notes_text}")
-    if guidance_text:
-        parts.append(f"# Guidance from a person (guidance.md)\n\n{guidance_text}")
+    if text := _read(notes):
+        parts.append(f"# Your notes (notes.md, kept across experiments)\n\n{text}")
+    if text := _read(guidance):
+        parts.append(f"# Guidance from a person (guidance.md)\n\n{text}")
     failed = next((e for e in reversed(history) if e.status in ("crash", "timeout", "violation")), None)
     if failed is not None:
         log = run_dir / "exp" / str(failed.n) / ("eval.log" if "evaluat" in failed.reason else "run.log")

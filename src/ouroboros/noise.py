@@ -48,8 +48,11 @@ def stored(records: Path, commit: str) -> NoiseFloor | None:
     path = records / NOISE_FILE
     if not path.is_file():
         return None
-    entry = json.loads(path.read_text()).get(commit)
-    return NoiseFloor(**entry) if entry else None
+    try:  # a file that is not ours (not UTF-8, not JSON, other fields) holds no noise floor
+        entry = json.loads(path.read_bytes()).get(commit)
+        return NoiseFloor(**entry) if entry else None
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 def stored_sigma(records: Path, commit: str) -> float | None:
@@ -59,7 +62,11 @@ def stored_sigma(records: Path, commit: str) -> float | None:
 
 def _store(records: Path, floor: NoiseFloor) -> None:
     path = records / NOISE_FILE
-    data = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        data = json.loads(path.read_bytes()) if path.is_file() else {}
+    except ValueError:
+        data = {}
+    data = data if isinstance(data, dict) else {}
     data[floor.commit] = asdict(floor)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))

@@ -40,6 +40,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +57,9 @@ _KEEP = {"PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TERM", "COLO
          "REQUESTS_CA_BUNDLE", "OUROBOROS_CACHE"}
 _KEEP_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "OMP_", "MKL_", "OPENBLAS_", "TORCH")
 _PROXIES = {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "FTP_PROXY"}  # any case, userinfo stripped
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/]*@")  # through the last @ before the path
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
+_HOST = re.compile(r"^(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])$")  # a name, an IPv4 or a bracketed IPv6 address
+_NO_PROXY_ENTRY = re.compile(r"^[A-Za-z0-9_.*:/\[\]-]+$")  # hosts, domains, *, addresses, CIDR ranges, ports
 _STRAYS = re.compile(r"^\[ouroboros\] strays (\d+)$", re.MULTILINE)  # isolation._REAPER's report
 _BLOCK = 512  # what an entry costs at least, in _du
 _SUBREAPER = 0  # the pid that made itself a subreaper: a forked child is not one
@@ -79,9 +82,34 @@ class Outcome:
         return self.returncode == 0 and self.killed is None
 
 
-def _strip_userinfo(value: str) -> str:
-    """A proxy URL without `user:password@` (the proxy itself stays usable where it needs no login)."""
-    return _USERINFO.sub(lambda m: m.group(1) or "", value)
+def _strip_userinfo(value: str) -> str | None:
+    """A proxy URL reduced to `[scheme://]host[:port]`: no `user:password@`, whatever the password holds
+    (`@`, `/`, spaces: the userinfo ends at the last `@`, as no proxy URL has another), and no path or
+    query. None (the variable is dropped) where what is left is not a host and a port; the proxy itself
+    stays usable where it needs no login."""
+    scheme, sep, rest = value.strip().partition("://")
+    if not sep:
+        scheme, rest = "", scheme
+    elif not _SCHEME.match(scheme):
+        return None
+    hostport = rest.rpartition("@")[2].split("/", 1)[0]
+    try:
+        parts = urllib.parse.urlsplit("//" + hostport)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not host or parts.username is not None or parts.password is not None:
+        return None
+    host = f"[{host}]" if ":" in host else host
+    if not _HOST.match(host):
+        return None
+    return f"{scheme}{sep}{host}" + (f":{port}" if port is not None else "")
+
+
+def _no_proxy(value: str) -> str | None:
+    """NO_PROXY as it is where it is a list of host patterns; None (dropped) where it holds anything else."""
+    entries = [e.strip() for e in value.split(",") if e.strip()]
+    return value if entries and all(_NO_PROXY_ENTRY.match(e) for e in entries) else None
 
 
 def scrubbed_env(extra: dict[str, str] | None = None, base: dict[str, str] | None = None,
@@ -97,7 +125,9 @@ def scrubbed_env(extra: dict[str, str] | None = None, base: dict[str, str] | Non
         if k in allowed or k in _KEEP or k.startswith(_KEEP_PREFIXES):
             env[k] = v
         elif k.upper() in _PROXIES:
-            env[k] = _strip_userinfo(v)
+            kept = _no_proxy(v) if k.upper() == "NO_PROXY" else _strip_userinfo(v)
+            if kept is not None:
+                env[k] = kept
     bindir = os.path.dirname(sys.executable)
     path = env.get("PATH", "/usr/bin:/bin")
     if venv is not None:

@@ -49,11 +49,24 @@ class TaskSection(_Model):
         return self.grace if self.grace is not None else max(2.0, 0.1 * self.budget)
 
 
+# Keys the harness itself writes into an experiment's metrics (loop._judge: the confirmation re-run's
+# metric, read by judge.standing and audit.reproduced). Never taken from what a run or an evaluator
+# reports, so no output can claim a confirmation it never had.
+RESERVED_METRICS = frozenset({"confirm_metric"})
+
+
 class MetricSection(_Model):
     name: str
     direction: Literal["minimize", "maximize"] = "minimize"
     pattern: str | None = None
     fingerprint: str | None = None
+
+    @field_validator("name", "fingerprint")
+    @classmethod
+    def _not_reserved(cls, v: str | None) -> str | None:
+        if v in RESERVED_METRICS:
+            raise ValueError(f"{v!r} is a key the harness writes itself; give the evaluator's metric another name")
+        return v
 
     @field_validator("pattern")
     @classmethod
@@ -226,6 +239,9 @@ def load_task(root: Path | str, text: str | None = None) -> Task:
         data = tomllib.loads(path.read_text() if text is None else text)
     except tomllib.TOMLDecodeError as exc:
         raise OuroborosError(f"{path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise OuroborosError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                             "save it as UTF-8") from exc
     try:
         task = Task.model_validate({**data, "root": root})
     except ValidationError as exc:

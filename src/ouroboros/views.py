@@ -354,7 +354,8 @@ def best(console: Console, task: Task, found) -> None:
         return
     for e in found.keeps:
         console.print(f"  keep {e.n}: {fmt(e.metric)}  {one_line(e.description, 300)}", markup=False)
-    console.print(found.diff.rstrip("\n"), markup=False, highlight=False)
+    shown = found.diff.encode(errors="surrogateescape").decode(errors="replace")  # bytes that are not UTF-8 as �
+    console.print(shown.rstrip("\n"), markup=False, highlight=False)
 
 
 def knobs(console: Console, task: Task, tsv: bool = False) -> None:

@@ -58,15 +58,15 @@ def git_env() -> dict[str, str]:
 def _call(argv: list[str], what: str, check: bool, input: str | bytes | None = None, text: bool = True):
     # An absolute executable, no cwd= and close_fds=False let CPython use posix_spawn instead of
     # fork: a few milliseconds saved per call, and the loop makes several calls per experiment.
+    # Text is UTF-8 with surrogateescape both ways: a path or a line that is not UTF-8 (any bytes but
+    # / and NUL make a file name) comes back as a str that names the same bytes when passed to git again.
+    enc = {"encoding": "utf-8", "errors": "surrogateescape"} if text else {}
     try:
-        # Text is UTF-8 with surrogateescape: names and contents an agent wrote need not be UTF-8,
-        # and they go back to the filesystem (or to git on stdin) as the same bytes.
-        proc = subprocess.run(argv, capture_output=True, input=input, close_fds=False, env=git_env(),
-                              **({"encoding": "utf-8", "errors": "surrogateescape"} if text else {}))
+        proc = subprocess.run(argv, capture_output=True, input=input, close_fds=False, env=git_env(), **enc)
     except FileNotFoundError as exc:
         raise OuroborosError("git is not installed; install it (apt-get install git)") from exc
     if check and proc.returncode != 0:
-        err = proc.stderr if text else proc.stderr.decode(errors="replace")
+        err = (proc.stderr.encode("utf-8", "surrogateescape") if text else proc.stderr).decode(errors="replace")
         raise OuroborosError(f"git {what} failed: {err.strip().splitlines()[-1:]}")
     return proc
 
@@ -77,8 +77,8 @@ def git(cwd: Path, *args: str, check: bool = True, input: str | None = None) -> 
 
 
 def repo_root(path: Path) -> Path:
-    out = subprocess.run([_GIT, "rev-parse", "--show-toplevel"], cwd=path, capture_output=True, text=True,
-                         env=git_env())
+    out = subprocess.run([_GIT, "rev-parse", "--show-toplevel"], cwd=path, capture_output=True, encoding="utf-8",
+                         errors="surrogateescape", env=git_env())
     if out.returncode != 0:
         raise OuroborosError(f"{path} is not inside a git repository; run `git init && git add -A && "
                              "git commit -m baseline` there first")
@@ -98,10 +98,11 @@ def exclude_records(repo: Path) -> None:
     """Ignore `.ouroboros/` through .git/info/exclude, so the user's files stay unchanged."""
     exclude = Path(git(repo, "rev-parse", "--git-path", "info/exclude").strip())
     exclude = exclude if exclude.is_absolute() else repo / exclude
-    text = exclude.read_text() if exclude.exists() else ""
+    text = exclude.read_text(errors="surrogateescape") if exclude.exists() else ""  # written back byte for byte
     if f"/{RECORDS_DIR}/" not in text.split("\n") and f"{RECORDS_DIR}/" not in text.split("\n"):
         exclude.parent.mkdir(parents=True, exist_ok=True)
-        exclude.write_text(text + ("" if text.endswith("\n") or not text else "\n") + f"{RECORDS_DIR}/\n")
+        exclude.write_text(text + ("" if text.endswith("\n") or not text else "\n") + f"{RECORDS_DIR}/\n",
+                           errors="surrogateescape")
 
 
 def _status(repo: Path, sub: str, named: Callable[[str], bool] | None) -> tuple[list[str], list[str]]:
@@ -186,7 +187,7 @@ class Workspace:
             return None
         for entry in entries:
             try:
-                with open(os.path.join(entry.path, "gitdir")) as f:
+                with open(os.path.join(entry.path, "gitdir"), errors="surrogateescape") as f:
                     recorded = f.read().strip()
             except OSError:
                 continue
@@ -253,8 +254,8 @@ class Workspace:
         """Put the worktree's `.git` file back if anything replaced it; whether it had to."""
         dotgit = self.path / ".git"
         want = self.dotgit_text()
-        try:
-            if dotgit.is_file() and not dotgit.is_symlink() and dotgit.read_bytes() == want.encode():
+        try:  # bytes, not text: the run may have written bytes that are not UTF-8
+            if dotgit.is_file() and not dotgit.is_symlink() and dotgit.read_bytes() == os.fsencode(want):
                 return False
         except OSError:
             pass
@@ -262,7 +263,7 @@ class Workspace:
             shutil.rmtree(dotgit)
         else:
             dotgit.unlink(missing_ok=True)
-        dotgit.write_text(want)
+        dotgit.write_bytes(os.fsencode(want))
         return True
 
     def remove(self) -> None:
@@ -276,13 +277,13 @@ class Workspace:
         """HEAD's commit, read from git's files: no subprocess on the loop's hot path."""
         try:
             gitdir, common = self._gitdirs()
-            head = (gitdir / "HEAD").read_text().strip()
+            head = (gitdir / "HEAD").read_text(errors="replace").strip()  # garbage reads as a moved HEAD
             if not head.startswith("ref: "):
                 return head
             ref = head[5:]
             if (common / ref).exists():
-                return (common / ref).read_text().strip()
-            for line in (common / "packed-refs").read_text().splitlines():
+                return (common / ref).read_text(errors="replace").strip()
+            for line in (common / "packed-refs").read_text(errors="replace").splitlines():
                 if line.endswith(" " + ref):
                     return line.split()[0]
         except (OSError, ValueError):  # ValueError: bytes that are not UTF-8 where git keeps text
@@ -350,6 +351,7 @@ class Workspace:
         self.git("clean", "-q", "-ffdx")
 
     def diff(self, a: str, b: str) -> str:
+        """git's diff, surrogateescaped: written with errors="surrogateescape" it is git's bytes again."""
         return self.git("diff", "--no-color", "--no-ext-diff", "--no-textconv", a, b)
 
     def show(self, commit: str, path: str) -> bytes:

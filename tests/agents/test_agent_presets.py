@@ -174,3 +174,12 @@ def test_a_prompt_too_long_for_argv_is_passed_as_its_file(monkeypatch, tmp_path)
     prompt.write_text("x" * 200_000)
     argv = make_agent("codex").session_argv(prompt, tmp_path)
     assert len(argv[-1]) < 1000 and str(prompt) in argv[-1]
+
+
+def test_a_prompt_holding_a_nul_is_passed_as_its_file(monkeypatch, tmp_path):
+    stand_in(tmp_path / "bin", "codex", "pass")
+    monkeypatch.setenv("PATH", path_with(tmp_path / "bin"))
+    prompt = tmp_path / "p.md"
+    prompt.write_bytes(b"# Your notes\n\nrate \x00 \xff\n")  # agent-written notes: any bytes
+    argv = make_agent("codex").session_argv(prompt, tmp_path)
+    assert "\0" not in argv[-1] and str(prompt) in argv[-1]

@@ -26,7 +26,6 @@ from pathlib import Path
 
 from ouroboros import sandbox
 from ouroboros.agents.base import Agent, AgentError, Context, Proposal
-from ouroboros.readfile import read_regular
 
 NOTES_FILE = "notes.md"
 TRUNCATED = "[... older notes dropped: notes.md is kept under {max} characters ...]\n"
@@ -129,6 +128,9 @@ class CommandAgent(Agent):
         if outcome.returncode != 0:
             tail = (ctx.exp_dir / "agent.log").read_text(errors="replace").strip().splitlines()[-1:]
             raise AgentError(f"agent exited {outcome.returncode}" + (f": {tail[0][:160]}" if tail else ""))
-        text = (read_regular(desc_path, 64 << 10) or "").strip()  # the agent's bytes: any, or a FIFO
-        description = text.splitlines()[0] if text else ""
+        try:  # agent-written bytes, read once: not necessarily UTF-8, nor a regular file
+            lines = desc_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
+        description = lines[0] if lines else ""
         return Proposal(description or f"{self.name} change ({time.monotonic() - start:.0f} s)")

@@ -76,7 +76,7 @@ class PresetAgent(CommandAgent):
 
     def prompt_arg(self, prompt_path: Path) -> str:
         text = prompt_path.read_text(errors="replace")
-        if len(text) <= MAX_INLINE_PROMPT:
+        if len(text) <= MAX_INLINE_PROMPT and "\0" not in text:  # a NUL (agent-written notes) cuts an argv string
             return text
         return f"Your full instructions are in the file {prompt_path}. Read all of it first, then follow it."
 

@@ -42,7 +42,7 @@ class ReplayAgent(Agent):
         if found.resolve() == ctx.run_dir.resolve():
             raise OuroborosError("replay: a run cannot replay itself; give another run's tag or folder")
         self.run_dir = found
-        rows = (found / "results.tsv").read_text().splitlines()[1:]
+        rows = (found / "results.tsv").read_text(errors="replace").splitlines()[1:]
         self.steps = [(cols[3], cols[4] if len(cols) > 4 else "") for cols in (r.split("\t") for r in rows)]
 
     def propose(self, ctx: Context) -> Proposal:
@@ -54,7 +54,7 @@ class ReplayAgent(Agent):
         patch = self.run_dir / "exp" / str(ctx.n) / "diff.patch"
         if not patch.is_file():
             raise AgentError(f"replay: {patch} is missing")
-        if patch.read_bytes().strip():  # a recorded diff need not be UTF-8
+        if patch.read_bytes().strip():  # git's bytes, not necessarily UTF-8
             root = git_root(ctx.worktree)
             proc = subprocess.run(["git", "apply", "--whitespace=nowarn", str(patch.resolve())], cwd=root,
                                   capture_output=True, text=True)
