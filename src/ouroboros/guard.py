@@ -42,6 +42,7 @@ import shutil
 import stat
 from pathlib import Path
 
+from ouroboros.readfile import read_regular
 from ouroboros.task import Task, matches
 from ouroboros.workspace import Workspace
 
@@ -417,10 +418,8 @@ class Guard:
         for line in self.ws.git("diff", "--numstat", "HEAD").splitlines():
             added, deleted, _ = line.split("\t", 2)
             total += int(added) + int(deleted) if added.isdigit() and deleted.isdigit() else 0
+        cap = int(self.task.bound.max_artifact_mb * 2**20)
         for change in changes:
-            if change.status in ("??", "!!"):
-                try:
-                    total += len((self.ws.task_dir / change.path).read_text(errors="replace").splitlines())
-                except (OSError, IsADirectoryError):
-                    pass
+            if change.status in ("??", "!!"):  # a regular file only, bounded: never a link to a FIFO or /dev/zero
+                total += len((read_regular(self.ws.task_dir / change.path, cap) or "").splitlines())
         return total

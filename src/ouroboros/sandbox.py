@@ -61,7 +61,7 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
 _HOST = re.compile(r"^(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])$")  # a name, an IPv4 or a bracketed IPv6 address
 _NO_PROXY_ENTRY = re.compile(r"^[A-Za-z0-9_.*:/\[\]-]+$")  # hosts, domains, *, addresses, CIDR ranges, ports
 _STRAYS = re.compile(r"^\[ouroboros\] strays (\d+)$", re.MULTILINE)  # isolation._REAPER's report
-_BLOCK = 512  # what an entry costs at least, in _du
+_BLOCK = 512  # what an entry costs at least, in du()
 _SUBREAPER = 0  # the pid that made itself a subreaper: a forked child is not one
 
 
@@ -257,7 +257,7 @@ def _strays(known: dict[int, psutil.Process], before: set[int]) -> tuple[list[ps
     return out, reaped
 
 
-def _du(folder: Path) -> int:
+def du(folder: Path) -> int:
     """Bytes under folder, its own top-level .git excluded (a `.git` deeper down counts: the guard
     refuses it, but only after the phase); links are not followed. Every entry counts at least one
     block (512 bytes), so empty files and folders cannot add up to any number of inodes."""
@@ -338,7 +338,7 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
     artifact_cap = int(max_artifact_mb * 2**20) if max_artifact_mb is not None else None
     fsize = max(artifact_cap, cap + 2**20) if artifact_cap is not None else None
     address_space = (2 * memory_mb + 4096) * 2**20 if memory_mb is not None and not gpu else None
-    watched = _du(watch) if watch is not None and artifact_cap is not None else 0
+    watched = du(watch) if watch is not None and artifact_cap is not None else 0
     next_du = 0.0
     before = set(_children())
     start = time.monotonic()
@@ -386,7 +386,7 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
                     killed = f"process limit ({len(tree) - overhead} processes > max_processes={max_processes})"
                 elif watch is not None and artifact_cap is not None and elapsed >= next_du:
                     next_du = elapsed + 0.25
-                    grown = _du(watch) - watched
+                    grown = du(watch) - watched
                     if grown > artifact_cap:
                         killed = f"artifact limit ({grown / 2**20:.0f} MB written > max_artifact_mb)"
                 if killed:
@@ -409,7 +409,7 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
     if killed is None and wall > deadline_s:  # it ended, but late: a stopped harness buys no time
         killed = "timeout"
     if killed is None and watch is not None and artifact_cap is not None:  # written between two polls
-        grown = _du(watch) - watched
+        grown = du(watch) - watched
         if grown > artifact_cap:
             killed = f"artifact limit ({grown / 2**20:.0f} MB written > max_artifact_mb)"
     _killpg(pgid)

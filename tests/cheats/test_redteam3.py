@@ -120,11 +120,6 @@ def test_a_candidate_policy_cannot_forge_its_inner_ledger_into_a_perfect_delta(t
 
 
 @pytest.mark.skipif(not BWRAP, reason="agents are confined only at level bwrap")
-@pytest.mark.xfail(strict=True, reason="the agent phase runs with no disk cap (sandbox.run without max_artifact_mb "
-                   "or watch), and the artifacts folder it may write is in the records, on the real disk: files "
-                   "each under RLIMIT_FSIZE add up to any total, kept across experiments (fix: count the artifacts "
-                   "folder, and every writable bind of the agent, against max_artifact_mb, or put it on a "
-                   "size-capped tmpfs copied back)")
 def test_a_confined_agent_cannot_fill_the_disk_through_its_artifacts_folder(tmp_path):
     agent = '''
 import os
@@ -292,10 +287,6 @@ def cheat():
 """
 
 
-@pytest.mark.xfail(strict=True, reason="the evaluation phase runs with no max_artifact_mb (nor memory_mb or "
-                   "max_processes): sandbox.run in evaluate.sealed passes none, and its writable folder is on the "
-                   "host's /tmp, not a size-capped tmpfs (fix: pass the task's bounds to the evaluation's sandbox.run, "
-                   "watch the evaluation folder, and RLIMIT_FSIZE it)")
 def test_code_in_the_evaluation_phase_cannot_write_past_max_artifact_mb(tmp_path):
     attack = cheats.Attack("eval-fill-disk", title="fill the disk from the evaluation phase", train=_EVAL_FILL,
                            files={"evaluate.py": _EVAL_IMPORTS_TRAIN}, bound={"max_artifact_mb": 1})
@@ -678,10 +669,6 @@ def cheat():
 
 
 
-@pytest.mark.xfail(strict=True, reason="with `[bound] max_diff_lines` set, Guard._diff_lines counts the lines of every "
-                   "untracked change with read_text(), following links and opening FIFOs: an agent's link to a FIFO "
-                   "blocks the harness forever inside Guard.check (a link to /dev/zero or a huge file exhausts its "
-                   "memory) (fix: count only regular files, opened with O_NOFOLLOW | O_NONBLOCK, with a byte cap)")
 def test_an_agents_link_to_a_fifo_is_never_opened_by_the_guard(tmp_path):
     import errno
     import os
