@@ -14,9 +14,10 @@ Protects against:
   RLIMIT_AS (2 x memory_mb + 4 GiB per process) stops a single huge allocation between polls
   (never with CUDA, whose address-space reservations it breaks);
 - filling the disk: RLIMIT_FSIZE (set by prlimit before the command starts) caps every file at
-  `max_artifact_mb`, and growth of the watched worktree beyond `max_artifact_mb` (polled, and once
-  more when the command ends) fails the run; output beyond the log cap ends the run and the log
-  is truncated to the cap;
+  `max_artifact_mb`, and growth of the watched folder (the worktree, the evaluation folder, the
+  agent's artifacts) beyond `max_artifact_mb` (polled, and once more when the command ends; every
+  entry counts at least 512 bytes, so empty files cannot add up to any number of inodes) fails
+  the run; output beyond the log cap ends the run and the log is truncated to the cap;
 - secrets leaking into experiments: the environment is an allowlist (locale, paths, CUDA_*, OMP_*..., proxies
   without credentials, and `[bound] env`), so a secret under any name stays out.
 
