@@ -254,9 +254,53 @@ def test_files_matching_bound_ignore_are_dropped_not_violations(quadratic):
     for name in ("run.log", "debug.log", "results.tsv"):
         (ws.task_dir / name).write_text("left by an agent\n")
     (ws.task_dir / "helper.py").write_text("x = 1\n")
-    assert [v for v in guard.check(base)] == ["new file helper.py is not allowed (editable: train.py)"]
+    assert [v for v in guard.check(base)] == ["new file helper.py is not allowed (editable: train.py)",
+                                             "not committed: helper.py"]
     assert not any((ws.task_dir / n).exists() for n in ("run.log", "debug.log", "results.tsv"))
     assert sorted(c.path for c in guard.changes) == ["helper.py", "train.py"]
+
+
+def _tree(ws: Workspace, sha: str) -> dict[str, int]:
+    listing = ws.git("ls-tree", "-r", "-l", "--full-tree", sha)
+    return {line.split("\t", 1)[1]: int(line.split()[3]) for line in listing.splitlines()}
+
+
+def test_max_artifact_mb_caps_the_attempts_total_and_keeps_the_rest_out_of_git(quadratic):
+    guard, ws, base = _setup(quadratic, 'allow_new_files = ["out/*"]\nmax_artifact_mb = 1')
+    (ws.task_dir / "out").mkdir()
+    for name in "abc":
+        (ws.task_dir / "out" / f"{name}.bin").write_bytes(os.urandom(600 << 10))  # each under the cap
+    violations = guard.check(base)
+    assert any("hold 1.8 MB in all, more than max_artifact_mb=1" in v for v in violations), violations
+    assert "not committed: out/b.bin, out/c.bin" in violations
+    sha = ws.commit("three blobs", 1, only=guard.admitted)
+    tree = _tree(ws, sha)
+    assert "out/a.bin" in tree and "out/b.bin" not in tree and "out/c.bin" not in tree
+    assert sum(size for path, size in tree.items() if path not in _tree(ws, base)) <= 1 << 20
+
+
+def test_files_that_fit_the_total_commit_as_before(quadratic):
+    guard, ws, base = _setup(quadratic, 'allow_new_files = ["out/*"]\nmax_artifact_mb = 1')
+    (ws.task_dir / "out").mkdir()
+    for name in "ab":
+        (ws.task_dir / "out" / f"{name}.bin").write_bytes(os.urandom(300 << 10))
+    assert guard.check(base) == [] and guard.admitted is None and guard.withheld == []
+
+
+def test_a_violating_attempt_commits_only_what_the_bound_allows(guarded):
+    guard, ws, base = guarded
+    train, evaluator = ws.task_dir / "train.py", ws.task_dir / "evaluate.py"
+    train.write_text(train.read_text() + "\n# an honest edit\n")
+    evaluator.write_text(evaluator.read_text() + "\n# a forged evaluator\n")
+    (ws.task_dir / "helper.py").write_text("x = 1\n")
+    ws.git("add", "-A")  # staged by the agent: the index must not carry it into the commit
+    violations = guard.check(base)
+    assert "not committed: evaluate.py, helper.py" in violations, violations
+    sha = ws.commit("mixed", 1, only=guard.admitted)
+    assert ws.show(sha, "train.py").endswith(b"# an honest edit\n")
+    assert ws.show(sha, "evaluate.py") == ws.show(base, "evaluate.py")
+    with pytest.raises(Exception, match="helper.py is not in commit"):
+        ws.show(sha, "helper.py")
 
 
 def test_a_file_name_that_is_not_utf8_is_a_violation_that_names_its_bytes(quadratic):
@@ -266,4 +310,4 @@ def test_a_file_name_that_is_not_utf8_is_a_violation_that_names_its_bytes(quadra
     with open(os.path.join(os.fsencode(ws.task_dir), b"helper-\xff.py"), "wb") as f:
         f.write(b"x = 1\n")
     assert guard.check(base) == ["the file name 'helper-\\xff.py' is not UTF-8 (records, prompts and tools name "
-                                 "files in UTF-8)"]
+                                 "files in UTF-8)", "not committed: helper-\\xff.py"]

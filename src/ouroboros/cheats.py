@@ -253,7 +253,7 @@ def cheat():
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.2)
     sys.exit(0)
-''', stopped_at=("bwrap", "unshare")),
+'''),
     Attack("cache-carry", expect='run failed under', title="carry state between experiments in the data cache",
            train='''
 def cheat():

@@ -15,7 +15,11 @@ Protects against (each is attacked in tests/cheats/):
   prompts and tools could not name them);
 - any entry named `.git` inside the worktree, at any depth (git does not see files in a folder of
   that name, so they would escape the commit and the checks), and a replaced worktree `.git` file;
-- diffs larger than `max_diff_lines`.
+- diffs larger than `max_diff_lines`;
+- filling the git object store through attempts: a new or changed file over `max_artifact_mb`, or
+  more than that in all; a violating attempt is committed with only what the bound allows (the
+  changes that broke no rule, while their sum fits the cap: `admitted`), the rest is `withheld` and
+  named in its reason.
 
 New files matching `[bound] ignore` (logs an agent leaves, e.g. run.log) are deleted, not judged.
 
@@ -38,6 +42,7 @@ import shutil
 import stat
 from pathlib import Path
 
+from ouroboros.readfile import read_regular
 from ouroboros.task import Task, matches
 from ouroboros.workspace import Workspace
 
@@ -145,6 +150,10 @@ class Guard:
     """Created once per run from the baseline worktree; `check` before every run of a proposal."""
 
     unsafe: list[Path] = []
+    withheld: list[str] = []
+    admitted: list[str] | None = None
+    note = ""
+    _bytes = 0
 
     def __init__(self, task: Task, ws: Workspace):
         self.task, self.ws = task, ws
@@ -223,11 +232,18 @@ class Guard:
             if self.hash(self.ws.task_dir / rel) != digest:
                 out.append(f"protected file {rel} changed (it must stay byte-identical to the baseline)")
         self.unsafe: list[Path] = []  # entries that must not reach git: removed before the attempt is committed
+        self.withheld: list[str] = []  # changes kept out of the attempt's commit (each broke the bound)
+        self.admitted: list[str] | None = None  # what the commit may hold when something is withheld
+        self.note = ""
+        cap = int(bound.max_artifact_mb * 2**20)
+        sized: list[tuple[str, int]] = []  # (rel, bytes) of each change that broke nothing by itself
+        total = 0
         changes = self.changes = self._drop_ignored(self.ws.changes())
         for change in changes:
             rel = change.path
             path = self.ws.task_dir / rel
             new = change.status in ("??", "!!")
+            before, self._bytes, withhold = len(out), 0, False
             if change.status != "!!" and not _utf8(rel):
                 out.append(f"the file name {ascii(os.fsencode(rel))[1:]} is not UTF-8 (records, prompts and tools "
                            "name files in UTF-8)")
@@ -245,6 +261,8 @@ class Guard:
                     out.append(f"{rel} is protected")
                 elif self.hash(path) == self.protected[rel]:  # same bytes, but git sees a change: its mode
                     out.append(f"protected file {rel} changed its mode (it must stay as in the baseline)")
+                else:  # already named above ("protected file ... changed"): only kept out of the commit
+                    withhold = True
             elif matches(rel, bound.frozen):
                 out.append(f"{rel} is a frozen dependency file")
             elif any(fnmatch.fnmatch(os.path.basename(rel), h) for h in STARTUP_HOOKS) and not _hook_named(
@@ -256,7 +274,31 @@ class Guard:
                               else ")"))
             elif not new and not task.is_editable(rel):
                 out.append(f"{rel} is not editable (editable: {', '.join(task.task.editable)})")
-            out.extend(self._links(rel, path, cap=int(bound.max_artifact_mb * 2**20)))
+            out.extend(self._links(rel, path, cap=cap))
+            total += self._bytes
+            if len(out) > before or withhold:
+                self.withheld.append(rel.rstrip("/"))
+            else:
+                sized.append((rel.rstrip("/"), self._bytes))
+        if total > cap:
+            # Each file under the cap, but many of them: the sum is what the git object store keeps.
+            out.append(f"the attempt's new and changed files hold {total / 2**20:.1f} MB in all, more than "
+                       f"max_artifact_mb={bound.max_artifact_mb:g}")
+        if out and (self.withheld or total > cap):
+            # A violating attempt is still committed (its record), but only with what the bound
+            # allows: files that broke no rule, in path order, while their sum stays under the cap.
+            self.admitted, room = [], cap
+            for rel, size in sorted(sized):
+                if size <= room:
+                    self.admitted.append(rel)
+                    room -= size
+                else:
+                    self.withheld.append(rel)
+            if self.withheld:
+                shown = sorted(r if _utf8(r) else ascii(os.fsencode(r))[2:-1] for r in self.withheld)
+                self.note = "not committed: " + ", ".join(shown[:10]) + (
+                    f" and {len(shown) - 10} more" if len(shown) > 10 else "")
+                out.append(self.note)
         if bound.max_diff_lines is not None and changes:
             lines = self._diff_lines(changes)
             if lines > bound.max_diff_lines:
@@ -340,6 +382,7 @@ class Guard:
             if stat.S_ISLNK(st.st_mode):
                 bad += self._link(rel, path)
             elif stat.S_ISREG(st.st_mode):
+                self._bytes += st.st_size
                 if st.st_nlink > 1:
                     bad.append(f"{rel} is a hardlink ({st.st_nlink} names): links may not alias other files")
                 if cap is not None and st.st_size > cap:
@@ -375,10 +418,8 @@ class Guard:
         for line in self.ws.git("diff", "--numstat", "HEAD").splitlines():
             added, deleted, _ = line.split("\t", 2)
             total += int(added) + int(deleted) if added.isdigit() and deleted.isdigit() else 0
+        cap = int(self.task.bound.max_artifact_mb * 2**20)
         for change in changes:
-            if change.status in ("??", "!!"):
-                try:
-                    total += len((self.ws.task_dir / change.path).read_text(errors="replace").splitlines())
-                except (OSError, IsADirectoryError):
-                    pass
+            if change.status in ("??", "!!"):  # a regular file only, bounded: never a link to a FIFO or /dev/zero
+                total += len((read_regular(self.ws.task_dir / change.path, cap) or "").splitlines())
         return total

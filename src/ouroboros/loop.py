@@ -502,11 +502,14 @@ class Loop:
             self.ws.rewind(best.commit_sha)
         for path in self.guard.unsafe:  # FIFOs, devices, files over max_artifact_mb: never in git
             path.unlink(missing_ok=True)
-        fast = self.settle_fast and not failure and not violations and self._simple(changes, best.commit_sha)
+        if failure and self.guard.withheld:  # a failed agent's leftovers: the same files stay out of git
+            failure += f" ({self.guard.note})"
+        fast = (self.settle_fast and not failure and not violations and not self.guard.withheld
+                and self._simple(changes, best.commit_sha))
         stats = {c.path: _stat(self.ws.task_dir / c.path) for c in changes} if fast else {}
         try:
             exp.commit_sha = self.ws.commit(exp.description, n, untracked=any(c.status == "??" for c in changes),
-                                            pin=not fast)
+                                            pin=not fast, only=self.guard.admitted if self.guard.withheld else None)
         except OuroborosError as exc:  # what the agent left cannot be committed: this attempt fails, the run goes on
             failure = failure or f"the attempt could not be committed ({str(exc)[:200]})"
             fast = False
@@ -626,8 +629,9 @@ class Loop:
         vram = evaluate.parse_key(exp_dir / "run.log", "peak_vram_mb")
         exp.peak_gpu_mb = outcome.peak_gpu_mb or vram or None
         broke = self.guard.after("run", exp.commit_sha)
-        if broke:
-            exp.status, exp.reason = Verdict.VIOLATION, "; ".join(broke)
+        if broke:  # the verdict; what the sandbox stopped on the way is said too
+            exp.status, exp.reason = Verdict.VIOLATION, "; ".join(broke) + (
+                f"; the sandbox also stopped the run: {outcome.killed}" if outcome.killed else "")
         elif outcome.timed_out:
             exp.status, exp.reason = Verdict.TIMEOUT, f"killed at budget + grace ({self.budget + self.task.task.grace_s:g} s)"
         elif not outcome.ok:
@@ -735,7 +739,11 @@ class Loop:
 
     def _confirm(self, exp: Experiment, exp_dir: Path, env: dict[str, str]) -> float | None:
         env = {**env, "OUROBOROS_SEED": str(self.run_rec.seed + 1000 + exp.n)}
-        self.ws.clean()
+        if self._pending is not None:  # the reset below is git's: the attempt leaves the path without git
+            self.ws.adopt_index()
+            self.ws.pin(self._pending[0], self._pending[1])
+            self._pending = None
+        self.ws.reset(exp.commit_sha)  # from the commit: nothing the first run wrote, tracked files included
         self.guard.arm()
         outcome = self._run_phase(exp_dir, env, "confirm.log")
         broke = self.guard.after("confirmation run", exp.commit_sha)
@@ -755,8 +763,8 @@ class Loop:
             pass
         elif exp.status != Verdict.KEEP and best is not None:
             self.ws.reset(best.commit_sha)
-        else:
-            self.ws.clean()
+        else:  # a keep: its commit, not what the run wrote into tracked files (state, links) since
+            self.ws.reset(exp.commit_sha) if exp.commit_sha else self.ws.clean()
         self._dirty = False
         if best is not None:
             self.agent.observe(exp)

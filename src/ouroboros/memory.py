@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ouroboros.ledger import Experiment, fmt_metric, one_line
+from ouroboros.readfile import read_regular
 from ouroboros.sandbox import tail_text
 from ouroboros.task import Task
 
@@ -133,7 +134,9 @@ def build_prompt(task: Task, worktree_task: Path, history: list[Experiment], run
              f"# Metric\n\n{task.metric.name}, {'lower' if task.minimize else 'higher'} is better.",
              "# Editable files"]
     for rel in task.editable_files(worktree_task):
-        text = (worktree_task / rel).read_text(errors="replace")
+        text = read_regular(worktree_task / rel, 4 * MAX_FILE_CHARS)  # never through a link a run left
+        if text is None:
+            text = "[not a regular file: the harness does not read it]"
         if len(text) > MAX_FILE_CHARS:
             text = text[:MAX_FILE_CHARS] + "\n[... truncated ...]"
         parts.append(f"## {rel}\n\n```\n{text}\n```")

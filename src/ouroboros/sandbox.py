@@ -5,7 +5,8 @@ Protects against:
   seen (or that was orphaned onto it, since the harness is a child subreaper) get SIGKILL;
 - a daemon left behind: whatever descendant is still alive when the command ends is frozen, then
   killed, and the run fails ("left N processes running"), so a daemon can never tamper with the
-  evaluation; one that re-forks each generation is frozen before it can fork again;
+  evaluation; one that re-forks each generation is caught too (the sweep looks again as long as
+  it finds a stray or an ended child of ours, whose successor has then been orphaned onto us);
 - a stopped harness: elapsed time is checked again when the command ends, so SIGSTOP on the
   harness (possible at level `process`) buys the run no time;
 - a fork bomb: more than `max_processes` processes in the tree (polled) ends the run;
@@ -13,9 +14,10 @@ Protects against:
   RLIMIT_AS (2 x memory_mb + 4 GiB per process) stops a single huge allocation between polls
   (never with CUDA, whose address-space reservations it breaks);
 - filling the disk: RLIMIT_FSIZE (set by prlimit before the command starts) caps every file at
-  `max_artifact_mb`, and growth of the watched worktree beyond `max_artifact_mb` (polled, and once
-  more when the command ends) fails the run; output beyond the log cap ends the run and the log
-  is truncated to the cap;
+  `max_artifact_mb`, and growth of the watched folder (the worktree, the evaluation folder, the
+  agent's artifacts) beyond `max_artifact_mb` (polled, and once more when the command ends; every
+  entry counts at least 512 bytes, so empty files cannot add up to any number of inodes) fails
+  the run; output beyond the log cap ends the run and the log is truncated to the cap;
 - secrets leaking into experiments: the environment is an allowlist (locale, paths, CUDA_*, OMP_*..., proxies
   without credentials, and `[bound] env`), so a secret under any name stays out.
 
@@ -60,6 +62,7 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
 _HOST = re.compile(r"^(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])$")  # a name, an IPv4 or a bracketed IPv6 address
 _NO_PROXY_ENTRY = re.compile(r"^[A-Za-z0-9_.*:/\[\]-]+$")  # hosts, domains, *, addresses, CIDR ranges, ports
 _STRAYS = re.compile(r"^\[ouroboros\] strays (\d+)$", re.MULTILINE)  # isolation._REAPER's report
+_BLOCK = 512  # what an entry costs at least, in du()
 _SUBREAPER = 0  # the pid that made itself a subreaper: a forked child is not one
 
 
@@ -235,38 +238,45 @@ def _children() -> dict[int, psutil.Process]:
     return out
 
 
-def _strays(known: dict[int, psutil.Process], before: set[int]) -> list[psutil.Process]:
-    """Descendants that outlived the command: seen in its tree, or orphaned onto us since it started."""
+def _strays(known: dict[int, psutil.Process], before: set[int]) -> tuple[list[psutil.Process], bool]:
+    """Descendants that outlived the command (seen in its tree, or orphaned onto us since it
+    started), and whether a child of ours that had already ended was reaped on the way: its own
+    children, if any, have just been orphaned onto us, so the caller must look again."""
     alive = {pid: p for pid, p in known.items() if p.is_running()}
     for pid, child in _children().items():
         if pid not in before:
             alive.setdefault(pid, child)
-    out = []
+    out, reaped = [], False
     for p in alive.values():
         try:
             if p.status() != psutil.STATUS_ZOMBIE:
                 out.append(p)
             elif p.ppid() == os.getpid():
-                os.waitpid(p.pid, os.WNOHANG)  # an orphan re-parented to us: reap it
+                reaped = os.waitpid(p.pid, os.WNOHANG)[0] == p.pid or reaped  # an orphan re-parented to us
         except (psutil.Error, ChildProcessError):
             pass
-    return out
+    return out, reaped
 
 
-def _du(folder: Path) -> int:
-    """Bytes of the files under folder, .git excluded; links are not followed."""
+def du(folder: Path) -> int:
+    """Bytes under folder, its own top-level .git excluded (a `.git` deeper down counts: the guard
+    refuses it, but only after the phase); links are not followed. Every entry counts at least one
+    block (512 bytes), so empty files and folders cannot add up to any number of inodes."""
     total = 0
-    stack = [str(folder)]
+    top = str(folder)
+    stack = [top]
     while stack:
+        current = stack.pop()
         try:
-            with os.scandir(stack.pop()) as it:
+            with os.scandir(current) as it:
                 for entry in it:
                     try:
                         if entry.is_dir(follow_symlinks=False):
-                            if entry.name != ".git":
+                            if entry.name != ".git" or current != top:
                                 stack.append(entry.path)
+                                total += _BLOCK
                         else:
-                            total += entry.stat(follow_symlinks=False).st_size
+                            total += max(entry.stat(follow_symlinks=False).st_size, _BLOCK)
                     except OSError:
                         pass
         except OSError:
@@ -329,7 +339,7 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
     artifact_cap = int(max_artifact_mb * 2**20) if max_artifact_mb is not None else None
     fsize = max(artifact_cap, cap + 2**20) if artifact_cap is not None else None
     address_space = (2 * memory_mb + 4096) * 2**20 if memory_mb is not None and not gpu else None
-    watched = _du(watch) if watch is not None and artifact_cap is not None else 0
+    watched = du(watch) if watch is not None and artifact_cap is not None else 0
     next_du = 0.0
     before = set(_children())
     start = time.monotonic()
@@ -377,7 +387,7 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
                     killed = f"process limit ({len(tree) - overhead} processes > max_processes={max_processes})"
                 elif watch is not None and artifact_cap is not None and elapsed >= next_du:
                     next_du = elapsed + 0.25
-                    grown = _du(watch) - watched
+                    grown = du(watch) - watched
                     if grown > artifact_cap:
                         killed = f"artifact limit ({grown / 2**20:.0f} MB written > max_artifact_mb)"
                 if killed:
@@ -400,7 +410,7 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
     if killed is None and wall > deadline_s:  # it ended, but late: a stopped harness buys no time
         killed = "timeout"
     if killed is None and watch is not None and artifact_cap is not None:  # written between two polls
-        grown = _du(watch) - watched
+        grown = du(watch) - watched
         if grown > artifact_cap:
             killed = f"artifact limit ({grown / 2**20:.0f} MB written > max_artifact_mb)"
     _killpg(pgid)
@@ -421,41 +431,43 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
 def _sweep(known: dict[int, psutil.Process], before: set[int], teardown: float = 0.1) -> int:
     """Kill every descendant that outlived the command; how many there were.
 
-    Strays are stopped (SIGSTOP) before anything is killed, and the search goes on until a pass
-    finds no running one: a stopped process cannot fork, so a daemon that re-forks each
-    generation (or whose children orphan onto us as we kill it) is caught as soon as one
-    generation is seen alive. One whose generations live shorter than a pass (well under a
-    millisecond) can still outrun it: only the PID namespaces of levels unshare and bwrap end
-    such a chain for certain, which is why level process is refused for agents that write code.
+    The harness is a child subreaper, so whatever a run leaves is either a descendant of a process
+    we can see or orphaned onto us as its parent ends. Each pass freezes (SIGSTOP) every stray it
+    finds and its whole tree before killing any (a stopped process cannot fork), and the passes go
+    on until one finds no stray and no ended child of ours to reap: a generation that forked its
+    successor and exited between our listing and our signal leaves a zombie child of ours, and its
+    successor is by then our child too, so the next pass finds it. A daemon that re-forks each
+    generation, however fast, is therefore caught at every level, without a PID namespace.
     """
-    stopped: dict[int, psutil.Process] = {}
-    deadline = time.monotonic() + 3.0
+    found: dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + 10.0
     first = True
     while time.monotonic() < deadline:
-        strays = [p for p in _strays(known, before) if p.pid not in stopped]
+        strays, reaped = _strays(known, before)
         if strays and first:  # a wrapper process tearing itself down (bwrap's init) is not a stray; with a
             first = False  # wrapper, the reaper's count inside the namespace finds real strays, so on a
-            strays = psutil.wait_procs(strays, timeout=teardown)[1]  # loaded machine its teardown gets longer
-            if not strays:
-                continue  # but what it orphaned onto us while ending is: look again
-        if not strays:
+            psutil.wait_procs(strays, timeout=teardown)  # loaded machine its teardown gets longer
+            continue  # what is still there, or was orphaned onto us meanwhile, is found by the next pass
+        if not strays and not reaped:
             break
+        frozen: list[psutil.Process] = []
         for p in strays:
+            for c in _tree(p) or [p]:
+                known.setdefault(c.pid, c)
+                try:
+                    c.suspend()
+                    frozen.append(c)
+                    if c.status() != psutil.STATUS_ZOMBIE:
+                        found.setdefault(c.pid, c)
+                except psutil.Error:
+                    pass
+        for p in frozen:  # killing orphans what it had forked meanwhile onto us: the next pass sees it
             try:
-                p.suspend()
+                p.kill()
             except psutil.Error:
                 pass
-            stopped[p.pid] = p
-            for c in _tree(p):
-                known.setdefault(c.pid, c)
-                if c.pid not in stopped:
-                    try:
-                        c.suspend()
-                    except psutil.Error:
-                        pass
-                    stopped[c.pid] = c
-    _kill(list(stopped.values()))
-    return len(stopped)
+    psutil.wait_procs(list(found.values()), timeout=2)
+    return len(found)
 
 
 # Every process the harness starts for a run (setup, agent, run, evaluate) carries the run's mark in its

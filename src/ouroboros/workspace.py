@@ -297,7 +297,7 @@ class Workspace:
             for line in (common / "packed-refs").read_text(errors="replace").splitlines():
                 if line.endswith(" " + ref):
                     return line.split()[0]
-        except OSError:
+        except (OSError, ValueError):  # ValueError: bytes that are not UTF-8 where git keeps text
             pass
         return self.git("rev-parse", "HEAD").strip()
 
@@ -321,19 +321,28 @@ class Workspace:
             changes.append(Change(entry[:2], path))
         return changes
 
-    def commit(self, message: str, n: int, untracked: bool = True, pin: bool = True) -> str:
+    def commit(self, message: str, n: int, untracked: bool = True, pin: bool = True,
+               only: list[str] | None = None) -> str:
         """Commit everything in the worktree and pin it under refs/ouroboros/<tag>/<n>.
 
         With untracked=False (the caller saw no new files) one `commit -a` does the add too. With
         pin=False the commit is made on a copy of the index (the worktree's own index still describes
         the commit the branch was at) and not pinned: `settle` pins it and moves the branch back or on
-        in one ref transaction, and puts the files back without git (the loop's common path).
+        in one ref transaction, and puts the files back without git (the loop's common path). With
+        `only` (task-relative paths), the commit holds HEAD plus exactly those paths' changes: the
+        index is reset first (whatever was staged is dropped), paths are literal, never globs.
         """
         index = None
         if not pin:
             index = self.attempt_index
             shutil.copyfile(self.admin / "index", index)
-        if untracked:
+        if only is not None:
+            self.git("read-tree", "HEAD", index=index)
+            if only:
+                self.git("add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul",
+                         input="\0".join(f":(top,literal){self.prefix}{rel}" for rel in only), index=index)
+            untracked = True  # no -a: the index is the commit
+        elif untracked:
             self.git("add", "-A", index=index)
         # The message goes by file (stdin), cleaned: agent text is data, never an argument (a NUL in
         # argv cannot even be passed) or an option.

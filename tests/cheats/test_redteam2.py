@@ -1,20 +1,16 @@
 """Second red-team pass on the newest fixes (scrubbed_env, prepare_dir, the guard's non-regular-file and
-max_artifact_mb checks). Each attack that got through is marked xfail(strict=True) with its root cause."""
+max_artifact_mb checks). Both got through when written; both causes are fixed (the attempt's total is capped
+and a violating attempt commits only what the bound allows; the harness's package parent is read-only)."""
 
 from __future__ import annotations
 
 import subprocess
-
-import pytest
 
 from ouroboros import cheats, isolation
 
 BWRAP = isolation.available("bwrap")
 
 
-@pytest.mark.xfail(strict=True, reason="max_artifact_mb is checked per file only, and a violating attempt's "
-                   "disallowed new files are still committed to its ref: many files each under the cap put "
-                   "any total into the git dir (fix: cap the attempt's total, or commit no disallowed file)")
 def test_an_agent_cannot_store_more_than_max_artifact_mb_in_the_git_dir_in_many_files(tmp_path):
     agent = '''
 import os

@@ -115,11 +115,6 @@ def test_a_candidate_policy_cannot_forge_its_inner_ledger_into_a_perfect_delta(t
 
 
 @pytest.mark.skipif(not BWRAP, reason="agents are confined only at level bwrap")
-@pytest.mark.xfail(strict=True, reason="the agent phase runs with no disk cap (sandbox.run without max_artifact_mb "
-                   "or watch), and the artifacts folder it may write is in the records, on the real disk: files "
-                   "each under RLIMIT_FSIZE add up to any total, kept across experiments (fix: count the artifacts "
-                   "folder, and every writable bind of the agent, against max_artifact_mb, or put it on a "
-                   "size-capped tmpfs copied back)")
 def test_a_confined_agent_cannot_fill_the_disk_through_its_artifacts_folder(tmp_path):
     agent = '''
 import os
@@ -278,10 +273,6 @@ def cheat():
 """
 
 
-@pytest.mark.xfail(strict=True, reason="the evaluation phase runs with no max_artifact_mb (nor memory_mb or "
-                   "max_processes): sandbox.run in evaluate.sealed passes none, and its writable folder is on the "
-                   "host's /tmp, not a size-capped tmpfs (fix: pass the task's bounds to the evaluation's sandbox.run, "
-                   "watch the evaluation folder, and RLIMIT_FSIZE it)")
 def test_code_in_the_evaluation_phase_cannot_write_past_max_artifact_mb(tmp_path):
     attack = cheats.Attack("eval-fill-disk", title="fill the disk from the evaluation phase", train=_EVAL_FILL,
                            files={"evaluate.py": _EVAL_IMPORTS_TRAIN}, bound={"max_artifact_mb": 1})
@@ -353,10 +344,6 @@ def cheat():
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="after a keep Loop._record calls ws.clean() (untracked files only), not a reset "
-                   "to the kept commit: what the run wrote into tracked files (its own train.py) stays in the worktree "
-                   "and becomes part of the next proposal, state carried past the budget (fix: reset the worktree to "
-                   "the experiment's commit after every verdict)")
 def test_what_the_run_writes_into_a_tracked_file_does_not_outlive_a_keep(tmp_path):
     result = cheats.run_attack(cheats.Attack("run-rewrites-tracked", title="carry state in a tracked file",
                                              train=_SELF_REWRITE), tmp_path / "attack", isolation=LEVEL)
@@ -378,10 +365,6 @@ def cheat():
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="sandbox._du (the run's artifact limit) skips every folder named .git, not "
-                   "only the worktree's own, so a run writes past max_artifact_mb under `any/.git/` for its whole "
-                   "budget (the guard's verdict comes after); empty files and folders count 0 bytes too, so inodes are "
-                   "unbounded (fix: skip only the worktree's own .git entry, and count each entry at least a block)")
 def test_a_run_writing_under_a_nested_dotgit_folder_hits_the_artifact_limit(tmp_path):
     attack = cheats.Attack("dotgit-fill", title="fill the disk under a folder named .git", train=_DOTGIT_FILL,
                            bound={"max_artifact_mb": 1})
@@ -389,11 +372,6 @@ def test_a_run_writing_under_a_nested_dotgit_folder_hits_the_artifact_limit(tmp_
     assert result.verdict in cheats.FAILED and "limit" in result.reason, f"ended as {result.verdict}: {result.reason}"
 
 
-@pytest.mark.xfail(strict=True, reason="the run may replace a tracked editable file with a symlink to any path (it need "
-                   "not read it); the guard after the run checks only protected files and .git entries, a keep only "
-                   "cleans the worktree (untracked files), and memory.build_prompt reads the editable files outside "
-                   "the sandbox, following links: the next prompt carries any file the harness's user can read (fix: "
-                   "reset to the commit after every verdict; open editable files with O_NOFOLLOW in build_prompt)")
 def test_a_run_cannot_put_a_file_outside_the_worktree_into_the_next_prompt(tmp_path, monkeypatch):
     import shlex
     import sys
@@ -454,10 +432,6 @@ def cheat():
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="Loop._confirm runs the confirmation with only `ws.clean()` (untracked files) "
-                   "after the first run, so a run that writes its result into its tracked train.py hands it to the "
-                   "re-run: the seed check confirms nothing (fix: reset the worktree to the experiment's commit before "
-                   "the confirmation run)")
 def test_a_confirmation_rerun_starts_from_the_commit_not_from_what_the_first_run_wrote(tmp_path, monkeypatch):
     import shlex
     import sys
@@ -582,10 +556,6 @@ def cheat():
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
 
 
-@pytest.mark.xfail(strict=True, reason="the same link as above (a run replaces train.py with a symlink; a keep keeps "
-                   "it) makes the in-process api: agent write outside the worktree: edits.apply reads and writes "
-                   "`root / rel` following links, as the harness's user (fix: reset to the commit after every verdict; "
-                   "open editable files with O_NOFOLLOW in edits.apply, and refuse a path that is a link)")
 def test_the_api_agent_never_writes_through_a_link_the_run_left(quadratic, tmp_path, monkeypatch):
     from ouroboros.loop import Loop, Options
     from ouroboros.task import load_task
@@ -652,10 +622,6 @@ def cheat():
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: the run read /etc/shadow"
 
 
-@pytest.mark.xfail(strict=True, reason="sandbox._du counts st_size only: empty files and folders count 0 bytes, so a "
-                   "run creates any number of inodes (each a directory entry and an inode on the host's disk) under "
-                   "max_artifact_mb, and every later git status, guard walk, evaluation folder and clean pays for them "
-                   "outside the budget (fix: count each entry at least one block, or cap the number of entries)")
 def test_a_run_creating_many_empty_files_hits_the_artifact_limit(tmp_path):
     train = '''
 def cheat():
@@ -672,10 +638,6 @@ def cheat():
 
 
 
-@pytest.mark.xfail(strict=True, reason="with `[bound] max_diff_lines` set, Guard._diff_lines counts the lines of every "
-                   "untracked change with read_text(), following links and opening FIFOs: an agent's link to a FIFO "
-                   "blocks the harness forever inside Guard.check (a link to /dev/zero or a huge file exhausts its "
-                   "memory) (fix: count only regular files, opened with O_NOFOLLOW | O_NONBLOCK, with a byte cap)")
 def test_an_agents_link_to_a_fifo_is_never_opened_by_the_guard(tmp_path):
     import errno
     import os

@@ -42,8 +42,8 @@ def _sh(loop: Loop, script: str, phase: str = "run") -> tuple[int, str]:
     return out.returncode or 0, log.read_text()
 
 
-@pytest.mark.parametrize("level", STRONG)
-def test_a_reforking_daemon_dies_with_its_pid_namespace(level, tmp_path):
+@pytest.mark.parametrize("level", [*STRONG, "process"])
+def test_a_reforking_daemon_is_killed_at_every_level(level, tmp_path):
     result = cheats.run_attack(cheats.BY_NAME["reforking-daemon"], tmp_path / "attack", isolation=level)
     assert result.verdict in cheats.FAILED, result.reason
     assert "left" in result.reason and "process" in result.reason
@@ -160,11 +160,10 @@ def test_a_cmd_agent_runs_confined_with_its_key(tmp_path, monkeypatch):
     assert (root / "train.py").read_text().count("STEPS = 200") == 1
 
 
-@pytest.mark.xfail(strict=False, reason="known race at level process: the sweep sometimes finds no live "
-                   "generation (about 1 run in 10 here, stray=0); only the PID namespaces of unshare and bwrap "
-                   "end such a chain for certain, which is why process is refused for code-writing agents")
 def test_a_reforking_daemon_is_caught_at_level_process(tmp_path):
-    """Without namespaces the sweep freezes the chain: nothing with the marker is left alive."""
+    """Without namespaces the subreaper and the sweep's repeated passes end the chain: nothing with
+    the marker is left alive (the sweep used to stop after one pass that found no live generation,
+    while the next one was being orphaned onto the harness: about 1 run in 10 escaped)."""
     marker = f"m-{uuid.uuid4().hex[:8]}"
     # a new generation every 20 ms: at level process the sweep catches one alive and freezes it
     code = ("import os, sys, time\nopen(sys.argv[2], 'w').close()\nend = time.time() + 20\n"

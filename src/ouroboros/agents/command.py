@@ -160,6 +160,41 @@ def _read_login(path: Path) -> bytes | None:
         os.close(fd)
 
 
+def _listing(folder: Path) -> dict[str, tuple[int, int]]:
+    """{path: (size, mtime_ns)} of every entry under folder, links not followed."""
+    out: dict[str, tuple[int, int]] = {}
+    stack = [str(folder)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    out[entry.path] = (st.st_size, st.st_mtime_ns)
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        except OSError:
+            pass
+    return out
+
+
+def _drop_new(folder: Path, kept: dict[str, tuple[int, int]]) -> None:
+    """Remove every entry under folder that is not in `kept` as it was (new or changed files, folders)."""
+    now = _listing(folder)
+    for path in sorted(now, key=len, reverse=True):  # children before their folders
+        if path in kept and (now[path] == kept[path] or os.path.isdir(path) and not os.path.islink(path)):
+            continue
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+        except OSError:
+            pass
+
+
 class CommandAgent(Agent):
     def __init__(self, command: str, timeout: float | None = None, name: str | None = None):
         if not command.strip():
@@ -237,20 +272,30 @@ class CommandAgent(Agent):
         env = self.env(ctx, prompt_path, desc_path)
         (ctx.run_dir / NOTES_FILE).touch()
         home = HomeCopy(self.home_dirs, self.home_skip, self.logins) if ctx.confine is not None else None
+        artifacts, cap = ctx.run_dir / "artifacts", int(ctx.task.bound.max_artifact_mb * 2**20)
+        kept = _listing(artifacts)
         try:
             argv = self.confined(ctx, self.argv(ctx, prompt_path),
-                                 [desc_path, ctx.run_dir / NOTES_FILE, ctx.run_dir / "artifacts", *self.scratch(ctx)],
+                                 [desc_path, ctx.run_dir / NOTES_FILE, artifacts, *self.scratch(ctx)],
                                  [prompt_path], home)
             try:
                 outcome = sandbox.run(argv, ctx.worktree, timeout, 0.0, ctx.exp_dir / "agent.log", env=env,
-                                      max_log_mb=50)
+                                      max_log_mb=50, max_artifact_mb=ctx.task.bound.max_artifact_mb, watch=artifacts)
             finally:
                 bound_notes(ctx.run_dir / NOTES_FILE, ctx.task.agent.notes_max_chars)
                 if home is not None and self.confinement != "none":
                     home.give_back()
+                # The artifacts folder is kept across experiments, on the real disk: it holds at most
+                # max_artifact_mb in all, and what a proposal wrote past that is removed with it.
+                held = sandbox.du(artifacts)
+                if held > cap:
+                    _drop_new(artifacts, kept)
         finally:
             if home is not None:
                 home.remove()
+        if held > cap:
+            raise AgentError(f"the agent left {held / 2**20:.1f} MB in its artifacts folder, more than "
+                             f"max_artifact_mb={ctx.task.bound.max_artifact_mb:g} (what it wrote there was removed)")
         if outcome.timed_out:
             raise AgentError(f"agent ran past its timeout ({timeout:g} s)")
         if outcome.returncode != 0:

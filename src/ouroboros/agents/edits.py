@@ -148,11 +148,23 @@ def _closest(text: str, first: str) -> str:
     return f"; the nearest line in the file is {near[0]!r}" if near else ""
 
 
+def _no_link(root: Path, rel: str) -> None:
+    """Refuse a path any part of which (under root) is a link: edits are written as the harness's
+    user, so a link a run left must never carry them outside the worktree."""
+    here = root
+    for part in Path(rel).parts:
+        here = here / part
+        if here.is_symlink():
+            raise EditError(f"{rel} goes through a link ({here.relative_to(root)}); edits are never written "
+                            "through links")
+
+
 def apply(task: Task, root: Path, edits: list[Edit]) -> list[str]:
     """Apply every edit under root (the task folder in the worktree); the files changed."""
     new: dict[str, str] = {}
     for e in edits:
         rel = _safe(task, e.path)
+        _no_link(root, rel)
         path = root / rel
         if rel in new:
             text = new[rel]
