@@ -194,6 +194,13 @@ class Isolation:
     level = "process"
     overhead = 0
 
+    def open_worktree(self) -> None:
+        """Under a root harness at level bwrap, give the worktree to the run's uid now (isolation._grant),
+        so that the wrap before each phase finds nothing left to change (a change moves inode change
+        times, which the loop's snapshot of the worktree would read as the run's writes)."""
+        if self.level == "bwrap" and drops_root():
+            _grant([self.worktree])
+
     def __init__(self, task: Task, worktree: Path, records: Path, env_dir: Path | None = None):
         self.task, self.task_dir, self.records = task, worktree, records
         self.repo = git_root(task.root)

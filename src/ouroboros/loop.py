@@ -519,6 +519,7 @@ class Loop:
         exp.loc = count_loc(self.ws.task_dir, self.task.editable_files(self.ws.task_dir))
         attempt = self._read_attempt(best.commit_sha, exp.commit_sha, stats) if fast else None
         if attempt is not None:
+            self.isolation.open_worktree()
             before = self.ws.snapshot()
             self._pending = (n, exp.commit_sha, list(stats), before) if before is not None else None
             patch = git_patch(self.ws.prefix, self._files_of(best.commit_sha), attempt, [c.path for c in changes])

@@ -51,8 +51,9 @@ def bound_notes(path: Path, max_chars: int) -> None:
 
 
 # What an installation needs beside its folder of programs: libraries (npm's lib/node_modules, a venv's
-# site-packages), helpers (pyenv's libexec), the versions that shims point into, a venv's pyvenv.cfg.
-_INSTALL_PARTS = ("lib", "lib64", "libexec", "versions", "pyvenv.cfg")
+# site-packages), helpers (pyenv's libexec), the versions that shims point into and pyenv's choice among
+# them (its `version` file: without it every shim answers "command not found"), a venv's pyvenv.cfg.
+_INSTALL_PARTS = ("lib", "lib64", "libexec", "versions", "version", "pyvenv.cfg")
 
 
 def _tool_folder(folder: Path) -> list[Path]:
