@@ -154,7 +154,7 @@ def test_a_candidate_that_forges_the_gate_is_rolled_back_and_recorded(code_task,
     assert skipped.status == "crash" and "evaluator exited 1" in skipped.reason
     assert "FAIL agent contract (policy): no ledger was written" in logs[0]
     assert patched.status == "crash" and "evaluator exited 1" in patched.reason
-    assert "FAIL cheat edit-evaluator: the attack was recorded as" in logs[1]
+    assert "FAIL cheat edit-evaluator" in logs[1]  # got through its weakened guard, or stopped by another defence
     assert "FAIL cheat raise-budget" in logs[1]
     for e in (skipped, patched):  # rolled back: the next experiment starts from the base again, run by it
         assert e.parent == base.commit_sha and e.model == base.commit_sha[:12]

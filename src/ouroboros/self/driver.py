@@ -76,6 +76,13 @@ class VersionAgent(CommandAgent):
     def argv(self, ctx: Context, prompt_path: Path) -> list[str]:
         return [sys.executable, "-I", "-c", LAUNCH, str(self.src), str(self.context)]
 
+    def env(self, ctx: Context, prompt_path: Path, desc_path: Path) -> dict[str, str]:
+        # A version's own agents need a ledger key (a cmd: agent inside it marks its processes with one):
+        # a throwaway key in its scratch folder, never the user's, which it could neither read nor should.
+        config = ctx.exp_dir / "version" / ".config"
+        config.mkdir(parents=True, exist_ok=True)
+        return {**super().env(ctx, prompt_path, desc_path), "OUROBOROS_CONFIG_DIR": str(config)}
+
     def scratch(self, ctx: Context) -> list[Path]:
         return [ctx.exp_dir / "version", ctx.exp_dir / "proposal.json"]
 

@@ -138,9 +138,11 @@ def confined(argv: list[str], work: Path, src: Path) -> tuple[list[str], str]:
     for path in real[2:]:  # the interpreter and its packages, where a mask covers them
         if any(m in path.parents or m == path for m in masks):
             args += ["--ro-bind", str(path), str(path)]
-    args += ["--bind", str(real[0]), str(real[0]), "--ro-bind", str(real[1]), str(real[1]),
-             "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
-             "--new-session", "--chdir", str(real[0]), "--", *argv]
+    args += ["--bind", str(real[0]), str(real[0]), "--ro-bind", str(real[1]), str(real[1])]
+    # bwrap makes a bind's missing parents inside a tmpfs 0700: a root harness's runs and agents inside
+    # (dropped to NOBODY) could not reach the interpreter bound back under the masked $HOME
+    args = isolation._open_parents(args) + ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+                                            "--die-with-parent", "--new-session", "--chdir", str(real[0]), "--", *argv]
     return args, "bwrap"
 
 
