@@ -59,3 +59,63 @@ def test_a_confined_agent_cannot_reshape_the_users_login_file(tmp_path, monkeypa
     finally:
         copy.remove()
     assert _shape(json.loads(real.read_text())) == _shape(user), real.read_text()
+
+
+# The agent's train.py reads its own bytes: with CR LF line ends (what the worktree holds and the run
+# executes) it uses a tuned step; with LF only (what git commits under the task repo's `* text=auto`, a
+# common .gitattributes line that converts CR LF on commit) it is the baseline. The keep's commit is not
+# what ran and was evaluated.
+_CRLF_AGENT = r'''
+import os
+from pathlib import Path
+p = Path("train.py")
+text = p.read_text().replace("import math\n", "import math\nif b'\\r' in open(__file__, 'rb').read():\n"
+                             "    pass\n", 1)
+text = text.replace("MOMENTUM = 0.5", "MOMENTUM = 0.9 if b'\\r' in open(__file__, 'rb').read() else 0.5", 1)
+p.write_bytes(text.replace("\n", "\r\n").encode())
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("crlf")
+'''
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "git normalizes what it commits by the task repo's own .gitattributes (text/eol, also ident and "
+    "working-tree-encoding: not filter drivers, so Workspace._filter_args leaves them on), while the run "
+    "executes the worktree's bytes and Loop._read_attempt takes them as 'the bytes git committed': a CR LF "
+    "train.py is kept, its commit holds LF and behaves otherwise. Fix: give every harness git call "
+    "`-c core.attributesFile=/dev/null` plus GIT_ATTR_SOURCE/`--attr-source` of an empty tree (or "
+    "`-c core.autocrlf=false` and refuse repos whose .gitattributes set text/eol/ident/working-tree-encoding), "
+    "and check after commit that each committed blob hashes to the worktree bytes"))
+def test_a_kept_attempts_commit_holds_the_bytes_that_ran(tmp_path, monkeypatch):
+    import shlex
+    import subprocess
+    import sys
+
+    from ouroboros import cheats, isolation
+    from ouroboros.loop import Loop, Options
+    from ouroboros.scaffold import from_template
+    from ouroboros.task import load_task
+
+    agent = tmp_path / "agent.py"
+    agent.write_text(_CRLF_AGENT)
+    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
+    task = from_template(tmp_path / "task", "quadratic")
+    (task / ".gitattributes").write_text("* text=auto\n")
+    cheats._set_keys(task / "ouroboros.toml", "bound",
+                     {"isolation": "bwrap" if isolation.available("bwrap") else "process"})
+    cheats._git(task, "add", "-A")
+    cheats._git(task, "commit", "-qm", "attributes")
+    loop = Loop(load_task(task), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
+                                         max_experiments=1, budget=3.0, tag="t", allow_weak_isolation=True))
+    loop.run()
+    exp = loop.history[-1]
+    worktree = loop.ws.task_dir
+    loop.ledger.close()
+    assert exp.status == "keep", (exp.status, exp.reason)
+    committed = subprocess.run(["git", "cat-file", "blob", f"{exp.commit_sha}:train.py"], cwd=task,
+                               capture_output=True, check=True).stdout
+    ran = (worktree / "train.py").read_bytes()
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    (replay / "train.py").write_bytes(committed)
+    out = subprocess.run([sys.executable, "train.py"], cwd=replay, capture_output=True, text=True).stdout
+    assert committed == ran, f"the keep's commit differs from the train.py that ran (it prints {out.strip()!r})"
