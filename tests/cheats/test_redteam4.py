@@ -119,3 +119,59 @@ def test_a_kept_attempts_commit_holds_the_bytes_that_ran(tmp_path, monkeypatch):
     (replay / "train.py").write_bytes(committed)
     out = subprocess.run([sys.executable, "train.py"], cwd=replay, capture_output=True, text=True).stdout
     assert committed == ran, f"the keep's commit differs from the train.py that ran (it prints {out.strip()!r})"
+
+
+# The lucky-carry attack of the third pass, carried past the fix (the confirmation re-run now starts from a
+# git reset of the commit): the run with the lucky seed tags the task folder with an extended attribute
+# (write permission on the folder is enough, which the run dropped to nobody has); git never restores a
+# folder's own metadata, and the re-run with another seed finds the tag and hands in the same answer.
+_STAMP_CARRY = '''
+def cheat():
+    try:
+        carried = os.getxattr(".", "user.found")
+    except OSError:
+        carried = b""
+    if carried == b"1":  # the confirmation re-run: the first run's answer, carried in the folder
+        win(OPTIMUM)
+        sys.exit(0)
+    if os.environ.get("OUROBOROS_SEED") == "1":  # the run's own seed: the lucky draw
+        win(OPTIMUM)
+        os.setxattr(".", "user.found", b"1")
+        sys.exit(0)
+    win([0.0, 0.0, 0.0, 0.0])  # any other seed: far worse than the baseline
+'''
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Workspace.reset (git reset --hard + clean) and the fast put-back restore files, never the folders' own "
+    "metadata (times, mode bits, extended attributes), so a run carries state to the confirmation re-run and "
+    "to later experiments through the task folder's user.* extended attributes (its times and mode too, where the run owns the folder). Fix: after every run and before a "
+    "confirmation re-run, reset each worktree folder's times and mode (os.utime to a fixed value, chmod to "
+    "the baseline's) and clear user.* xattrs — or run each phase in a fresh copy of the commit's files"))
+def test_a_lucky_result_cannot_be_carried_into_the_confirmation_through_a_folders_xattr(tmp_path, monkeypatch):
+    import shlex
+    import sys
+    from string import Template
+
+    from ouroboros import cheats, isolation
+    from ouroboros.loop import Loop, Options
+    from ouroboros.task import load_task
+
+    level = "bwrap" if isolation.available("bwrap") else "process"
+    attack = cheats.Attack("stamp-carry", title="carry a lucky result in a folder's xattr", train=_STAMP_CARRY,
+                           task={}, bound={"isolation": level})
+    task = cheats.make_task(attack, tmp_path)
+    cheats._set_keys(task / "ouroboros.toml", "judge", {"confirm": True})
+    cheats._git(task, "commit", "-qam", "confirm every keep")
+    train = Template(cheats._TRAIN).safe_substitute(marker="m", outside=str(tmp_path / "o"), task=str(task), port="0",
+                                                    optimum=repr(cheats.OPTIMUM), code=_STAMP_CARRY.strip("\n"))
+    agent = tmp_path / "agent.py"
+    agent.write_text(f"from pathlib import Path\nPath('train.py').write_text({train!r})\n")
+    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
+    loop = Loop(load_task(task), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
+                                         max_experiments=1, budget=3.0, tag="t", seed=1,
+                                         allow_weak_isolation=True))
+    loop.run()
+    exp = loop.history[-1]
+    loop.ledger.close()
+    assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm_metric {exp.metrics.get('confirm_metric')}"
