@@ -175,3 +175,46 @@ def test_a_lucky_result_cannot_be_carried_into_the_confirmation_through_a_folder
     exp = loop.history[-1]
     loop.ledger.close()
     assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm_metric {exp.metrics.get('confirm_metric')}"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "VersionAgent.propose (self/driver.py) reads the proposer's proposal.json with Path.read_text after the "
+    "confined version exited; the file is bound writable into the version's sandbox, so a kept version that "
+    "truncates it to a sparse terabyte (no disk used, no cap broken) makes the trusted harness allocate it all: "
+    "MemoryError (not caught there) or the OOM killer ends the `run --self` harness (at weak levels a FIFO "
+    "there hangs it). Fix: read it with readfile.read_regular (O_NOFOLLOW|O_NONBLOCK, regular file only, "
+    "capped at a few KiB) and treat anything else as no parameters"))
+def test_a_kept_versions_proposal_file_cannot_crash_the_self_driver(tmp_path, monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    from ouroboros.agents.base import Proposal
+    from ouroboros.agents.command import CommandAgent
+    from ouroboros.self import driver, versions
+
+    try:  # "always overcommit" would let the read succeed and fill memory: only run where it is refused
+        if open("/proc/sys/vm/overcommit_memory").read().strip() not in ("0", "2"):
+            pytest.skip("vm.overcommit_memory=1: a TiB allocation would be granted")
+    except OSError:
+        pytest.skip("no /proc/sys/vm/overcommit_memory (not Linux)")
+    exp_dir = tmp_path / "exp"
+    exp_dir.mkdir()
+    out = exp_dir / "proposal.json"
+
+    def version_proposes(self, ctx):  # what the confined version leaves in its writable file: a sparse TiB
+        os.truncate(out, 1 << 40)
+        return Proposal("a proposal")
+
+    monkeypatch.setattr(CommandAgent, "propose", version_proposes)
+    monkeypatch.setattr(versions, "install", lambda repo, version, cache: tmp_path)
+    agent = driver.VersionAgent("random", tmp_path, tmp_path, "b" * 40, {"bad": []}, lambda: None)
+    ctx = SimpleNamespace(history=[], exp_dir=exp_dir, worktree=tmp_path, read_baseline=None, n=1, seed=0,
+                          best=SimpleNamespace(n=0), prompt=lambda: "", session=0,
+                          task=SimpleNamespace(editable_files=lambda worktree: []))
+    try:
+        proposal = agent.propose(ctx)
+    except MemoryError:
+        pytest.fail("the self driver ran out of memory reading the version's 1 TiB sparse proposal.json")
+    finally:
+        out.unlink()
+    assert proposal.params == {}
