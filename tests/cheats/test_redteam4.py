@@ -1,0 +1,249 @@
+"""Fourth red-team pass, on the fixes of the third: the total artifact cap, the fast put-back without git,
+git_patch, the root-harness drop, confined agents' private HOME copies and login copy-back, the run mark,
+readfile.py, the reserved metric keys, the incremental chain check, policyfile.py and self/propose.py.
+Each attack that gets through is marked xfail(strict=True) with its root cause and the fix recommended."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ouroboros import policyfile
+from ouroboros.errors import OuroborosError
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "policyfile.parse catches only SyntaxError/ValueError from ast.parse, and _number recurses once per unary "
+    "sign: a policy.py line `MUTATE_KNOBS = ---...1` (a few thousand signs) raises RecursionError, a longer "
+    "one MemoryError, out of the harness (loop._parent, agents/policy.py, self/task_run.py) as a traceback. "
+    "Fix: catch RecursionError and MemoryError around ast.parse and make _number iterative (or cap the signs), "
+    "raising OuroborosError naming the line"))
+@pytest.mark.parametrize("signs", [3000, 100_000])
+def test_a_deeply_signed_policy_literal_is_refused_with_a_clear_error(signs):
+    text = "MUTATE_KNOBS = " + "-" * signs + "1\n"
+    with pytest.raises(OuroborosError, match="policy.py"):
+        policyfile.parse(text)
+
+
+def _shape(value):
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shape(v) for v in value]
+    return type(value).__name__
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "HomeCopy.give_back checks only that the confined program's login file is a JSON object with the same "
+    "TOP-LEVEL keys, so whatever the program writes under them (an API key where there was none, new nested keys, other types, another "
+    "account's tokens) is copied over the user's real login, which the CLI reads unconfined at its next start. "
+    "Fix: copy back only when the whole key structure and value types are unchanged (recursively) and only "
+    "string leaves changed; consider not copying back at all (an account swap — the agent's own tokens in the "
+    "same shape — cannot be told from a refresh without the provider)"))
+def test_a_confined_agent_cannot_reshape_the_users_login_file(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / ".codex").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    real = home / ".codex" / "auth.json"  # the codex preset's login, the one copied back
+    user = {"OPENAI_API_KEY": None, "tokens": {"id_token": "user-i", "access_token": "user-a",
+                                               "refresh_token": "user-r", "account_id": "user"},
+            "last_refresh": "2026-11-23T00:00:00Z"}
+    real.write_text(json.dumps(user))
+    from ouroboros.agents.command import HomeCopy
+    from ouroboros.agents.presets import CodexAgent
+
+    assert ".codex/auth.json" in CodexAgent.logins
+    copy = HomeCopy((".codex",), logins=CodexAgent.logins)
+    try:  # the user's CLI, started unconfined later, now uses the agent's own key and account
+        forged = {"OPENAI_API_KEY": "sk-attacker", "tokens": {"id_token": ["x"], "access_token": "attacker-a",
+                                                              "refresh_token": "attacker-r", "account_id": "attacker",
+                                                              "extra": {"hook": "rm -rf ~"}},
+                  "last_refresh": "2026-11-23T00:00:01Z"}
+        (copy.root / ".codex" / "auth.json").write_text(json.dumps(forged))
+        copy.give_back()
+    finally:
+        copy.remove()
+    assert _shape(json.loads(real.read_text())) == _shape(user), real.read_text()
+
+
+# The agent's train.py reads its own bytes: with CR LF line ends (what the worktree holds and the run
+# executes) it uses a tuned step; with LF only (what git commits under the task repo's `* text=auto`, a
+# common .gitattributes line that converts CR LF on commit) it is the baseline. The keep's commit is not
+# what ran and was evaluated.
+_CRLF_AGENT = r'''
+import os
+from pathlib import Path
+p = Path("train.py")
+text = p.read_text().replace("import math\n", "import math\nif b'\\r' in open(__file__, 'rb').read():\n"
+                             "    pass\n", 1)
+text = text.replace("MOMENTUM = 0.5", "MOMENTUM = 0.9 if b'\\r' in open(__file__, 'rb').read() else 0.5", 1)
+p.write_bytes(text.replace("\n", "\r\n").encode())
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("crlf")
+'''
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "git normalizes what it commits by the task repo's own .gitattributes (text/eol, also ident and "
+    "working-tree-encoding: not filter drivers, so Workspace._filter_args leaves them on), while the run "
+    "executes the worktree's bytes and Loop._read_attempt takes them as 'the bytes git committed': a CR LF "
+    "train.py is kept, its commit holds LF and behaves otherwise. Fix: give every harness git call "
+    "`-c core.attributesFile=/dev/null` plus GIT_ATTR_SOURCE/`--attr-source` of an empty tree (or "
+    "`-c core.autocrlf=false` and refuse repos whose .gitattributes set text/eol/ident/working-tree-encoding), "
+    "and check after commit that each committed blob hashes to the worktree bytes"))
+def test_a_kept_attempts_commit_holds_the_bytes_that_ran(tmp_path, monkeypatch):
+    import shlex
+    import subprocess
+    import sys
+
+    from ouroboros import cheats, isolation
+    from ouroboros.loop import Loop, Options
+    from ouroboros.scaffold import from_template
+    from ouroboros.task import load_task
+
+    agent = tmp_path / "agent.py"
+    agent.write_text(_CRLF_AGENT)
+    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
+    task = from_template(tmp_path / "task", "quadratic")
+    (task / ".gitattributes").write_text("* text=auto\n")
+    cheats._set_keys(task / "ouroboros.toml", "bound",
+                     {"isolation": "bwrap" if isolation.available("bwrap") else "process"})
+    cheats._git(task, "add", "-A")
+    cheats._git(task, "commit", "-qm", "attributes")
+    loop = Loop(load_task(task), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
+                                         max_experiments=1, budget=3.0, tag="t", allow_weak_isolation=True))
+    loop.run()
+    exp = loop.history[-1]
+    worktree = loop.ws.task_dir
+    loop.ledger.close()
+    assert exp.status == "keep", (exp.status, exp.reason)
+    committed = subprocess.run(["git", "cat-file", "blob", f"{exp.commit_sha}:train.py"], cwd=task,
+                               capture_output=True, check=True).stdout
+    ran = (worktree / "train.py").read_bytes()
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    (replay / "train.py").write_bytes(committed)
+    out = subprocess.run([sys.executable, "train.py"], cwd=replay, capture_output=True, text=True).stdout
+    assert committed == ran, f"the keep's commit differs from the train.py that ran (it prints {out.strip()!r})"
+
+
+# The lucky-carry attack of the third pass, carried past the fix (the confirmation re-run now starts from a
+# git reset of the commit): the run with the lucky seed tags the task folder with an extended attribute
+# (write permission on the folder is enough, which the run dropped to nobody has); git never restores a
+# folder's own metadata, and the re-run with another seed finds the tag and hands in the same answer.
+_STAMP_CARRY = '''
+def cheat():
+    try:
+        carried = os.getxattr(".", "user.found")
+    except OSError:
+        carried = b""
+    if carried == b"1":  # the confirmation re-run: the first run's answer, carried in the folder
+        win(OPTIMUM)
+        sys.exit(0)
+    if os.environ.get("OUROBOROS_SEED") == "1":  # the run's own seed: the lucky draw
+        win(OPTIMUM)
+        os.setxattr(".", "user.found", b"1")
+        sys.exit(0)
+    win([0.0, 0.0, 0.0, 0.0])  # any other seed: far worse than the baseline
+'''
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Workspace.reset (git reset --hard + clean) and the fast put-back restore files, never the folders' own "
+    "metadata (times, mode bits, extended attributes), so a run carries state to the confirmation re-run and "
+    "to later experiments through the task folder's user.* extended attributes (its times and mode too, where the run owns the folder). Fix: after every run and before a "
+    "confirmation re-run, reset each worktree folder's times and mode (os.utime to a fixed value, chmod to "
+    "the baseline's) and clear user.* xattrs — or run each phase in a fresh copy of the commit's files"))
+def test_a_lucky_result_cannot_be_carried_into_the_confirmation_through_a_folders_xattr(tmp_path, monkeypatch):
+    import shlex
+    import sys
+    from string import Template
+
+    from ouroboros import cheats, isolation
+    from ouroboros.loop import Loop, Options
+    from ouroboros.task import load_task
+
+    level = "bwrap" if isolation.available("bwrap") else "process"
+    attack = cheats.Attack("stamp-carry", title="carry a lucky result in a folder's xattr", train=_STAMP_CARRY,
+                           task={}, bound={"isolation": level})
+    task = cheats.make_task(attack, tmp_path)
+    cheats._set_keys(task / "ouroboros.toml", "judge", {"confirm": True})
+    cheats._git(task, "commit", "-qam", "confirm every keep")
+    train = Template(cheats._TRAIN).safe_substitute(marker="m", outside=str(tmp_path / "o"), task=str(task), port="0",
+                                                    optimum=repr(cheats.OPTIMUM), code=_STAMP_CARRY.strip("\n"))
+    agent = tmp_path / "agent.py"
+    agent.write_text(f"from pathlib import Path\nPath('train.py').write_text({train!r})\n")
+    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
+    loop = Loop(load_task(task), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
+                                         max_experiments=1, budget=3.0, tag="t", seed=1,
+                                         allow_weak_isolation=True))
+    loop.run()
+    exp = loop.history[-1]
+    loop.ledger.close()
+    assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm_metric {exp.metrics.get('confirm_metric')}"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "VersionAgent.propose (self/driver.py) reads the proposer's proposal.json with Path.read_text after the "
+    "confined version exited; the file is bound writable into the version's sandbox, so a kept version that "
+    "truncates it to a sparse terabyte (no disk used, no cap broken) makes the trusted harness allocate it all: "
+    "MemoryError (not caught there) or the OOM killer ends the `run --self` harness (at weak levels a FIFO "
+    "there hangs it). Fix: read it with readfile.read_regular (O_NOFOLLOW|O_NONBLOCK, regular file only, "
+    "capped at a few KiB) and treat anything else as no parameters"))
+def test_a_kept_versions_proposal_file_cannot_crash_the_self_driver(tmp_path, monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    from ouroboros.agents.base import Proposal
+    from ouroboros.agents.command import CommandAgent
+    from ouroboros.self import driver, versions
+
+    try:  # "always overcommit" would let the read succeed and fill memory: only run where it is refused
+        if open("/proc/sys/vm/overcommit_memory").read().strip() not in ("0", "2"):
+            pytest.skip("vm.overcommit_memory=1: a TiB allocation would be granted")
+    except OSError:
+        pytest.skip("no /proc/sys/vm/overcommit_memory (not Linux)")
+    exp_dir = tmp_path / "exp"
+    exp_dir.mkdir()
+    out = exp_dir / "proposal.json"
+
+    def version_proposes(self, ctx):  # what the confined version leaves in its writable file: a sparse TiB
+        os.truncate(out, 1 << 40)
+        return Proposal("a proposal")
+
+    monkeypatch.setattr(CommandAgent, "propose", version_proposes)
+    monkeypatch.setattr(versions, "install", lambda repo, version, cache: tmp_path)
+    agent = driver.VersionAgent("random", tmp_path, tmp_path, "b" * 40, {"bad": []}, lambda: None)
+    ctx = SimpleNamespace(history=[], exp_dir=exp_dir, worktree=tmp_path, read_baseline=None, n=1, seed=0,
+                          best=SimpleNamespace(n=0), prompt=lambda: "", session=0,
+                          task=SimpleNamespace(editable_files=lambda worktree: []))
+    try:
+        proposal = agent.propose(ctx)
+    except MemoryError:
+        pytest.fail("the self driver ran out of memory reading the version's 1 TiB sparse proposal.json")
+    finally:
+        out.unlink()
+    assert proposal.params == {}
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "workspace.git_patch (diff.patch written in Python on the fast path) uses difflib.SequenceMatcher with "
+    "autojunk=False, whose matching is quadratic in the number of equal lines: a kept train.py of 100,000 "
+    "comment lines (200 KB, no code lines for the simplicity rule) and a next attempt changing one line keep "
+    "the harness's own process busy for about an hour (4,000 lines: 6 s here), outside every budget, where git "
+    "diff takes milliseconds. Fix: return None (let git write the patch) above a few thousand lines or when "
+    "len(a)*len(b) is large, or use autojunk=True"))
+def test_diff_patch_of_a_large_repetitive_file_does_not_hang_the_harness(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "from ouroboros.workspace import git_patch\n"
+        "n = 100_000\n"
+        "old = b'#\\n' * n\n"
+        "new = b'#\\n' * (n // 2) + b'x = 1\\n' + b'#\\n' * (n // 2)\n"
+        "git_patch('', {'train.py': (old, 0o100644)}, {'train.py': (new, 0o100644)}, ['train.py'])\n")
+    try:  # milliseconds for git; 20 s only so that a loaded machine cannot fail a correct fix
+        subprocess.run([sys.executable, "-c", code], timeout=20, check=True)
+    except subprocess.TimeoutExpired:
+        pytest.fail("git_patch ran past 20 s on two 100,000-line files differing in one line")
