@@ -35,11 +35,12 @@ _cache: dict[tuple[str, int, int], dict[str, float]] = {}
 
 
 def _number(node: ast.expr) -> float | None:
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
-        inner = _number(node.operand)
-        return None if inner is None else (-inner if isinstance(node.op, ast.USub) else inner)
+    sign = 1
+    while isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):  # a loop: signs nest deep
+        sign = -sign if isinstance(node.op, ast.USub) else sign
+        node = node.operand
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return node.value
+        return sign * node.value
     return None
 
 
@@ -50,6 +51,8 @@ def parse(text: str, where: str = "policy.py") -> dict[str, float]:
         tree = ast.parse(text)
     except (SyntaxError, ValueError) as exc:
         raise OuroborosError(f"{where} is not valid Python ({exc}); it must hold {expected}") from None
+    except (RecursionError, MemoryError):  # nesting past the parser's limits: no policy file needs it
+        raise OuroborosError(f"{where} nests too deep to read; it must hold {expected}") from None
     found: dict[str, float] = {}
     for i, stmt in enumerate(tree.body):
         line = f"{where} line {stmt.lineno}"

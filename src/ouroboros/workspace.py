@@ -524,6 +524,9 @@ def _lines(data: bytes) -> list[bytes]:
     return [line + b"\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
 
 
+PATCH_MAX_LINES = 20_000
+
+
 def git_patch(prefix: str, old: dict[str, tuple[bytes, int]], new: dict[str, tuple[bytes, int]],
               paths: list[str]) -> str | None:
     """The patch `git diff --full-index` writes for text files modified in place (same mode), made
@@ -545,10 +548,14 @@ def git_patch(prefix: str, old: dict[str, tuple[bytes, int]], new: dict[str, tup
             return None
         if a == b:
             continue
+        if len(a_lines) > PATCH_MAX_LINES or len(b_lines) > PATCH_MAX_LINES:
+            return None  # git's diff is linear where difflib's matching is not: a long file is git's to write
         ids = [hashlib.sha1(b"blob %d\0" % len(x) + x).hexdigest() for x in (a, b)]
         out.append(f"diff --git a/{name} b/{name}\nindex {ids[0]}..{ids[1]} {old[rel][1]:o}\n"
                    f"--- a/{name}\n+++ b/{name}\n")
-        matcher = difflib.SequenceMatcher(None, a_lines, b_lines, autojunk=False)
+        # autojunk: in a file of 200 lines or more, a line that makes up over 1% of it (blank lines,
+        # comment rulers) is not matched on, which keeps the matching near-linear; small files match as git's
+        matcher = difflib.SequenceMatcher(None, a_lines, b_lines)
         for group in matcher.get_grouped_opcodes(3):
             i1, i2, j1, j2 = group[0][1], group[-1][2], group[0][3], group[-1][4]
             out.append(f"@@ -{_range(i1, i2)} +{_range(j1, j2)} @@{_funcname(a_lines, i1)}\n")

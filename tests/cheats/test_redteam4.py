@@ -13,12 +13,6 @@ from ouroboros import policyfile
 from ouroboros.errors import OuroborosError
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "policyfile.parse catches only SyntaxError/ValueError from ast.parse, and _number recurses once per unary "
-    "sign: a policy.py line `MUTATE_KNOBS = ---...1` (a few thousand signs) raises RecursionError, a longer "
-    "one MemoryError, out of the harness (loop._parent, agents/policy.py, self/task_run.py) as a traceback. "
-    "Fix: catch RecursionError and MemoryError around ast.parse and make _number iterative (or cap the signs), "
-    "raising OuroborosError naming the line"))
 @pytest.mark.parametrize("signs", [3000, 100_000])
 def test_a_deeply_signed_policy_literal_is_refused_with_a_clear_error(signs):
     text = "MUTATE_KNOBS = " + "-" * signs + "1\n"
@@ -183,13 +177,6 @@ def test_a_lucky_result_cannot_be_carried_into_the_confirmation_through_a_folder
     assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm_metric {exp.metrics.get('confirm_metric')}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "VersionAgent.propose (self/driver.py) reads the proposer's proposal.json with Path.read_text after the "
-    "confined version exited; the file is bound writable into the version's sandbox, so a kept version that "
-    "truncates it to a sparse terabyte (no disk used, no cap broken) makes the trusted harness allocate it all: "
-    "MemoryError (not caught there) or the OOM killer ends the `run --self` harness (at weak levels a FIFO "
-    "there hangs it). Fix: read it with readfile.read_regular (O_NOFOLLOW|O_NONBLOCK, regular file only, "
-    "capped at a few KiB) and treat anything else as no parameters"))
 def test_a_kept_versions_proposal_file_cannot_crash_the_self_driver(tmp_path, monkeypatch):
     import os
     from types import SimpleNamespace
@@ -226,13 +213,6 @@ def test_a_kept_versions_proposal_file_cannot_crash_the_self_driver(tmp_path, mo
     assert proposal.params == {}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "workspace.git_patch (diff.patch written in Python on the fast path) uses difflib.SequenceMatcher with "
-    "autojunk=False, whose matching is quadratic in the number of equal lines: a kept train.py of 100,000 "
-    "comment lines (200 KB, no code lines for the simplicity rule) and a next attempt changing one line keep "
-    "the harness's own process busy for about an hour (4,000 lines: 6 s here), outside every budget, where git "
-    "diff takes milliseconds. Fix: return None (let git write the patch) above a few thousand lines or when "
-    "len(a)*len(b) is large, or use autojunk=True"))
 def test_diff_patch_of_a_large_repetitive_file_does_not_hang_the_harness(tmp_path):
     import subprocess
     import sys

@@ -28,6 +28,7 @@ from ouroboros.agents.base import AgentError, Context, Proposal
 from ouroboros.agents.command import CommandAgent
 from ouroboros.errors import OuroborosError
 from ouroboros.ledger import Experiment, Ledger
+from ouroboros.readfile import read_regular
 from ouroboros.self import versions
 from ouroboros.self.delta import benchmark
 from ouroboros.self.propose import AGENT_FAILED
@@ -115,7 +116,8 @@ class VersionAgent(CommandAgent):
                     from None
             return self._rollback(str(exc))
         try:  # the version's word on its parameters: recorded, never acted on (the worktree is what counts)
-            params = json.loads((ctx.exp_dir / "proposal.json").read_text(errors="replace")).get("params") or {}
+            raw = read_regular(ctx.exp_dir / "proposal.json", cap=64 << 10)  # the version wrote it: no FIFO, no TiB
+            params = json.loads(raw or "{}").get("params") or {}
             params = {str(k)[:100]: v for k, v in params.items() if isinstance(v, int | float | str | bool)}
         except (OSError, ValueError, AttributeError):
             params = {}
