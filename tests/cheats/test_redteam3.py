@@ -3,17 +3,7 @@ declared outputs), `[task] setup` and its env folder, `[bound] read_only`, the b
 the agent-driven mode, the ledger's chain and `verify`, the judge's anchoring, `--resume`, and the
 self-improvement mode. Each attack that gets through is marked xfail(strict=True) with its root cause.
 
-Fix assignment (from the lead, 14:25 UTC), one helper per group, so no two fix the same cause:
-- branch trust:  disk caps in every phase (agent artifacts folder, evaluation phase, nested .git folders,
-  many empty files); reset the worktree to the commit after every verdict and before a confirmation re-run,
-  editable files opened with O_NOFOLLOW (the run's leftover link, the api agent writing through it, the next
-  prompt); the guard's _diff_lines opening a FIFO.
-- branch trust2: file names with a newline in eval.log, confirm_metric from stdout, verify_tsv rows cut from
-  the middle, proxy passwords, every non-UTF-8 crash (merged into this branch already).
-- branch trust3: confined agents (CLI config folders writable, PATH top folders bound), read_only folders
-  uncovering hidden data, --resume killing the user's processes, root harness at bwrap reading root files.
-- branch trust4: the self mode (a candidate's policy.py forging its inner ledger, a kept version's CLI
-  writing the outer ledger)."""
+All 26 were fixed (on four branches, merged) and their xfail marks removed."""
 
 from __future__ import annotations
 
