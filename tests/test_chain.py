@@ -194,3 +194,21 @@ def test_a_check_after_much_was_written_checks_everything(tmp_path: Path, monkey
         ledger.begin(Experiment("t", n, commit_sha="f" * 40))
     _sql(ledger, "UPDATE experiments SET metric=0.5, status='keep' WHERE n=0")  # from before the record
     assert any("experiment t/0: differs from what Ouroboros wrote" in str(p) for p in chain.check(ledger))
+
+
+def _key_in(folder: str) -> str:
+    os.environ["OUROBOROS_CONFIG_DIR"] = folder
+    return chain.key().hex()
+
+
+def test_processes_making_the_key_at_once_all_get_the_same_whole_key(tmp_path: Path) -> None:
+    # run --self's runner forks inner runs two at a time into a fresh config folder: one of them read
+    # the key while another was still writing it ("not 64 hex characters")
+    from concurrent.futures import ProcessPoolExecutor
+
+    for i in range(10):
+        folder = tmp_path / str(i)
+        with ProcessPoolExecutor(6) as pool:
+            keys = set(pool.map(_key_in, [str(folder)] * 12))
+        assert len(keys) == 1 and len(keys.pop()) == 64
+        assert [p.name for p in folder.iterdir()] == ["ledger.key"]  # no temporary file left

@@ -64,12 +64,17 @@ def key() -> bytes:
     path = folder / KEY_FILE
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
+        if not path.exists():  # written whole under another name, then linked: never seen half-written
+            tmp = folder / f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_hex(32))
+                os.link(tmp, path)  # fails if another process linked its key first: then that one is the key
+            finally:
+                tmp.unlink(missing_ok=True)
         text = path.read_text().strip()
-    except FileExistsError:  # another process made it between our check and our open
+    except FileExistsError:  # another process made it between our check and our link
         text = path.read_text().strip()
     except OSError as exc:
         raise OuroborosError(f"cannot read or create the ledger key {path}: {exc.strerror}; make "
