@@ -38,7 +38,6 @@ from pathlib import Path
 from ouroboros.errors import OuroborosError
 from ouroboros.self import inner, versions
 from ouroboros.self.suite import SuiteTask, load_suite
-from ouroboros.workspace import git
 
 TAG = "delta"
 CLAIM_RTOL = 1e-6
@@ -90,12 +89,7 @@ def prepare_run(task: SuiteTask, seed: int, work: Path) -> Path:
     dest = run_dir(work, task, seed)
     shutil.rmtree(dest, ignore_errors=True)
     (dest.parent / f"{dest.name}.log").unlink(missing_ok=True)
-    task.export(dest)
-    (dest / ".gitignore").write_text(".ouroboros/\n__pycache__/\n")
-    git(dest, "init", "-q", "-b", "main")
-    git(dest, "add", "-A")
-    git(dest, "commit", "-q", "-m", f"suite task {task.name}")
-    return dest
+    return task.commit_to(dest, f"suite task {task.name}")
 
 
 def run_many(src: Path, items: list[tuple[SuiteTask, int]], experiments: int, work: Path, agent: str = "policy",

@@ -92,12 +92,7 @@ def _checkout(task: Path) -> tuple[str, str]:
 
 
 def _fresh_repo(task: SuiteTask, dest: Path) -> Path:
-    task.export(dest)
-    (dest / ".gitignore").write_text(".ouroboros/\n__pycache__/\n")
-    _git(dest, "init", "-q", "-b", "main")
-    _git(dest, "add", "-A")
-    _git(dest, "commit", "-q", "-m", "gate task")
-    return dest
+    return task.commit_to(dest, "gate task", _git)
 
 
 def judge_contract(task: Path, base: tuple[str, str], experiments: int, bowl: SuiteTask) -> str | None:

@@ -58,6 +58,19 @@ class SuiteTask:
         shutil.copyfile(KIT, dest / KIT.name)
         return dest
 
+    def commit_to(self, dest: Path, message: str, run_git=None) -> Path:
+        """The task exported into a new git repo at dest, committed as one baseline commit (`run_git`:
+        the caller's git wrapper, workspace.git by default)."""
+        from ouroboros.workspace import git
+
+        run_git = run_git or git
+        self.export(dest)
+        (dest / ".gitignore").write_text(".ouroboros/\n__pycache__/\n")
+        run_git(dest, "init", "-q", "-b", "main")
+        run_git(dest, "add", "-A")
+        run_git(dest, "commit", "-q", "-m", message)
+        return dest
+
     def measure(self, params_source: str, seed: int) -> dict[str, float] | None:
         """The evaluator's metrics for a params.py's text, or None where it is infeasible or unusable."""
         ev = self.evaluator
@@ -115,18 +128,14 @@ def load_suite(split: str = "public", names: list[str] | None = None) -> list[Su
 def init_task(name: str, directory: Path) -> Path:
     """`ouroboros init --template suite:NAME DIR`: a public suite task as a repo of its own."""
     from ouroboros.task import load_task
-    from ouroboros.workspace import exclude_records, git
+    from ouroboros.workspace import exclude_records
 
     if directory.exists() and any(directory.iterdir()):
         raise OuroborosError(f"{directory} exists and is not empty; pick a new folder")
     task = load_suite("public", [name])[0]
     directory.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(directory, ignore_errors=True)
-    task.export(directory)
-    (directory / ".gitignore").write_text(".ouroboros/\n__pycache__/\n")
-    git(directory, "init", "-q", "-b", "main")
-    git(directory, "add", "-A")
-    git(directory, "commit", "-q", "-m", f"suite task {name} (ouroboros init --template suite:{name})")
+    task.commit_to(directory, f"suite task {name} (ouroboros init --template suite:{name})")
     exclude_records(directory)
     load_task(directory)
     return directory
