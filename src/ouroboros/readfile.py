@@ -11,12 +11,19 @@ from pathlib import Path
 
 
 def read_regular(path: Path, cap: int = 1 << 20) -> str | None:
+    data = read_regular_bytes(path, cap)
+    return None if data is None else data.decode("utf-8", errors="replace")
+
+
+def read_regular_bytes(path: Path, cap: int = 1 << 20, whole: bool = False) -> bytes | None:
+    """The first `cap` bytes of a regular file; with whole=True, None for a file larger than `cap`."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (whole and st.st_size > cap):
             return None
         chunks, left = [], cap
         while left > 0:
@@ -29,4 +36,4 @@ def read_regular(path: Path, cap: int = 1 << 20) -> str | None:
         return None
     finally:
         os.close(fd)
-    return b"".join(chunks).decode("utf-8", errors="replace")
+    return b"".join(chunks)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ouroboros import sandbox
 from ouroboros.agents.base import Agent, AgentError, Context, Proposal
+from ouroboros.readfile import read_regular_bytes
 
 NOTES_FILE = "notes.md"
 TRUNCATED = "[... older notes dropped: notes.md is kept under {max} characters ...]\n"
@@ -146,19 +147,7 @@ class HomeCopy:
 
 def _read_login(path: Path) -> bytes | None:
     """A login file's bytes: a regular file (no link, FIFO or device) of at most LOGIN_MAX bytes, else None."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > LOGIN_MAX:
-            return None
-        return os.read(fd, LOGIN_MAX + 1)[:LOGIN_MAX]
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    return read_regular_bytes(path, LOGIN_MAX, whole=True)
 
 
 def _listing(folder: Path) -> dict[str, tuple[int, int]]:
