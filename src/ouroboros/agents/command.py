@@ -76,7 +76,8 @@ class HomeCopy:
     places in the sandbox's private $HOME, so the program finds its settings and login and writes what it likes,
     but nothing it writes (a hook in settings.json, an MCP server, a notify command, a poisoned cache) reaches
     the real folders, which the CLI reads unconfined at its next start. Only the login files (`logins`: a
-    refreshed OAuth token) go back, and only as a JSON object of at most 64 KiB with the same top-level keys,
+    refreshed OAuth token) go back, and only as a JSON object of at most 64 KiB of the same shape (the same keys at
+    every depth, lists of the same length, every value of the same type: a refresh changes values, nothing else),
     over a file that existed and that nothing else changed meanwhile."""
 
     def __init__(self, names: tuple[str, ...], skip: tuple[str, ...] = (), logins: tuple[str, ...] = ()):
@@ -130,7 +131,7 @@ class HomeCopy:
                 old, new = json.loads(before), json.loads(after)
             except ValueError:
                 continue
-            if not isinstance(new, dict) or not isinstance(old, dict) or set(new) != set(old):
+            if not isinstance(old, dict) or not _same_shape(old, new):
                 continue
             tmp = real.with_name(f".{real.name}.ouroboros-{os.getpid()}")
             try:
@@ -143,6 +144,18 @@ class HomeCopy:
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _same_shape(old: object, new: object) -> bool:
+    """Whether new has old's JSON shape: same keys at every depth, same list lengths, same value types
+    (a null stays null: an API key where there was none is not a refresh)."""
+    if type(old) is not type(new):
+        return False
+    if isinstance(old, dict):
+        return old.keys() == new.keys() and all(_same_shape(old[k], new[k]) for k in old)
+    if isinstance(old, list):
+        return len(old) == len(new) and all(_same_shape(a, b) for a, b in zip(old, new))
+    return True
 
 
 def _read_login(path: Path) -> bytes | None:
