@@ -159,3 +159,45 @@ def test_what_a_run_writes_is_undone_after_a_keep_and_after_a_discard(quadratic:
     kept = subprocess.run(["git", "show", f"{loop.best.commit_sha}:train.py"], cwd=quadratic, capture_output=True,
                           text=True, check=True).stdout
     assert "\n# the run rewrote me\n" not in kept and (loop.ws.task_dir / "train.py").read_text() == kept
+
+
+def test_with_gitattributes_an_honest_attempt_is_kept_and_a_converted_one_is_a_violation(quadratic: Path) -> None:
+    """A repository's `* text=auto` makes git store CR LF files with LF: such an attempt would run other
+    bytes than its commit holds, so it is a violation; an attempt git stores as it is runs as usual."""
+    (quadratic / ".gitattributes").write_text("* text=auto\n")
+    subprocess.run(["git", "add", "-A"], cwd=quadratic, check=True)
+    subprocess.run(["git", "commit", "-qm", "attributes"], cwd=quadratic, check=True)
+
+    class Edits(Agent):
+        name = "edits"
+
+        def propose(self, ctx: Context) -> Proposal:
+            path = ctx.worktree / "train.py"
+            text = path.read_bytes().replace(b"\r\n", b"\n")
+            text = text.replace(b"\n", b"\n# honest\n", 1) if ctx.n == 1 else text.replace(b"\n", b"\r\n")
+            path.write_bytes(text)
+            return Proposal(f"edit {ctx.n}")
+
+    loop = Loop(load_task(quadratic), Options(agent="random", max_experiments=2, budget=5.0, tag="a"))
+    loop.agent = Edits()
+    loop.run()
+    loop.ledger.close()
+    first, second = loop.history[1], loop.history[2]
+    assert first.status in (Verdict.KEEP, Verdict.DISCARD), (first.status, first.reason)
+    assert second.status == Verdict.VIOLATION and "train.py" in second.reason and ".gitattributes" in second.reason
+
+
+def test_a_file_whose_bytes_are_not_the_commits_is_found_and_rewritten(quadratic: Path) -> None:
+    """Under `* text=auto` git stores a CR LF file with LF, so `git status` and a reset compare through the
+    conversion; differs compares the bytes themselves, and make_exact rewrites them from the commit."""
+    (quadratic / ".gitattributes").write_text("* text=auto\n")
+    subprocess.run(["git", "add", "-A"], cwd=quadratic, check=True)
+    subprocess.run(["git", "commit", "-qm", "attributes"], cwd=quadratic, check=True)
+    base = subprocess.run(["git", "rev-parse", "HEAD"], cwd=quadratic, capture_output=True, text=True).stdout.strip()
+    ws = Workspace(quadratic, ".", quadratic / ".ouroboros", "t")
+    ws.open(base)
+    path = ws.task_dir / "train.py"
+    committed = path.read_bytes()
+    path.write_bytes(committed.replace(b"\n", b"\r\n"))
+    assert ws.differs(base) == ["train.py"]
+    assert ws.make_exact(base) == ["train.py"] and path.read_bytes() == committed and ws.differs(base) == []

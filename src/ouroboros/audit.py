@@ -79,6 +79,10 @@ class Export:
     def head(self) -> str:
         return self.commit
 
+    def attributes_apply(self, entries) -> bool:
+        """Every re-run starts from a fresh export, so nothing git's conversions hide outlives one."""
+        return False
+
     def clean(self) -> None:
         self.reset(self.commit)
 

@@ -43,6 +43,7 @@ from ouroboros.ledger import Experiment, Ledger, Run, clean_text, one_line
 from ouroboros.memory import build_prompt
 from ouroboros.task import RECORDS_DIR, TASK_FILE, Task, load_task
 from ouroboros.workspace import (
+    Meta,
     Workspace,
     count_loc,
     ensure_clean,
@@ -50,7 +51,9 @@ from ouroboros.workspace import (
     git_patch,
     left_out,
     maintain,
+    meta,
     repo_root,
+    scrub,
 )
 
 MAINTAIN_EVERY = 250  # experiments between packing the run's refs and objects (workspace.maintain)
@@ -193,6 +196,8 @@ FILES_KEPT = 64  # commits whose editable files the loop keeps in memory (keeps 
 class Loop:
     settle_fast = True  # commit and settle attempts with the few-process path (a slot of --parallel does not)
     _pending: tuple | None = None  # (n, attempt, proposed paths, worktree snapshot) of an unpinned attempt
+    _meta: Meta | None = None  # the worktree's metadata before the last phase that ran untrusted code (workspace.scrub)
+    _remake = True  # scrub re-makes folders; not while an agent-driven session's agent lives in the worktree
     _files: dict[str, dict[str, tuple[bytes, int]]] | None = None
 
     def __init__(self, task: Task, options: Options, agent: Agent | None = None,
@@ -444,9 +449,11 @@ class Loop:
             self.ledger.finish(exp)
             self.history.append(exp)
         self.ws.reset(self.best.commit_sha)
+        self._exact(self.best.commit_sha)
         self.guard = Guard(self.task, self.ws)
         if pending:
             self.ws.reset(pending[0].commit_sha)
+            self._exact(pending[0].commit_sha)
             self.ws.pin(pending[0].n, pending[0].commit_sha)  # a killed attempt may not be pinned yet
             return pending[0]
         return None
@@ -454,6 +461,7 @@ class Loop:
     def baseline(self) -> Experiment:
         base = self.run_rec.base_commit
         self.ws.reset(base)
+        self._exact(base)  # a checkout under the repository's eol attributes may hold other bytes than base
         self.guard = Guard(self.task, self.ws)
         self.ws.pin(0, base)
         exp = Experiment(self.tag, 0, commit_sha=base, parent=base, description="baseline", agent="baseline",
@@ -475,6 +483,7 @@ class Loop:
         """
         n = max(e.n for e in self.history) + 1
         best = self._parent(n) if proposal is None else self.best
+        self._remake = proposal is None
         ctx = self._context(n, best)
         start = time.monotonic()
         failure = None
@@ -502,6 +511,7 @@ class Loop:
             self.ws.rewind(best.commit_sha)
         for path in self.guard.unsafe:  # FIFOs, devices, files over max_artifact_mb: never in git
             path.unlink(missing_ok=True)
+        self._meta = scrub(self.ws.path, self._meta, self._remake)  # what the agent left in metadata never reaches the run
         if failure and self.guard.withheld:  # a failed agent's leftovers: the same files stay out of git
             failure += f" ({self.guard.note})"
         fast = (self.settle_fast and not failure and not violations and not self.guard.withheld
@@ -515,6 +525,12 @@ class Loop:
             fast = False
             self.ws.reset(best.commit_sha)
             exp.commit_sha = self.ws.commit(exp.description, n, untracked=False)
+        if not failure and not violations and self.ws.attributes_apply(self._meta or ()):
+            converted = self.ws.differs(exp.commit_sha)
+            if converted:
+                violations = [f"git committed other bytes than the worktree holds for {', '.join(converted[:5])} "
+                              "(the repository's .gitattributes: text, eol, ident or working-tree-encoding), so "
+                              "what would run is not what the commit holds; write the files as git stores them"]
         self._dirty = any(c.status == "!!" for c in changes)
         exp.loc = count_loc(self.ws.task_dir, self.task.editable_files(self.ws.task_dir))
         attempt = self._read_attempt(best.commit_sha, exp.commit_sha, stats) if fast else None
@@ -658,6 +674,7 @@ class Loop:
     def _run_phase(self, exp_dir: Path, env: dict[str, str], name: str = "run.log") -> sandbox.Outcome:
         argv, level = self.isolation.wrap(["bash", "-c", self.task.task.run], "run")
         self.guard.arm()  # after wrapping: a root harness's wrap opens the worktree to the run's uid (isolation._grant)
+        self._meta = meta(self.ws.path)  # scrubbed back to after the next reset
         return sandbox.run(argv, self.ws.task_dir, self.budget, self.task.task.grace_s, exp_dir / name, env=env,
                            memory_mb=self.task.bound.memory_mb, max_log_mb=self.task.bound.max_log_mb,
                            isolation=level, gpu=sandbox.cuda_present(), max_processes=self.task.bound.max_processes,
@@ -738,6 +755,11 @@ class Loop:
             exp.holdout = h.metric
         return verdict.verdict, verdict.reason
 
+    def _exact(self, commit: str | None) -> None:
+        """Where attributes apply, the files git's reset left with other bytes than commit's are rewritten."""
+        if commit and self.ws.attributes_apply(self._meta or meta(self.ws.path)):
+            self.ws.make_exact(commit)
+
     def _confirm(self, exp: Experiment, exp_dir: Path, env: dict[str, str]) -> float | None:
         env = {**env, "OUROBOROS_SEED": str(self.run_rec.seed + 1000 + exp.n)}
         if self._pending is not None:  # the reset below is git's: the attempt leaves the path without git
@@ -745,6 +767,8 @@ class Loop:
             self.ws.pin(self._pending[0], self._pending[1])
             self._pending = None
         self.ws.reset(exp.commit_sha)  # from the commit: nothing the first run wrote, tracked files included
+        self._exact(exp.commit_sha)
+        self._meta = scrub(self.ws.path, self._meta, self._remake)  # nor in metadata: xattrs, modes, times, folder sizes
         self.guard.arm()
         outcome = self._run_phase(exp_dir, env, "confirm.log")
         broke = self.guard.after("confirmation run", exp.commit_sha)
@@ -766,6 +790,9 @@ class Loop:
             self.ws.reset(best.commit_sha)
         else:  # a keep: its commit, not what the run wrote into tracked files (state, links) since
             self.ws.reset(exp.commit_sha) if exp.commit_sha else self.ws.clean()
+        if not settled:
+            self._exact(best.commit_sha if exp.status != Verdict.KEEP and best is not None else exp.commit_sha)
+        self._meta = scrub(self.ws.path, self._meta, self._remake)  # nor what it left in metadata (xattrs, modes, times)
         self._dirty = False
         if best is not None:
             self.agent.observe(exp)

@@ -28,6 +28,7 @@ import functools
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import stat
 import subprocess
@@ -42,7 +43,7 @@ from ouroboros.task import RECORDS_DIR
 _SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false",
          "-c", "user.name=ouroboros", "-c", "user.email=ouroboros@localhost", "-c", "core.fsmonitor=false",
          "-c", "gc.auto=0", "-c", "core.attributesFile=/dev/null", "-c", "core.excludesFile=/dev/null",
-         "-c", "core.pager=cat", "-c", "core.untrackedCache=false",
+         "-c", "core.pager=cat", "-c", "core.untrackedCache=false", "-c", "core.autocrlf=false",
          "-c", "maintenance.auto=false"]
 _SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION)", re.IGNORECASE)
 _GIT = shutil.which("git") or "git"
@@ -353,6 +354,43 @@ class Workspace:
             self.pin(n, sha)
         return sha
 
+    def attributes_apply(self, entries) -> bool:
+        """Whether attributes could make git commit other bytes than the worktree holds: a `.gitattributes`
+        among the worktree's entries (names relative to it) or the repository's info/attributes. Without
+        either, git stores the worktree's bytes as they are (no system or global attributes, autocrlf off)."""
+        return any(n == ".gitattributes" or n.endswith("/.gitattributes") for n in entries) or \
+            os.path.lexists(self.common / "info" / "attributes")
+
+    def differs(self, commit: str) -> list[str]:
+        """The task folder's files (task-relative) whose bytes in the worktree are not commit's, compared as
+        git stores them: git's text, eol, ident and working-tree-encoding conversions make the commit hold
+        other bytes than ran, and hide a change of line ends alone from `git status`."""
+        listing = self._repo_git("ls-tree", "-r", "-z", "--full-tree", commit, "--", self.prefix or ".", text=False)
+        differ = []
+        for entry in listing.split(b"\0"):
+            head, _, name = entry.partition(b"\t")
+            fields = head.split()
+            if not name or len(fields) != 3 or fields[1] != b"blob":
+                continue
+            rel = os.fsdecode(name)[len(self.prefix):]
+            path = os.path.join(self.task_dir, rel)
+            try:
+                data = os.fsencode(os.readlink(path)) if fields[0] == b"120000" else read_whole(path)
+            except OSError:
+                data = None
+            if data is None or hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() != fields[2].decode():
+                differ.append(rel)
+        return differ
+
+    def make_exact(self, commit: str) -> list[str]:
+        """After a reset: rewrite from the object store each file git left with other bytes than commit's
+        (a line-end change `git status` does not see); the paths rewritten."""
+        bad = set(self.differs(commit))
+        if bad:
+            files = self.files_at(commit, lambda rel: rel in bad)
+            self._put_back([], {self.prefix + rel for rel in files}, files)
+        return sorted(bad)
+
     @property
     def attempt_index(self) -> Path:
         """The index an unpinned attempt is committed with (see `commit`)."""
@@ -517,6 +555,145 @@ class Workspace:
 
 
 _PLAIN_PATH = re.compile(r"^[A-Za-z0-9._/+-]+$")  # paths git writes in a diff header as they are
+
+
+Meta = dict[str, tuple[int, int, int, int, int]]
+
+
+def meta(root: Path) -> Meta:
+    """Every entry under root, root itself ("") and its `.git` file included -> (inode, ctime, atime, mtime,
+    mode), nanoseconds, links not followed. No process can set a change time back, so an entry whose inode
+    and ctime are as before has the same contents, mode, times, extended attributes and size as before."""
+    found: Meta = {}
+    stack = [""]
+    try:
+        st = os.lstat(root)
+    except OSError:
+        return found
+    found[""] = (st.st_ino, st.st_ctime_ns, st.st_atime_ns, st.st_mtime_ns, st.st_mode)
+    while stack:
+        rel = stack.pop()
+        try:
+            with os.scandir(os.path.join(root, rel) if rel else root) as it:
+                for entry in it:
+                    name = f"{rel}/{entry.name}" if rel else entry.name
+                    st = entry.stat(follow_symlinks=False)
+                    found[name] = (st.st_ino, st.st_ctime_ns, st.st_atime_ns, st.st_mtime_ns, st.st_mode)
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append(name)
+        except OSError:
+            continue
+    return found
+
+
+def scrub(root: Path, before: Meta | None, remake_folders: bool = True) -> Meta:
+    """Leave no trace in the worktree's metadata of what ran since `before` (`meta(root)` then; None: treat
+    every entry as touched), and return the metadata now.
+
+    A reset puts back contents; a folder's extended attributes, a file's mode bits, times or allocated
+    blocks, a folder's size (ext4 never shrinks one) and the order its entries are listed in all survive
+    it, and a run could carry a lucky result through them into its confirmation re-run or the next
+    experiment. So every entry touched since `before` is made anew: a file is copied into a new inode
+    (its git mode, executable or not, kept), a link re-made, a folder re-made with its entries moved in,
+    sorted; an entry only read has its access time set back. Other kinds (FIFOs, sockets) are the
+    guard's and git clean's. Nothing untrusted runs while this does."""
+    now = meta(root)
+    folders = []
+    for name, (ino, ctime, atime, mtime, mode) in now.items():
+        old = before.get(name) if before is not None else None
+        path = os.path.join(root, name) if name else str(root)
+        if old is not None and old[0] == ino and old[1] == ctime:
+            if old[2] != atime:
+                try:
+                    os.utime(path, ns=(old[2], old[3]), follow_symlinks=False)
+                except OSError:
+                    pass
+            continue
+        perm = stat.S_IMODE(old[4] if old is not None and stat.S_IFMT(old[4]) == stat.S_IFMT(mode) else
+                            (0o755 if stat.S_ISDIR(mode) else 0o644)) & 0o7777
+        if stat.S_ISDIR(mode):
+            folders.append((name, path, perm))
+        elif stat.S_ISREG(mode):
+            executable = mode & 0o100
+            perm = (perm & ~0o111) | ((perm & 0o444) >> 2 if executable else 0)
+            _anew(path, perm, _copy_into)
+        elif stat.S_ISLNK(mode):
+            _anew(path, None, lambda src, tmp: os.symlink(os.readlink(src), tmp))
+    for name, path, perm in sorted(folders, key=lambda f: -f[0].count("/") - (f[0] != "")):
+        if remake_folders:
+            _anew_folder(path, perm)
+        else:
+            _reset_folder(path, perm, before.get(name) if before is not None else None)
+    return meta(root)
+
+
+def _reset_folder(path: str, perm: int, old: tuple[int, int, int, int, int] | None) -> None:
+    try:
+        for key in os.listxattr(path, follow_symlinks=False):
+            if key.startswith("user."):
+                os.removexattr(path, key, follow_symlinks=False)
+        os.chmod(path, perm)
+        if old is not None:
+            os.utime(path, ns=(old[2], old[3]))
+    except OSError:
+        pass
+
+
+def _copy_into(src: str, tmp: str) -> None:
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as a, open(tmp, "xb") as b:
+        shutil.copyfileobj(a, b, 1 << 20)
+
+
+def _anew(path: str, perm: int | None, make: Callable[[str, str], None]) -> None:
+    """Replace path by a new inode made by make(path, tmp) beside it; owner kept where we may set it."""
+    tmp = os.path.join(os.path.dirname(path), f".ouroboros-anew-{secrets.token_hex(8)}")
+    try:
+        st = os.lstat(path)
+        make(path, tmp)
+        if perm is not None:
+            os.chmod(tmp, perm)
+        if os.geteuid() == 0:
+            os.chown(tmp, st.st_uid, st.st_gid, follow_symlinks=False)
+        os.rename(tmp, path)
+    except OSError:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+def _anew_folder(path: str, perm: int) -> None:
+    """Re-make a folder: a new one beside it, its entries moved in (sorted), the old one removed."""
+    tmp = f"{path.rstrip('/')}.ouroboros-anew-{secrets.token_hex(8)}"
+    try:
+        st = os.lstat(path)
+        os.mkdir(tmp, 0o700)
+        for name in sorted(os.listdir(path)):
+            os.rename(os.path.join(path, name), os.path.join(tmp, name))
+        os.rmdir(path)
+        os.rename(tmp, path)
+        if os.geteuid() == 0:
+            os.chown(path, st.st_uid, st.st_gid)
+        os.chmod(path, perm)
+    except OSError:  # put every entry back where it was
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            if not os.path.lexists(path):
+                os.rename(tmp, path)
+            else:
+                for name in os.listdir(tmp):
+                    os.rename(os.path.join(tmp, name), os.path.join(path, name))
+                os.rmdir(tmp)
+
+
+def read_whole(path: str) -> bytes | None:
+    """A regular file's bytes, a link never followed (None for anything else)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return f.read()
 
 
 def _lines(data: bytes) -> list[bytes]:

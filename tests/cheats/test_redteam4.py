@@ -28,13 +28,6 @@ def _shape(value):
     return type(value).__name__
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HomeCopy.give_back checks only that the confined program's login file is a JSON object with the same "
-    "TOP-LEVEL keys, so whatever the program writes under them (an API key where there was none, new nested keys, other types, another "
-    "account's tokens) is copied over the user's real login, which the CLI reads unconfined at its next start. "
-    "Fix: copy back only when the whole key structure and value types are unchanged (recursively) and only "
-    "string leaves changed; consider not copying back at all (an account swap — the agent's own tokens in the "
-    "same shape — cannot be told from a refresh without the provider)"))
 def test_a_confined_agent_cannot_reshape_the_users_login_file(tmp_path, monkeypatch):
     home = tmp_path / "home"
     (home / ".codex").mkdir(parents=True)
@@ -77,14 +70,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("crlf")
 '''
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "git normalizes what it commits by the task repo's own .gitattributes (text/eol, also ident and "
-    "working-tree-encoding: not filter drivers, so Workspace._filter_args leaves them on), while the run "
-    "executes the worktree's bytes and Loop._read_attempt takes them as 'the bytes git committed': a CR LF "
-    "train.py is kept, its commit holds LF and behaves otherwise. Fix: give every harness git call "
-    "`-c core.attributesFile=/dev/null` plus GIT_ATTR_SOURCE/`--attr-source` of an empty tree (or "
-    "`-c core.autocrlf=false` and refuse repos whose .gitattributes set text/eol/ident/working-tree-encoding), "
-    "and check after commit that each committed blob hashes to the worktree bytes"))
 def test_a_kept_attempts_commit_holds_the_bytes_that_ran(tmp_path, monkeypatch):
     import shlex
     import subprocess
@@ -110,15 +95,13 @@ def test_a_kept_attempts_commit_holds_the_bytes_that_ran(tmp_path, monkeypatch):
     exp = loop.history[-1]
     worktree = loop.ws.task_dir
     loop.ledger.close()
-    assert exp.status == "keep", (exp.status, exp.reason)
+    if exp.status != "keep":  # stopped: git would have committed other bytes than the ones that ran
+        assert exp.status == "violation" and ".gitattributes" in exp.reason, (exp.status, exp.reason)
+        return
     committed = subprocess.run(["git", "cat-file", "blob", f"{exp.commit_sha}:train.py"], cwd=task,
                                capture_output=True, check=True).stdout
     ran = (worktree / "train.py").read_bytes()
-    replay = tmp_path / "replay"
-    replay.mkdir()
-    (replay / "train.py").write_bytes(committed)
-    out = subprocess.run([sys.executable, "train.py"], cwd=replay, capture_output=True, text=True).stdout
-    assert committed == ran, f"the keep's commit differs from the train.py that ran (it prints {out.strip()!r})"
+    assert committed == ran, "the keep's commit differs from the train.py that ran"
 
 
 # The lucky-carry attack of the third pass, carried past the fix (the confirmation re-run now starts from a
@@ -142,12 +125,6 @@ def cheat():
 '''
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Workspace.reset (git reset --hard + clean) and the fast put-back restore files, never the folders' own "
-    "metadata (times, mode bits, extended attributes), so a run carries state to the confirmation re-run and "
-    "to later experiments through the task folder's user.* extended attributes (its times and mode too, where the run owns the folder). Fix: after every run and before a "
-    "confirmation re-run, reset each worktree folder's times and mode (os.utime to a fixed value, chmod to "
-    "the baseline's) and clear user.* xattrs — or run each phase in a fresh copy of the commit's files"))
 def test_a_lucky_result_cannot_be_carried_into_the_confirmation_through_a_folders_xattr(tmp_path, monkeypatch):
     import shlex
     import sys
