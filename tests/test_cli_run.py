@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -136,8 +137,11 @@ def test_sigkill_mid_experiment_then_resume_loses_and_repeats_nothing(quadratic:
     ledger = quadratic / ".ouroboros/ledger.sqlite"
     proc = _start(quadratic, "--agent", "random", "-n", "5", "--tag", "k")
     _wait_for_running(ledger, "k", 2)
+    live = cli("status", "-C", str(quadratic), check=True).stdout
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    dead = cli("status", "-C", str(quadratic), check=True).stdout
+    assert re.search(r"\bk\b.*\brunning\b", live) and re.search(r"\bk\b.*\bkilled\b", dead), (live, dead)
     db = sqlite3.connect(ledger)
     before = dict(db.execute("SELECT n, status FROM experiments WHERE tag='k'").fetchall())
     assert "running" in before.values()

@@ -64,3 +64,26 @@ def test_text_that_is_not_valid_utf8_is_stored_replaced_not_raised(tmp_path: Pat
     assert ledger.run("t").fingerprint == "data-?"
     got = ledger.experiments("t")[0]
     assert got.trust == "sealed?" and got.metrics == {"key?": "v?"}
+
+
+def test_the_harness_lock_tells_a_live_run_from_a_killed_one(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from ouroboros.ledger import alive, shown_status
+
+    run_dir = tmp_path / "runs" / "t"
+    assert alive(run_dir) is None and shown_status("running", run_dir) == "running"  # a run from before the lock
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from ouroboros.ledger import hold\n"
+        f"hold(Path({str(run_dir)!r})); print('held', flush=True); time.sleep(600)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert alive(run_dir) is True and shown_status("running", run_dir) == "running"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert alive(run_dir) is False
+    assert shown_status("running", run_dir) == "killed" and shown_status("finished", run_dir) == "finished"

@@ -33,8 +33,10 @@ no longer matches its last entry, and an entry changed or removed breaks the HMA
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import re
 import sqlite3
 import time
@@ -97,6 +99,41 @@ def one_lines(values: list, limit: int = TSV_DESCRIPTION_CHARS) -> list[str]:
 def fmt_metric(value: float | None, missing: str = "-") -> str:
     """A metric as people read it: %.10g, so 5.6e-14 is never shown as 0.000000."""
     return missing if value is None else f"{value:.10g}"
+
+
+HARNESS_LOCK = "harness.lock"  # in a run's folder: held (shared) by the process that drives the run
+
+
+def hold(run_dir: Path) -> int:
+    """Take the run's harness lock for as long as this process drives the run (the fd; close it to let
+    go). The kernel lets go when the process dies, however it dies: readers tell a live run from one whose
+    harness was killed, which the ledger alone cannot (its status stays "running")."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / HARNESS_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def alive(run_dir: Path) -> bool | None:
+    """Whether a process holds the run's harness lock; None without a lock file (a run from before it)."""
+    try:
+        fd = os.open(run_dir / HARNESS_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def shown_status(status: str, run_dir: Path) -> str:
+    """A run's status as shown: "killed" for one recorded running whose harness is gone (`--resume` goes on)."""
+    return "killed" if status == "running" and alive(run_dir) is False else status
 
 
 @dataclass

@@ -39,7 +39,7 @@ from ouroboros.agents.base import experiment_seed
 from ouroboros.errors import OuroborosError
 from ouroboros.guard import Guard
 from ouroboros.judge import Verdict, effective_min_delta, implausible, judge, standing
-from ouroboros.ledger import Experiment, Ledger, Run, clean_text, one_line
+from ouroboros.ledger import Experiment, Ledger, Run, clean_text, hold, one_line
 from ouroboros.memory import build_prompt
 from ouroboros.task import RECORDS_DIR, TASK_FILE, Task, load_task
 from ouroboros.workspace import (
@@ -338,6 +338,7 @@ class Loop:
         """How a run ends, whoever drives it: finished (unless the driver set another status), the
         agent's StopRun (a spend cap: nothing half-recorded), or Ctrl-C; the record is saved and the
         agent closed in every case."""
+        lock = hold(self.ledger.run_dir(self.tag))
         try:
             yield
             if self.run_rec.status == "running":
@@ -356,6 +357,7 @@ class Loop:
         finally:
             self.ledger.save_run(self.run_rec)
             self.agent.close()
+            os.close(lock)
 
     def prepare(self) -> None:
         """Set up the run's environment, recover from a kill, run the baseline if there is none,

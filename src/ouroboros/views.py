@@ -21,7 +21,7 @@ from rich.text import Text
 
 from ouroboros import chain
 from ouroboros.errors import OuroborosError
-from ouroboros.ledger import Experiment, Ledger, Shown, fmt_metric, one_line, one_lines
+from ouroboros.ledger import Experiment, Ledger, Shown, fmt_metric, one_line, one_lines, shown_status
 from ouroboros.task import RECORDS_DIR
 
 if TYPE_CHECKING:  # `log` and `status` start without the loop's modules (isolation, sandbox) or rich.table
@@ -326,7 +326,8 @@ def status(console: Console, task: Task, tsv: bool = False) -> None:
         top, base = t.latest_keep, t.first
         gain = "-" if top is None or base is None or top.metric is None or base.metric is None or top.n == base.n \
             else f"{top.metric - base.metric:+.6g}"
-        rows.append((one_line(run.tag, 80), one_line(run.agent, 80), str(run.seed), one_line(run.status, 40),
+        shown = shown_status(run.status, ledger.run_dir(run.tag))
+        rows.append((one_line(run.tag, 80), one_line(run.agent, 80), str(run.seed), one_line(shown, 40),
                      str(max(t.finished - 1, 0)), str(max(t.keeps - 1, 0)),
                      fmt(top.metric if top else None), fmt(base.metric if base else None), gain,
                      str(top.n) if top else "-", top.commit_sha[:7] if top else "-",

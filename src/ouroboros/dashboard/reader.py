@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 from ouroboros.errors import OuroborosError
 from ouroboros.judge import gain
+from ouroboros.ledger import shown_status
 from ouroboros.task import RECORDS_DIR, TASK_FILE
 
 TAIL_BYTES = 32_000
@@ -156,9 +157,10 @@ class Source:
         done = max(agg["done"] - 1, 0)  # the baseline is not an experiment of the search
         cap = config.get("max_experiments")
         base_metric = base["metric"] if base else None
-        running = row["status"] == "running"
+        status = shown_status(row["status"], self.records / "runs" / row["tag"]) if "/" not in row["tag"] else row["status"]
+        running = status == "running"
         return {
-            "tag": row["tag"], "agent": row["agent"], "status": row["status"], "metric": row["metric"],
+            "tag": row["tag"], "agent": row["agent"], "status": status, "metric": row["metric"],
             "direction": row["direction"], "trust": row["trust"], "study": row["study"],
             "condition": row["condition"], "experiments": done,
             "left": max(cap - done, 0) if isinstance(cap, int) else None,
