@@ -32,7 +32,7 @@ import secrets
 import shutil
 import stat
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -404,24 +404,14 @@ class Workspace:
         without git; None past MAX_SNAPSHOT entries. Any write, rename, chmod or link moves an entry's
         change time, which no process can set back, so two snapshots tell what was written between."""
         found: dict[str, tuple[int, ...]] = {}
-        root = str(self.path)
-        stack = [""]
-        while stack:
-            rel = stack.pop()
-            try:
-                with os.scandir(os.path.join(root, rel) if rel else root) as it:
-                    for entry in it:
-                        name = f"{rel}/{entry.name}" if rel else entry.name
-                        if name == ".git":
-                            continue
-                        st = entry.stat(follow_symlinks=False)
-                        found[name] = (st.st_mode, st.st_ino, st.st_ctime_ns, st.st_size)
-                        if stat.S_ISDIR(st.st_mode):
-                            stack.append(name)
-                        if len(found) > MAX_SNAPSHOT:
-                            return None
-            except OSError:
-                return None
+        try:
+            for name, st in _walk(self.path):
+                if name != ".git":
+                    found[name] = (st.st_mode, st.st_ino, st.st_ctime_ns, st.st_size)
+                    if len(found) > MAX_SNAPSHOT:
+                        return None
+        except OSError:
+            return None
         return found
 
     def settle(self, n: int, attempt: str, target: str, files: dict[str, tuple[bytes, int]],
@@ -565,12 +555,23 @@ def meta(root: Path) -> Meta:
     mode), nanoseconds, links not followed. No process can set a change time back, so an entry whose inode
     and ctime are as before has the same contents, mode, times, extended attributes and size as before."""
     found: Meta = {}
-    stack = [""]
     try:
         st = os.lstat(root)
     except OSError:
         return found
     found[""] = (st.st_ino, st.st_ctime_ns, st.st_atime_ns, st.st_mtime_ns, st.st_mode)
+    try:
+        for name, st in _walk(root, strict=False):
+            found[name] = (st.st_ino, st.st_ctime_ns, st.st_atime_ns, st.st_mtime_ns, st.st_mode)
+    except OSError:  # strict=False: a folder that cannot be listed is skipped, not raised
+        pass
+    return found
+
+
+def _walk(root: Path, strict: bool = True) -> Iterator[tuple[str, os.stat_result]]:
+    """(name relative to root, lstat) of every entry under root, without recursion and links never
+    followed; a folder that cannot be listed raises OSError, or with strict=False is skipped."""
+    stack = [""]
     while stack:
         rel = stack.pop()
         try:
@@ -578,12 +579,12 @@ def meta(root: Path) -> Meta:
                 for entry in it:
                     name = f"{rel}/{entry.name}" if rel else entry.name
                     st = entry.stat(follow_symlinks=False)
-                    found[name] = (st.st_ino, st.st_ctime_ns, st.st_atime_ns, st.st_mtime_ns, st.st_mode)
+                    yield name, st
                     if stat.S_ISDIR(st.st_mode):
                         stack.append(name)
         except OSError:
-            continue
-    return found
+            if strict:
+                raise
 
 
 def scrub(root: Path, before: Meta | None, remake_folders: bool = True) -> Meta:
@@ -599,7 +600,7 @@ def scrub(root: Path, before: Meta | None, remake_folders: bool = True) -> Meta:
     guard's and git clean's. Nothing untrusted runs while this does."""
     now = meta(root)
     folders = []
-    for name, (ino, ctime, atime, mtime, mode) in now.items():
+    for name, (ino, ctime, atime, _mtime, mode) in now.items():
         old = before.get(name) if before is not None else None
         path = os.path.join(root, name) if name else str(root)
         if old is not None and old[0] == ino and old[1] == ctime:

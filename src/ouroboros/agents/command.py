@@ -154,7 +154,7 @@ def _same_shape(old: object, new: object) -> bool:
     if isinstance(old, dict):
         return old.keys() == new.keys() and all(_same_shape(old[k], new[k]) for k in old)
     if isinstance(old, list):
-        return len(old) == len(new) and all(_same_shape(a, b) for a, b in zip(old, new))
+        return len(old) == len(new) and all(_same_shape(a, b) for a, b in zip(old, new, strict=True))
     return True
 
 
