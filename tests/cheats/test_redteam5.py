@@ -57,3 +57,64 @@ def test_a_versions_runner_cannot_remount_its_sandbox_and_write_outside_its_fold
     codes = inner.spawn(src, runs, work / "plan.json", jobs=1, timeout=60)
     assert codes == {"a": 0}  # the runner ran and answered
     assert not target.exists(), f"the version's runner wrote {target}: {target.read_text()!r}"
+
+
+def _quadratic(tmp_path, monkeypatch, level="process"):
+    from ouroboros import cheats
+    from ouroboros.scaffold import from_template
+
+    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OUROBOROS_CONFIG_DIR", str(tmp_path / "config"))
+    task = from_template(tmp_path / "task", "quadratic")
+    cheats._set_keys(task / "ouroboros.toml", "bound", {"isolation": level})
+    cheats._git(task, "commit", "-qam", f"level {level}")
+    return task
+
+
+def _worse_agent(tmp_path) -> str:
+    import shlex
+
+    agent = tmp_path / "agent.py"
+    agent.write_text("from pathlib import Path\np = Path('train.py')\n"
+                     "p.write_text(p.read_text().replace('STEPS = 200', 'STEPS = 2'))\n")
+    return f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Ledger._write reads the row back after its INSERT OR REPLACE and chain.append HMACs what it read, and the "
+    "ledger opens whatever schema ledger.sqlite holds (executescript of CREATE ... IF NOT EXISTS): a trigger "
+    "planted by anyone who can write the records, without the key, rewrites the row inside the harness's own "
+    "transaction (a discard becomes a keep with any metric), and the harness signs the forgery, so `verify`'s "
+    "chain and `run --resume` accept it. Fix: on opening the ledger refuse (one clear OuroborosError) a "
+    "database with any trigger or view in sqlite_master (and have verify report them), and in _write compare "
+    "the row read back with the values written before signing"))
+def test_a_trigger_planted_in_the_ledger_cannot_get_its_forgery_signed(tmp_path, monkeypatch):
+    import sqlite3
+
+    from ouroboros import chain
+    from ouroboros.errors import OuroborosError
+    from ouroboros.ledger import Ledger
+    from ouroboros.loop import Loop, Options
+    from ouroboros.task import load_task
+
+    task = _quadratic(tmp_path, monkeypatch)
+    records = task / ".ouroboros"
+    Ledger(records).close()
+    with sqlite3.connect(records / "ledger.sqlite") as db:  # the records written to, the key never read
+        db.execute("CREATE TRIGGER forge AFTER INSERT ON experiments WHEN NEW.n = 1 AND NEW.status = 'discard' "
+                   "BEGIN UPDATE experiments SET status = 'keep', metric = 1e-9 WHERE tag = NEW.tag AND n = NEW.n; END")
+    try:
+        loop = Loop(load_task(task), Options(agent=_worse_agent(tmp_path), max_experiments=1, budget=5.0, tag="t",
+                                             allow_weak_isolation=True))
+        loop.run()
+    except OuroborosError:
+        return  # the planted schema refused: stopped
+    exp = loop.history[-1]
+    stored = tuple(loop.ledger.db.execute("SELECT status, metric FROM experiments WHERE tag='t' AND n=1").fetchone())
+    assert exp.status == "discard"
+    try:
+        if stored != (exp.status, exp.metric):  # the ledger does not hold what the loop decided: it must not verify
+            with pytest.raises(OuroborosError, match="do not verify"):
+                chain.refuse_broken(loop.ledger, task, "t")
+    finally:
+        loop.ledger.close()
