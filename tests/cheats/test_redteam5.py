@@ -162,3 +162,54 @@ def test_a_row_added_with_an_entry_below_the_verified_record_is_reported_by_log(
         assert chain.check(ledger, "t"), "log and status show the forged keep as verified"
     finally:
         ledger.close()
+
+
+# A candidate version's runner that leaves, in each inner run's own repo (its folder, which it may write), a
+# git config making the repo a partial clone whose promisor remote's upload-pack is a command, and an inner
+# ledger naming a commit the repo lacks: the outer side's `git cat-file` for that commit's params.py fetches
+# it lazily, running the command in the outer harness's process, outside the runner's confinement.
+_PROMISOR_RUNNER = '''
+import json, os, sqlite3, sys
+plan = json.load(open(sys.argv[1]))
+for run in plan["runs"]:
+    dest = run["cwd"]
+    with open(os.path.join(dest, ".git", "config"), "a") as f:
+        f.write("[core]\\n\\trepositoryformatversion = 1\\n[extensions]\\n\\tpartialClone = origin\\n"
+                "[remote \\"origin\\"]\\n\\turl = " + dest + "\\n\\tpromisor = true\\n"
+                "\\tuploadpack = \\"touch {target}; false\\"\\n")
+    os.makedirs(os.path.join(dest, ".ouroboros"), exist_ok=True)
+    db = sqlite3.connect(os.path.join(dest, ".ouroboros", "ledger.sqlite"))
+    db.execute("CREATE TABLE experiments (tag TEXT, n INTEGER, commit_sha TEXT, status TEXT, metric REAL)")
+    db.executemany("INSERT INTO experiments VALUES ('delta', ?, ?, 'keep', 0.0)", [(0, "1" * 40), (1, "2" * 40)])
+    db.commit()
+    db.close()
+print(json.dumps({{r["name"]: 0 for r in plan["runs"]}}))
+'''
+
+
+@pytest.mark.skipif(not BWRAP, reason="without bubblewrap a version's runner runs with the user's rights (documented)")
+@pytest.mark.xfail(strict=True, reason=(
+    "delta._params_at runs `git --git-dir=<inner run>/.git cat-file` (and gate._git runs rev-parse, rev-list, "
+    "diff-tree with -C <inner task>) on repos the candidate's confined runner wrote, with their own config "
+    "(only core.fsmonitor and hooksPath are overridden): a config that makes the repo a partial clone "
+    "(extensions.partialClone, a promisor remote whose uploadpack is a command) gets that command run by the "
+    "outer harness when git looks up a commit the repo lacks (a lazy fetch), outside the runner's sandbox: at "
+    "the end of `run --self` (the holdout comparison) and in `ouroboros delta --version`, unconfined. "
+    "Fix: never let git read a candidate's repo config: read its objects through a fresh trusted git dir "
+    "(GIT_DIR=<empty temp repo>, GIT_ALTERNATE_OBJECT_DIRECTORIES=<inner>/.git/objects, GIT_CONFIG_NOSYSTEM=1, "
+    "GIT_CONFIG_GLOBAL=/dev/null, GIT_NO_LAZY_FETCH=1 where git >= 2.44), or refuse an inner repo whose "
+    "config names extensions/remotes/include before running any git on it"))
+def test_a_versions_inner_repo_config_cannot_run_a_command_in_the_outer_harness(tmp_path):
+    from ouroboros.errors import OuroborosError
+    from ouroboros.self import delta
+
+    target = tmp_path / "outside" / "pwned"
+    target.parent.mkdir()
+    src = tmp_path / "version" / "src"
+    (src / "ouroboros" / "self").mkdir(parents=True)
+    (src / "ouroboros" / "__init__.py").write_text("")
+    (src / "ouroboros" / "self" / "__init__.py").write_text("")
+    (src / "ouroboros" / "self" / "inner.py").write_text(_PROMISOR_RUNNER.format(target=target))
+    with pytest.raises(OuroborosError):  # the claims do not reproduce: the version is refused...
+        delta.benchmark(src, tmp_path / "work", [0], 1, "public", ["bowl"], jobs=1)
+    assert not target.exists(), "...but the inner repo's promisor command ran in the outer harness"
