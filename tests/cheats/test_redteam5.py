@@ -267,3 +267,74 @@ def test_a_lucky_result_cannot_be_carried_into_the_confirmation_through_a_fifo(l
     exp = loop.history[-1]
     loop.ledger.close()
     assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm_metric {exp.metrics.get('confirm_metric')}"
+
+
+# What the self task's trusted evaluator does in its evaluation sandbox (evaluate.py, task_eval.py, gate.py): a
+# private copy of the trusted source in /tmp (from which the suite's evaluators are loaded later, lazily), then
+# the gate's inner.spawn of the candidate's runner. The candidate's runner rewrites that private copy.
+_TRUSTED_EVALUATOR = '''
+import json, sys, tempfile
+from pathlib import Path
+from ouroboros.self import inner
+out = Path(sys.argv[1])
+private = Path(tempfile.mkdtemp(prefix="ouroboros-self-eval-"))
+(private / "evaluate.py").write_text("trusted\\n")
+src = Path(tempfile.mkdtemp()) / "src"
+(src / "ouroboros" / "self").mkdir(parents=True)
+(src / "ouroboros" / "__init__.py").write_text("")
+(src / "ouroboros" / "self" / "__init__.py").write_text("")
+(src / "ouroboros" / "self" / "inner.py").write_text(
+    "import glob, json, sys\\n"
+    "for p in glob.glob('/tmp/ouroboros-self-eval-*/evaluate.py'):\\n"
+    "    open(p, 'w').write('forged by the candidate\\\\n')\\n"
+    "plan = json.load(open(sys.argv[1]))\\n"
+    "print(json.dumps({r['name']: 0 for r in plan['runs']}))\\n")
+work = Path(tempfile.mkdtemp(prefix="ouroboros-gate-"))
+(work / "a").mkdir()
+try:
+    inner.spawn(src, [{"name": "a", "cwd": str(work / "a"), "log": str(work / "a.log"), "steps": [["status"]]}],
+                work / "plan.json", 1, 60)
+    refused = ""
+except Exception as exc:
+    refused = repr(exc)
+out.write_text(json.dumps({"level": inner.confined(["true"], work, src)[1], "refused": refused,
+                           "private": (private / "evaluate.py").read_text()}))
+'''
+
+
+@pytest.mark.skipif(not BWRAP, reason="the gate's runner is confined only where bubblewrap works")
+@pytest.mark.skipif(not ROOT, reason="shown under a root harness (its sandbox drops to nobody with no user namespace, "
+                    "where a nested bwrap cannot mount /proc); elsewhere a nested bwrap may work")
+@pytest.mark.xfail(strict=True, reason=(
+    "inner.confined falls back to no confinement at all (\"none\") when bwrap does not work where it is "
+    "called, and inside the self task's evaluation sandbox a nested bwrap cannot mount /proc, so the gate's "
+    "inner.spawn runs the candidate's runner unconfined beside the trusted evaluator (same uid, same /tmp, "
+    "same PID namespace): it rewrites the evaluator's private copy of the trusted source, whose suite "
+    "evaluators task_eval loads after the gate (the re-measurement is then the candidate's), or ptraces the "
+    "evaluator; with agents/** editable (as the self template suggests for a coding agent) that is a forged "
+    "delta. Fix: never run a candidate's code in the evaluation phase: do the gate's inner runs in the run "
+    "phase (as task_run does for the delta runs) and let the evaluator only judge their evidence; and make "
+    "confined() raise instead of returning the argv unconfined when a caller that was promised confinement "
+    "cannot get it"))
+def test_the_gates_runner_cannot_write_the_trusted_evaluators_private_files(tmp_path, monkeypatch):
+    import subprocess
+
+    from ouroboros import cheats
+    from ouroboros.scaffold import from_template
+    from ouroboros.task import load_task
+
+    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
+    task = from_template(tmp_path / "task", "quadratic")
+    cheats._set_keys(task / "ouroboros.toml", "bound", {"isolation": "bwrap"})
+    cheats._git(task, "commit", "-qam", "bwrap")
+    evaldir = tmp_path / "evaluation"
+    evaldir.mkdir()
+    (evaldir / "evaluator.py").write_text(_TRUSTED_EVALUATOR)
+    iso = isolation.choose(load_task(task), task, task / ".ouroboros")
+    argv, level = iso.wrap([sys.executable, "evaluator.py", str(evaldir / "out.json")], "evaluate", [evaldir],
+                           cwd=evaldir)
+    assert level == "bwrap"
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=evaldir, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads((evaldir / "out.json").read_text())
+    assert seen["refused"] or seen["private"] == "trusted\n", seen
