@@ -338,3 +338,29 @@ def test_the_gates_runner_cannot_write_the_trusted_evaluators_private_files(tmp_
     assert proc.returncode == 0, proc.stderr[-2000:]
     seen = json.loads((evaldir / "out.json").read_text())
     assert seen["refused"] or seen["private"] == "trusted\n", seen
+
+
+@pytest.mark.parametrize("text", ["[" * 60_000, '{"params": ' * 30_000])
+def test_a_kept_versions_deeply_nested_proposal_file_cannot_crash_the_self_driver(text, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from ouroboros.agents.base import Proposal
+    from ouroboros.agents.command import CommandAgent
+    from ouroboros.self import driver, versions
+
+    exp_dir = tmp_path / "exp"
+    exp_dir.mkdir()
+    out = exp_dir / "proposal.json"
+
+    def version_proposes(self, ctx):  # what the confined version leaves in its writable file: under the 64 KiB cap
+        out.write_text(text)
+        return Proposal("a proposal")
+
+    monkeypatch.setattr(CommandAgent, "propose", version_proposes)
+    monkeypatch.setattr(versions, "install", lambda repo, version, cache: tmp_path)
+    agent = driver.VersionAgent("random", tmp_path, tmp_path, "b" * 40, {"bad": []}, lambda: None)
+    ctx = SimpleNamespace(history=[], exp_dir=exp_dir, worktree=tmp_path, read_baseline=None, n=1, seed=0,
+                          best=SimpleNamespace(n=0), prompt=lambda: "", session=0,
+                          task=SimpleNamespace(editable_files=lambda worktree: []))
+    proposal = agent.propose(ctx)  # json's decoder raised RecursionError, which the driver did not catch
+    assert proposal.params == {}
