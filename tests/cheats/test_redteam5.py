@@ -364,3 +364,41 @@ def test_a_kept_versions_deeply_nested_proposal_file_cannot_crash_the_self_drive
                           task=SimpleNamespace(editable_files=lambda worktree: []))
     proposal = agent.propose(ctx)  # json's decoder raised RecursionError, which the driver did not catch
     assert proposal.params == {}
+
+
+@pytest.mark.skipif(not BWRAP, reason="agents are confined (and their config folders copied) only at level bwrap")
+@pytest.mark.xfail(strict=True, reason=(
+    "HomeCopy.give_back parses the confined program's login file with json.loads and catches only ValueError: a "
+    "login nested past json's recursion depth (60,000 '[', under the 64 KiB cap) raises RecursionError in the "
+    "agent's `finally`, which no caller catches, so one confined proposal ends the whole run with a traceback. "
+    "Fix: catch RecursionError there too (with the reshape fix of test_redteam4: compare the structure "
+    "iteratively or under a depth cap)"))
+def test_a_confined_agents_deeply_nested_login_cannot_crash_the_harness(tmp_path, monkeypatch):
+    from ouroboros.agents.command import CommandAgent
+    from ouroboros.errors import OuroborosError
+    from ouroboros.loop import Loop, Options
+    from ouroboros.task import load_task
+
+    task = _quadratic(tmp_path, monkeypatch, level="bwrap")
+    home = tmp_path / "home"
+    (home / ".tool").mkdir(parents=True)
+    (home / ".tool" / "auth.json").write_text(json.dumps({"tokens": {"access": "user-a"}}))
+    monkeypatch.setenv("HOME", str(home))
+
+    class LoginAgent(CommandAgent):  # a CLI preset's shape: a config folder in $HOME with a login copied back
+        home_dirs = (".tool",)
+        logins = (".tool/auth.json",)
+
+    script = tmp_path / "agent.py"
+    script.write_text("import os\nfrom pathlib import Path\n"
+                      "Path(os.path.expanduser('~/.tool/auth.json')).write_text('[' * 60000)\n"
+                      "p = Path('train.py'); p.write_text(p.read_text().replace('STEPS = 200', 'STEPS = 300'))\n")
+    agent = LoginAgent(f"{sys.executable} {script}")
+    loop = Loop(load_task(task), Options(agent="login", max_experiments=1, budget=5.0, tag="t"), agent=agent)
+    try:
+        loop.run()
+    except OuroborosError:
+        pass  # a clear one-line refusal is fine
+    finally:
+        loop.ledger.close()
+    assert (home / ".tool" / "auth.json").read_text() == json.dumps({"tokens": {"access": "user-a"}})
