@@ -402,3 +402,50 @@ def test_a_confined_agents_deeply_nested_login_cannot_crash_the_harness(tmp_path
     finally:
         loop.ledger.close()
     assert (home / ".tool" / "auth.json").read_text() == json.dumps({"tokens": {"access": "user-a"}})
+
+
+# A kept version's proposer (its code: with agents/** editable, the candidate's own) fills its scratch folder,
+# exp/<n>/version/, which the agent sandbox binds writable: many files, each under the agent's RLIMIT_FSIZE.
+_FILLING_PROPOSER = '''
+import os
+from pathlib import Path
+scratch = Path(os.environ["OUROBOROS_CONFIG_DIR"]).parent
+for i in range(12):
+    (scratch / f"blob{i}.bin").write_bytes(b"x" * (900 << 10))
+Path("train.py").write_text(Path("train.py").read_text().replace("STEPS = 200", "STEPS = 300"))
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("more steps")
+'''
+
+
+@pytest.mark.skipif(not BWRAP, reason="the version's proposer is confined only at level bwrap")
+@pytest.mark.xfail(strict=True, reason=(
+    "VersionAgent.scratch binds exp/<n>/version/ (a folder in the records) writable into the proposer's sandbox, "
+    "but CommandAgent.propose watches and caps only the artifacts folder (sandbox.run's single `watch`): a "
+    "version's proposer leaves any number of files there, each under RLIMIT_FSIZE, and they stay in the records "
+    "after every proposal (a disk fill that grows with each experiment). Fix: watch every writable folder of the "
+    "agent phase (sandbox.run with a list of watched folders, or the exp dir) and remove what a proposal left "
+    "in scratch folders past max_artifact_mb, as _drop_new does for artifacts; or bind a size-capped tmpfs there"))
+def test_a_versions_proposer_cannot_fill_the_disk_through_its_scratch_folder(tmp_path, monkeypatch):
+    from ouroboros.loop import Loop, Options
+    from ouroboros.self import driver, versions
+    from ouroboros.task import load_task
+
+    task = _quadratic(tmp_path, monkeypatch, level="bwrap")
+    from ouroboros import cheats
+
+    cheats._set_keys(task / "ouroboros.toml", "bound", {"isolation": "bwrap", "max_artifact_mb": 1})
+    cheats._git(task, "commit", "-qam", "cap 1 MB")
+    src = tmp_path / "version" / "src"
+    (src / "ouroboros" / "self").mkdir(parents=True)
+    (src / "ouroboros" / "__init__.py").write_text("")
+    (src / "ouroboros" / "self" / "__init__.py").write_text("")
+    (src / "ouroboros" / "self" / "propose.py").write_text(_FILLING_PROPOSER)
+    monkeypatch.setattr(versions, "install", lambda repo, version, cache: src)
+    agent = driver.VersionAgent("random", task, tmp_path / "cache", "b" * 40, {"bad": []}, lambda: None)
+    loop = Loop(load_task(task), Options(agent="random", max_experiments=1, budget=5.0, tag="t"), agent=agent)
+    loop.run()
+    scratch = loop.ledger.exp_dir("t", 1) / "version"
+    loop.ledger.close()
+    assert (scratch / ".config").is_dir()  # the proposer ran in the scratch folder it was given
+    total = sum(p.stat().st_size for p in scratch.rglob("*") if p.is_file())
+    assert total <= 1 << 20, f"the version's proposer left {total / 2**20:.1f} MB in {scratch}"
