@@ -449,3 +449,54 @@ def test_a_versions_proposer_cannot_fill_the_disk_through_its_scratch_folder(tmp
     assert (scratch / ".config").is_dir()  # the proposer ran in the scratch folder it was given
     total = sum(p.stat().st_size for p in scratch.rglob("*") if p.is_file())
     assert total <= 1 << 20, f"the version's proposer left {total / 2**20:.1f} MB in {scratch}"
+
+
+# A run at level unshare finds the read-only binds of its mount namespace in /proc/self/mountinfo (the data
+# cache, `[bound] read_only`, the harness's Python and code) and unmounts them: the writable folder below
+# shows again, and what it writes there is read by every later experiment (and, for the harness's code, by
+# the next `verify`, `audit` or `--resume`).
+_UNMOUNTING_RUN = r'''
+import os, subprocess
+def unmount_and_write():
+    for line in open("/proc/self/mountinfo"):
+        mount = line.split()[4]
+        if mount == CACHE:
+            subprocess.run(["umount", mount], stderr=subprocess.DEVNULL)
+    try:
+        open(os.path.join(CACHE, "data.txt"), "w").write("poisoned\n")
+    except OSError:
+        pass
+unmount_and_write()
+'''
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Unshare._prelude makes the read-only binds and tmpfs masks in the run's own mount namespace and then runs "
+    "the command in that same namespace with every capability it had there (root's own under a root harness, "
+    "the user namespace's root otherwise), so the run simply unmounts them (mounts made in its namespace are not "
+    "locked): the data cache, `[bound] read_only` paths and the harness's Python and code become writable again "
+    "and the git common dir visible. Fix: after the mounts, run the reaper and command without CAP_SYS_ADMIN "
+    "(`setpriv --bounding-set=-all --inh-caps=-all --no-new-privs`, or `unshare --user` once more so that the "
+    "mounts are locked), and under a root harness drop to another uid as level bwrap does"))
+def test_a_run_at_level_unshare_cannot_unmount_its_read_only_cache(tmp_path, monkeypatch):
+    import shlex
+
+    from ouroboros.loop import Loop, Options
+    from ouroboros.task import load_task
+
+    if not isolation.available("unshare"):
+        pytest.skip("unshare does not work here")
+    task = _quadratic(tmp_path, monkeypatch, level="unshare")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "data.txt").write_text("pristine\n")
+    code = f"CACHE = {str(cache)!r}\n" + _UNMOUNTING_RUN
+    agent = tmp_path / "agent.py"
+    agent.write_text("from pathlib import Path\np = Path('train.py')\n"
+                     f"p.write_text(p.read_text().replace('import math\\n', 'import math\\n' + {code!r}, 1))\n")
+    loop = Loop(load_task(task), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
+                                         max_experiments=1, budget=5.0, tag="t", allow_weak_isolation=True))
+    loop.run()
+    loop.ledger.close()
+    assert loop.history[-1].isolation == "unshare"
+    assert (cache / "data.txt").read_text() == "pristine\n", "the run wrote the read-only data cache"
