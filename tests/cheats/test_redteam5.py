@@ -539,3 +539,47 @@ def test_a_versions_proposer_does_not_get_the_harness_secrets(tmp_path, monkeypa
     description = loop.history[-1].description
     assert description.startswith("key "), description  # the proposer ran and answered
     assert "sk-harness-secret" not in description, description
+
+
+# A run at level unshare unmounts the /proc of its PID namespace: the host's /proc shows again below it, and the
+# harness's own /proc/<pid>/environ (same user) holds the secrets the scrubbed environment left out.
+_HOST_PROC_RUN = r'''
+import glob, subprocess
+def read_the_harness_environment():
+    subprocess.run(["umount", "/proc"], stderr=subprocess.DEVNULL)
+    for path in glob.glob("/proc/[0-9]*/environ"):
+        try:
+            for var in open(path, "rb").read().split(b"\0"):
+                if var.startswith(b"OPENAI_API_KEY="):
+                    print("found", var.decode(), flush=True)
+                    return
+        except OSError:
+            pass
+read_the_harness_environment()
+'''
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "level unshare mounts a fresh /proc (--mount-proc) over the host's in the run's own mount namespace and "
+    "leaves the run its capabilities there, so the run unmounts it: the host's /proc shows again, and the "
+    "harness's /proc/<pid>/environ (the same user) gives away every secret the scrubbed environment kept out "
+    "(OPENAI_API_KEY...); the harness's command lines and open files too. Fix: as for the read-only binds, drop "
+    "CAP_SYS_ADMIN (bounding set) after the prelude's mounts, or lock them with a nested user namespace"))
+def test_a_run_at_level_unshare_cannot_read_the_harness_environment(tmp_path, monkeypatch):
+    import shlex
+
+    from ouroboros.testing import cli
+
+    if not isolation.available("unshare"):
+        pytest.skip("unshare does not work here")
+    task = _quadratic(tmp_path, monkeypatch, level="unshare")
+    agent = tmp_path / "agent.py"
+    agent.write_text("from pathlib import Path\np = Path('train.py')\n"
+                     f"p.write_text(p.read_text().replace('import math\\n', 'import math\\n' + {_HOST_PROC_RUN!r}, 1))\n")
+    # the harness started with the key in its environment, as a user's shell starts it
+    done = cli("run", "-C", str(task), "--agent", f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
+               "-n", "1", "--budget", "5", "--tag", "t", "--allow-weak-isolation",
+               env={"OPENAI_API_KEY": "sk-harness-secret-5"})
+    log = task / ".ouroboros" / "runs" / "t" / "exp" / "1" / "run.log"
+    assert log.is_file(), done.stdout[-500:] + done.stderr[-500:]
+    assert "sk-harness-secret-5" not in log.read_text(), log.read_text()[-300:]
