@@ -670,3 +670,33 @@ def test_a_versions_inner_ledger_cannot_hang_the_outer_harness(tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("the outer harness ran the inner ledger's endless query past 20 s")
     assert "refused:" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "`run --self` keeps its holdout comparison (first vs final version, the transfer result its report shows) and "
+    "its list of bad versions in runs/<tag>/self.json, a plain JSON file outside the ledger's chain: whoever "
+    "edits the records without the key (the model of the chain) writes any holdout result, and neither "
+    "`verify` nor `log` nor the report says anything. Fix: record the holdout results and the bad versions in "
+    "the run's ledger row (runs.config, chained) and read them from there; have verify compare self.json "
+    "with it"))
+def test_a_forged_self_run_holdout_result_is_reported_by_verify(tmp_path, monkeypatch):
+    from ouroboros import chain
+    from ouroboros.loop import Loop, Options
+    from ouroboros.self.report import _self_tables
+    from ouroboros.task import load_task
+
+    task = _quadratic(tmp_path, monkeypatch)
+    loop = Loop(load_task(task), Options(agent=_worse_agent(tmp_path), max_experiments=1, budget=5.0, tag="t",
+                                         allow_weak_isolation=True))
+    loop.run()
+    forged = {"bad": [], "first": "a" * 40, "final": "b" * 40, "holdout": {
+        "first": "a" * 40, "final": "b" * 40,
+        "first_result": {"delta": 0.10, "low": 0.08, "high": 0.12},
+        "final_result": {"delta": 0.90, "low": 0.88, "high": 0.92}}}
+    (loop.ledger.run_dir("t") / "self.json").write_text(json.dumps(forged))  # the records written, no key read
+    shown = [t for t in _self_tables(forged, loop.history) if t["id"] == "holdout"]
+    assert shown and shown[0]["note"] == "the final version is better"  # what the report would say
+    try:
+        assert chain.verify(loop.ledger, task, "t"), "verify finds nothing wrong with a forged holdout result"
+    finally:
+        loop.ledger.close()
