@@ -700,3 +700,45 @@ def test_a_forged_self_run_holdout_result_is_reported_by_verify(tmp_path, monkey
         assert chain.verify(loop.ledger, task, "t"), "verify finds nothing wrong with a forged holdout result"
     finally:
         loop.ledger.close()
+
+
+# A confined agent preallocates disk past the end of a file in its artifacts folder (fallocate with
+# FALLOC_FL_KEEP_SIZE): its size stays 0, so neither RLIMIT_FSIZE nor sandbox.du (which counts sizes) sees the
+# 64 MiB it holds, and the artifacts folder is kept across experiments.
+_PREALLOCATING_AGENT = '''
+import ctypes, ctypes.util, os
+from pathlib import Path
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+fd = os.open(os.path.join(os.environ["OUROBOROS_ARTIFACTS"], "blob"), os.O_WRONLY | os.O_CREAT, 0o644)
+libc.fallocate(fd, 1, ctypes.c_long(0), ctypes.c_long(64 << 20))  # 1: FALLOC_FL_KEEP_SIZE
+os.close(fd)
+Path("train.py").write_text(Path("train.py").read_text().replace("STEPS = 200", "STEPS = 300"))
+'''
+
+
+@pytest.mark.skipif(not BWRAP, reason="agents are confined only at level bwrap")
+@pytest.mark.xfail(strict=True, reason=(
+    "sandbox.du counts each entry's st_size (at least 512 bytes), and blocks preallocated past the end of a file "
+    "(fallocate FALLOC_FL_KEEP_SIZE, which RLIMIT_FSIZE does not limit either) leave st_size at 0: an agent keeps "
+    "any amount of disk in its artifacts folder (kept across experiments) under max_artifact_mb, and a run or "
+    "an evaluation fills the disk while its watched folder looks empty. Fix: count what an entry holds on disk "
+    "too: max(st_size, st_blocks * 512, 512) (or st_size plus the blocks past its end)"))
+def test_a_confined_agent_cannot_keep_preallocated_disk_in_its_artifacts(tmp_path, monkeypatch):
+    import shlex
+
+    from ouroboros import cheats
+    from ouroboros.loop import Loop, Options
+    from ouroboros.task import load_task
+
+    task = _quadratic(tmp_path, monkeypatch, level="bwrap")
+    cheats._set_keys(task / "ouroboros.toml", "bound", {"isolation": "bwrap", "max_artifact_mb": 1})
+    cheats._git(task, "commit", "-qam", "cap 1 MB")
+    agent = tmp_path / "agent.py"
+    agent.write_text(_PREALLOCATING_AGENT)
+    loop = Loop(load_task(task), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
+                                         max_experiments=1, budget=5.0, tag="t"))
+    loop.run()
+    artifacts = loop.ledger.run_dir("t") / "artifacts"
+    loop.ledger.close()
+    held = sum(p.lstat().st_blocks * 512 for p in artifacts.rglob("*"))
+    assert held <= 1 << 20, f"the agent keeps {held / 2**20:.0f} MB on disk in {artifacts}"
