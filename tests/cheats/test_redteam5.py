@@ -1,8 +1,9 @@
 """Fifth red-team pass, on the trust-boundary code that changed last: the worktree opened to the run's uid
 (Isolation.open_worktree, isolation._grant), self mode's confined runner and proposer (self/inner.py,
 propose.py, driver.py), the ledger key and the incremental `.verified` record (chain.py), the agents'
-private config copies (agents/command.py HomeCopy) and readfile.py. Each attack that gets through is
-marked xfail(strict=True) with its root cause and the fix recommended."""
+private config copies (agents/command.py HomeCopy) and readfile.py, at levels bwrap, unshare and process under
+a root harness. Each attack that gets through is marked xfail(strict=True) with its root cause and the fix
+recommended; one was fixed here (a deeply nested proposal.json: self/driver.py catches RecursionError)."""
 
 from __future__ import annotations
 
