@@ -119,7 +119,7 @@ class VersionAgent(CommandAgent):
             raw = read_regular(ctx.exp_dir / "proposal.json", cap=64 << 10)  # the version wrote it: no FIFO, no TiB
             params = json.loads(raw or "{}").get("params") or {}
             params = {str(k)[:100]: v for k, v in params.items() if isinstance(v, int | float | str | bool)}
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):  # RecursionError: nested past json's depth
             params = {}
         proposal.params, proposal.model = params, self.version[:12]
         return proposal
