@@ -44,6 +44,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ouroboros.errors import OuroborosError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     tag TEXT PRIMARY KEY, task TEXT, agent TEXT, metric TEXT, direction TEXT, trust TEXT,
@@ -270,6 +272,14 @@ class Ledger:
         records.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(records / "ledger.sqlite", timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
+        planted = self.db.execute("SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view') "
+                                  "OR upper(sql) LIKE 'CREATE VIRTUAL%'").fetchone()
+        if planted is not None:  # it would run inside the harness's own writes, which the chain then signs
+            self.db.close()
+            raise OuroborosError(
+                f"{records / 'ledger.sqlite'} holds a {planted['type']} {clean_text(planted['name'])[:80]!r}, which "
+                "Ouroboros never creates: the records were edited; inspect it with sqlite3 and drop it (then run "
+                "`ouroboros verify`) before using these records")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)

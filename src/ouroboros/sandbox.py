@@ -261,7 +261,9 @@ def _strays(known: dict[int, psutil.Process], before: set[int]) -> tuple[list[ps
 def du(folder: Path) -> int:
     """Bytes under folder, its own top-level .git excluded (a `.git` deeper down counts: the guard
     refuses it, but only after the phase); links are not followed. Every entry counts at least one
-    block (512 bytes), so empty files and folders cannot add up to any number of inodes."""
+    block (512 bytes), so empty files and folders cannot add up to any number of inodes, and a file
+    counts the blocks it holds where they are more than its size: blocks preallocated past its end
+    (fallocate KEEP_SIZE) leave its size at 0."""
     total = 0
     top = str(folder)
     stack = [top]
@@ -276,7 +278,8 @@ def du(folder: Path) -> int:
                                 stack.append(entry.path)
                                 total += _BLOCK
                         else:
-                            total += max(entry.stat(follow_symlinks=False).st_size, _BLOCK)
+                            st = entry.stat(follow_symlinks=False)
+                            total += max(st.st_size, _BLOCK, st.st_blocks * 512)
                     except OSError:
                         pass
         except OSError:

@@ -620,6 +620,11 @@ def scrub(root: Path, before: Meta | None, remake_folders: bool = True) -> Meta:
             _anew(path, perm, _copy_into)
         elif stat.S_ISLNK(mode):
             _anew(path, None, lambda src, tmp: os.symlink(os.readlink(src), tmp))
+        else:  # a FIFO, socket or device: git sees none, so no reset or clean removes one
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
     for name, path, perm in sorted(folders, key=lambda f: -f[0].count("/") - (f[0] != "")):
         if remake_folders:
             _anew_folder(path, perm)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import textwrap
 
 import pytest
 
@@ -81,14 +80,6 @@ def _worse_agent(tmp_path) -> str:
     return f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Ledger._write reads the row back after its INSERT OR REPLACE and chain.append HMACs what it read, and the "
-    "ledger opens whatever schema ledger.sqlite holds (executescript of CREATE ... IF NOT EXISTS): a trigger "
-    "planted by anyone who can write the records, without the key, rewrites the row inside the harness's own "
-    "transaction (a discard becomes a keep with any metric), and the harness signs the forgery, so `verify`'s "
-    "chain and `run --resume` accept it. Fix: on opening the ledger refuse (one clear OuroborosError) a "
-    "database with any trigger or view in sqlite_master (and have verify report them), and in _write compare "
-    "the row read back with the values written before signing"))
 def test_a_trigger_planted_in_the_ledger_cannot_get_its_forgery_signed(tmp_path, monkeypatch):
     import sqlite3
 
@@ -234,13 +225,6 @@ def cheat():
 
 
 @pytest.mark.parametrize("level", ["bwrap", "unshare", "process"])
-@pytest.mark.xfail(strict=True, reason=(
-    "Workspace.reset and clean are git's (reset --hard, clean -ffdx), and git sees no FIFO or socket, so an "
-    "entry of that kind the run leaves in the worktree survives every reset: the confirmation re-run (and every "
-    "later experiment: the guard, which asks git status, never lists it either) finds it, its name, mode and "
-    "times the run's to choose. Fix: after git's reset, walk the worktree without git (Workspace.snapshot "
-    "already does) and remove every entry that is not a regular file, folder or link (or every entry git "
-    "does not track), before a confirmation re-run and after each experiment"))
 def test_a_lucky_result_cannot_be_carried_into_the_confirmation_through_a_fifo(level, tmp_path, monkeypatch):
     import shlex
     from string import Template
@@ -368,12 +352,6 @@ def test_a_kept_versions_deeply_nested_proposal_file_cannot_crash_the_self_drive
 
 
 @pytest.mark.skipif(not BWRAP, reason="agents are confined (and their config folders copied) only at level bwrap")
-@pytest.mark.xfail(strict=True, reason=(
-    "HomeCopy.give_back parses the confined program's login file with json.loads and catches only ValueError: a "
-    "login nested past json's recursion depth (60,000 '[', under the 64 KiB cap) raises RecursionError in the "
-    "agent's `finally`, which no caller catches, so one confined proposal ends the whole run with a traceback. "
-    "Fix: catch RecursionError there too (with the reshape fix of test_redteam4: compare the structure "
-    "iteratively or under a depth cap)"))
 def test_a_confined_agents_deeply_nested_login_cannot_crash_the_harness(tmp_path, monkeypatch):
     from ouroboros.agents.command import CommandAgent
     from ouroboros.errors import OuroborosError
@@ -718,12 +696,6 @@ Path("train.py").write_text(Path("train.py").read_text().replace("STEPS = 200", 
 
 
 @pytest.mark.skipif(not BWRAP, reason="agents are confined only at level bwrap")
-@pytest.mark.xfail(strict=True, reason=(
-    "sandbox.du counts each entry's st_size (at least 512 bytes), and blocks preallocated past the end of a file "
-    "(fallocate FALLOC_FL_KEEP_SIZE, which RLIMIT_FSIZE does not limit either) leave st_size at 0: an agent keeps "
-    "any amount of disk in its artifacts folder (kept across experiments) under max_artifact_mb, and a run or "
-    "an evaluation fills the disk while its watched folder looks empty. Fix: count what an entry holds on disk "
-    "too: max(st_size, st_blocks * 512, 512) (or st_size plus the blocks past its end)"))
 def test_a_confined_agent_cannot_keep_preallocated_disk_in_its_artifacts(tmp_path, monkeypatch):
     import shlex
 

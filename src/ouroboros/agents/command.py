@@ -129,9 +129,9 @@ class HomeCopy:
                 continue
             try:
                 old, new = json.loads(before), json.loads(after)
-            except ValueError:
-                continue
-            if not isinstance(old, dict) or not _same_shape(old, new):
+                if not isinstance(old, dict) or not _same_shape(old, new):
+                    continue
+            except (ValueError, RecursionError):  # nested past json's (or the comparison's) depth
                 continue
             tmp = real.with_name(f".{real.name}.ouroboros-{os.getpid()}")
             try:
