@@ -163,9 +163,9 @@ def test_an_old_row_changed_after_a_check_is_named_by_verify(tmp_path: Path) -> 
 def test_a_changed_record_of_the_last_check_is_reported(tmp_path: Path, forge: str) -> None:
     ledger = _checked(tmp_path)
     anchor = _anchor(ledger)
-    seq, mac, check = anchor.read_text().split()
+    seq, mac, keys, check = anchor.read_text().split()
     if forge == "edit":  # claim a later entry was verified, to skip checking it
-        anchor.write_text(f"5 {mac} {check}\n")
+        anchor.write_text(f"5 {mac} {keys} {check}\n")
     elif forge == "garbage":
         anchor.write_text("\0[/]\n")
     else:  # a valid record of another ledger, copied over this one's

@@ -194,17 +194,20 @@ def _anchor_file(ledger: Ledger) -> Path:
     return head.with_name(head.name + ".verified")
 
 
-def _anchor_mac(k: bytes, ledger: Ledger, seq: int, mac: str) -> str:
+def _anchor_mac(k: bytes, ledger: Ledger, seq: int, mac: str, keys: str) -> str:
     # the ledger's id is in the message: a record copied from another ledger's does not verify here
-    msg = "\n".join(("verified", _head_file(ledger).name, str(seq), mac)).encode()
+    msg = "\n".join(("verified", _head_file(ledger).name, str(seq), mac, keys)).encode()
     return hmac.new(k, msg, hashlib.sha256).hexdigest()
 
 
-def _read_anchor(ledger: Ledger, k: bytes) -> tuple[int, str] | None | Problem:
+def _read_anchor(ledger: Ledger, k: bytes) -> tuple[int, str, str] | None | Problem:
     path = _anchor_file(ledger)
     try:
-        seq, mac, check = path.read_text().split()
-        good = hmac.compare_digest(_anchor_mac(k, ledger, int(seq), mac), check)
+        fields = path.read_text().split()
+        if len(fields) == 3:  # a record from before it named the rows: check everything, no warning
+            return None
+        seq, mac, keys, check = fields
+        good = hmac.compare_digest(_anchor_mac(k, ledger, int(seq), mac, keys), check)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, UnicodeDecodeError):
@@ -212,18 +215,32 @@ def _read_anchor(ledger: Ledger, k: bytes) -> tuple[int, str] | None | Problem:
     if not good:
         return Problem("chain", f"the record of the last verified entry ({path}) has a wrong HMAC: changed "
                                 "outside Ouroboros; everything was checked instead")
-    return int(seq), mac
+    return int(seq), mac, keys
 
 
-def _write_anchor(ledger: Ledger, k: bytes, seq: int, mac: str) -> None:
+def _write_anchor(ledger: Ledger, k: bytes, seq: int, mac: str, keys: str) -> None:
     path = _anchor_file(ledger)
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(f"{seq} {mac} {_anchor_mac(k, ledger, seq, mac)}\n")
+        tmp.write_text(f"{seq} {mac} {keys} {_anchor_mac(k, ledger, seq, mac, keys)}\n")
         tmp.replace(path)
     except OSError:  # only a shortcut: without it the next check is a whole one
         pass
+
+
+def _row_keys(ledger: Ledger) -> set[tuple[str, str, int]]:
+    """(kind, tag, n) of every row of the ledger (n = -1 for a run)."""
+    keys = {("exp", t, n) for t, n in ledger.db.execute("SELECT tag, n FROM experiments")}
+    return keys | {("run", t, -1) for (t,) in ledger.db.execute("SELECT tag FROM runs")}
+
+
+def _keys_digest(keys) -> str:
+    """One hash of a set of row keys: the anchor holds the one of every row there was when it was written."""
+    h = hashlib.sha256()
+    for kind, t, n in sorted(keys):
+        h.update(f"{kind}\0{t}\0{n}\n".encode(errors="surrogateescape"))
+    return h.hexdigest()
 
 
 def check(ledger: Ledger, tag: str | None = None) -> list[Problem]:
@@ -234,10 +251,11 @@ def check(ledger: Ledger, tag: str | None = None) -> list[Problem]:
     ledger.db.execute("BEGIN")  # one snapshot of the ledger, however many queries
     try:
         problems, end = _check(ledger, k)
+        keys = _keys_digest(_row_keys(ledger)) if not problems and end[0] > 0 else ""
     finally:
         ledger.db.execute("COMMIT")
-    if not problems and end[0] > 0:
-        _write_anchor(ledger, k, *end)
+    if keys:
+        _write_anchor(ledger, k, *end, keys)
     return [p for p in problems if tag is None or p.tag is None or p.tag == tag]
 
 
@@ -246,7 +264,7 @@ def _check(ledger: Ledger, k: bytes) -> tuple[list[Problem], tuple[int, str]]:
     if not isinstance(anchor, tuple):
         problems, end = _verify_all(ledger, k, None)
         return ([anchor] if anchor else []) + problems, end
-    seq, mac = anchor
+    seq, mac, keys = anchor
     entries = ledger.db.execute("SELECT * FROM chain WHERE seq >= ? ORDER BY seq", (seq - 1,)).fetchall()
     if len(entries) > max(seq, 1000):  # more written since than before: row by row would be slower than all
         return _verify_all(ledger, k, None)
@@ -266,6 +284,15 @@ def _check(ledger: Ledger, k: bytes) -> tuple[list[Problem], tuple[int, str]]:
     problems += _head(ledger, expect_seq - 1, prev)
     problems += _rows_named(ledger, last_of)  # the rows written since, and the anchor entry's own row
     problems += _unmatched(ledger)
+    # The rows no entry since names must be the rows there were: an entry left unchecked below the anchor
+    # (numbered 0, or an old one renamed) cannot then vouch for a row added, or stand in for one removed.
+    named = set(last_of)
+    old = {(kind, t, n) for kind, t, n in ledger.db.execute("SELECT DISTINCT kind, tag, n FROM chain WHERE seq <= ?",
+                                                            (seq,))}
+    if _keys_digest((_row_keys(ledger) - named) | (named & old)) != keys:
+        problems.append(Problem("chain", "the ledger's rows are not the ones the last check saw plus those "
+                                         "written since: rows were added or removed outside Ouroboros; run "
+                                         "`ouroboros verify` to see which"))
     return list(dict.fromkeys(problems)), (expect_seq - 1, prev)  # a deleted row is found both ways: once
 
 

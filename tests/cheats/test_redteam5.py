@@ -112,16 +112,6 @@ def test_a_trigger_planted_in_the_ledger_cannot_get_its_forgery_signed(tmp_path,
         loop.ledger.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "chain._check (log and status, after a check has passed) re-checks only the entries from the "
-    "`.verified` record on, and _unmatched asks only that every row has SOME chain entry: a forged row "
-    "added with an entry of its own at a sequence number below the record (0, or negative) is never "
-    "HMAC-checked, so log and status show the forged keep with no warning (verify, which walks every "
-    "entry from 1, does catch it); or with an old entry renamed to it whose own row a later entry still covers "
-    "(experiment 1's begin entry; numbering and count unchanged). Fix: keep in the .verified record (under its "
-    "HMAC) a hash of the (kind, tag, n) keys of the rows there were at that check, and require every row key "
-    "present now to be in it or named by an entry after the record; also require MIN(seq) = 1 and "
-    "COUNT(*) = the last seq"))
 @pytest.mark.parametrize("entry", ["below", "superseded"])
 def test_a_row_added_with_an_entry_below_the_verified_record_is_reported_by_log(entry, tmp_path, monkeypatch):
     import sqlite3
