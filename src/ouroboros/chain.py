@@ -12,10 +12,11 @@ evaluation see no `$HOME`, so the key is out of their reach. `verify` then names
 disagree, `run --resume` refuses to build on them, `log` and `status` warn.
 
 `log` and `status` check incrementally: after a check finds nothing wrong, the sequence number and
-HMAC of the last entry it covered are kept in a record beside the head (`heads/<ledger id>.verified`),
-itself HMAC'd with the key. The next `log` or `status` re-checks that record, that entry (its HMAC
-from the entry before it) and every entry after it, the rows those entries name, the head, and that
-every row has an entry and every entry's row is there (everything, when the record is missing or
+HMAC of the last entry it covered, and a digest of the keys of every row there was, are kept in a
+record beside the head (`heads/<ledger id>.verified`), itself HMAC'd with the key. The next `log` or
+`status` re-checks that record, that entry (its HMAC from the entry before it) and every entry after
+it, the rows those entries name, the head, that every row has an entry and every entry's row is
+there, and that the rows no later entry names are the ones the record saw (everything, when the record is missing or
 wrong, or more was written since than before it); it does not re-digest rows last written before
 the record. So an edit to an old row, or an edit of an old entry together with its row, is
 caught by `verify` and `run --resume` (which check everything, every time), by `log` and `status`
