@@ -51,6 +51,7 @@ from __future__ import annotations
 import functools
 import glob
 import os
+import shlex
 import shutil
 import site
 import stat
@@ -77,6 +78,9 @@ _REAPER = (
     '[ "$s" = Z ] || [ "$s" = X ] || n=$((n+1)); done; '
     '[ $n -gt 0 ] && echo "[ouroboros] strays $n"; exit $rc'
 )
+
+
+_NO_CAPS = "setpriv --bounding-set=-all --inh-caps=-all --ambient-caps=-all --no-new-privs --"
 
 
 def _mb(value: float) -> str:
@@ -277,8 +281,10 @@ class Unshare(Isolation):
         flags = ["--fork", "--pid", "--kill-child", "--mount-proc", "--ipc", "--mount"]
         if not self.task.bound.network:
             flags.append("--net")
-        return ["unshare", *flags, *_unshare_user(), "--", "bash", "-c", self._prelude + _REAPER,
-                _shell(argv)], self.level
+        # The prelude's mounts are undone by whoever keeps CAP_SYS_ADMIN in the namespace (umount /proc shows
+        # the host's, the read-only binds come off): the rest runs with no capability left to get back.
+        return ["unshare", *flags, *_unshare_user(), "--", "bash", "-c",
+                self._prelude + f"exec {_NO_CAPS} bash -c {shlex.quote(_REAPER)} \"$0\"", _shell(argv)], self.level
 
     @functools.cached_property
     def _prelude(self) -> str:

@@ -439,14 +439,6 @@ unmount_and_write()
 '''
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Unshare._prelude makes the read-only binds and tmpfs masks in the run's own mount namespace and then runs "
-    "the command in that same namespace with every capability it had there (root's own under a root harness, "
-    "the user namespace's root otherwise), so the run simply unmounts them (mounts made in its namespace are not "
-    "locked): the data cache, `[bound] read_only` paths and the harness's Python and code become writable again "
-    "and the git common dir visible. Fix: after the mounts, run the reaper and command without CAP_SYS_ADMIN "
-    "(`setpriv --bounding-set=-all --inh-caps=-all --no-new-privs`, or `unshare --user` once more so that the "
-    "mounts are locked), and under a root harness drop to another uid as level bwrap does"))
 def test_a_run_at_level_unshare_cannot_unmount_its_read_only_cache(tmp_path, monkeypatch):
     import shlex
 
@@ -528,12 +520,6 @@ read_the_harness_environment()
 '''
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "level unshare mounts a fresh /proc (--mount-proc) over the host's in the run's own mount namespace and "
-    "leaves the run its capabilities there, so the run unmounts it: the host's /proc shows again, and the "
-    "harness's /proc/<pid>/environ (the same user) gives away every secret the scrubbed environment kept out "
-    "(OPENAI_API_KEY...); the harness's command lines and open files too. Fix: as for the read-only binds, drop "
-    "CAP_SYS_ADMIN (bounding set) after the prelude's mounts, or lock them with a nested user namespace"))
 def test_a_run_at_level_unshare_cannot_read_the_harness_environment(tmp_path, monkeypatch):
     import shlex
 
