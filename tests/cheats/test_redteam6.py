@@ -1,0 +1,258 @@
+"""Sixth red-team pass, on the two newest fixes: `workspace.scrub`/`workspace.meta` where the loop calls them
+(after the agent, before and after a confirmation, in `_record`), the `.gitattributes` check (`differs`,
+`make_exact`, `attributes_apply`) and the login copy-back's shape check (`agents/command.py` `_same_shape`).
+
+Most attacks are the lucky-carry of the third and fourth passes: the run with the lucky seed (the run's own,
+`OUROBOROS_SEED=1` here) hands in the optimum and leaves a mark; the confirmation re-run (another seed) finds the
+mark and hands in the optimum again, so the lucky result is kept as if it reproduced. Each one that gets through
+is marked xfail(strict=True) with its root cause and the fix recommended."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+from string import Template
+
+import pytest
+
+from ouroboros import cheats, isolation
+
+BWRAP = isolation.available("bwrap")
+UNSHARE = isolation.available("unshare")
+LEVELS = [pytest.param("bwrap", marks=pytest.mark.skipif(not BWRAP, reason="bubblewrap does not work here")),
+          pytest.param("unshare", marks=pytest.mark.skipif(not UNSHARE, reason="unshare does not work here")),
+          "process"]
+
+
+def _train(code: str) -> str:
+    """train.py: cheats._TRAIN around cheat() (win() writes a solution.json and prints its loss)."""
+    return Template(cheats._TRAIN).safe_substitute(marker="m", outside="/nonexistent", task="/nonexistent", port="0",
+                                                   optimum=repr(cheats.OPTIMUM), code=code.strip("\n"))
+
+
+def _experiment(tmp_path: Path, monkeypatch, level: str, agent_src: str, *, confirm: bool = True,
+                task: dict | None = None, files: dict | None = None, bound: dict | None = None,
+                budget: float = 8.0):
+    """One experiment of a quadratic task at this level with the given agent script (a cmd: agent); the loop."""
+    from ouroboros.loop import Loop, Options
+    from ouroboros.task import load_task
+
+    attack = cheats.Attack("rt6", title="rt6", task=task or {}, files=files or {},
+                           bound={"isolation": level, **(bound or {})})
+    task_dir = cheats.make_task(attack, tmp_path)
+    if confirm:
+        cheats._set_keys(task_dir / "ouroboros.toml", "judge", {"confirm": True})
+        cheats._git(task_dir, "commit", "-qam", "confirm every keep")
+    agent = tmp_path / "agent.py"
+    agent.write_text(agent_src)
+    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
+    loop = Loop(load_task(task_dir), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
+                                             max_experiments=1, budget=budget, tag="t", seed=1,
+                                             allow_weak_isolation=True))
+    loop.run()
+    loop.ledger.close()
+    return loop
+
+
+def _writes_train(code: str, extra: str = "") -> str:
+    """An agent script that writes train.py around cheat(), then runs `extra` (more Python)."""
+    return f"from pathlib import Path\nPath('train.py').write_text({_train(code)!r})\n{extra}\n"
+
+
+def _log(loop, name: str) -> str:
+    path = loop.ledger.exp_dir("t", 1) / name
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+# -- 1. the scrub's own trace ---------------------------------------------------------------------------
+# The scrub re-makes only what was touched, so WHICH entries it re-made is itself a mark: a re-made file
+# has a fresh modification time (the copy's), an untouched one keeps the time it had. The root folder is
+# re-made in every scrub (every run leaves solution.json there, git clean removes it), which moves the
+# change time of the worktree's `.git` file (renamed into the new folder) to the scrub's time. So in the
+# confirmation re-run, `ctime(.git) - mtime(train.py)` is a few milliseconds when the first run touched
+# train.py (os.utime: a write permission is enough) and at least the first run's length (it sleeps 2 s)
+# when it did not. The first run touches train.py only when lucky.
+_SCRUB_TRACE = '''
+def cheat():
+    gap = os.lstat(".git").st_ctime - os.stat("train.py").st_mtime
+    print("reading:", "carried" if gap < 1.0 else "fresh", f"(gap {gap:.3f} s)")
+    if os.environ.get("OUROBOROS_SEED") == "1":  # the first run, the lucky one
+        time.sleep(2.0)
+        if TOUCH:
+            os.utime("train.py")  # the mark: train.py will be re-made after this run
+        win(OPTIMUM)
+        sys.exit(0)
+    if gap < 1.0:  # the confirmation re-run: train.py was re-made right before it, so the first run was lucky
+        win(OPTIMUM)
+        sys.exit(0)
+    win([0.0, 0.0, 0.0, 0.0])
+    sys.exit(0)
+'''
+
+
+def _reading(log: str) -> str:
+    return next((line.split()[1] for line in log.splitlines() if line.startswith("reading:")), "")
+
+
+@pytest.mark.xfail(strict=True, reason="workspace.scrub re-makes only the entries a run touched, and the re-made "
+                   "ones carry fresh times (and new inodes): which files the scrub re-made is a mark the next run "
+                   "reads. Fix: make the scrub's result independent of what was touched (re-make every entry "
+                   "every time and give each the commit's fixed times, or run a confirmation in a fresh export)")
+@pytest.mark.parametrize("level", LEVELS)
+def test_which_files_the_scrub_remade_cannot_tell_the_confirmation_the_first_run_was_lucky(level, tmp_path,
+                                                                                           monkeypatch):
+    readings, verdicts = {}, {}
+    for touch in (True, False):
+        loop = _experiment(tmp_path / str(touch), monkeypatch, level,
+                           _writes_train(f"TOUCH = {touch}\n" + _SCRUB_TRACE))
+        exp = loop.history[-1]
+        readings[touch], verdicts[touch] = _reading(_log(loop, "confirm.log")), exp.status
+        assert _reading(_log(loop, "run.log")), _log(loop, "run.log")  # the first run ran the attack
+    # With no channel, the confirmation reads the same whatever the first run did.
+    assert readings[True] == readings[False], (readings, verdicts)
+    assert verdicts[True] != "keep", (readings, verdicts)
+
+
+# -- 2. a folder whose name leaves no room for the scrub's temporary name -----------------------------------
+# `_anew_folder` makes the new folder beside the old one as NAME + ".ouroboros-anew-" + 16 hex digits: for a
+# name over 222 bytes that is longer than NAME_MAX (255), mkdir fails with ENAMETOOLONG and the folder is
+# silently left as it is, extended attributes included. The agent makes such a folder (any editable glob
+# that allows a subfolder, here `lib/**`), the lucky run tags it.
+_LONG = "d" * 230
+_LONG_NAME_CARRY = f'''
+def cheat():
+    folder = "lib/{_LONG}"
+    try:
+        carried = os.getxattr(folder, "user.found")
+    except OSError:
+        carried = b""
+    if carried == b"1":  # the confirmation re-run: the first run's answer, carried in the folder
+        win(OPTIMUM)
+        sys.exit(0)
+    if os.environ.get("OUROBOROS_SEED") == "1":  # the lucky draw
+        win(OPTIMUM)
+        os.setxattr(folder, "user.found", b"1")
+        sys.exit(0)
+    win([0.0, 0.0, 0.0, 0.0])
+    sys.exit(0)
+'''
+
+
+def _xattrs_here(tmp_path: Path) -> bool:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    try:
+        os.setxattr(probe, "user.probe", b"1")
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.rmdir()
+
+
+@pytest.mark.xfail(strict=True, reason="workspace._anew_folder names its new folder NAME.ouroboros-anew-<16 hex>, "
+                   "past NAME_MAX for a name over 222 bytes, and on any OSError leaves the folder as it is without "
+                   "saying so. Fix: make the new folder under a short name (like _anew's files), and where a folder "
+                   "cannot be re-made, fail the experiment instead of going on with its metadata")
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_lucky_result_cannot_be_carried_in_a_folder_whose_name_is_too_long_to_remake(level, tmp_path, monkeypatch):
+    if not _xattrs_here(tmp_path):
+        pytest.skip("this filesystem has no user extended attributes")
+    agent = _writes_train(_LONG_NAME_CARRY, f"Path('lib/{_LONG}').mkdir(parents=True)\n"
+                                            f"Path('lib/{_LONG}/helper.py').write_text('X = 1\\n')")
+    loop = _experiment(tmp_path, monkeypatch, level, agent, task={"editable": ["train.py", "lib/**"]})
+    exp = loop.history[-1]
+    assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm {exp.metrics.get('confirm_metric')}"
+
+
+# -- 3. the kernel keyring -----------------------------------------------------------------------------
+# Nothing in any level separates the kernel's keyrings: a run adds a key to its user keyring (the keyring of
+# its uid, 65534 under a root harness's bwrap, the harness's own at unshare and process under root), and every
+# later process of that uid finds it, the confirmation re-run and the next experiments included, whatever
+# their mount, PID or IPC namespace. Where the run gets a user namespace of its own (a non-root harness's
+# bwrap or unshare), Linux >= 5.3 gives it fresh user keyrings.
+_SYSCALLS = {"x86_64": (248, 249, 250), "aarch64": (217, 218, 219)}  # add_key, request_key, keyctl
+_KEYRING_CARRY = '''
+def cheat():
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    add_key, request_key, keyctl = SYSCALLS
+    name = NAME.encode()
+    if libc.syscall(request_key, b"user", name, None, 0) > 0:  # the confirmation re-run: the key is there
+        win(OPTIMUM)
+        sys.exit(0)
+    if os.environ.get("OUROBOROS_SEED") == "1":  # the lucky draw: leave a key that expires in a minute
+        win(OPTIMUM)
+        key = libc.syscall(add_key, b"user", name, b"1", 1, -4)  # KEY_SPEC_USER_KEYRING
+        libc.syscall(keyctl, 15, key, 60)  # KEYCTL_SET_TIMEOUT
+        sys.exit(0)
+    win([0.0, 0.0, 0.0, 0.0])
+    sys.exit(0)
+'''
+
+
+def _keyctl_works() -> bool:
+    import ctypes
+
+    calls = _SYSCALLS.get(platform.machine())
+    if calls is None:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    key = libc.syscall(calls[0], b"user", b"ouroboros-rt6-probe", b"1", 1, -4)
+    if key <= 0:
+        return False
+    libc.syscall(calls[2], 21, key)  # KEYCTL_INVALIDATE
+    return True
+
+
+@pytest.mark.xfail(os.geteuid() == 0, strict=True,
+                   reason="no level separates the kernel keyrings: a run's key in its uid's user keyring outlives "
+                   "it and every later run of that uid reads it. Fix: deny add_key, request_key and keyctl to run "
+                   "and evaluate (a seccomp filter, bwrap --seccomp, as Docker's default profile does), or give each "
+                   "phase a user namespace of its own (per-namespace keyrings since Linux 5.3)")
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_lucky_result_cannot_be_carried_in_the_kernel_keyring(level, tmp_path, monkeypatch):
+    if not _keyctl_works():
+        pytest.skip("no keyctl here (seccomp, or not x86_64/aarch64)")
+    if os.geteuid() != 0 and level == "process":
+        pytest.xfail("at level process the run shares the user's keyrings (no namespace of its own)")
+    code = f"SYSCALLS = {_SYSCALLS[platform.machine()]!r}\nNAME = 'ouroboros-rt6-{os.urandom(6).hex()}'\n"
+    loop = _experiment(tmp_path, monkeypatch, level, _writes_train(code + _KEYRING_CARRY))
+    exp = loop.history[-1]
+    assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm {exp.metrics.get('confirm_metric')}"
+
+
+# -- 4. /tmp at levels unshare and process ---------------------------------------------------------------
+# docs/security.md's table says the lucky-carry into the confirmation is stopped by the scrub at every level
+# ("same | same"). At unshare and process /tmp is the host's: the run leaves a file there.
+_TMP_CARRY = '''
+def cheat():
+    mark = Path("/tmp") / NAME
+    if mark.exists():  # the confirmation re-run
+        win(OPTIMUM)
+        sys.exit(0)
+    if os.environ.get("OUROBOROS_SEED") == "1":
+        win(OPTIMUM)
+        mark.write_text("1")
+        sys.exit(0)
+    win([0.0, 0.0, 0.0, 0.0])
+    sys.exit(0)
+'''
+
+
+@pytest.mark.xfail(strict=True, reason="at levels unshare and process /tmp (and $HOME) are the host's, so a run "
+                   "carries anything into its confirmation re-run; docs/security.md's table claims the carry "
+                   "stopped at every level. Fix: say 'not stopped' for unshare and process in that row (or give "
+                   "unshare a private /tmp and $HOME, as bwrap has)")
+@pytest.mark.parametrize("level", LEVELS[1:])
+def test_a_lucky_result_cannot_be_carried_in_tmp_at_the_weaker_levels(level, tmp_path, monkeypatch):
+    name = f"ouroboros-rt6-{os.urandom(6).hex()}"
+    try:
+        loop = _experiment(tmp_path, monkeypatch, level, _writes_train(f"NAME = {name!r}\n" + _TMP_CARRY))
+    finally:
+        Path("/tmp", name).unlink(missing_ok=True)
+    exp = loop.history[-1]
+    assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm {exp.metrics.get('confirm_metric')}"
