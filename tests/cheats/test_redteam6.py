@@ -163,7 +163,8 @@ def test_a_lucky_result_cannot_be_carried_in_a_folder_whose_name_is_too_long_to_
         pytest.skip("this filesystem has no user extended attributes")
     agent = _writes_train(_LONG_NAME_CARRY, f"Path('lib/{_LONG}').mkdir(parents=True)\n"
                                             f"Path('lib/{_LONG}/helper.py').write_text('X = 1\\n')")
-    loop = _experiment(tmp_path, monkeypatch, level, agent, task={"editable": ["train.py", "lib/**"]})
+    loop = _experiment(tmp_path, monkeypatch, level, agent, task={"editable": ["train.py", "lib/**"]},
+                       files={"lib/README.md": "helpers\n"})
     exp = loop.history[-1]
     assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm {exp.metrics.get('confirm_metric')}"
 
@@ -256,3 +257,117 @@ def test_a_lucky_result_cannot_be_carried_in_tmp_at_the_weaker_levels(level, tmp
         Path("/tmp", name).unlink(missing_ok=True)
     exp = loop.history[-1]
     assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm {exp.metrics.get('confirm_metric')}"
+
+
+# -- 5. the scrub as a disk filler -----------------------------------------------------------------------
+# After the agent, the scrub copies every file the agent touched (`_copy_into`: a plain read/write copy) before
+# git ever looks at it, whatever the guard said. A sparse file costs the agent nothing (no disk block, one
+# truncate), and each one up to max_artifact_mb is neither "unsafe" nor removed (only the sum over the cap is a
+# violation, and the files stay in the worktree until the verdict's reset); the copy writes every byte. Nothing
+# bounds the number of such files in the agent phase (RLIMIT_FSIZE caps each; only the artifacts folder is
+# watched), so with the default cap of 512 MB, 128 instant truncates make the harness write 64 GB.
+_SPARSE_AGENT = '''
+import os
+from pathlib import Path
+Path("train.py").write_text(Path("train.py").read_text().replace("MOMENTUM = 0.5", "MOMENTUM = 0.6"))
+for i in range(FILES):
+    with open(f"blob{i:03d}.bin", "wb") as f:
+        f.truncate(EACH)  # a hole: no block allocated
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("sparse files")
+'''
+
+
+@pytest.mark.xfail(strict=True, reason="workspace.scrub re-makes each touched file with a byte-for-byte copy "
+                   "(holes written out), after the agent and before the guard's verdict removes anything, with no "
+                   "bound on the total; the agent phase does not watch the worktree's growth. Fix: drop the agent's "
+                   "new untracked files from the scrub (git commits or cleans them; a new file has no old metadata "
+                   "to carry) and copy holes as holes (os.copy_file_range / SEEK_DATA), or bound the bytes copied "
+                   "and fail the experiment past max_artifact_mb")
+def test_the_scrub_does_not_turn_an_agents_sparse_files_into_disk_use(tmp_path, monkeypatch):
+    from ouroboros import loop as loop_module
+
+    if not BWRAP:
+        pytest.skip("bubblewrap does not work here (the confined agent)")
+    allocated: list[int] = []
+    real_scrub = loop_module.scrub
+
+    def measured(root, before, remake=True):  # the worktree's allocated bytes right after each scrub
+        out = real_scrub(root, before, remake)
+        allocated.append(sum(os.lstat(os.path.join(root, n)).st_blocks * 512 for n in out if n))
+        return out
+
+    monkeypatch.setattr(loop_module, "scrub", measured)
+    mb, files = 4, 16
+    agent = f"FILES, EACH = {files}, {mb << 20}\n" + _SPARSE_AGENT
+    loop = _experiment(tmp_path, monkeypatch, "bwrap", agent, confirm=False, bound={"max_artifact_mb": mb})
+    exp = loop.history[-1]
+    assert exp.status == "violation", (exp.status, exp.reason)  # 64 MB in all > 4 MB: the guard saw it
+    assert max(allocated) < files * mb * 2**20 // 4, \
+        f"after the agent's {files} holes of {mb} MB, the scrub left {max(allocated) / 2**20:.0f} MB allocated"
+
+
+# -- 6. paths past PATH_MAX -------------------------------------------------------------------------------
+# `meta` lists a folder by its absolute path (os.scandir(root + "/" + rel)); past PATH_MAX (4096 bytes) that
+# fails with ENAMETOOLONG and the folder's entries are silently left out (so are they from `scrub`, and
+# `_anew_folder` fails on them without a word). git addresses the same files by their path relative to the
+# worktree, ~100 bytes shorter, and reads them fine. An agent makes such a path step by step (chdir), each
+# relative path short.
+_DEEP = "/".join(["lib", *["x" * 250] * 16])  # 4019 bytes: under PATH_MAX from the worktree, over it absolute
+
+
+def _make_deep(top: Path, files: dict[str, bytes]) -> None:
+    here = os.open(".", os.O_RDONLY)
+    try:
+        os.chdir(top)
+        for part in _DEEP.split("/"):
+            os.makedirs(part, exist_ok=True)
+            os.chdir(part)
+        for name, data in files.items():
+            Path(name).write_bytes(data)
+    finally:
+        os.fchdir(here)
+        os.close(here)
+
+
+_DEEP_AGENT = f'''
+import os
+from pathlib import Path
+Path("train.py").write_text(Path("train.py").read_text().replace("MOMENTUM = 0.5", "MOMENTUM = 0.6"))
+for part in {_DEEP!r}.split("/"):  # step by step: each relative path stays short
+    os.makedirs(part, exist_ok=True)
+    os.chdir(part)
+Path("helper.py").write_text("X = 1\\n")
+'''
+
+
+@pytest.mark.xfail(strict=True, reason="task.glob_files (count_loc's list of editable files, in Loop.step) walks "
+                   "an editable folder glob with pathlib by absolute path, and pathlib raises ENAMETOOLONG out of "
+                   "is_file()/is_dir() past PATH_MAX: the harness stops with an OSError. Fix: list editable files "
+                   "with dir fds (os.fwalk) or from git's own listing (ls-files), and catch OSError per entry")
+@pytest.mark.parametrize("level", LEVELS)
+def test_an_editable_file_past_path_max_does_not_crash_the_harness(level, tmp_path, monkeypatch):
+    loop = _experiment(tmp_path, monkeypatch, level, _DEEP_AGENT, confirm=False,
+                       task={"editable": ["train.py", "lib/**"]}, files={"lib/README.md": "helpers\n"})
+    assert loop.history[-1].n == 1
+
+
+@pytest.mark.xfail(strict=True, reason="workspace.meta lists folders by absolute path and skips, without a word, "
+                   "one past PATH_MAX; attributes_apply then misses a .gitattributes there, and git (relative paths) "
+                   "applies it: differs never runs and git commits LF for the CR LF module that ran. Fix: walk with "
+                   "dir fds (os.scandir(fd) / os.fwalk) so no path grows with depth, and fail on a folder that "
+                   "cannot be listed; simpler and stronger, run differs on every attempt's changed files")
+def test_a_gitattributes_past_path_max_is_seen_by_the_attributes_check(tmp_path):
+    from ouroboros.scaffold import from_template
+    from ouroboros.workspace import Workspace, git, meta
+
+    repo = from_template(tmp_path / "task", "quadratic")
+    base = git(repo, "rev-parse", "HEAD").strip()
+    ws = Workspace(repo, ".", repo / ".ouroboros", "t")
+    ws.open(base)
+    assert not ws.attributes_apply(meta(ws.path))
+    _make_deep(ws.task_dir, {".gitattributes": b"* text=auto\n", "mod.py": b"TUNED = True\r\n"})
+    ws.git("add", "-A")
+    ws.git("commit", "-qm", "deep")
+    stored = ws.show(ws.head(), f"{_DEEP}/mod.py")
+    assert stored == b"TUNED = True\n"  # git applied the deep attributes: the commit is not what the worktree holds
+    assert ws.attributes_apply(meta(ws.path)), "a .gitattributes git applies, unseen by the check"
