@@ -550,3 +550,31 @@ def test_a_lucky_result_cannot_be_carried_in_a_fifo_git_does_not_see(level, tmp_
     exp = loop.history[-1]
     left = os.path.lexists(loop.ws.task_dir / "found")
     assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); the FIFO is still in the worktree: {left}"
+
+
+# -- 11. the login copy-back's parser -----------------------------------------------------------------------
+# give_back parses the confined CLI's login file with json.loads and catches ValueError. A JSON array nested
+# 30,000 deep (60 KB, under the 64 KiB cap) makes the decoder raise RecursionError, which is no ValueError: it
+# leaves give_back, CommandAgent.propose and Loop.step (which catch AgentError), and the harness stops.
+def test_a_deeply_nested_login_file_cannot_crash_the_harness(tmp_path, monkeypatch):
+    import json
+
+    from ouroboros.agents.command import HomeCopy
+    from ouroboros.agents.presets import CodexAgent
+
+    home = tmp_path / "home"
+    (home / ".codex").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    real = home / ".codex" / "auth.json"
+    user = {"OPENAI_API_KEY": None, "tokens": {"access_token": "user-a", "refresh_token": "user-r"}}
+    real.write_text(json.dumps(user))
+    copy = HomeCopy((".codex",), logins=CodexAgent.logins)
+    try:
+        (copy.root / ".codex" / "auth.json").write_text("[" * 30_000 + "]" * 30_000)  # what the agent leaves
+        try:
+            copy.give_back()
+        except RecursionError:
+            pytest.fail("give_back raised RecursionError on a deeply nested login file")
+    finally:
+        copy.remove()
+    assert json.loads(real.read_text()) == user

@@ -129,7 +129,7 @@ class HomeCopy:
                 continue
             try:
                 old, new = json.loads(before), json.loads(after)
-            except ValueError:
+            except (ValueError, RecursionError):  # nested past the decoder's depth: no refresh either
                 continue
             if not isinstance(old, dict) or not _same_shape(old, new):
                 continue
