@@ -578,3 +578,33 @@ def test_a_deeply_nested_login_file_cannot_crash_the_harness(tmp_path, monkeypat
     finally:
         copy.remove()
     assert json.loads(real.read_text()) == user
+
+
+# -- 12. agent-driven sessions: folders are reset, not re-made, and only user.* attributes go ------------------------
+# With an agent living in the worktree between `exp` calls, scrub(remake_folders=False) puts a touched folder's
+# metadata back in place (`_reset_folder`): it removes the `user.*` extended attributes, sets the mode and the
+# times. A POSIX ACL is an extended attribute too (system.posix_acl_access / _default), which any owner of the
+# folder may set (the run, wherever its uid owns the worktree: a non-root harness at every level, or root's run
+# at unshare and process); chmod keeps its named entries, so the mark stays.
+@pytest.mark.xfail(strict=True, reason="workspace._reset_folder removes only user.* extended attributes; a POSIX ACL "
+                   "(system.posix_acl_access/_default) set by a run that owns the folder stays. Fix: record each "
+                   "folder's xattr names in meta and remove every one a phase added (ACLs included), or re-make "
+                   "folders in agent-driven sessions too, between sessions")
+def test_an_acl_on_a_folder_is_gone_after_the_scrub_of_an_agent_driven_session(tmp_path):
+    import struct
+
+    from ouroboros.workspace import meta, scrub
+
+    if not _acls_here(tmp_path):
+        pytest.skip("this filesystem has no POSIX ACLs")
+    root = tmp_path / "wt"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "mod.py").write_text("y = 2\n")
+    before = meta(root)
+    none = 0xFFFFFFFF  # owner rwx, user 0 r, group r-x, mask r-x, other r-x
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in [
+        (0x01, 7, none), (0x02, 4, 0), (0x04, 5, none), (0x10, 5, none), (0x20, 5, none)])
+    os.setxattr(root / "pkg", "system.posix_acl_access", acl)  # what a run owning the folder leaves
+    scrub(root, before, remake_folders=False)
+    left = [k for k in os.listxattr(root / "pkg") if k.startswith("system.posix_acl")]
+    assert left == [], f"the run's ACL is still on the folder: {left}"
