@@ -661,3 +661,57 @@ def test_code_hidden_in_a_submodules_folder_is_seen(level, tmp_path, monkeypatch
     exp = loop.history[-1]
     left = (loop.ws.task_dir / "vendor" / "boost.py").exists()
     assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); vendor/boost.py still in the worktree: {left}"
+
+
+# -- 14. a folder chain past PATH_MAX relative to the worktree: git clean cannot reach it -------------------------
+# The run builds 20 folders of 250-byte names, step by step (each relative path short), and leaves a file at the
+# bottom. Past PATH_MAX even relative to the worktree, `git status` lists nothing there and `git clean -ffdx`
+# warns "could not lstat", leaves it and exits non-zero; `Workspace.clean` turns that into an OuroborosError, so
+# the reset before the confirmation (or after any verdict: the fast put-back gives up on the unreadable folder)
+# stops the harness, and `--resume` resets with git clean again. Were the error swallowed, the file would carry:
+# `meta`/`scrub` (absolute paths) never reach it. (The sandbox's growth watch, `du`, walks the same absolute
+# paths, so what is written down there is not counted against max_artifact_mb either.)
+_DEEP_RUN_CARRY = '''
+def deep(make):
+    top = os.open(".", os.O_RDONLY)
+    try:
+        for _ in range(20):
+            if make:
+                os.makedirs("y" * 250, exist_ok=True)
+            os.chdir("y" * 250)
+        return os.path.exists("found") if not make else Path("found").write_text("1")
+    except OSError:
+        return False
+    finally:
+        os.fchdir(top)
+        os.close(top)
+
+
+def cheat():
+    if deep(make=False):  # the confirmation re-run: the first run's file is still down there
+        win(OPTIMUM)
+        sys.exit(0)
+    if os.environ.get("OUROBOROS_SEED") == "1":  # the lucky draw
+        win(OPTIMUM)
+        deep(make=True)
+        sys.exit(0)
+    win([0.0, 0.0, 0.0, 0.0])
+    sys.exit(0)
+'''
+
+
+@pytest.mark.xfail(strict=True, reason="git clean -ffdx cannot reach what lies past PATH_MAX relative to the worktree "
+                   "and fails, and Workspace.reset raises it out of Loop._confirm/_record (and _recover): any run stops "
+                   "the harness, for good. Fix: before git's reset, remove untracked entries with an fd-based walk "
+                   "(os.fwalk / shutil.rmtree, which is fd-based) of what git does not track, make the run that left "
+                   "them a violation, and walk the worktree by dir fds in meta, du and snapshot too")
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_folder_chain_git_clean_cannot_reach_neither_stops_the_harness_nor_carries(level, tmp_path, monkeypatch):
+    from ouroboros.errors import OuroborosError
+
+    try:
+        loop = _experiment(tmp_path, monkeypatch, level, _writes_train(_DEEP_RUN_CARRY))
+    except OuroborosError as exc:
+        pytest.fail(f"the harness stopped: {str(exc)[:160]}")
+    exp = loop.history[-1]
+    assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm {exp.metrics.get('confirm_metric')}"
