@@ -715,3 +715,58 @@ def test_a_folder_chain_git_clean_cannot_reach_neither_stops_the_harness_nor_car
         pytest.fail(f"the harness stopped: {str(exc)[:160]}")
     exp = loop.history[-1]
     assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm {exp.metrics.get('confirm_metric')}"
+
+
+# -- 15. a FIFO named .gitattributes: every git call of the harness blocks on it ---------------------------------
+# git reads `.gitattributes` (and `.gitignore`) with a plain blocking open(). A FIFO under that name, which a run
+# (or the agent) leaves in the task folder and which `git clean` and the scrub leave in place (test 10), makes
+# the harness's next `git reset`, `git status` or `git commit` wait for a writer that never comes: the harness
+# hangs, with no timeout on its git calls. The test plays the missing writer: each time it can open the FIFO for
+# writing without blocking, a reader (git) is stuck on it; it counts that and lets git go on (EOF).
+_FIFO_ATTRIBUTES = '''
+def cheat():
+    if os.environ.get("OUROBOROS_SEED") == "1":
+        os.utime("train.py")  # stat-dirty: the reset before the confirmation checks it out again
+        if not os.path.lexists(".gitattributes"):
+            os.mkfifo(".gitattributes")
+    win(OPTIMUM)
+    sys.exit(0)
+'''
+
+
+@pytest.mark.xfail(strict=True, reason="git opens .gitattributes/.gitignore with a blocking open(), the harness's git "
+                   "calls have no timeout, and nothing removes a FIFO a run leaves (git clean and scrub skip it): the "
+                   "harness hangs. Fix: remove every non-regular entry after each phase before any git call (see the "
+                   "FIFO carry above), and give workspace._call a timeout")
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_fifo_named_gitattributes_cannot_hang_the_harness(level, tmp_path, monkeypatch):
+    import errno
+    import threading
+    import time
+
+    fifo = tmp_path / "task" / ".ouroboros" / "runs" / "t" / "worktree" / ".gitattributes"
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["loop"] = _experiment(tmp_path, monkeypatch, level, _writes_train(_FIFO_ATTRIBUTES))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    blocked = 0
+    deadline = time.monotonic() + 600  # a safety net only: the loop ends long before, once unblocked
+    while thread.is_alive() and time.monotonic() < deadline:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno not in (errno.ENXIO, errno.ENOENT, errno.ENOTDIR):
+                raise
+        else:  # a reader is blocked in open(): the harness's git is hanging on the run's FIFO
+            blocked += 1
+            os.close(fd)
+        thread.join(0.1)
+    assert not thread.is_alive(), "the harness still hangs"
+    assert "error" not in outcome, outcome.get("error")
+    assert blocked == 0, f"the harness's git blocked {blocked} times on the FIFO the run left as .gitattributes"
