@@ -540,10 +540,6 @@ def cheat():
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="git status does not list FIFOs or sockets and git clean -ffdx does not remove "
-                   "them, while workspace.scrub leaves them to git and the guard never looks for them after a run: a "
-                   "run's FIFO outlives the reset into the confirmation. Fix: in scrub (or Workspace.reset), remove "
-                   "every entry that is not a regular file, folder or link, and fail the experiment that made one")
 @pytest.mark.parametrize("level", LEVELS)
 def test_a_lucky_result_cannot_be_carried_in_a_fifo_git_does_not_see(level, tmp_path, monkeypatch):
     loop = _experiment(tmp_path, monkeypatch, level, _writes_train(_FIFO_CARRY))
