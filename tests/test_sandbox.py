@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -167,3 +170,44 @@ def test_kill_inside_ends_the_runs_marked_processes_wherever_they_are_and_nothin
         for p in (ours, other_run, users):
             p.kill()
             p.wait()
+
+
+def test_the_process_bookkeeping_reads_a_name_with_spaces_and_parentheses():
+    """/proc/<pid>/stat puts the name in parentheses; a run can name itself `x) S 1 (` to shift the fields."""
+    code = "import ctypes, sys, time; ctypes.CDLL(None).prctl(15, b'x) Z 1 (y', 0, 0, 0); print(1, flush=True); time.sleep(30)"
+    proc = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"1\n"
+        state, ppid, start, pages = sandbox._stat(proc.pid)
+        assert state != "Z" and ppid == os.getpid()
+        assert start == sandbox._stat(proc.pid)[2] and pages > 0
+        assert sandbox._tree(os.getpid(), {})[1:].count(proc.pid) == 1
+    finally:
+        proc.kill()
+        proc.wait()
+    assert sandbox._stat(proc.pid) is None
+
+
+def test_a_signal_reaches_only_the_process_with_the_noted_start_time():
+    """A pid handed to another process since it was noted is never signalled: its start time differs."""
+    proc = subprocess.Popen([PY, "-c", "import time; time.sleep(30)"])
+    try:
+        start = sandbox._stat(proc.pid)[2]
+        assert not sandbox._signal(proc.pid, start + 1, signal.SIGKILL)
+        assert proc.poll() is None
+        assert sandbox._signal(proc.pid, start, signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not sandbox._signal(proc.pid, start, signal.SIGKILL)  # reaped: gone
+
+
+def test_a_child_killed_by_the_harness_is_reaped_and_counted_gone():
+    proc = subprocess.Popen([PY, "-c", "import time; time.sleep(30)"])
+    procs: dict[int, int] = {}
+    assert sandbox._note(proc.pid, procs)
+    sandbox._kill(procs)
+    assert sandbox._stat(proc.pid) is None  # not even a zombie: the kill's wait reaped our child
+    with pytest.raises(ChildProcessError):
+        os.waitpid(proc.pid, os.WNOHANG)
