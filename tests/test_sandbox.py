@@ -211,3 +211,31 @@ def test_a_child_killed_by_the_harness_is_reaped_and_counted_gone():
     assert sandbox._stat(proc.pid) is None  # not even a zombie: the kill's wait reaped our child
     with pytest.raises(ChildProcessError):
         os.waitpid(proc.pid, os.WNOHANG)
+
+
+def test_du_counts_every_entry_and_a_snapshot_of_the_worktree_counts_the_same(tmp_path):
+    from ouroboros.workspace import Workspace
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "f.txt").write_text("x")
+    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"],
+                ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"]):
+        subprocess.run(["git", *cmd], cwd=repo, check=True)
+    ws = Workspace(repo, ".", tmp_path / "records", "t")
+    ws.open(subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True,
+                           text=True).stdout.strip())
+    (ws.path / "big.bin").write_bytes(b"y" * 5000)
+    (ws.path / "empty").touch()
+    (ws.path / "d" / "e").mkdir(parents=True)
+    (ws.path / "d" / ".git").mkdir()  # counted, as any folder
+    (ws.path / "d" / ".git" / "blob").write_bytes(b"z" * 3000)
+    (ws.path / "link").symlink_to("big.bin")
+    size = sandbox.du(ws.path)
+    assert size == 5000 + 3000 + 512 * 7  # f.txt, empty, link, .git file; folders d, d/e, d/.git
+    snap = ws.snapshot()
+    assert sandbox.du_of((k[0], k[3]) for k in snap.values()) + sandbox.du_entry(ws.path / ".git") == size
+    (ws.path / ".git").unlink()  # a folder in place of the worktree's .git file counts too
+    (ws.path / ".git").mkdir()
+    (ws.path / ".git" / "fill").write_bytes(b"w" * 4000)
+    assert sandbox.du(ws.path) == size - 512 + 512 + 4000

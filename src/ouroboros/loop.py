@@ -618,13 +618,20 @@ class Loop:
         exp_dir = self.ledger.exp_dir(self.tag, exp.n)
         env = self.experiment_env({"OUROBOROS_BUDGET_S": f"{self.budget:g}",
                                    "OUROBOROS_SEED": str(self.run_rec.seed)})
+        # The worktree's size for the disk cap, from the snapshot taken right after the commit where there is
+        # one (nothing has written the worktree since, unless a clean follows): the run does not walk it again.
+        pending = self._pending
+        watched = None
+        if not self._dirty and pending is not None and pending[0] == exp.n and pending[1] == exp.commit_sha:
+            watched = sandbox.du_of((key[0], key[3]) for key in pending[3].values()) + \
+                sandbox.du_entry(self.ws.path / ".git")  # the snapshot leaves out the worktree's .git file
         if self._dirty:
             self.ws.clean()
         self._dirty = True
         self._violation = None
         self.guard.arm()
         self.running_log = (str(exp.n), exp_dir / "run.log", time.monotonic())  # for the live progress line
-        outcome = self._run_phase(exp_dir, env)
+        outcome = self._run_phase(exp_dir, env, watched=watched)
         self.running_log = None
         exp.run_s, exp.peak_rss_mb, exp.isolation = outcome.wall_s, outcome.peak_rss_mb, outcome.isolation
         vram = evaluate.parse_key(exp_dir / "run.log", "peak_vram_mb")
@@ -655,14 +662,15 @@ class Loop:
         exp.wall_s = time.monotonic() - start
         self._record(exp, best)
 
-    def _run_phase(self, exp_dir: Path, env: dict[str, str], name: str = "run.log") -> sandbox.Outcome:
+    def _run_phase(self, exp_dir: Path, env: dict[str, str], name: str = "run.log",
+                   watched: int | None = None) -> sandbox.Outcome:
         argv, level = self.isolation.wrap(["bash", "-c", self.task.task.run], "run")
         self.guard.arm()  # after wrapping: a root harness's wrap opens the worktree to the run's uid (isolation._grant)
         return sandbox.run(argv, self.ws.task_dir, self.budget, self.task.task.grace_s, exp_dir / name, env=env,
                            memory_mb=self.task.bound.memory_mb, max_log_mb=self.task.bound.max_log_mb,
                            isolation=level, gpu=sandbox.cuda_present(), max_processes=self.task.bound.max_processes,
                            max_artifact_mb=self.task.bound.max_artifact_mb, watch=self.ws.path,
-                           overhead=self.isolation.overhead)
+                           overhead=self.isolation.overhead, watched=watched)
 
     def _measure(self, exp_dir: Path, env: dict[str, str], name: str = "eval.log",
                  command: str | None = None) -> evaluate.Measurement:

@@ -16,8 +16,8 @@ Protects against:
 - filling the disk: RLIMIT_FSIZE (set by prlimit before the command starts) caps every file at
   `max_artifact_mb`, and growth of the watched folder (the worktree, the evaluation folder, the
   agent's artifacts) beyond `max_artifact_mb` (polled, and once more when the command ends; every
-  entry counts at least 512 bytes, so empty files cannot add up to any number of inodes) fails
-  the run; output beyond the log cap ends the run and the log is truncated to the cap;
+  entry counts, a `.git` at any depth too, and at least 512 bytes, so empty files cannot add up to
+  any number of inodes) fails the run; output beyond the log cap ends the run and the log is truncated to the cap;
 - secrets leaking into experiments: the environment is an allowlist (locale, paths, CUDA_*, OMP_*..., proxies
   without credentials, and `[bound] env`), so a secret under any name stays out.
 
@@ -38,10 +38,12 @@ import re
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -352,12 +354,12 @@ def _strays(known: Procs, before: Procs) -> tuple[Procs, bool]:
 
 
 def du(folder: Path) -> int:
-    """Bytes under folder, its own top-level .git excluded (a `.git` deeper down counts: the guard
-    refuses it, but only after the phase); links are not followed. Every entry counts at least one
-    block (512 bytes), so empty files and folders cannot add up to any number of inodes."""
+    """Bytes under folder, every entry counted (a `.git` too, at any depth: a worktree's `.git` is a file,
+    and a run that puts a folder in its place must not fill the disk unseen); links are not followed.
+    Every entry counts at least one block (512 bytes), so empty files and folders cannot add up to any
+    number of inodes."""
     total = 0
-    top = str(folder)
-    stack = [top]
+    stack = [str(folder)]
     while stack:
         current = stack.pop()
         try:
@@ -365,9 +367,8 @@ def du(folder: Path) -> int:
                 for entry in it:
                     try:
                         if entry.is_dir(follow_symlinks=False):
-                            if entry.name != ".git" or current != top:
-                                stack.append(entry.path)
-                                total += _BLOCK
+                            stack.append(entry.path)
+                            total += _BLOCK
                         else:
                             total += max(entry.stat(follow_symlinks=False).st_size, _BLOCK)
                     except OSError:
@@ -375,6 +376,21 @@ def du(folder: Path) -> int:
         except OSError:
             pass
     return total
+
+
+def du_entry(path: Path) -> int:
+    """What `du` of path's parent counts for path itself: its bytes, or a folder's block and contents."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return 0
+    return _BLOCK + du(path) if stat.S_ISDIR(st.st_mode) else max(st.st_size, _BLOCK)
+
+
+def du_of(entries: Iterable[tuple[int, int]]) -> int:
+    """What `du` counts for a listing already read, as (mode, size) of every entry under a folder:
+    the same sum without a second walk (the loop's snapshot of the worktree, Workspace.snapshot)."""
+    return sum(_BLOCK if stat.S_ISDIR(mode) else max(size, _BLOCK) for mode, size in entries)
 
 
 def _with_limits(argv: list[str], fsize: int | None, address_space: int | None) -> list[str]:
@@ -416,13 +432,15 @@ def reported_strays(log_path: Path) -> int:
 def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path: Path,
         env: dict[str, str] | None = None, memory_mb: int | None = None, max_log_mb: float = 20.0,
         isolation: str = "process", gpu: bool = False, max_processes: int | None = None,
-        max_artifact_mb: float | None = None, watch: Path | None = None, overhead: int = 0) -> Outcome:
+        max_artifact_mb: float | None = None, watch: Path | None = None, overhead: int = 0,
+        watched: int | None = None) -> Outcome:
     """Run argv (or a shell command) in cwd; output goes to log_path; killed at budget + grace.
 
     The caller chooses the isolation wrapper (argv already wrapped; `overhead` is how many of the
     tree's processes are the wrapper's); this function owns time, memory, processes, file sizes,
     log size and the process tree. `watch` is the folder whose growth counts against
-    max_artifact_mb (the worktree).
+    max_artifact_mb (the worktree); `watched` its size as `du` counts it, where the caller has just read it
+    (nothing but the command can change it from then on): the folder is not walked again before the start.
     """
     _become_subreaper()
     if isinstance(argv, str):
@@ -432,8 +450,9 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
     artifact_cap = int(max_artifact_mb * 2**20) if max_artifact_mb is not None else None
     fsize = max(artifact_cap, cap + 2**20) if artifact_cap is not None else None
     address_space = (2 * memory_mb + 4096) * 2**20 if memory_mb is not None and not gpu else None
-    watched = du(watch) if watch is not None and artifact_cap is not None else 0
-    next_du = 0.0
+    if watched is None:
+        watched = du(watch) if watch is not None and artifact_cap is not None else 0
+    next_du = 0.25  # the size was just read: the next scan is due 0.25 s on, as every later one
     before = _children()
     start = time.monotonic()
     with open(log_path, "wb") as log:
