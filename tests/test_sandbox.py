@@ -239,3 +239,13 @@ def test_du_counts_every_entry_and_a_snapshot_of_the_worktree_counts_the_same(tm
     (ws.path / ".git").mkdir()
     (ws.path / ".git" / "fill").write_bytes(b"w" * 4000)
     assert sandbox.du(ws.path) == size - 512 + 512 + 4000
+
+
+def test_without_proc_the_bookkeeping_reads_the_same_facts_through_psutil(tmp_path, monkeypatch):
+    """Where there is no /proc/<pid>/stat (not Linux), psutil answers: a daemon is still caught."""
+    monkeypatch.setattr(sandbox, "_PROC", False)
+    code = ("import subprocess, sys\n"
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)', sys.argv[1]], "
+            "start_new_session=True)\n")
+    outcome, _ = _run(tmp_path, code)
+    assert outcome.stray == 1 and "left 1 process running" in outcome.killed
