@@ -71,7 +71,7 @@ class _Hashes:
             st = path.lstat()
         except OSError:
             return None
-        if not path.is_file() or path.is_symlink():
+        if not stat.S_ISREG(st.st_mode):  # a link (to a file or not), a folder, a FIFO...: from the one lstat
             return f"not a regular file (mode {st.st_mode:o})"
         key = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
         hit = self._cache.get(path)
