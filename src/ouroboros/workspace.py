@@ -287,8 +287,8 @@ class Workspace:
 
     def head(self) -> str:
         """HEAD's commit, read from git's files: no subprocess on the loop's hot path (seven times an
-        experiment). Regular files only, read without a Path or a text wrapper: a run at level process
-        can put a FIFO or a link in their place, and git then answers."""
+        experiment), without a Path or a text wrapper; regular files only: where either is something
+        else (a folder, a link, a FIFO a run at level process put there), git answers, as it always did."""
         try:
             gitdir, common = self._gitdirs()
             data = read_regular_bytes(os.path.join(gitdir, "HEAD"), 1 << 16)
