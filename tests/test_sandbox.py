@@ -249,3 +249,25 @@ def test_without_proc_the_bookkeeping_reads_the_same_facts_through_psutil(tmp_pa
             "start_new_session=True)\n")
     outcome, _ = _run(tmp_path, code)
     assert outcome.stray == 1 and "left 1 process running" in outcome.killed
+
+
+def test_waiting_for_processes_ends_when_they_end_and_not_before(tmp_path):
+    """A grandchild (not ours to reap) is waited for until it ends; one that does not end outlasts the wait."""
+    code = ("import subprocess, sys, time\n"
+            "short = subprocess.Popen(['sleep', '0.3'])\nlong = subprocess.Popen(['sleep', '30'])\n"
+            "print(short.pid, long.pid, flush=True)\nshort.wait()\nlong.wait()\n")
+    parent = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        short, long = map(int, parent.stdout.readline().split())
+        procs = {pid: sandbox._stat(pid)[2] for pid in (short, long)}
+        sandbox._wait_gone({short: procs[short]}, 60)
+        st = sandbox._stat(short)
+        assert st is None or st[0] == "Z" or st[2] != procs[short]
+        sandbox._wait_gone({long: procs[long]}, 0.2)
+        assert sandbox._stat(long)[0] != "Z"  # still running: the wait gave up at its timeout
+        sandbox._kill({long: procs[long]})
+        st = sandbox._stat(long)
+        assert st is None or st[0] == "Z"
+    finally:
+        parent.kill()
+        parent.wait()

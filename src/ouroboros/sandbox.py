@@ -291,25 +291,49 @@ def _signal(pid: int, start: int, sig: int) -> bool:
 
 
 def _wait_gone(procs: Procs, timeout: float) -> None:
-    """Wait up to timeout for these processes to end; a zombie has ended (ours are reaped on the way)."""
+    """Wait up to timeout for these processes to end; a zombie has ended (ours are reaped on the way).
+    With pidfds the wait sleeps until one of them ends (a pidfd is readable from then on), so a wrapper
+    tearing itself down is seen the moment it is gone; without, it polls as psutil.wait_procs does."""
     left, me = dict(procs), os.getpid()
-    deadline, delay = time.monotonic() + timeout, 0.001
-    while True:
-        for pid, start in list(left.items()):
-            st = _stat(pid)
-            if st is not None and st[2] == start and st[0] != "Z":
-                continue
-            if st is not None and st[2] == start and st[1] == me:
-                try:
-                    os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
-            del left[pid]
-        remaining = deadline - time.monotonic()
-        if not left or remaining <= 0:
-            return
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 2, 0.04)
+    deadline, delay = time.monotonic() + timeout, 0.0001
+    fds: dict[int, int] = {}
+    if _PIDFD:
+        for pid in left:
+            try:
+                fds[pid] = os.pidfd_open(pid)  # a pid handed on before this is told apart by its start time
+            except OSError:
+                pass
+    polling = bool(fds)
+    polled = -1  # how many were left when the last poll returned
+    try:
+        while True:
+            for pid, start in list(left.items()):
+                st = _stat(pid)
+                if st is not None and st[2] == start and st[0] != "Z":
+                    continue
+                if st is not None and st[2] == start and st[1] == me:
+                    try:
+                        os.waitpid(pid, os.WNOHANG)
+                    except ChildProcessError:
+                        pass
+                del left[pid]
+            remaining = deadline - time.monotonic()
+            if not left or remaining <= 0:
+                return
+            if polled == len(left):  # a pidfd readable, yet none ended (a leader gone before its threads)
+                polling = False
+            if polling and all(pid in fds for pid in left):
+                poll = select.poll()
+                for pid in left:
+                    poll.register(fds[pid], select.POLLIN)
+                poll.poll(remaining * 1000)
+                polled = len(left)
+            else:
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.04)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
 
 
 def _kill(procs: Procs) -> None:
