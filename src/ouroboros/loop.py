@@ -193,6 +193,7 @@ FILES_KEPT = 64  # commits whose editable files the loop keeps in memory (keeps 
 class Loop:
     settle_fast = True  # commit and settle attempts with the few-process path (a slot of --parallel does not)
     _pending: tuple | None = None  # (n, attempt, proposed paths, worktree snapshot) of an unpinned attempt
+    _watched: int | None = None  # the worktree's size (sandbox.du) for the next run phase, from that snapshot
     _files: dict[str, dict[str, tuple[bytes, int]]] | None = None
 
     def __init__(self, task: Task, options: Options, agent: Agent | None = None,
@@ -621,9 +622,9 @@ class Loop:
         # The worktree's size for the disk cap, from the snapshot taken right after the commit where there is
         # one (nothing has written the worktree since, unless a clean follows): the run does not walk it again.
         pending = self._pending
-        watched = None
+        self._watched = None
         if not self._dirty and pending is not None and pending[0] == exp.n and pending[1] == exp.commit_sha:
-            watched = sandbox.du_of((key[0], key[3]) for key in pending[3].values()) + \
+            self._watched = sandbox.du_of((key[0], key[3]) for key in pending[3].values()) + \
                 sandbox.du_entry(self.ws.path / ".git")  # the snapshot leaves out the worktree's .git file
         if self._dirty:
             self.ws.clean()
@@ -631,7 +632,7 @@ class Loop:
         self._violation = None
         self.guard.arm()
         self.running_log = (str(exp.n), exp_dir / "run.log", time.monotonic())  # for the live progress line
-        outcome = self._run_phase(exp_dir, env, watched=watched)
+        outcome = self._run_phase(exp_dir, env)
         self.running_log = None
         exp.run_s, exp.peak_rss_mb, exp.isolation = outcome.wall_s, outcome.peak_rss_mb, outcome.isolation
         vram = evaluate.parse_key(exp_dir / "run.log", "peak_vram_mb")
@@ -662,8 +663,8 @@ class Loop:
         exp.wall_s = time.monotonic() - start
         self._record(exp, best)
 
-    def _run_phase(self, exp_dir: Path, env: dict[str, str], name: str = "run.log",
-                   watched: int | None = None) -> sandbox.Outcome:
+    def _run_phase(self, exp_dir: Path, env: dict[str, str], name: str = "run.log") -> sandbox.Outcome:
+        watched, self._watched = self._watched, None  # the worktree's size from _execute, for this run only
         argv, level = self.isolation.wrap(["bash", "-c", self.task.task.run], "run")
         self.guard.arm()  # after wrapping: a root harness's wrap opens the worktree to the run's uid (isolation._grant)
         return sandbox.run(argv, self.ws.task_dir, self.budget, self.task.task.grace_s, exp_dir / name, env=env,
