@@ -1,6 +1,11 @@
 """The whole experiment cycle on a no-op task, and the harness's share of it beside run and evaluate.
 
     python bench/overhead.py [--experiments 200] [--levels bwrap,unshare,process] [--trust sealed|stdout]
+                             [--profile PREFIX]
+
+With --profile, each level's experiments run under cProfile and the stats go to PREFIX.<level> (read
+them with `python -m pstats`); the function-call counts it prints do not move with the machine's load,
+the times do (and cProfile inflates them).
 
 A scripted agent (no LLM, no optuna) writes a new value into the task's one editable file each time
 it is asked. The clock is the agent's: one cycle runs from one proposal to the next, so it counts
@@ -103,6 +108,7 @@ def main() -> None:
     ap.add_argument("--levels", default=",".join(isolation.LEVELS))
     ap.add_argument("--trust", choices=("sealed", "stdout"), default="sealed",
                     help="sealed: run and a (no-op) evaluate command; stdout: the metric read from the run")
+    ap.add_argument("--profile", metavar="PREFIX", help="run under cProfile, stats to PREFIX.<level>")
     args = ap.parse_args()
     print(f"command: python bench/overhead.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start, "
@@ -113,7 +119,17 @@ def main() -> None:
             print(f"{level:<8} not available here")
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            rows = cycles(Path(tmp) / "noop", level, args.experiments, args.trust == "sealed")
+            if args.profile:
+                import cProfile
+                import pstats
+
+                profile = cProfile.Profile()
+                rows = profile.runcall(cycles, Path(tmp) / "noop", level, args.experiments, args.trust == "sealed")
+                profile.dump_stats(f"{args.profile}.{level}")
+                print(f"{level:<8} cProfile: {pstats.Stats(profile).total_calls} function calls in "
+                      f"{args.experiments} experiments, stats in {args.profile}.{level}")
+            else:
+                rows = cycles(Path(tmp) / "noop", level, args.experiments, args.trust == "sealed")
         cyc = sorted(r["cycle"] for r in rows)
         harness = [r["cycle"] - r["run"] - r["eval"] for r in rows]
         print(f"{level:<8} {ms(cyc):9.1f} {cyc[int(0.9 * len(cyc))] * 1000:7.1f} {ms(r['run'] for r in rows):7.1f} "

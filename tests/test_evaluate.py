@@ -135,3 +135,26 @@ def test_keys_the_harness_writes_itself_are_never_taken_from_a_run_or_an_evaluat
     m = _sealed(quadratic, tmp_path, "import json, os\njson.dump({'loss': 1.5, 'confirm_metric': 0.25}, "
                 "open(os.environ['OUROBOROS_METRICS'], 'w'))\n")
     assert m.error is None and m.metrics == {"loss": 1.5}
+
+
+def test_evaluation_folders_are_removed_off_the_loops_path_and_all_before_exit(tmp_path):
+    import subprocess
+    import sys
+
+    folders = [tmp_path / f"ouroboros-eval-{i}" for i in range(5)]
+    for f in folders:
+        (f / "work" / "deep").mkdir(parents=True)
+        (f / "work" / "deep" / "data.bin").write_bytes(b"x" * 10_000)
+    code = ("import sys\nfrom pathlib import Path\nfrom ouroboros import evaluate\n"
+            "for f in sys.argv[1:]:\n    evaluate._remove_later(Path(f))\n")  # exits at once: atexit finishes them
+    subprocess.run([sys.executable, "-c", code, *map(str, folders)], check=True)
+    assert not [f for f in folders if f.exists()]
+    again = tmp_path / "again"
+    (again / "x").mkdir(parents=True)
+    evaluate._remove_later(again)
+    evaluate._finish_removals()  # the worker ends; a later removal starts another
+    assert not again.exists()
+    (again / "y").mkdir(parents=True)
+    evaluate._remove_later(again)
+    evaluate._finish_removals()
+    assert not again.exists()

@@ -311,3 +311,25 @@ def test_a_file_name_that_is_not_utf8_is_a_violation_that_names_its_bytes(quadra
         f.write(b"x = 1\n")
     assert guard.check(base) == ["the file name 'helper-\\xff.py' is not UTF-8 (records, prompts and tools name "
                                  "files in UTF-8)", "not committed: helper-\\xff.py"]
+
+
+def test_links_folders_and_fifos_planted_among_git_hooks_are_seen_and_removed(guarded, tmp_path):
+    guard, ws, base = guarded
+    hooks = ws.common / "hooks"
+    outside = tmp_path / "evil.sh"
+    outside.write_text("#!/bin/sh\ntouch /tmp/never\n")
+    (hooks / "nested" / "deeper").mkdir(parents=True)
+    (hooks / "nested" / "deeper" / "pre-push").write_text("#!/bin/sh\n")
+    (hooks / "post-checkout").symlink_to(outside)
+    (hooks / "dangling").symlink_to(tmp_path / "nowhere")
+    os.mkfifo(hooks / "fifo")
+    assert any("git config, hooks or info changed" in v for v in guard.check(base))
+    for name in ("nested", "post-checkout", "dangling", "fifo"):
+        assert not os.path.lexists(hooks / name), name
+    assert outside.exists()  # a link's target outside is never touched
+    assert guard.check(base) == []
+    exclude = ws.common / "info" / "exclude"  # a file the baseline had (exclude_records wrote it), changed in place
+    before = exclude.read_bytes()
+    exclude.write_bytes(before + b"*.py\n")
+    assert any("git config, hooks or info changed" in v for v in guard.check(base))
+    assert exclude.read_bytes() == before

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -167,3 +170,104 @@ def test_kill_inside_ends_the_runs_marked_processes_wherever_they_are_and_nothin
         for p in (ours, other_run, users):
             p.kill()
             p.wait()
+
+
+def test_the_process_bookkeeping_reads_a_name_with_spaces_and_parentheses():
+    """/proc/<pid>/stat puts the name in parentheses; a run can name itself `x) S 1 (` to shift the fields."""
+    code = "import ctypes, sys, time; ctypes.CDLL(None).prctl(15, b'x) Z 1 (y', 0, 0, 0); print(1, flush=True); time.sleep(30)"
+    proc = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"1\n"
+        state, ppid, start, pages = sandbox._stat(proc.pid)
+        assert state != "Z" and ppid == os.getpid()
+        assert start == sandbox._stat(proc.pid)[2] and pages > 0
+        assert sandbox._tree(os.getpid(), {})[1:].count(proc.pid) == 1
+    finally:
+        proc.kill()
+        proc.wait()
+    assert sandbox._stat(proc.pid) is None
+
+
+def test_a_signal_reaches_only_the_process_with_the_noted_start_time():
+    """A pid handed to another process since it was noted is never signalled: its start time differs."""
+    proc = subprocess.Popen([PY, "-c", "import time; time.sleep(30)"])
+    try:
+        start = sandbox._stat(proc.pid)[2]
+        assert not sandbox._signal(proc.pid, start + 1, signal.SIGKILL)
+        assert proc.poll() is None
+        assert sandbox._signal(proc.pid, start, signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not sandbox._signal(proc.pid, start, signal.SIGKILL)  # reaped: gone
+
+
+def test_a_child_killed_by_the_harness_is_reaped_and_counted_gone():
+    proc = subprocess.Popen([PY, "-c", "import time; time.sleep(30)"])
+    procs: dict[int, int] = {}
+    assert sandbox._note(proc.pid, procs)
+    sandbox._kill(procs)
+    assert sandbox._stat(proc.pid) is None  # not even a zombie: the kill's wait reaped our child
+    with pytest.raises(ChildProcessError):
+        os.waitpid(proc.pid, os.WNOHANG)
+
+
+def test_du_counts_every_entry_and_a_snapshot_of_the_worktree_counts_the_same(tmp_path):
+    from ouroboros.workspace import Workspace
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "f.txt").write_text("x")
+    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"],
+                ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"]):
+        subprocess.run(["git", *cmd], cwd=repo, check=True)
+    ws = Workspace(repo, ".", tmp_path / "records", "t")
+    ws.open(subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True,
+                           text=True).stdout.strip())
+    (ws.path / "big.bin").write_bytes(b"y" * 5000)
+    (ws.path / "empty").touch()
+    (ws.path / "d" / "e").mkdir(parents=True)
+    (ws.path / "d" / ".git").mkdir()  # counted, as any folder
+    (ws.path / "d" / ".git" / "blob").write_bytes(b"z" * 3000)
+    (ws.path / "link").symlink_to("big.bin")
+    size = sandbox.du(ws.path)
+    assert size == 5000 + 3000 + 512 * 7  # f.txt, empty, link, .git file; folders d, d/e, d/.git
+    snap = ws.snapshot()
+    assert sandbox.du_of((k[0], k[3]) for k in snap.values()) + sandbox.du_entry(ws.path / ".git") == size
+    (ws.path / ".git").unlink()  # a folder in place of the worktree's .git file counts too
+    (ws.path / ".git").mkdir()
+    (ws.path / ".git" / "fill").write_bytes(b"w" * 4000)
+    assert sandbox.du(ws.path) == size - 512 + 512 + 4000
+
+
+def test_without_proc_the_bookkeeping_reads_the_same_facts_through_psutil(tmp_path, monkeypatch):
+    """Where there is no /proc/<pid>/stat (not Linux), psutil answers: a daemon is still caught."""
+    monkeypatch.setattr(sandbox, "_PROC", False)
+    code = ("import subprocess, sys\n"
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)', sys.argv[1]], "
+            "start_new_session=True)\n")
+    outcome, _ = _run(tmp_path, code)
+    assert outcome.stray == 1 and "left 1 process running" in outcome.killed
+
+
+def test_waiting_for_processes_ends_when_they_end_and_not_before(tmp_path):
+    """A grandchild (not ours to reap) is waited for until it ends; one that does not end outlasts the wait."""
+    code = ("import subprocess, sys, time\n"
+            "short = subprocess.Popen(['sleep', '0.3'])\nlong = subprocess.Popen(['sleep', '30'])\n"
+            "print(short.pid, long.pid, flush=True)\nshort.wait()\nlong.wait()\n")
+    parent = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        short, long = map(int, parent.stdout.readline().split())
+        procs = {pid: sandbox._stat(pid)[2] for pid in (short, long)}
+        sandbox._wait_gone({short: procs[short]}, 60)
+        st = sandbox._stat(short)
+        assert st is None or st[0] == "Z" or st[2] != procs[short]
+        sandbox._wait_gone({long: procs[long]}, 0.2)
+        assert sandbox._stat(long)[0] != "Z"  # still running: the wait gave up at its timeout
+        sandbox._kill({long: procs[long]})
+        st = sandbox._stat(long)
+        assert st is None or st[0] == "Z"
+    finally:
+        parent.kill()
+        parent.wait()

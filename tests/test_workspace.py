@@ -33,11 +33,27 @@ def test_worktree_commit_pin_and_reset(quadratic: Path) -> None:
     assert git(quadratic, "status", "--porcelain") == ""  # the user's checkout never moved
 
 
-def test_head_is_read_without_git(quadratic: Path) -> None:
+def test_head_is_read_without_git(quadratic: Path, monkeypatch) -> None:
     ws = Workspace(quadratic, ".", quadratic / ".ouroboros", "h")
-    ws.open(ensure_clean(quadratic))
+    base = ensure_clean(quadratic)
+    ws.open(base)
+    with monkeypatch.context() as m:
+        m.setattr("ouroboros.workspace._call", lambda *a, **k: pytest.fail("git ran"))
+        assert ws.head() == base  # the loose ref
     git(quadratic, "pack-refs", "--all")  # a packed branch ref is found too
-    assert ws.head() == git(quadratic, "rev-parse", "HEAD")
+    with monkeypatch.context() as m:
+        m.setattr("ouroboros.workspace._call", lambda *a, **k: pytest.fail("git ran"))
+        assert ws.head() == base
+
+
+def test_head_where_the_loose_ref_is_a_folder_is_the_packed_one(quadratic: Path) -> None:
+    ws = Workspace(quadratic, ".", quadratic / ".ouroboros", "h")
+    base = ensure_clean(quadratic)
+    ws.open(base)
+    git(quadratic, "pack-refs", "--all")
+    loose = ws.common / "refs" / "heads" / ws.branch
+    loose.mkdir(parents=True)  # a folder in place of the loose ref (git reads the packed one)
+    assert ws.head() == base
 
 
 def test_dirty_tree_is_refused(quadratic: Path) -> None:

@@ -1,10 +1,10 @@
 """The `ouroboros` command: one small function per command; the work is in the modules.
 
 Modules are loaded when a command first uses them (`_lazy`), so `--help`, `status` and `log` start
-without optuna, numpy, the agents or the loop (tests/test_cli_imports.py).
+without optuna, numpy, the agents or the loop (tests/test_cli_imports.py). No `from __future__ import
+annotations` here: typer reads every command's annotations at each start, and as strings each one is
+compiled and evaluated again (about 420 `eval`s, a fifth of `--help`'s function calls).
 """
-
-from __future__ import annotations
 
 import importlib.util
 import sys
@@ -38,7 +38,7 @@ scaffold = _lazy("ouroboros.scaffold")
 views = _lazy("ouroboros.views")
 
 
-def load_task(root: Path) -> Task:
+def load_task(root: Path) -> "Task":
     from ouroboros.task import load_task as load
 
     return load(root)

@@ -30,6 +30,7 @@ import atexit
 import json
 import math
 import os
+import queue
 import re
 import shutil
 import stat
@@ -299,24 +300,34 @@ def sealed(task: Task, source: Path, fixed: dict[str, tuple[bytes, int]], log_pa
         _remove_later(root)
 
 
-_REMOVING: list[threading.Thread] = []
 _PID = os.getpid()
+_QUEUE: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+_WORKER: threading.Thread | None = None
 
 
 def _remove_later(folder: Path) -> None:
     """Delete an evaluation folder off the loop's path: unlinking can take tens of milliseconds on a
-    busy disk, and nothing reads the folder again. Finished before the harness exits; at once in a
-    forked process (`--parallel` slots end with os._exit, which runs no atexit hook)."""
+    busy disk, and nothing reads the folder again. One worker thread, started once, deletes them in
+    turn (a thread per folder made the loop wait each time for the new thread to be scheduled).
+    Finished before the harness exits; at once in a forked process (`--parallel` slots end with
+    os._exit, which runs no atexit hook, and a fork has no worker)."""
+    global _WORKER
     if os.getpid() != _PID:
         shutil.rmtree(folder, ignore_errors=True)
         return
-    _REMOVING[:] = [t for t in _REMOVING if t.is_alive()]
-    thread = threading.Thread(target=shutil.rmtree, args=(folder, True), daemon=True)
-    thread.start()
-    _REMOVING.append(thread)
+    if _WORKER is None or not _WORKER.is_alive():
+        _WORKER = threading.Thread(target=_remover, name="ouroboros-remove", daemon=True)
+        _WORKER.start()
+    _QUEUE.put(folder)
+
+
+def _remover() -> None:
+    while (folder := _QUEUE.get()) is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @atexit.register
 def _finish_removals() -> None:
-    for thread in _REMOVING:
-        thread.join(timeout=30)
+    if _WORKER is not None and _WORKER.is_alive():
+        _QUEUE.put(None)
+        _WORKER.join(timeout=30)

@@ -64,14 +64,14 @@ class _Hashes:
     """File hashes with a stat cache, so unchanged large danger zones cost one stat each."""
 
     def __init__(self) -> None:
-        self._cache: dict[Path, tuple[tuple[int, ...], str]] = {}
+        self._cache: dict[Path | str, tuple[tuple[int, ...], str]] = {}
 
-    def __call__(self, path: Path) -> str | None:
+    def __call__(self, path: Path | str) -> str | None:
         try:
-            st = path.lstat()
+            st = os.lstat(path)
         except OSError:
             return None
-        if not path.is_file() or path.is_symlink():
+        if not stat.S_ISREG(st.st_mode):  # a link (to a file or not), a folder, a FIFO...: from the one lstat
             return f"not a regular file (mode {st.st_mode:o})"
         key = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
         hit = self._cache.get(path)
@@ -108,27 +108,33 @@ def _named_git(root: Path) -> list[Path]:
     return found
 
 
-def _walk(root: Path) -> list[Path]:
-    """Everything under root, sorted, links not followed; iterative (no recursion limit), and at most
-    MAX_DEPTH levels and MAX_ENTRIES entries (what lies beyond is reported as one entry, so a change
-    there still differs from the snapshot)."""
-    found: list[Path] = []
+def _listing(root: str) -> list[tuple[str, bool]]:
+    """Everything under root as (path, whether it is a file or a link to one) pairs, links not followed
+    into; iterative (no recursion limit), and at most MAX_DEPTH levels and MAX_ENTRIES entries (what lies
+    beyond is one entry, so a change there still differs from the snapshot). The git snapshot's walk,
+    three times an experiment: no Path objects, no sort, and no stat per entry (the kind comes with the
+    folder's listing; a link alone costs a stat, as Path.is_file does)."""
+    found: list[tuple[str, bool]] = []
     stack = [(root, 0)]
     while stack:
         top, depth = stack.pop()
         if depth > MAX_DEPTH or len(found) > MAX_ENTRIES:
-            found.append(top / "...")
+            found.append((os.path.join(top, "..."), False))
             continue
         try:
             with os.scandir(top) as it:
-                entries = [(Path(e.path), e.is_dir(follow_symlinks=False)) for e in it]
+                entries = list(it)
         except OSError:
             continue
-        for path, is_dir in entries:
-            found.append(path)
+        for e in entries:
+            try:
+                is_file, is_dir = e.is_file(), e.is_dir(follow_symlinks=False)
+            except OSError:
+                is_file, is_dir = False, False
+            found.append((e.path, is_file))
             if is_dir:
-                stack.append((path, depth + 1))
-    return sorted(found)
+                stack.append((e.path, depth + 1))
+    return found
 
 
 def _utf8(name: str) -> bool:
@@ -184,8 +190,8 @@ class Guard:
         state: dict[str, str | None] = {}
         for path in self._git_dirs:
             if path.is_dir():
-                for child in _walk(path):
-                    state[str(child)] = self.hash(child) if child.is_file() else "dir"
+                for child, is_file in _listing(str(path)):
+                    state[child] = self.hash(child) if is_file else "dir"
             else:
                 state[str(path)] = self.hash(path)
         return state

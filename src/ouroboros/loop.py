@@ -198,6 +198,7 @@ class Loop:
     _pending: tuple | None = None  # (n, attempt, proposed paths, worktree snapshot) of an unpinned attempt
     _meta: Meta | None = None  # the worktree's metadata before the last phase that ran untrusted code (workspace.scrub)
     _remake = True  # scrub re-makes folders; not while an agent-driven session's agent lives in the worktree
+    _watched: int | None = None  # the worktree's size (sandbox.du) for the next run phase, from that snapshot
     _files: dict[str, dict[str, tuple[bytes, int]]] | None = None
 
     def __init__(self, task: Task, options: Options, agent: Agent | None = None,
@@ -636,6 +637,13 @@ class Loop:
         exp_dir = self.ledger.exp_dir(self.tag, exp.n)
         env = self.experiment_env({"OUROBOROS_BUDGET_S": f"{self.budget:g}",
                                    "OUROBOROS_SEED": str(self.run_rec.seed)})
+        # The worktree's size for the disk cap, from the snapshot taken right after the commit where there is
+        # one (nothing has written the worktree since, unless a clean follows): the run does not walk it again.
+        pending = self._pending
+        self._watched = None
+        if not self._dirty and pending is not None and pending[0] == exp.n and pending[1] == exp.commit_sha:
+            self._watched = sandbox.du_of((key[0], key[3]) for key in pending[3].values()) + \
+                sandbox.du_entry(self.ws.path / ".git")  # the snapshot leaves out the worktree's .git file
         if self._dirty:
             self.ws.clean()
         self._dirty = True
@@ -674,6 +682,7 @@ class Loop:
         self._record(exp, best)
 
     def _run_phase(self, exp_dir: Path, env: dict[str, str], name: str = "run.log") -> sandbox.Outcome:
+        watched, self._watched = self._watched, None  # the worktree's size from _execute, for this run only
         argv, level = self.isolation.wrap(["bash", "-c", self.task.task.run], "run")
         self.guard.arm()  # after wrapping: a root harness's wrap opens the worktree to the run's uid (isolation._grant)
         self._meta = meta(self.ws.path)  # scrubbed back to after the next reset
@@ -681,7 +690,7 @@ class Loop:
                            memory_mb=self.task.bound.memory_mb, max_log_mb=self.task.bound.max_log_mb,
                            isolation=level, gpu=sandbox.cuda_present(), max_processes=self.task.bound.max_processes,
                            max_artifact_mb=self.task.bound.max_artifact_mb, watch=self.ws.path,
-                           overhead=self.isolation.overhead)
+                           overhead=self.isolation.overhead, watched=watched)
 
     def _measure(self, exp_dir: Path, env: dict[str, str], name: str = "eval.log",
                  command: str | None = None) -> evaluate.Measurement:

@@ -16,8 +16,8 @@ Protects against:
 - filling the disk: RLIMIT_FSIZE (set by prlimit before the command starts) caps every file at
   `max_artifact_mb`, and growth of the watched folder (the worktree, the evaluation folder, the
   agent's artifacts) beyond `max_artifact_mb` (polled, and once more when the command ends; every
-  entry counts at least 512 bytes, so empty files cannot add up to any number of inodes) fails
-  the run; output beyond the log cap ends the run and the log is truncated to the cap;
+  entry counts, a `.git` at any depth too, and at least 512 bytes, so empty files cannot add up to
+  any number of inodes) fails the run; output beyond the log cap ends the run and the log is truncated to the cap;
 - secrets leaking into experiments: the environment is an allowlist (locale, paths, CUDA_*, OMP_*..., proxies
   without credentials, and `[bound] env`), so a secret under any name stays out.
 
@@ -38,14 +38,14 @@ import re
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import psutil
 
 # The environment experiments get is an allowlist: names a task needs (locale, terminal, home, paths,
 # accelerator and thread settings), never whatever else the user's shell holds (a secret under any name:
@@ -158,13 +158,53 @@ def _become_subreaper() -> None:
         pass
 
 
+def _stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, parent pid, start time, resident pages) of a process from one read of /proc/<pid>/stat;
+    None where it is gone. The start time is its identity: a pid the kernel has since handed to
+    another process has another start time, so nothing noted here is ever mistaken for it."""
+    if not _PROC:
+        return _psutil_stat(pid)
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2:].split()  # the name, in parentheses, may hold spaces and ")"
+    try:
+        return fields[0].decode(), int(fields[1]), int(fields[19]), int(fields[21])
+    except (IndexError, ValueError):
+        return None
+
+
+def _psutil_stat(pid: int) -> tuple[str, int, int, int] | None:
+    """_stat where there is no /proc (not Linux): the same facts through psutil."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        with p.oneshot():
+            state = "Z" if p.status() == psutil.STATUS_ZOMBIE else "R"
+            return state, p.ppid(), int(p.create_time() * 1e6), p.memory_info().rss // _PAGE
+    except psutil.Error:
+        return None
+
+
+_PROC = os.path.exists("/proc/self/stat")
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
+
+# The process bookkeeping holds pids and start times (pid -> start), read straight from /proc: a run is
+# polled every 2 to 100 ms, and a psutil.Process per process and poll cost more than the reads themselves.
+Procs = dict[int, int]
+
+
 def _child_pids(pid: int) -> list[int] | None:
     """Direct children from /proc/<pid>/task/*/children; None where the kernel does not offer it."""
     out: list[int] = []
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return []  # it has exited
+        return [] if _PROC else None  # it has exited; without /proc, psutil answers
     for tid in tasks:
         try:
             with open(f"/proc/{pid}/task/{tid}/children") as f:
@@ -178,95 +218,173 @@ def _child_pids(pid: int) -> list[int] | None:
     return out
 
 
-def _tree(proc: psutil.Process, cache: dict[int, psutil.Process] | None = None) -> list[psutil.Process]:
-    """proc and its descendants. Walks the children files (a few reads per process) rather than
-    psutil's scan of every process on the machine, which costs milliseconds per poll."""
-    cache = {} if cache is None else cache
-    found, todo = [proc], [proc.pid]
+def _psutil_children(pid: int, recursive: bool) -> list[int]:
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=recursive)]
+    except psutil.Error:
+        return []
+
+
+def _note(pid: int, procs: Procs) -> bool:
+    """Note pid's start time in procs (read once per process); False where it is already gone."""
+    if pid not in procs:
+        st = _stat(pid)
+        if st is None:
+            return False
+        procs[pid] = st[2]
+    return True
+
+
+def _tree(pid: int, procs: Procs) -> list[int]:
+    """pid and its descendants, each noted in procs. Walks the children files (a few reads per
+    process) rather than a scan of every process on the machine, which costs milliseconds per poll."""
+    if not _note(pid, procs):
+        return []
+    found, todo = [pid], [pid]
     while todo:
         kids = _child_pids(todo.pop())
         if kids is None:
-            try:
-                return [proc, *proc.children(recursive=True)]
-            except psutil.Error:
-                return []
-        for pid in kids:
-            p = cache.get(pid)
-            if p is None:
-                try:
-                    p = cache[pid] = psutil.Process(pid)
-                except psutil.Error:
-                    continue
-            found.append(p)
-            todo.append(pid)
+            return [pid, *(c for c in _psutil_children(pid, recursive=True) if _note(c, procs))]
+        for child in kids:
+            if _note(child, procs):
+                found.append(child)
+                todo.append(child)
     return found
 
 
-def _rss_mb(procs: list[psutil.Process]) -> float:
+def _rss_mb(pids: list[int]) -> float:
     total = 0
-    for p in procs:
+    for pid in pids:
+        st = _stat(pid)
+        if st is not None:
+            total += st[3]
+    return total * _PAGE / 2**20
+
+
+def _signal(pid: int, start: int, sig: int) -> bool:
+    """Send sig to the process noted as (pid, start), never to another that has its pid by now: the pid is
+    pinned by a pidfd before its start time is compared, so it cannot be handed on in between."""
+    fd = None
+    if _PIDFD:
         try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total / 2**20
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        except OSError:  # a kernel without pidfds (before 5.3): the start time is compared just before the kill
+            fd = None
+    try:
+        st = _stat(pid)
+        if st is None or st[2] != start:
+            return False
+        if fd is not None:
+            signal.pidfd_send_signal(fd, sig)
+        else:
+            os.kill(pid, sig)
+        return True
+    except OSError:
+        return False
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
-def _kill(procs: list[psutil.Process]) -> None:
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(procs, timeout=2)
+def _wait_gone(procs: Procs, timeout: float) -> None:
+    """Wait up to timeout for these processes to end; a zombie has ended (ours are reaped on the way).
+    With pidfds the wait sleeps until one of them ends (a pidfd is readable from then on), so a wrapper
+    tearing itself down is seen the moment it is gone; without, it polls as psutil.wait_procs does."""
+    left, me = dict(procs), os.getpid()
+    deadline, delay = time.monotonic() + timeout, 0.0001
+    fds: dict[int, int] = {}
+    if _PIDFD:
+        for pid in left:
+            try:
+                fds[pid] = os.pidfd_open(pid)  # a pid handed on before this is told apart by its start time
+            except OSError:
+                pass
+    polling = bool(fds)
+    polled = -1  # how many were left when the last poll returned
+    try:
+        while True:
+            for pid, start in list(left.items()):
+                st = _stat(pid)
+                if st is not None and st[2] == start and st[0] != "Z":
+                    continue
+                if st is not None and st[2] == start and st[1] == me:
+                    try:
+                        os.waitpid(pid, os.WNOHANG)
+                    except ChildProcessError:
+                        pass
+                del left[pid]
+            remaining = deadline - time.monotonic()
+            if not left or remaining <= 0:
+                return
+            if polled == len(left):  # a pidfd readable, yet none ended (a leader gone before its threads)
+                polling = False
+            if polling and all(pid in fds for pid in left):
+                poll = select.poll()
+                for pid in left:
+                    poll.register(fds[pid], select.POLLIN)
+                poll.poll(remaining * 1000)
+                polled = len(left)
+            else:
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.04)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
 
 
-def _children() -> dict[int, psutil.Process]:
+def _kill(procs: Procs) -> None:
+    for pid, start in procs.items():
+        _signal(pid, start, signal.SIGKILL)
+    _wait_gone(procs, 2)
+
+
+def _children() -> Procs:
     """Our direct children (from the children files where the kernel offers them, else psutil)."""
     pids = _child_pids(os.getpid())
     if pids is None:
-        try:
-            return {p.pid: p for p in psutil.Process().children()}
-        except psutil.Error:
-            return {}
-    out = {}
+        pids = _psutil_children(os.getpid(), recursive=False)
+    out: Procs = {}
     for pid in pids:
-        try:
-            out[pid] = psutil.Process(pid)
-        except psutil.Error:
-            pass
+        _note(pid, out)
     return out
 
 
-def _strays(known: dict[int, psutil.Process], before: set[int]) -> tuple[list[psutil.Process], bool]:
+def _strays(known: Procs, before: Procs) -> tuple[Procs, bool]:
     """Descendants that outlived the command (seen in its tree, or orphaned onto us since it
     started), and whether a child of ours that had already ended was reaped on the way: its own
     children, if any, have just been orphaned onto us, so the caller must look again."""
-    alive = {pid: p for pid, p in known.items() if p.is_running()}
-    for pid, child in _children().items():
-        if pid not in before:
-            alive.setdefault(pid, child)
-    out, reaped = [], False
-    for p in alive.values():
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-            elif p.ppid() == os.getpid():
-                reaped = os.waitpid(p.pid, os.WNOHANG)[0] == p.pid or reaped  # an orphan re-parented to us
-        except (psutil.Error, ChildProcessError):
-            pass
+    alive = dict(known)
+    for pid, start in _children().items():
+        if before.get(pid) != start:
+            alive.setdefault(pid, start)
+    out: Procs = {}
+    reaped, me = False, os.getpid()
+    for pid, start in alive.items():
+        st = _stat(pid)
+        if st is None or st[2] != start:
+            continue
+        if st[0] != "Z":
+            out[pid] = start
+        elif st[1] == me:  # an orphan re-parented to us
+            try:
+                reaped = os.waitpid(pid, os.WNOHANG)[0] == pid or reaped
+            except ChildProcessError:
+                pass
     return out, reaped
 
 
 def du(folder: Path) -> int:
-    """Bytes under folder, its own top-level .git excluded (a `.git` deeper down counts: the guard
-    refuses it, but only after the phase); links are not followed. Every entry counts at least one
-    block (512 bytes), so empty files and folders cannot add up to any number of inodes, and a file
-    counts the blocks it holds where they are more than its size: blocks preallocated past its end
-    (fallocate KEEP_SIZE) leave its size at 0."""
+    """Bytes under folder, every entry counted (a `.git` too, at any depth: a worktree's `.git` is a file,
+    and a run that puts a folder in its place must not fill the disk unseen); links are not followed.
+    Every entry counts at least one block (512 bytes), so empty files and folders cannot add up to any
+    number of inodes, and a file counts the blocks it holds where they are more than its size: blocks
+    preallocated past its end (fallocate KEEP_SIZE) leave its size at 0."""
     total = 0
-    top = str(folder)
-    stack = [top]
+    stack = [str(folder)]
     while stack:
         current = stack.pop()
         try:
@@ -274,9 +392,8 @@ def du(folder: Path) -> int:
                 for entry in it:
                     try:
                         if entry.is_dir(follow_symlinks=False):
-                            if entry.name != ".git" or current != top:
-                                stack.append(entry.path)
-                                total += _BLOCK
+                            stack.append(entry.path)
+                            total += _BLOCK
                         else:
                             st = entry.stat(follow_symlinks=False)
                             total += max(st.st_size, _BLOCK, st.st_blocks * 512)
@@ -285,6 +402,21 @@ def du(folder: Path) -> int:
         except OSError:
             pass
     return total
+
+
+def du_entry(path: Path) -> int:
+    """What `du` of path's parent counts for path itself: its bytes, or a folder's block and contents."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return 0
+    return _BLOCK + du(path) if stat.S_ISDIR(st.st_mode) else max(st.st_size, _BLOCK)
+
+
+def du_of(entries: Iterable[tuple[int, int]]) -> int:
+    """What `du` counts for a listing already read, as (mode, size) of every entry under a folder:
+    the same sum without a second walk (the loop's snapshot of the worktree, Workspace.snapshot)."""
+    return sum(_BLOCK if stat.S_ISDIR(mode) else max(size, _BLOCK) for mode, size in entries)
 
 
 def _with_limits(argv: list[str], fsize: int | None, address_space: int | None) -> list[str]:
@@ -326,13 +458,15 @@ def reported_strays(log_path: Path) -> int:
 def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path: Path,
         env: dict[str, str] | None = None, memory_mb: int | None = None, max_log_mb: float = 20.0,
         isolation: str = "process", gpu: bool = False, max_processes: int | None = None,
-        max_artifact_mb: float | None = None, watch: Path | None = None, overhead: int = 0) -> Outcome:
+        max_artifact_mb: float | None = None, watch: Path | None = None, overhead: int = 0,
+        watched: int | None = None) -> Outcome:
     """Run argv (or a shell command) in cwd; output goes to log_path; killed at budget + grace.
 
     The caller chooses the isolation wrapper (argv already wrapped; `overhead` is how many of the
     tree's processes are the wrapper's); this function owns time, memory, processes, file sizes,
     log size and the process tree. `watch` is the folder whose growth counts against
-    max_artifact_mb (the worktree).
+    max_artifact_mb (the worktree); `watched` its size as `du` counts it, where the caller has just read it
+    (nothing but the command can change it from then on): the folder is not walked again before the start.
     """
     _become_subreaper()
     if isinstance(argv, str):
@@ -342,9 +476,10 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
     artifact_cap = int(max_artifact_mb * 2**20) if max_artifact_mb is not None else None
     fsize = max(artifact_cap, cap + 2**20) if artifact_cap is not None else None
     address_space = (2 * memory_mb + 4096) * 2**20 if memory_mb is not None and not gpu else None
-    watched = du(watch) if watch is not None and artifact_cap is not None else 0
-    next_du = 0.0
-    before = set(_children())
+    if watched is None:
+        watched = du(watch) if watch is not None and artifact_cap is not None else 0
+    next_du = 0.25  # the size was just read: the next scan is due 0.25 s on, as every later one
+    before = _children()
     start = time.monotonic()
     with open(log_path, "wb") as log:
         try:
@@ -355,8 +490,8 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
             log.write(f"could not start {argv[0]}: {exc}\n".encode())
             return Outcome(127, False, 0.0, 0.0, isolation=isolation)
         pgid = proc.pid
-        ps = psutil.Process(proc.pid)
-        known: dict[int, psutil.Process] = {proc.pid: ps}
+        known: Procs = {}  # every process seen in the run's tree, with its start time (from the first poll on;
+        # until wait4 below reaps it, the command's own pid cannot be anyone else's, so os.kill is safe)
         peak, peak_gpu, killed = 0.0, None, None
         rusage = None
         fd = os.pidfd_open(proc.pid) if hasattr(os, "pidfd_open") else None
@@ -372,13 +507,11 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
                     proc.returncode = os.waitstatus_to_exitcode(status)
                     break
                 interval = min(interval * 2, 0.1)
-                tree = _tree(ps, known)
-                for p in tree:
-                    known.setdefault(p.pid, p)
+                tree = _tree(proc.pid, known)
                 rss = _rss_mb(tree)
                 peak = max(peak, rss)
                 if gpu:
-                    peak_gpu = max(peak_gpu or 0.0, _gpu_mb([p.pid for p in tree]))
+                    peak_gpu = max(peak_gpu or 0.0, _gpu_mb(tree))
                 elapsed = time.monotonic() - start
                 if elapsed > deadline_s:
                     killed = "timeout"
@@ -395,7 +528,8 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
                         killed = f"artifact limit ({grown / 2**20:.0f} MB written > max_artifact_mb)"
                 if killed:
                     _killpg(pgid)
-                    _kill(list(known.values()))
+                    _kill_child(proc.pid)
+                    _kill(known)
                     try:
                         _, status, rusage = os.wait4(proc.pid, 0)
                         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -404,7 +538,8 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
                     break
         except BaseException:  # Ctrl-C or SIGTERM of the harness: the experiment dies with it
             _killpg(pgid)
-            _kill(list(known.values()))
+            _kill_child(proc.pid)
+            _kill(known)
             raise
         finally:
             if fd is not None:
@@ -431,7 +566,7 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
     return Outcome(proc.returncode, killed == "timeout", wall, peak, peak_gpu, isolation, killed, stray)
 
 
-def _sweep(known: dict[int, psutil.Process], before: set[int], teardown: float = 0.1) -> int:
+def _sweep(known: Procs, before: Procs, teardown: float = 0.1) -> int:
     """Kill every descendant that outlived the command; how many there were.
 
     The harness is a child subreaper, so whatever a run leaves is either a descendant of a process
@@ -442,34 +577,30 @@ def _sweep(known: dict[int, psutil.Process], before: set[int], teardown: float =
     successor is by then our child too, so the next pass finds it. A daemon that re-forks each
     generation, however fast, is therefore caught at every level, without a PID namespace.
     """
-    found: dict[int, psutil.Process] = {}
+    found: Procs = {}
     deadline = time.monotonic() + 10.0
     first = True
     while time.monotonic() < deadline:
         strays, reaped = _strays(known, before)
         if strays and first:  # a wrapper process tearing itself down (bwrap's init) is not a stray; with a
             first = False  # wrapper, the reaper's count inside the namespace finds real strays, so on a
-            psutil.wait_procs(strays, timeout=teardown)  # loaded machine its teardown gets longer
+            _wait_gone(strays, teardown)  # loaded machine its teardown gets longer
             continue  # what is still there, or was orphaned onto us meanwhile, is found by the next pass
         if not strays and not reaped:
             break
-        frozen: list[psutil.Process] = []
-        for p in strays:
-            for c in _tree(p) or [p]:
-                known.setdefault(c.pid, c)
-                try:
-                    c.suspend()
-                    frozen.append(c)
-                    if c.status() != psutil.STATUS_ZOMBIE:
-                        found.setdefault(c.pid, c)
-                except psutil.Error:
-                    pass
-        for p in frozen:  # killing orphans what it had forked meanwhile onto us: the next pass sees it
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-    psutil.wait_procs(list(found.values()), timeout=2)
+        frozen: Procs = {}
+        for pid, start in strays.items():
+            tree: Procs = {pid: start}
+            for c in _tree(pid, tree) or [pid]:
+                known.setdefault(c, tree[c])
+                if _signal(c, tree[c], signal.SIGSTOP):
+                    frozen[c] = tree[c]
+                    st = _stat(c)
+                    if st is not None and st[0] != "Z":
+                        found.setdefault(c, tree[c])
+        for pid, start in frozen.items():  # killing orphans what it had forked meanwhile onto us: the next pass sees it
+            _signal(pid, start, signal.SIGKILL)
+    _wait_gone(found, 2)
     return len(found)
 
 
@@ -501,23 +632,33 @@ def kill_inside(run_dir: Path) -> int:
     working directory in the run's worktree (the user's shell, an editor), nor the caller and its
     ancestors (`ouroboros exp` inside the run's own agent session). A process that clears its
     environment loses the mark: at levels bwrap and unshare it dies with its PID namespace anyway."""
+    import psutil  # a scan of every process on the machine, once per resume: psutil's job
+
     token = run_mark(run_dir)
     spare = {os.getpid()}
     try:
         spare.update(p.pid for p in psutil.Process().parents())
     except psutil.Error:
         pass
-    found = []
+    found: Procs = {}
     for p in psutil.process_iter():
         if p.pid in spare:
             continue
         try:
             if p.environ().get(MARK) == token:
-                found.append(p)
+                _note(p.pid, found)
         except (psutil.Error, OSError):
             continue
     _kill(found)
     return len(found)
+
+
+def _kill_child(pid: int) -> None:
+    """SIGKILL to a child of ours not yet reaped (its pid is still its own), whatever group it moved to."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _killpg(pgid: int) -> None:
