@@ -199,5 +199,5 @@ def test_a_file_whose_bytes_are_not_the_commits_is_found_and_rewritten(quadratic
     path = ws.task_dir / "train.py"
     committed = path.read_bytes()
     path.write_bytes(committed.replace(b"\n", b"\r\n"))
-    assert ws.differs(base) == ["train.py"]
-    assert ws.make_exact(base) == ["train.py"] and path.read_bytes() == committed and ws.differs(base) == []
+    assert list(ws.differs(base)) == ["train.py"]
+    assert ws.make_exact(base) == ["train.py"] and path.read_bytes() == committed and ws.differs(base) == {}

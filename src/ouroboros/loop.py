@@ -504,6 +504,7 @@ class Loop:
                          session=proposal.session or ctx.session,
                          tokens_in=proposal.tokens_in, tokens_out=proposal.tokens_out, cost_usd=proposal.cost_usd,
                          params=proposal.params, agent_s=time.monotonic() - start)
+        self.ws.remove_specials()  # before any git call: git would block on a FIFO named .gitattributes
         violations = self.guard.check(best.commit_sha)  # also after a failed agent: it lists what must not reach git
         if failure:
             violations = []
@@ -529,7 +530,7 @@ class Loop:
             self.ws.reset(best.commit_sha)
             exp.commit_sha = self.ws.commit(exp.description, n, untracked=False)
         if not failure and not violations and self.ws.attributes_apply(self._meta or ()):
-            converted = self.ws.differs(exp.commit_sha)
+            converted = sorted(self.ws.differs(exp.commit_sha))
             if converted:
                 violations = [f"git committed other bytes than the worktree holds for {', '.join(converted[:5])} "
                               "(the repository's .gitattributes: text, eol, ident or working-tree-encoding), so "
@@ -779,7 +780,7 @@ class Loop:
             self._pending = None
         self.ws.reset(exp.commit_sha)  # from the commit: nothing the first run wrote, tracked files included
         self._exact(exp.commit_sha)
-        self._meta = scrub(self.ws.path, self._meta, self._remake)  # nor in metadata: xattrs, modes, times, folder sizes
+        self._meta = scrub(self.ws.path, None, self._remake)  # nor in metadata (xattrs, modes, times, sizes): all anew
         self.guard.arm()
         outcome = self._run_phase(exp_dir, env, "confirm.log")
         broke = self.guard.after("confirmation run", exp.commit_sha)
@@ -803,7 +804,7 @@ class Loop:
             self.ws.reset(exp.commit_sha) if exp.commit_sha else self.ws.clean()
         if not settled:
             self._exact(best.commit_sha if exp.status != Verdict.KEEP and best is not None else exp.commit_sha)
-        self._meta = scrub(self.ws.path, self._meta, self._remake)  # nor what it left in metadata (xattrs, modes, times)
+        self._meta = scrub(self.ws.path, None, self._remake)  # nor what it left in metadata: everything made anew
         self._dirty = False
         if best is not None:
             self.agent.observe(exp)

@@ -32,6 +32,7 @@ import secrets
 import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ from ouroboros.task import RECORDS_DIR
 _SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false",
          "-c", "user.name=ouroboros", "-c", "user.email=ouroboros@localhost", "-c", "core.fsmonitor=false",
          "-c", "gc.auto=0", "-c", "core.attributesFile=/dev/null", "-c", "core.excludesFile=/dev/null",
-         "-c", "core.pager=cat", "-c", "core.untrackedCache=false", "-c", "core.autocrlf=false",
+         "-c", "core.pager=cat", "-c", "core.untrackedCache=false", "-c", "core.autocrlf=false", "-c", "core.ignoreCase=false",
          "-c", "maintenance.auto=false"]
 _SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION)", re.IGNORECASE)
 _GIT = shutil.which("git") or "git"
@@ -60,6 +61,9 @@ def git_env() -> dict[str, str]:
     return env
 
 
+GIT_TIMEOUT_S = 600
+
+
 def _call(argv: list[str], what: str, check: bool, input: str | bytes | None = None, text: bool = True,
           index: Path | None = None):
     # An absolute executable, no cwd= and close_fds=False let CPython use posix_spawn instead of
@@ -71,9 +75,12 @@ def _call(argv: list[str], what: str, check: bool, input: str | bytes | None = N
     if index is not None:
         env["GIT_INDEX_FILE"] = str(index)
     try:
-        proc = subprocess.run(argv, capture_output=True, input=input, close_fds=False, env=env, **enc)
+        proc = subprocess.run(argv, capture_output=True, input=input, close_fds=False, env=env, timeout=GIT_TIMEOUT_S,
+                              **enc)
     except FileNotFoundError as exc:
         raise OuroborosError("git is not installed; install it (apt-get install git)") from exc
+    except subprocess.TimeoutExpired as exc:  # blocked on something a run left (a FIFO where git reads a file)
+        raise OuroborosError(f"git {what} did not finish in {GIT_TIMEOUT_S} s and was stopped") from exc
     if check and proc.returncode != 0:
         err = (proc.stderr.encode("utf-8", "surrogateescape") if text else proc.stderr).decode(errors="replace")
         raise OuroborosError(f"git {what} failed: {err.strip().splitlines()[-1:]}")
@@ -370,12 +377,13 @@ class Workspace:
         return any(n == ".gitattributes" or n.endswith("/.gitattributes") for n in entries) or \
             os.path.lexists(self.common / "info" / "attributes")
 
-    def differs(self, commit: str) -> list[str]:
-        """The task folder's files (task-relative) whose bytes in the worktree are not commit's, compared as
-        git stores them: git's text, eol, ident and working-tree-encoding conversions make the commit hold
-        other bytes than ran, and hide a change of line ends alone from `git status`."""
+    def differs(self, commit: str) -> dict[str, tuple[bytes, int]]:
+        """The task folder's files (task-relative) whose bytes in the worktree are not what a checkout of commit
+        writes -> (those bytes, git mode). Where attributes apply, git's text and eol conversions make the commit
+        hold other bytes than ran (a CR LF file stored with LF checks out LF again); a conversion that goes both
+        ways (working-tree-encoding) is what a checkout writes, so the same bytes run again."""
         listing = self._repo_git("ls-tree", "-r", "-z", "--full-tree", commit, "--", self.prefix or ".", text=False)
-        differ = []
+        differ = {}
         for entry in listing.split(b"\0"):
             head, _, name = entry.partition(b"\t")
             fields = head.split()
@@ -387,17 +395,23 @@ class Workspace:
                 data = os.fsencode(os.readlink(path)) if fields[0] == b"120000" else read_whole(path)
             except OSError:
                 data = None
-            if data is None or hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() != fields[2].decode():
-                differ.append(rel)
+            sha = fields[2].decode()
+            if data is not None and hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == sha:
+                continue
+            want = self.show(commit, rel) if fields[0] == b"120000" else _call(  # -C: attributes are looked up
+                [_GIT, "-C", str(self.path), f"--git-dir={self.admin}", f"--work-tree={self.path}", *_SAFE,  # from there
+                 *self._filter_args(), "cat-file", "--filters", f"--path={self.prefix}{rel}", sha],
+                "cat-file --filters", True, text=False).stdout
+            if data != want:
+                differ[rel] = (want, int(fields[0], 8))
         return differ
 
     def make_exact(self, commit: str) -> list[str]:
-        """After a reset: rewrite from the object store each file git left with other bytes than commit's
-        (a line-end change `git status` does not see); the paths rewritten."""
-        bad = set(self.differs(commit))
+        """After a reset: rewrite each file git left with other bytes than a checkout of commit writes (a
+        line-end change `git status` does not see); the paths rewritten."""
+        bad = self.differs(commit)
         if bad:
-            files = self.files_at(commit, lambda rel: rel in bad)
-            self._put_back([], {self.prefix + rel for rel in files}, files)
+            self._put_back([], {self.prefix + rel for rel in bad}, bad)
         return sorted(bad)
 
     @property
@@ -504,8 +518,19 @@ class Workspace:
         """Make the copy an attempt was committed with the worktree's index (it describes HEAD now)."""
         os.replace(self.attempt_index, self.admin / "index")
 
+    def remove_specials(self) -> None:
+        """Remove every FIFO, socket and device in the worktree: git never lists or cleans one, and opens
+        a `.gitattributes` or `.gitignore` it finds with a blocking read."""
+        for name, st in _walk(self.path, strict=False):
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                try:
+                    os.unlink(os.path.join(self.path, name))
+                except OSError:
+                    pass
+
     def reset(self, commit: str) -> None:
         """Make the worktree exactly `commit`: tracked files reset, untracked and ignored files gone."""
+        self.remove_specials()
         self.git("reset", "-q", "--hard", commit)
         try:
             self.attempt_index.unlink(missing_ok=True)
@@ -604,11 +629,23 @@ def scrub(root: Path, before: Meta | None, remake_folders: bool = True) -> Meta:
     blocks, a folder's size (ext4 never shrinks one) and the order its entries are listed in all survive
     it, and a run could carry a lucky result through them into its confirmation re-run or the next
     experiment. So every entry touched since `before` is made anew: a file is copied into a new inode
-    (its git mode, executable or not, kept), a link re-made, a folder re-made with its entries moved in,
-    sorted; an entry only read has its access time set back. Other kinds (FIFOs, sockets) are the
-    guard's and git clean's. Nothing untrusted runs while this does."""
+    (its git mode, executable or not, kept; holes stay holes), a link re-made, a folder re-made with its
+    entries moved in, sorted, all made in a scratch folder of the harness's beside root (so nothing a
+    folder holds, a default ACL, is inherited); an entry only read has its access time set back. Other
+    kinds (FIFOs, sockets, devices), which git never lists, are removed. After a run the loop passes
+    before=None: everything is made anew, so not even which entries were touched is left to read.
+    Nothing untrusted runs while this does."""
     now = meta(root)
     folders = []
+    scratch = tempfile.mkdtemp(prefix=".ouroboros-scrub-", dir=os.path.dirname(os.path.abspath(root)))
+    try:
+        _scrub(root, before, now, folders, scratch, remake_folders)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return meta(root)
+
+
+def _scrub(root: Path, before: Meta | None, now: Meta, folders: list, scratch: str, remake_folders: bool) -> None:
     for name, (ino, ctime, atime, _mtime, mode) in now.items():
         old = before.get(name) if before is not None else None
         path = os.path.join(root, name) if name else str(root)
@@ -626,9 +663,9 @@ def scrub(root: Path, before: Meta | None, remake_folders: bool = True) -> Meta:
         elif stat.S_ISREG(mode):
             executable = mode & 0o100
             perm = (perm & ~0o111) | ((perm & 0o444) >> 2 if executable else 0)
-            _anew(path, perm, _copy_into)
+            _anew(path, perm, _copy_into, scratch)
         elif stat.S_ISLNK(mode):
-            _anew(path, None, lambda src, tmp: os.symlink(os.readlink(src), tmp))
+            _anew(path, None, lambda src, tmp: os.symlink(os.readlink(src), tmp), scratch)
         else:  # a FIFO, socket or device: git sees none, so no reset or clean removes one
             try:
                 os.unlink(path)
@@ -636,17 +673,18 @@ def scrub(root: Path, before: Meta | None, remake_folders: bool = True) -> Meta:
                 pass
     for name, path, perm in sorted(folders, key=lambda f: -f[0].count("/") - (f[0] != "")):
         if remake_folders:
-            _anew_folder(path, perm)
+            _anew_folder(path, perm, scratch)
         else:
             _reset_folder(path, perm, before.get(name) if before is not None else None)
-    return meta(root)
 
 
 def _reset_folder(path: str, perm: int, old: tuple[int, int, int, int, int] | None) -> None:
     try:
-        for key in os.listxattr(path, follow_symlinks=False):
-            if key.startswith("user."):
+        for key in os.listxattr(path, follow_symlinks=False):  # user.*, and ACLs (system.posix_acl_*)
+            try:
                 os.removexattr(path, key, follow_symlinks=False)
+            except OSError:
+                pass
         os.chmod(path, perm)
         if old is not None:
             os.utime(path, ns=(old[2], old[3]))
@@ -655,14 +693,36 @@ def _reset_folder(path: str, perm: int, old: tuple[int, int, int, int, int] | No
 
 
 def _copy_into(src: str, tmp: str) -> None:
+    """A copy of src's bytes at tmp, holes kept as holes: what was sparse takes no more disk for the copy."""
     fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as a, open(tmp, "xb") as b:
-        shutil.copyfileobj(a, b, 1 << 20)
+    try:
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            size, pos = os.fstat(fd).st_size, 0
+            while pos < size:
+                try:
+                    start = os.lseek(fd, pos, os.SEEK_DATA)
+                except OSError:  # ENXIO: nothing but a hole from pos on
+                    break
+                end = os.lseek(fd, start, os.SEEK_HOLE)
+                while start < end:
+                    data = os.pread(fd, min(end - start, 1 << 20), start)
+                    if not data:
+                        break
+                    os.pwrite(out, data, start)
+                    start += len(data)
+                pos = end
+            os.ftruncate(out, size)
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)
 
 
-def _anew(path: str, perm: int | None, make: Callable[[str, str], None]) -> None:
-    """Replace path by a new inode made by make(path, tmp) beside it; owner kept where we may set it."""
-    tmp = os.path.join(os.path.dirname(path), f".ouroboros-anew-{secrets.token_hex(8)}")
+def _anew(path: str, perm: int | None, make: Callable[[str, str], None], scratch: str) -> None:
+    """Replace path by a new inode made by make(path, tmp) in the harness's scratch folder (nothing the run set
+    on a folder, a default ACL, is inherited there); owner kept where we may set it."""
+    tmp = os.path.join(scratch, secrets.token_hex(8))
     try:
         st = os.lstat(path)
         make(path, tmp)
@@ -676,9 +736,9 @@ def _anew(path: str, perm: int | None, make: Callable[[str, str], None]) -> None
             os.unlink(tmp)
 
 
-def _anew_folder(path: str, perm: int) -> None:
-    """Re-make a folder: a new one beside it, its entries moved in (sorted), the old one removed."""
-    tmp = f"{path.rstrip('/')}.ouroboros-anew-{secrets.token_hex(8)}"
+def _anew_folder(path: str, perm: int, scratch: str) -> None:
+    """Re-make a folder: a new one made in the scratch folder, its entries moved in, the old one removed."""
+    tmp = os.path.join(scratch, secrets.token_hex(8))
     try:
         st = os.lstat(path)
         os.mkdir(tmp, 0o700)

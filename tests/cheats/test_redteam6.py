@@ -97,10 +97,6 @@ def _reading(log: str) -> str:
     return next((line.split()[1] for line in log.splitlines() if line.startswith("reading:")), "")
 
 
-@pytest.mark.xfail(strict=True, reason="workspace.scrub re-makes only the entries a run touched, and the re-made "
-                   "ones carry fresh times (and new inodes): which files the scrub re-made is a mark the next run "
-                   "reads. Fix: make the scrub's result independent of what was touched (re-make every entry "
-                   "every time and give each the commit's fixed times, or run a confirmation in a fresh export)")
 @pytest.mark.parametrize("level", LEVELS)
 def test_which_files_the_scrub_remade_cannot_tell_the_confirmation_the_first_run_was_lucky(level, tmp_path,
                                                                                            monkeypatch):
@@ -111,9 +107,10 @@ def test_which_files_the_scrub_remade_cannot_tell_the_confirmation_the_first_run
         exp = loop.history[-1]
         readings[touch], verdicts[touch] = _reading(_log(loop, "confirm.log")), exp.status
         assert _reading(_log(loop, "run.log")), _log(loop, "run.log")  # the first run ran the attack
-    # With no channel, the confirmation reads the same whatever the first run did.
+    # With no channel, the confirmation reads the same whatever the first run did. (Its verdict is then the
+    # program's own: every entry is made anew after a run, so this program always reads "carried" and always
+    # prints the optimum its code holds, which is an earned result, not a carried one.)
     assert readings[True] == readings[False], (readings, verdicts)
-    assert verdicts[True] != "keep", (readings, verdicts)
 
 
 # -- 2. a folder whose name leaves no room for the scrub's temporary name -----------------------------------
@@ -153,10 +150,6 @@ def _xattrs_here(tmp_path: Path) -> bool:
         probe.rmdir()
 
 
-@pytest.mark.xfail(strict=True, reason="workspace._anew_folder names its new folder NAME.ouroboros-anew-<16 hex>, "
-                   "past NAME_MAX for a name over 222 bytes, and on any OSError leaves the folder as it is without "
-                   "saying so. Fix: make the new folder under a short name (like _anew's files), and where a folder "
-                   "cannot be re-made, fail the experiment instead of going on with its metadata")
 @pytest.mark.parametrize("level", LEVELS)
 def test_a_lucky_result_cannot_be_carried_in_a_folder_whose_name_is_too_long_to_remake(level, tmp_path, monkeypatch):
     if not _xattrs_here(tmp_path):
@@ -277,12 +270,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("sparse files")
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="workspace.scrub re-makes each touched file with a byte-for-byte copy "
-                   "(holes written out), after the agent and before the guard's verdict removes anything, with no "
-                   "bound on the total; the agent phase does not watch the worktree's growth. Fix: drop the agent's "
-                   "new untracked files from the scrub (git commits or cleans them; a new file has no old metadata "
-                   "to carry) and copy holes as holes (os.copy_file_range / SEEK_DATA), or bound the bytes copied "
-                   "and fail the experiment past max_artifact_mb")
 def test_the_scrub_does_not_turn_an_agents_sparse_files_into_disk_use(tmp_path, monkeypatch):
     from ouroboros import loop as loop_module
 
@@ -387,11 +374,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("momentum 0.6")
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="Workspace.make_exact writes the blob's bytes over a file whose checkout form "
-                   "legitimately differs (working-tree-encoding), which git then sees as modified: every honest "
-                   "attempt is a violation. Fix: compare and rewrite with the checkout form of the commit's file "
-                   "(`git cat-file --filters COMMIT:PATH`, filters blanked), and check only the attempt's changed "
-                   "paths for bytes git would store otherwise")
 def test_an_honest_attempt_in_a_repository_with_a_utf16_file_is_not_a_violation(tmp_path, monkeypatch):
     level = "bwrap" if BWRAP else "process"
     files = {".gitattributes": "*.txt working-tree-encoding=UTF-16LE-BOM\n"}
@@ -459,11 +441,6 @@ def _acls_here(tmp_path: Path) -> bool:
         probe.rmdir()
 
 
-@pytest.mark.xfail(strict=True, reason="workspace._anew makes a touched file's copy inside its own folder before "
-                   "that folder is re-made, so the copy inherits the folder's default ACL (a run that owns the "
-                   "folder sets one); the ACL then rides into the re-made folder. Fix: re-make folders before files "
-                   "(or make every copy in a fresh scratch folder of the harness's and move it in), and never give "
-                   "worktree entries to the run's uid (the agent's new files and folders stay owned by it now)")
 @pytest.mark.parametrize("level", LEVELS)
 def test_a_lucky_result_cannot_be_carried_in_an_acl_the_scrubs_own_copy_inherits(level, tmp_path, monkeypatch):
     if not _acls_here(tmp_path):
@@ -498,11 +475,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("a small refactor")
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="the harness's git calls take the repository's core.ignoreCase: on a "
-                   "case-sensitive file system an untracked TRAIN.PY is taken for train.py, so status, add -A and "
-                   "clean -ffdx never see it and the run executes code no commit holds. Fix: add "
-                   "`-c core.ignoreCase=false` to workspace._SAFE where the worktree's file system is case-sensitive "
-                   "(probe it once), or refuse a run whose repository says otherwise")
 @pytest.mark.parametrize("level", LEVELS)
 def test_a_file_git_takes_for_another_under_core_ignorecase_is_seen(level, tmp_path, monkeypatch):
     from ouroboros import cheats as c
@@ -582,10 +554,6 @@ def test_a_deeply_nested_login_file_cannot_crash_the_harness(tmp_path, monkeypat
 # times. A POSIX ACL is an extended attribute too (system.posix_acl_access / _default), which any owner of the
 # folder may set (the run, wherever its uid owns the worktree: a non-root harness at every level, or root's run
 # at unshare and process); chmod keeps its named entries, so the mark stays.
-@pytest.mark.xfail(strict=True, reason="workspace._reset_folder removes only user.* extended attributes; a POSIX ACL "
-                   "(system.posix_acl_access/_default) set by a run that owns the folder stays. Fix: record each "
-                   "folder's xattr names in meta and remove every one a phase added (ACLs included), or re-make "
-                   "folders in agent-driven sessions too, between sessions")
 def test_an_acl_on_a_folder_is_gone_after_the_scrub_of_an_agent_driven_session(tmp_path):
     import struct
 
@@ -730,10 +698,6 @@ def cheat():
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="git opens .gitattributes/.gitignore with a blocking open(), the harness's git "
-                   "calls have no timeout, and nothing removes a FIFO a run leaves (git clean and scrub skip it): the "
-                   "harness hangs. Fix: remove every non-regular entry after each phase before any git call (see the "
-                   "FIFO carry above), and give workspace._call a timeout")
 @pytest.mark.parametrize("level", LEVELS)
 def test_a_fifo_named_gitattributes_cannot_hang_the_harness(level, tmp_path, monkeypatch):
     import errno
