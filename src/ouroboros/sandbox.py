@@ -377,12 +377,17 @@ def _strays(known: Procs, before: Procs) -> tuple[Procs, bool]:
     return out, reaped
 
 
+def _past_end(st: os.stat_result) -> int:
+    """The disk a file holds past its size rounded up to 4 KiB blocks: blocks preallocated past its end
+    (fallocate KEEP_SIZE leaves the size at 0). Nothing for an ordinary or a sparse file."""
+    return max(0, st.st_blocks * 512 - -(-st.st_size // 4096) * 4096)
+
+
 def du(folder: Path) -> int:
     """Bytes under folder, every entry counted (a `.git` too, at any depth: a worktree's `.git` is a file,
     and a run that puts a folder in its place must not fill the disk unseen); links are not followed.
     Every entry counts at least one block (512 bytes), so empty files and folders cannot add up to any
-    number of inodes, and a file counts the blocks it holds where they are more than its size: blocks
-    preallocated past its end (fallocate KEEP_SIZE) leave its size at 0."""
+    number of inodes, and a file also counts the blocks it holds past its end (`_past_end`)."""
     total = 0
     stack = [str(folder)]
     while stack:
@@ -396,7 +401,7 @@ def du(folder: Path) -> int:
                             total += _BLOCK
                         else:
                             st = entry.stat(follow_symlinks=False)
-                            total += max(st.st_size, _BLOCK, st.st_blocks * 512)
+                            total += max(st.st_size, _BLOCK) + _past_end(st)
                     except OSError:
                         pass
         except OSError:
@@ -410,12 +415,13 @@ def du_entry(path: Path) -> int:
         st = path.lstat()
     except OSError:
         return 0
-    return _BLOCK + du(path) if stat.S_ISDIR(st.st_mode) else max(st.st_size, _BLOCK)
+    return _BLOCK + du(path) if stat.S_ISDIR(st.st_mode) else max(st.st_size, _BLOCK) + _past_end(st)
 
 
 def du_of(entries: Iterable[tuple[int, int]]) -> int:
     """What `du` counts for a listing already read, as (mode, size) of every entry under a folder:
-    the same sum without a second walk (the loop's snapshot of the worktree, Workspace.snapshot)."""
+    the same sum without a second walk (the loop's snapshot of the worktree, Workspace.snapshot), less
+    any blocks preallocated past a file's end (the run's growth then reads larger: the safe side)."""
     return sum(_BLOCK if stat.S_ISDIR(mode) else max(size, _BLOCK) for mode, size in entries)
 
 
