@@ -79,6 +79,9 @@ class Export:
     def head(self) -> str:
         return self.commit
 
+    def empty_gitlinks(self) -> None:
+        """A fresh export holds no submodule's files."""
+
     def attributes_apply(self, entries) -> bool:
         """Every re-run starts from a fresh export, so nothing git's conversions hide outlives one."""
         return False

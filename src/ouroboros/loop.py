@@ -515,6 +515,7 @@ class Loop:
             self.ws.rewind(best.commit_sha)
         for path in self.guard.unsafe:  # FIFOs, devices, files over max_artifact_mb: never in git
             path.unlink(missing_ok=True)
+        self.ws.empty_gitlinks()  # git never looks inside a submodule's folder
         self._meta = scrub(self.ws.path, self._meta, self._remake)  # what the agent left in metadata never reaches the run
         if failure and self.guard.withheld:  # a failed agent's leftovers: the same files stay out of git
             failure += f" ({self.guard.note})"
@@ -780,6 +781,7 @@ class Loop:
             self._pending = None
         self.ws.reset(exp.commit_sha)  # from the commit: nothing the first run wrote, tracked files included
         self._exact(exp.commit_sha)
+        self.ws.empty_gitlinks()  # git never looks inside a submodule's folder
         self._meta = scrub(self.ws.path, None, self._remake)  # nor in metadata (xattrs, modes, times, sizes): all anew
         self.guard.arm()
         outcome = self._run_phase(exp_dir, env, "confirm.log")
@@ -804,6 +806,7 @@ class Loop:
             self.ws.reset(exp.commit_sha) if exp.commit_sha else self.ws.clean()
         if not settled:
             self._exact(best.commit_sha if exp.status != Verdict.KEEP and best is not None else exp.commit_sha)
+        self.ws.empty_gitlinks()  # git never looks inside a submodule's folder
         self._meta = scrub(self.ws.path, None, self._remake)  # nor what it left in metadata: everything made anew
         self._dirty = False
         if best is not None:

@@ -178,6 +178,7 @@ class Workspace:
         self.branch = f"ouroboros/{tag}"
         self._admin: Path | None = None
         self._filters: list[str] | None = None
+        self._gitlinks: list[str] | None = None
 
     @property
     def task_dir(self) -> Path:
@@ -517,6 +518,30 @@ class Workspace:
     def adopt_index(self) -> None:
         """Make the copy an attempt was committed with the worktree's index (it describes HEAD now)."""
         os.replace(self.attempt_index, self.admin / "index")
+
+    def empty_gitlinks(self) -> None:
+        """Remove everything inside each submodule's folder (a gitlink of the run's base; a submodule is never
+        checked out in a run's worktree): git status, add, clean and reset never look in there, so code
+        hidden in one would run without any commit holding it."""
+        if self._gitlinks is None:
+            out = self._repo_git("ls-tree", "-r", "-z", "--full-tree", self.head(), text=False)
+            self._gitlinks = [os.fsdecode(e.partition(b"\t")[2]) for e in out.split(b"\0")
+                              if e.startswith(b"160000 ")]
+        for rel in self._gitlinks:
+            folder = os.path.join(self.path, rel)
+            try:
+                names = os.listdir(folder) if not os.path.islink(folder) and os.path.isdir(folder) else []
+            except OSError:
+                continue
+            for name in names:
+                path = os.path.join(folder, name)
+                try:
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path)
+                    else:
+                        os.unlink(path)
+                except OSError:
+                    pass
 
     def remove_specials(self) -> None:
         """Remove every FIFO, socket and device in the worktree: git never lists or cleans one, and opens

@@ -596,11 +596,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("use the vendored helper wh
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="files inside an uninitialised submodule's folder are invisible to git status, "
-                   "add -A, clean -ffdx and reset --hard, and neither the guard nor the scrub looks there: code no "
-                   "commit holds runs and is kept. Fix: after every phase, remove everything under each gitlink path "
-                   "of the worktree (ls-files -s: mode 160000) and make it a violation when the agent or run wrote "
-                   "there (or check the submodule out read-only at its recorded commit)")
 @pytest.mark.parametrize("level", LEVELS)
 def test_code_hidden_in_a_submodules_folder_is_seen(level, tmp_path, monkeypatch):
     import subprocess
