@@ -389,23 +389,13 @@ def du(folder: Path) -> int:
     Every entry counts at least one block (512 bytes), so empty files and folders cannot add up to any
     number of inodes, and a file also counts the blocks it holds past its end (`_past_end`)."""
     total = 0
-    stack = [str(folder)]
-    while stack:
-        current = stack.pop()
-        try:
-            with os.scandir(current) as it:
-                for entry in it:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append(entry.path)
-                            total += _BLOCK
-                        else:
-                            st = entry.stat(follow_symlinks=False)
-                            total += max(st.st_size, _BLOCK) + _past_end(st)
-                    except OSError:
-                        pass
-        except OSError:
-            pass
+    for _folder, dirs, files, fd in os.fwalk(folder, follow_symlinks=False):  # by descriptors: no depth is too deep
+        for name in dirs + files:
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue
+            total += _BLOCK if stat.S_ISDIR(st.st_mode) else max(st.st_size, _BLOCK) + _past_end(st)
     return total
 
 

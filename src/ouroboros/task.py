@@ -215,13 +215,18 @@ def matches(rel: str, patterns: tuple[str, ...] | list[str]) -> bool:
 
 
 def glob_files(root: Path, patterns: tuple[str, ...] | list[str]) -> list[str]:
+    """The files under root the patterns match (a folder matched: the files in it). A path the system
+    cannot name (past PATH_MAX: what a hostile run may leave) ends the listing of that pattern there."""
     found: set[str] = set()
     for pattern in patterns:
-        for path in root.glob(pattern):
-            if path.is_file() and RECORDS_DIR not in path.relative_to(root).parts:
-                found.add(path.relative_to(root).as_posix())
-            elif path.is_dir():
-                found.update(p.relative_to(root).as_posix() for p in path.rglob("*") if p.is_file())
+        try:
+            for path in root.glob(pattern):
+                if path.is_file() and RECORDS_DIR not in path.relative_to(root).parts:
+                    found.add(path.relative_to(root).as_posix())
+                elif path.is_dir():
+                    found.update(p.relative_to(root).as_posix() for p in path.rglob("*") if p.is_file())
+        except OSError:
+            continue
     return sorted(found)
 
 

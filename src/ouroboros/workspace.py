@@ -162,6 +162,7 @@ class Change:
     path: str  # relative to the task folder, posix
 
 
+DEEP_BYTES = 1024  # folders nested past this many bytes of path in the worktree are removed (remove_specials)
 MAX_SNAPSHOT = 200_000  # worktree entries `Workspace.snapshot` lists; past it the loop resets with git
 
 
@@ -544,12 +545,22 @@ class Workspace:
                     pass
 
     def remove_specials(self) -> None:
-        """Remove every FIFO, socket and device in the worktree: git never lists or cleans one, and opens
-        a `.gitattributes` or `.gitignore` it finds with a blocking read."""
-        for name, st in _walk(self.path, strict=False):
-            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        """Remove every FIFO, socket and device in the worktree (git never lists or cleans one, and opens a
+        `.gitattributes` or `.gitignore` it finds with a blocking read), and every folder nested deeper than
+        DEEP_BYTES of path (git clean cannot reach past PATH_MAX and fails; a reset puts back what is
+        tracked). Walked by folder descriptors, so no depth is out of reach."""
+        root = os.fspath(self.path)
+        for folder, dirs, files, fd in os.fwalk(root, follow_symlinks=False):
+            rel = len(os.fsencode(folder)) - len(os.fsencode(root))
+            for name in list(dirs):
+                if rel + len(os.fsencode(name)) + 1 > DEEP_BYTES:
+                    dirs.remove(name)
+                    shutil.rmtree(name, dir_fd=fd, ignore_errors=True)
+            for name in files:
                 try:
-                    os.unlink(os.path.join(self.path, name))
+                    mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+                    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+                        os.unlink(name, dir_fd=fd)
                 except OSError:
                     pass
 
@@ -628,22 +639,26 @@ def meta(root: Path) -> Meta:
 
 
 def _walk(root: Path, strict: bool = True) -> Iterator[tuple[str, os.stat_result]]:
-    """(name relative to root, lstat) of every entry under root, without recursion and links never
-    followed; a folder that cannot be listed raises OSError, or with strict=False is skipped."""
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        try:
-            with os.scandir(os.path.join(root, rel) if rel else root) as it:
-                for entry in it:
-                    name = f"{rel}/{entry.name}" if rel else entry.name
-                    st = entry.stat(follow_symlinks=False)
-                    yield name, st
-                    if stat.S_ISDIR(st.st_mode):
-                        stack.append(name)
-        except OSError:
-            if strict:
-                raise
+    """(name relative to root, lstat) of every entry under root, folders before what they hold, links never
+    followed. Walked by folder descriptors, so no depth makes a path too long to reach; an entry or folder
+    that cannot be read raises OSError, or with strict=False is skipped."""
+    top = os.fspath(root).rstrip("/") or "/"
+    cut = len(top) + 1
+
+    def failed(exc: OSError) -> None:
+        if strict:
+            raise exc
+
+    for folder, dirs, files, fd in os.fwalk(top, follow_symlinks=False, onerror=failed):
+        base = folder[cut:]
+        for name in dirs + files:
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                if strict:
+                    raise
+                continue
+            yield (f"{base}/{name}" if base else name), st
 
 
 def scrub(root: Path, before: Meta | None, remake_folders: bool = True) -> Meta:

@@ -327,10 +327,6 @@ Path("helper.py").write_text("X = 1\\n")
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="task.glob_files (count_loc's list of editable files, in Loop.step) walks "
-                   "an editable folder glob with pathlib by absolute path, and pathlib raises ENAMETOOLONG out of "
-                   "is_file()/is_dir() past PATH_MAX: the harness stops with an OSError. Fix: list editable files "
-                   "with dir fds (os.fwalk) or from git's own listing (ls-files), and catch OSError per entry")
 @pytest.mark.parametrize("level", LEVELS)
 def test_an_editable_file_past_path_max_does_not_crash_the_harness(level, tmp_path, monkeypatch):
     loop = _experiment(tmp_path, monkeypatch, level, _DEEP_AGENT, confirm=False,
@@ -338,11 +334,6 @@ def test_an_editable_file_past_path_max_does_not_crash_the_harness(level, tmp_pa
     assert loop.history[-1].n == 1
 
 
-@pytest.mark.xfail(strict=True, reason="workspace.meta lists folders by absolute path and skips, without a word, "
-                   "one past PATH_MAX; attributes_apply then misses a .gitattributes there, and git (relative paths) "
-                   "applies it: differs never runs and git commits LF for the CR LF module that ran. Fix: walk with "
-                   "dir fds (os.scandir(fd) / os.fwalk) so no path grows with depth, and fail on a folder that "
-                   "cannot be listed; simpler and stronger, run differs on every attempt's changed files")
 def test_a_gitattributes_past_path_max_is_seen_by_the_attributes_check(tmp_path):
     from ouroboros.scaffold import from_template
     from ouroboros.workspace import Workspace, git, meta
@@ -659,11 +650,6 @@ def cheat():
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="git clean -ffdx cannot reach what lies past PATH_MAX relative to the worktree "
-                   "and fails, and Workspace.reset raises it out of Loop._confirm/_record (and _recover): any run stops "
-                   "the harness, for good. Fix: before git's reset, remove untracked entries with an fd-based walk "
-                   "(os.fwalk / shutil.rmtree, which is fd-based) of what git does not track, make the run that left "
-                   "them a violation, and walk the worktree by dir fds in meta, du and snapshot too")
 @pytest.mark.parametrize("level", LEVELS)
 def test_a_folder_chain_git_clean_cannot_reach_neither_stops_the_harness_nor_carries(level, tmp_path, monkeypatch):
     from ouroboros.errors import OuroborosError
@@ -731,8 +717,6 @@ def test_a_fifo_named_gitattributes_cannot_hang_the_harness(level, tmp_path, mon
 # sandbox.du (the run's and the agent's artifact watch) lists folders by absolute path and skips one it cannot
 # open: data written at the bottom of a chain past PATH_MAX is not counted against max_artifact_mb, so a run fills
 # the disk there at the speed it can write (RLIMIT_FSIZE caps each file, not their number).
-@pytest.mark.xfail(strict=True, reason="sandbox.du walks by absolute path and silently skips what lies past PATH_MAX. "
-                   "Fix: walk with dir fds (os.fwalk or os.scandir on an fd), so depth never makes a path too long")
 def test_the_growth_watch_counts_what_lies_past_path_max(tmp_path):
     from ouroboros import sandbox
 
