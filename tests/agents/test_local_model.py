@@ -274,3 +274,17 @@ def test_a_search_line_not_found_is_answered_with_the_files_nearest_line(quadrat
     else:
         assert "nearest line" not in str(exc.value)
     assert (quadratic / "train.py").read_text() == before
+
+
+def test_a_search_line_with_other_spacing_between_its_words_still_applies_once(quadratic):
+    from ouroboros.agents import edits
+
+    task = load_task(quadratic)
+    line = next(x for x in (quadratic / "train.py").read_text().splitlines() if x.startswith("MOMENTUM = "))
+    squeezed = " ".join(line.split())  # what the 1.5B model wrote: one space before the comment
+    assert squeezed != line
+    edits.apply(task, quadratic, [edits.Edit("train.py", squeezed + "\n", "MOMENTUM = 0.8  # tuned\n")])
+    text = (quadratic / "train.py").read_text()
+    assert "MOMENTUM = 0.8  # tuned\n" in text and line not in text
+    with pytest.raises(edits.EditError, match="was not found"):  # indentation is never ignored
+        edits.apply(task, quadratic, [edits.Edit("train.py", "    " + "MOMENTUM = 0.8 # tuned\n", "X = 1\n")])

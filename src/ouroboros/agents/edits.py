@@ -119,7 +119,9 @@ def _safe(task: Task, path: str) -> str:
 
 
 def _find(text: str, search: str) -> tuple[int, int] | None:
-    """Where search occurs once; falls back to ignoring trailing spaces, which models drop."""
+    """Where search occurs once; falls back to ignoring trailing spaces, which models drop, and then to
+    ignoring how many spaces stand between the words of a line (small models write `x = 1 # note` for
+    `x = 1  # note`); a line's indentation must always match. A fallback counts only with one match."""
     count = text.count(search)
     if count == 1:
         start = text.index(search)
@@ -127,13 +129,21 @@ def _find(text: str, search: str) -> tuple[int, int] | None:
     if count > 1:
         raise EditError(f"the SEARCH text occurs {count} times; include more lines to make it unique:\n"
                         f"{search[:200]}")
-    lines, want = text.splitlines(keepends=True), [s.rstrip() for s in search.splitlines()]
-    hits = [i for i in range(len(lines) - len(want) + 1)
-            if [line.rstrip() for line in lines[i:i + len(want)]] == want]
-    if len(hits) == 1:
-        start = sum(len(line) for line in lines[:hits[0]])
-        return start, start + sum(len(line) for line in lines[hits[0]:hits[0] + len(want)])
+    lines = text.splitlines(keepends=True)
+    for key in (str.rstrip, _spacing):
+        want = [key(s) for s in search.splitlines()]
+        hits = [i for i in range(len(lines) - len(want) + 1)
+                if [key(line) for line in lines[i:i + len(want)]] == want]
+        if len(hits) == 1:
+            start = sum(len(line) for line in lines[:hits[0]])
+            return start, start + sum(len(line) for line in lines[hits[0]:hits[0] + len(want)])
     return None
+
+
+def _spacing(line: str) -> str:
+    """A line with its indentation as it is and every other run of whitespace as one space."""
+    body = line.lstrip()
+    return line[:len(line) - len(body)] + " ".join(body.split())
 
 
 def _closest(text: str, first: str) -> str:
