@@ -239,8 +239,8 @@ def _row_keys(ledger: Ledger) -> set[tuple[str, str, int]]:
 def _keys_digest(keys) -> str:
     """One hash of a set of row keys: the anchor holds the one of every row there was when it was written."""
     h = hashlib.sha256()
-    for kind, t, n in sorted(keys):
-        h.update(f"{kind}\0{t}\0{n}\n".encode(errors="surrogateescape"))
+    for key in sorted(keys):  # one JSON list a line: no tag, whatever it holds, reads as two keys
+        h.update(json.dumps(list(key)).encode() + b"\n")
     return h.hexdigest()
 
 

@@ -377,17 +377,25 @@ def _strays(known: Procs, before: Procs) -> tuple[Procs, bool]:
     return out, reaped
 
 
+def _held(mode: int, size: int) -> int:
+    """What an entry of this kind and size counts: a folder, a link or an empty file one 512-byte unit (an
+    inode), a file with data its size in whole 4 KiB blocks, which is what it holds on disk."""
+    return -(-size // 4096) * 4096 if stat.S_ISREG(mode) and size else max(size if not stat.S_ISDIR(mode) else 0,
+                                                                            _BLOCK)
+
+
 def _past_end(st: os.stat_result) -> int:
     """The disk a file holds past its size rounded up to 4 KiB blocks: blocks preallocated past its end
     (fallocate KEEP_SIZE leaves the size at 0). Nothing for an ordinary or a sparse file."""
-    return max(0, st.st_blocks * 512 - -(-st.st_size // 4096) * 4096)
+    return max(0, st.st_blocks * 512 - -(-st.st_size // 4096) * 4096) if stat.S_ISREG(st.st_mode) else 0
 
 
 def du(folder: Path) -> int:
     """Bytes under folder, every entry counted (a `.git` too, at any depth: a worktree's `.git` is a file,
     and a run that puts a folder in its place must not fill the disk unseen); links are not followed.
-    Every entry counts at least one block (512 bytes), so empty files and folders cannot add up to any
-    number of inodes, and a file also counts the blocks it holds past its end (`_past_end`)."""
+    Every entry counts at least 512 bytes, so empty files and folders cannot add up to any number of
+    inodes; a file with data counts whole 4 KiB blocks (a 1-byte file holds one) and the blocks it holds
+    past its end (`_past_end`)."""
     total = 0
     for _folder, dirs, files, fd in os.fwalk(folder, follow_symlinks=False):  # by descriptors: no depth is too deep
         for name in dirs + files:
@@ -395,7 +403,7 @@ def du(folder: Path) -> int:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except OSError:
                 continue
-            total += _BLOCK if stat.S_ISDIR(st.st_mode) else max(st.st_size, _BLOCK) + _past_end(st)
+            total += _held(st.st_mode, st.st_size) + _past_end(st)
     return total
 
 
@@ -405,14 +413,14 @@ def du_entry(path: Path) -> int:
         st = path.lstat()
     except OSError:
         return 0
-    return _BLOCK + du(path) if stat.S_ISDIR(st.st_mode) else max(st.st_size, _BLOCK) + _past_end(st)
+    return _BLOCK + du(path) if stat.S_ISDIR(st.st_mode) else _held(st.st_mode, st.st_size) + _past_end(st)
 
 
 def du_of(entries: Iterable[tuple[int, int]]) -> int:
     """What `du` counts for a listing already read, as (mode, size) of every entry under a folder:
     the same sum without a second walk (the loop's snapshot of the worktree, Workspace.snapshot), less
     any blocks preallocated past a file's end (the run's growth then reads larger: the safe side)."""
-    return sum(_BLOCK if stat.S_ISDIR(mode) else max(size, _BLOCK) for mode, size in entries)
+    return sum(_held(mode, size) for mode, size in entries)
 
 
 def _with_limits(argv: list[str], fsize: int | None, address_space: int | None) -> list[str]:

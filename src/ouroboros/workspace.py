@@ -35,7 +35,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ouroboros.errors import OuroborosError
 from ouroboros.ledger import clean_text
@@ -529,20 +529,20 @@ class Workspace:
             self._gitlinks = [os.fsdecode(e.partition(b"\t")[2]) for e in out.split(b"\0")
                               if e.startswith(b"160000 ")]
         for rel in self._gitlinks:
-            folder = os.path.join(self.path, rel)
-            try:
-                names = os.listdir(folder) if not os.path.islink(folder) and os.path.isdir(folder) else []
-            except OSError:
+            fd = _open_inside(self.path, rel)
+            if fd is None:
                 continue
-            for name in names:
-                path = os.path.join(folder, name)
-                try:
-                    if os.path.isdir(path) and not os.path.islink(path):
-                        shutil.rmtree(path)
-                    else:
-                        os.unlink(path)
-                except OSError:
-                    pass
+            try:
+                for name in os.listdir(fd):
+                    try:
+                        if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                            shutil.rmtree(name, dir_fd=fd)
+                        else:
+                            os.unlink(name, dir_fd=fd)
+                    except OSError:
+                        pass
+            finally:
+                os.close(fd)
 
     def remove_specials(self) -> None:
         """Remove every FIFO, socket and device in the worktree (git never lists or cleans one, and opens a
@@ -797,6 +797,24 @@ def _anew_folder(path: str, perm: int, scratch: str) -> None:
                 for name in os.listdir(tmp):
                     os.rename(os.path.join(tmp, name), os.path.join(path, name))
                 os.rmdir(tmp)
+
+
+def _open_inside(root: Path, rel: str) -> int | None:
+    """A descriptor of the folder rel under root, opened one component at a time with no link followed
+    (a link in place of any folder on the way: None, so nothing outside root is ever touched)."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    for part in PurePosixPath(rel).parts:
+        try:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        except OSError:
+            os.close(fd)
+            return None
+        os.close(fd)
+        fd = nxt
+    return fd
 
 
 def read_whole(path: str) -> bytes | None:
