@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 
@@ -37,3 +38,65 @@ def read_regular_bytes(path: Path, cap: int = 1 << 20, whole: bool = False) -> b
     finally:
         os.close(fd)
     return b"".join(chunks)
+
+
+MAX_DEPTH = 256  # folders nested deeper than this are not walked (walk) and count as over any disk cap (du)
+
+
+class TooDeep(OSError):
+    """A folder nested past MAX_DEPTH: no honest run makes one, and walking one would take a descriptor a level."""
+
+
+def walk(root: Path, strict: bool = True, on_deep=None, max_bytes: int | None = None):
+    """(name relative to root, lstat) of every entry under root, folders before what they hold, links never
+    followed, without recursion. Folders are opened by descriptor from their parent's, so no path grows
+    with depth past PATH_MAX; only the folders on the way down are held open. A folder nested past
+    MAX_DEPTH (or whose relative name is longer than max_bytes) is passed to on_deep(parent_fd, name,
+    relative name) if given, else raises TooDeep (strict) or is skipped; it is not walked. An entry or folder that cannot be read raises OSError, or with strict=False is skipped."""
+    try:
+        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        if strict:
+            raise
+        return
+    stack = [(top, "", iter(sorted(os.listdir(top))))]
+    try:
+        while stack:
+            fd, base, names = stack[-1]
+            name = next(names, None)
+            if name is None:
+                os.close(fd)
+                stack.pop()
+                continue
+            rel = f"{base}/{name}" if base else name
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                if strict:
+                    raise
+                continue
+            yield rel, st
+            if not stat.S_ISDIR(st.st_mode):
+                continue
+            if len(stack) >= MAX_DEPTH or (max_bytes is not None and len(os.fsencode(rel)) > max_bytes):
+                if on_deep is not None:
+                    on_deep(fd, name, rel)
+                elif strict:
+                    raise TooDeep(f"{rel[:200]}...: folders nested deeper than {MAX_DEPTH} levels")
+                continue
+            try:
+                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                stack.append((sub, rel, iter(sorted(os.listdir(sub)))))
+            except OSError:
+                if strict:
+                    raise
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+
+
+def remove_tree(parent_fd: int, name: str) -> None:
+    """Remove the folder name under parent_fd and everything in it, however deep (GNU rm walks by
+    descriptors; Python's own rmtree recurses and stops at the interpreter's recursion limit)."""
+    subprocess.run(["rm", "-rf", "--", name], cwd=f"/proc/self/fd/{parent_fd}", pass_fds=(parent_fd,),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)

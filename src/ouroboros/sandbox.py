@@ -395,15 +395,15 @@ def du(folder: Path) -> int:
     and a run that puts a folder in its place must not fill the disk unseen); links are not followed.
     Every entry counts at least 512 bytes, so empty files and folders cannot add up to any number of
     inodes; a file with data counts whole 4 KiB blocks (a 1-byte file holds one) and the blocks it holds
-    past its end (`_past_end`)."""
+    past its end (`_past_end`). Folders nested past readfile.MAX_DEPTH count as more than any cap."""
+    from ouroboros import readfile
+
+    deep: list[str] = []
     total = 0
-    for _folder, dirs, files, fd in os.fwalk(folder, follow_symlinks=False):  # by descriptors: no depth is too deep
-        for name in dirs + files:
-            try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except OSError:
-                continue
-            total += _held(st.st_mode, st.st_size) + _past_end(st)
+    for _name, st in readfile.walk(folder, strict=False, on_deep=lambda fd, name, rel: deep.append(rel)):
+        total += _held(st.st_mode, st.st_size) + _past_end(st)
+    if deep:  # nested past readfile.MAX_DEPTH: over any cap, whatever it holds
+        return 1 << 62
     return total
 
 

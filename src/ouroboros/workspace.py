@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ouroboros import readfile
 from ouroboros.errors import OuroborosError
 from ouroboros.ledger import clean_text
 from ouroboros.readfile import read_regular_bytes
@@ -549,18 +550,11 @@ class Workspace:
         `.gitattributes` or `.gitignore` it finds with a blocking read), and every folder nested deeper than
         DEEP_BYTES of path (git clean cannot reach past PATH_MAX and fails; a reset puts back what is
         tracked). Walked by folder descriptors, so no depth is out of reach."""
-        root = os.fspath(self.path)
-        for folder, dirs, files, fd in os.fwalk(root, follow_symlinks=False):
-            rel = len(os.fsencode(folder)) - len(os.fsencode(root))
-            for name in list(dirs):
-                if rel + len(os.fsencode(name)) + 1 > DEEP_BYTES:
-                    dirs.remove(name)
-                    shutil.rmtree(name, dir_fd=fd, ignore_errors=True)
-            for name in files:
+        for name, st in readfile.walk(self.path, strict=False, max_bytes=DEEP_BYTES,
+                                      on_deep=lambda fd, name, rel: readfile.remove_tree(fd, name)):
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
                 try:
-                    mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
-                    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-                        os.unlink(name, dir_fd=fd)
+                    os.unlink(os.path.join(self.path, name))
                 except OSError:
                     pass
 
@@ -639,26 +633,9 @@ def meta(root: Path) -> Meta:
 
 
 def _walk(root: Path, strict: bool = True) -> Iterator[tuple[str, os.stat_result]]:
-    """(name relative to root, lstat) of every entry under root, folders before what they hold, links never
-    followed. Walked by folder descriptors, so no depth makes a path too long to reach; an entry or folder
-    that cannot be read raises OSError, or with strict=False is skipped."""
-    top = os.fspath(root).rstrip("/") or "/"
-    cut = len(top) + 1
-
-    def failed(exc: OSError) -> None:
-        if strict:
-            raise exc
-
-    for folder, dirs, files, fd in os.fwalk(top, follow_symlinks=False, onerror=failed):
-        base = folder[cut:]
-        for name in dirs + files:
-            try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except OSError:
-                if strict:
-                    raise
-                continue
-            yield (f"{base}/{name}" if base else name), st
+    """(name relative to root, lstat) of every entry under root (readfile.walk: by folder descriptors,
+    without recursion; a folder nested past readfile.MAX_DEPTH raises, or with strict=False is skipped)."""
+    return readfile.walk(root, strict=strict)
 
 
 def scrub(root: Path, before: Meta | None, remake_folders: bool = True) -> Meta:
