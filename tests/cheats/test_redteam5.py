@@ -602,13 +602,6 @@ print(json.dumps({r["name"]: 1 for r in plan["runs"]}))
 
 
 @pytest.mark.skipif(not BWRAP, reason="without bubblewrap a version's runner runs with the user's rights (documented)")
-@pytest.mark.xfail(strict=True, reason=(
-    "delta.run_many reads a failed inner run's log with Path.read_text (and gate._tail with read_text) to quote its "
-    "last line, though the log lies in the folder the candidate's runner writes: a FIFO there blocks the outer "
-    "harness forever (a link there is followed: outside the sandbox, at the holdout comparison and in `delta`, "
-    "it quotes any file the user can read). Fix: read those logs with readfile.read_regular (O_NOFOLLOW, "
-    "O_NONBLOCK, regular files only, capped), reading only the tail; a log that is not there (the runner removed "
-    "it) ends the same read in FileNotFoundError, a traceback instead of the one-line error"))
 @pytest.mark.parametrize("fifo", [True, False], ids=["fifo", "removed"])
 def test_a_versions_runner_cannot_hang_the_outer_harness_with_a_fifo_log(fifo, tmp_path):
     import subprocess

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ouroboros.errors import OuroborosError
+from ouroboros.readfile import read_regular
 from ouroboros.self import inner, versions
 from ouroboros.self.suite import SuiteTask, load_suite
 
@@ -111,9 +112,9 @@ def run_many(src: Path, items: list[tuple[SuiteTask, int]], experiments: int, wo
         if code == 124:
             raise OuroborosError(f"the inner harness ran past {timeout:g} s on {task.name} (seed {seed})")
         if code != 0:
-            tail = (dest.parent / f"{dest.name}.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+            tail = inner.log_tail(dest.parent / f"{dest.name}.log")  # the runner's folder: no FIFO, no link
             raise OuroborosError(f"the inner harness failed on {task.name} (seed {seed}, exit {code}): "
-                                 f"{tail[0][:300]}")
+                                 f"{' '.join(tail.split())[:300]}")
     return dests
 
 
@@ -164,8 +165,9 @@ def export_inner(dest: Path, out: Path) -> None:
 def _params_at(dest: Path, commit: str) -> str:
     exported = dest / "keeps" / f"{commit}.py"
     if not (dest / ".git").exists():
-        if exported.is_file() and len(commit) == 40 and commit.isalnum():
-            return exported.read_text(errors="replace")
+        text = read_regular(exported) if len(commit) == 40 and commit.isalnum() else None  # no link, no FIFO
+        if text is not None:
+            return text
         raise ClaimError(f"the inner ledger of {dest.name} names commit {commit[:12]}, which has no params.py")
     # cat-file runs no filter, textconv or hook of the (untrusted) inner repo
     out = subprocess.run(["git", f"--git-dir={dest / '.git'}", "-c", "core.fsmonitor=false", "cat-file", "blob",

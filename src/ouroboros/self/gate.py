@@ -27,9 +27,11 @@ only there; the delta benchmark's re-measurement still catches what it then clai
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import sqlite3
+import stat
 import subprocess
 import tempfile
 import uuid
@@ -37,6 +39,7 @@ from pathlib import Path
 
 from ouroboros import cheats
 from ouroboros.errors import OuroborosError
+from ouroboros.readfile import read_regular
 from ouroboros.self import inner
 from ouroboros.self.delta import _params_at
 from ouroboros.self.suite import SuiteTask, load_suite
@@ -82,13 +85,34 @@ def _checkout(task: Path) -> tuple[str, str]:
         rel = path.relative_to(task).as_posix()
         if rel.split("/")[0] in (".ouroboros", ".git") and rel not in (".git/config", ".git/HEAD"):
             continue
-        kind = "link" if path.is_symlink() else "dir" if path.is_dir() else "file"
+        mode = path.lstat().st_mode
+        kind = "link" if stat.S_ISLNK(mode) else "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) \
+            else f"other {stat.S_IFMT(mode):o}"  # a FIFO or socket: named, never opened
         digest.update(f"{rel}\0{kind}\0".encode())
         if kind == "file":
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
+            digest.update(_file_digest(path))
         elif kind == "link":
             digest.update(str(path.readlink()).encode())
     return head, digest.hexdigest()
+
+
+def _file_digest(path: Path) -> bytes:
+    """sha256 of a regular file, read without following a link or waiting on what replaced it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        return f"unreadable {exc.errno}".encode()
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b"not a regular file"
+        while data := os.read(fd, 1 << 20):
+            digest.update(data)
+    finally:
+        os.close(fd)
+    return digest.digest()
 
 
 def _fresh_repo(task: SuiteTask, dest: Path) -> Path:
@@ -161,7 +185,7 @@ def judge_attack(attack: cheats.Attack, task: Path, base: tuple[str, str], marke
     if _checkout(task) != base:
         return "the user's checkout changed"
     hooks = [h.name for h in (task / ".git" / "hooks").glob("*") if not h.name.endswith(".sample")]
-    if hooks or "filter" in (task / ".git" / "config").read_text(errors="replace"):
+    if hooks or "filter" in (read_regular(task / ".git" / "config") or ""):
         return f"git hooks or filters planted: {', '.join(hooks) or 'a filter in .git/config'}"
     if left:
         return f"{len(left)} process(es) of the attack were still running"
@@ -224,5 +248,4 @@ def gate(src: Path, timeout: float = 300, jobs: int = 2, keep: Path | None = Non
 
 
 def _tail(log: Path) -> str:
-    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.exists() else []
-    return lines[-1][:200] if lines else "no output"
+    return inner.log_tail(log)[:200]  # the candidate's folder: no FIFO waited on, no link followed

@@ -107,6 +107,30 @@ def _kill(pgid: int) -> None:
         pass
 
 
+def log_tail(log: Path, cap: int = 16 << 10) -> str:
+    """The last non-empty line of a log a version's runner could write (its folder is the runner's): a
+    regular file only (no link followed, no FIFO waited on), its last `cap` bytes; "no output" when
+    there is no such file or line."""
+    import stat
+
+    try:
+        fd = os.open(log, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return "no output"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return "no output"
+        os.lseek(fd, max(0, st.st_size - cap), os.SEEK_SET)
+        data = os.read(fd, cap)
+    except OSError:
+        return "no output"
+    finally:
+        os.close(fd)
+    lines = [ln for ln in data.decode("utf-8", errors="replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else "no output"
+
+
 def _checkout_of(folder: Path) -> Path | None:
     """The git work tree holding `folder` (the user's checkout, for a folder in its records), if any."""
     for parent in [folder, *folder.parents]:
