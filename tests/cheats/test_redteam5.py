@@ -751,13 +751,6 @@ print(json.dumps({{r["name"]: 0 for r in plan["runs"]}}))
 
 
 @pytest.mark.skipif(not BWRAP, reason="without bubblewrap a version's runner runs with the user's rights (documented)")
-@pytest.mark.xfail(strict=True, reason=(
-    "inner.spawn writes plan.json with Path.write_text (links followed) into the runner's folder, which the "
-    "previous runner of the same folder could write: `ouroboros delta` reuses .ouroboros/delta/<sha>-<split> and "
-    "the holdout comparison records/holdout/<sha>, so a version's runner plants plan.json -> any file of the "
-    "user's (the ledger key, ledger.sqlite) and the next benchmark overwrites it. Fix: write the plan with "
-    "os.open(O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW) after removing what is there, or start each benchmark in "
-    "a fresh folder (remove the old one with shutil.rmtree, which does not follow links)"))
 def test_a_versions_runner_cannot_make_the_next_benchmark_write_through_a_link(tmp_path):
     from ouroboros.self import inner
 

@@ -49,3 +49,20 @@ def test_a_versions_runner_sees_no_checkout_key_or_home(tmp_path):
     assert "the user's file" not in proc.stdout and "kkkk" not in proc.stdout
     assert (work / "out.txt").read_text() == "ok\n"
     assert not (checkout / "planted.txt").exists()
+
+
+def test_a_run_folder_left_as_a_link_is_replaced_not_written_through(tmp_path):
+    from ouroboros.self.delta import prepare_run, run_dir
+
+    task = load_suite("public", ["bowl"])[0]
+    victim = tmp_path / "outside"
+    victim.mkdir()
+    (victim / "mine.txt").write_text("the user's file\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    run_dir(work, task, 0).symlink_to(victim)  # what an earlier runner of this folder left
+    (work / f"{run_dir(work, task, 0).name}.log").symlink_to(victim / "mine.txt")
+    dest = prepare_run(task, 0, work)
+    assert not dest.is_symlink() and (dest / "params.py").is_file()
+    assert sorted(p.name for p in victim.iterdir()) == ["mine.txt"]
+    assert (victim / "mine.txt").read_text() == "the user's file\n"

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sqlite3
 import subprocess
 import tomllib
@@ -88,8 +87,8 @@ def run_dir(work: Path, task: SuiteTask, seed: int) -> Path:
 def prepare_run(task: SuiteTask, seed: int, work: Path) -> Path:
     """A fresh, committed copy of the suite task for one inner run."""
     dest = run_dir(work, task, seed)
-    shutil.rmtree(dest, ignore_errors=True)
-    (dest.parent / f"{dest.name}.log").unlink(missing_ok=True)
+    inner.remove(dest)  # an earlier runner's folder: a link there is removed, never written through
+    inner.remove(dest.parent / f"{dest.name}.log")
     return task.commit_to(dest, f"suite task {task.name}")
 
 

@@ -131,6 +131,21 @@ def log_tail(log: Path, cap: int = 16 << 10) -> str:
     return lines[-1] if lines else "no output"
 
 
+def remove(path: Path) -> None:
+    """Remove whatever is at `path` without following a link (a link, a FIFO, a file or a whole folder)."""
+    import shutil
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        shutil.rmtree(path)  # removes links inside, never what they point to
+    else:
+        os.unlink(path)
+
+
 def _checkout_of(folder: Path) -> Path | None:
     """The git work tree holding `folder` (the user's checkout, for a folder in its records), if any."""
     for parent in [folder, *folder.parents]:
@@ -187,9 +202,15 @@ def spawn(src: Path, runs: list[dict], plan_path: Path, jobs: int = 2, timeout: 
         for key in ("cwd", "log"):
             if work.resolve() not in Path(run[key]).resolve().parents:
                 raise OuroborosError(f"inner run {run['name']}: {run[key]} is outside the runner's folder {work}")
-    plan_path.write_text(json.dumps({"jobs": jobs, "timeout": timeout, "runs": runs}))
+    # the folder may hold what an earlier runner left (delta and the holdout reuse theirs): a plan.json or
+    # .config that is a link would have this side write through it, outside the sandbox
+    remove(plan_path)
+    fd = os.open(plan_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps({"jobs": jobs, "timeout": timeout, "runs": runs}))
     config = work / ".config"  # the version's own ledger key: never the user's
-    config.mkdir(mode=0o700, exist_ok=True)
+    remove(config)
+    config.mkdir(mode=0o700)
     limit = timeout * (len(runs) + 1)  # every run past its own limit, one at a time, at worst
     argv, _ = confined([sys.executable, "-m", "ouroboros.self.inner", str(plan_path.resolve())], work, src)
     env = versions.environment(src, {"COLUMNS": "160", "OUROBOROS_CONFIG_DIR": str(config.resolve())})
