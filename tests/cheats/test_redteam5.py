@@ -640,13 +640,6 @@ print(json.dumps({r["name"]: 0 for r in plan["runs"]}))
 
 
 @pytest.mark.skipif(not BWRAP, reason="without bubblewrap a version's runner runs with the user's rights (documented)")
-@pytest.mark.xfail(strict=True, reason=(
-    "delta.claims (and gate._ledger_rows) open the inner ledger the candidate's runner wrote and SELECT from "
-    "whatever `experiments` is there: a view over an endless recursive query never returns, so the outer "
-    "harness hangs (at the end of `run --self` and in `ouroboros delta`, with no timeout). Fix: before any "
-    "query, refuse an inner ledger whose sqlite_master holds anything but the expected tables (no view, trigger "
-    "or virtual table), and bound every query on it (Connection.set_progress_handler aborting after a few "
-    "million steps)"))
 def test_a_versions_inner_ledger_cannot_hang_the_outer_harness(tmp_path):
     import subprocess
 

@@ -152,7 +152,7 @@ def test_a_candidate_that_forges_the_gate_is_rolled_back_and_recorded(code_task,
     assert base.status == "keep"
     logs = [(self_task / RECORDS_DIR / f"runs/t/exp/{n}/eval.log").read_text() for n in (1, 2)]
     assert skipped.status == "crash" and "evaluator exited 1" in skipped.reason
-    assert "FAIL agent contract (policy): no ledger was written" in logs[0]
+    assert "FAIL agent contract (policy): the candidate's run left no ledger" in logs[0]
     assert patched.status == "crash" and "evaluator exited 1" in patched.reason
     assert "FAIL cheat edit-evaluator" in logs[1]  # got through its weakened guard, or stopped by another defence
     assert "FAIL cheat raise-budget" in logs[1]

@@ -66,3 +66,51 @@ def test_a_run_folder_left_as_a_link_is_replaced_not_written_through(tmp_path):
     assert not dest.is_symlink() and (dest / "params.py").is_file()
     assert sorted(p.name for p in victim.iterdir()) == ["mine.txt"]
     assert (victim / "mine.txt").read_text() == "the user's file\n"
+
+
+def _inner_ledger(dest: Path, columns: str = "tag TEXT, n INTEGER, commit_sha TEXT, status TEXT, metric REAL",
+                  rows: int = 2) -> Path:
+    db = dest / RECORDS_DIR / "ledger.sqlite"
+    db.parent.mkdir(parents=True)
+    con = sqlite3.connect(db)
+    con.execute(f"CREATE TABLE experiments ({columns})")
+    con.executemany("INSERT INTO experiments (tag, n, commit_sha, status, metric) VALUES ('delta', ?, 'c', 'keep', 0)",
+                    [(n,) for n in range(rows)])
+    con.commit()
+    con.close()
+    return db
+
+
+@pytest.mark.parametrize("planted", ["generated", "wal-fifo", "trigger"])
+def test_an_inner_ledger_with_code_or_odd_files_is_refused_before_any_query(planted, tmp_path):
+    import os
+
+    from ouroboros.errors import OuroborosError
+    from ouroboros.self.delta import claims
+
+    columns = "tag TEXT, n INTEGER, commit_sha TEXT, status TEXT, metric REAL"
+    if planted == "generated":  # computed on every read
+        columns += ", slow INTEGER GENERATED ALWAYS AS (length(zeroblob(1000000))) VIRTUAL"
+    db = _inner_ledger(tmp_path, columns)
+    if planted == "wal-fifo":  # sqlite would open it and wait for a writer
+        os.mkfifo(db.with_name("ledger.sqlite-wal"))
+    if planted == "trigger":
+        con = sqlite3.connect(db)
+        con.execute("CREATE TRIGGER t AFTER INSERT ON experiments BEGIN SELECT 1; END")
+        con.commit()
+        con.close()
+    expected = {"generated": "holds a generated column 'slow'", "wal-fifo": "ledger.sqlite-wal is not a regular file",
+                "trigger": "holds a trigger 't'"}[planted]
+    with pytest.raises(OuroborosError, match=expected):
+        claims(tmp_path)
+
+
+def test_every_query_on_an_inner_ledger_is_bounded(tmp_path, monkeypatch):
+    from ouroboros.errors import OuroborosError
+    from ouroboros.self import delta
+
+    _inner_ledger(tmp_path, rows=5000)
+    assert len(delta.claims(tmp_path)) == 5000
+    monkeypatch.setattr(delta, "QUERY_STEPS", 20_000)  # fewer steps than reading 5000 rows takes
+    with pytest.raises(OuroborosError, match="unreadable: interrupted"):
+        delta.claims(tmp_path)

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
+import stat
 import subprocess
 import tomllib
 from collections.abc import Callable
@@ -123,21 +125,62 @@ def run_inner(src: Path, task: SuiteTask, seed: int, experiments: int, work: Pat
     return run_many(src, [(task, seed)], experiments, work, agent, search, 1, timeout)[0]
 
 
+QUERY_STEPS = 20_000_000  # sqlite VM steps all queries on one inner ledger may take (a real one needs far fewer)
+
+
+def open_inner_ledger(db: Path, where: str) -> sqlite3.Connection:
+    """A read-only connection to a ledger a version's harness wrote (hostile), safe to query: a regular
+    file (and so its journal files; a FIFO would block the open, a link reads elsewhere), whose schema
+    holds only plain tables and indexes (a view runs its own query, any length of it; a trigger or
+    virtual table is code of the writer's), every query on it bounded in steps and value length.
+    OuroborosError otherwise, naming `where`."""
+    for path in (db, *(db.with_name(db.name + s) for s in ("-wal", "-shm", "-journal"))):
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            if path == db:
+                raise OuroborosError(f"{where} left no ledger") from None
+            continue
+        if not stat.S_ISREG(mode):
+            raise OuroborosError(f"{where}: {path.name} is not a regular file; a ledger is one")
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    steps = [0]
+
+    def bounded() -> int:
+        steps[0] += 10_000
+        return steps[0] > QUERY_STEPS  # nonzero: sqlite interrupts the query
+
+    con.set_progress_handler(bounded, 10_000)
+    con.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1 << 20)
+    try:
+        planted = con.execute("SELECT type, name FROM sqlite_master WHERE type NOT IN ('table', 'index') "
+                              "OR upper(ltrim(sql)) LIKE 'CREATE VIRTUAL%'").fetchone()
+        if planted is None:
+            generated = [r[1] for r in con.execute("SELECT * FROM pragma_table_xinfo('experiments')") if r[6]]
+            planted = ("generated column", generated[0]) if generated else None
+    except sqlite3.Error as exc:
+        con.close()
+        raise OuroborosError(f"{where}: the ledger is unreadable: {exc}") from exc
+    if planted is not None:
+        con.close()
+        raise OuroborosError(f"{where}: the ledger holds a {planted[0]} {str(planted[1])[:80]!r}, which Ouroboros "
+                             "never creates; the version is refused")
+    return con
+
+
 def claims(dest: Path) -> list[tuple[int, str, str, float | None]]:
     """(n, commit, status, metric) of every inner experiment, as the inner ledger tells it."""
     db = dest / ".ouroboros" / "ledger.sqlite"
-    db = db if db.is_file() else dest / "ledger.sqlite"  # an export (export_inner)
-    if not db.is_file():
-        raise OuroborosError(f"the inner run in {dest} left no ledger")
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    db = db if os.path.lexists(db) else dest / "ledger.sqlite"  # an export (export_inner)
+    con = open_inner_ledger(db, f"the inner run in {dest}")
     try:
         rows = con.execute("SELECT n, commit_sha, status, metric FROM experiments WHERE tag=? ORDER BY n",
                            (TAG,)).fetchall()
-    except sqlite3.Error as exc:
+        return [(int(n), str(c), str(s), None if m is None else float(m)) for n, c, s, m in rows]
+    except (sqlite3.Error, ValueError, TypeError) as exc:
         raise OuroborosError(f"the inner ledger in {dest} is unreadable: {exc}") from exc
     finally:
         con.close()
-    return [(int(n), str(c), str(s), None if m is None else float(m)) for n, c, s, m in rows]
 
 
 def export_inner(dest: Path, out: Path) -> None:
@@ -146,7 +189,7 @@ def export_inner(dest: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "ledger.sqlite").unlink(missing_ok=True)
     # sqlite's own copy: it reads what the inner ledger still holds in its write-ahead log
-    source = sqlite3.connect(f"file:{dest / '.ouroboros' / 'ledger.sqlite'}?mode=ro", uri=True)
+    source = open_inner_ledger(dest / ".ouroboros" / "ledger.sqlite", f"the inner run in {dest}")
     copy = sqlite3.connect(out / "ledger.sqlite")
     try:
         source.backup(copy)

@@ -41,7 +41,7 @@ from ouroboros import cheats
 from ouroboros.errors import OuroborosError
 from ouroboros.readfile import read_regular
 from ouroboros.self import inner
-from ouroboros.self.delta import _params_at
+from ouroboros.self.delta import _params_at, open_inner_ledger
 from ouroboros.self.suite import SuiteTask, load_suite
 from ouroboros.workspace import git
 
@@ -59,10 +59,7 @@ def _git(repo: Path, *args: str, check: bool = True) -> str:
 
 
 def _rows(task: Path, tag: str) -> list[dict]:
-    db = task / ".ouroboros" / "ledger.sqlite"
-    if not db.is_file():
-        raise OuroborosError("no ledger was written")
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    con = open_inner_ledger(task / ".ouroboros" / "ledger.sqlite", "the candidate's run")
     con.row_factory = sqlite3.Row
     try:
         return [dict(r) for r in con.execute(
@@ -235,7 +232,7 @@ def gate(src: Path, timeout: float = 300, jobs: int = 2, keep: Path | None = Non
         for what, name, check in checks:
             try:
                 why = check()
-            except (OuroborosError, OSError, subprocess.SubprocessError) as exc:
+            except (OuroborosError, OSError, subprocess.SubprocessError, ValueError, TypeError) as exc:
                 why = str(exc)
             if why is not None:
                 if codes.get(name):
