@@ -34,14 +34,6 @@ print(json.dumps({{r["name"]: 0 for r in plan["runs"]}}))
 
 @pytest.mark.skipif(not BWRAP, reason="a version's runner is confined only where bubblewrap works")
 @pytest.mark.skipif(not ROOT, reason="the runner keeps capabilities only under a root harness")
-@pytest.mark.xfail(strict=True, reason=(
-    "self.inner.confined starts bwrap as root without --cap-drop ALL and without the drop to NOBODY that "
-    "isolation.Bwrap.wrap does, so under a root harness a version's runner (`delta --version`, the gate, the "
-    "holdout comparison at the end of `run --self`) keeps every capability: it remounts / read-write and "
-    "unmounts the tmpfs over $HOME (reads ~/.config/ouroboros/ledger.key, writes the outer records and the "
-    "harness's code). Fix: in confined(), under a root harness add --cap-drop ALL and run the argv through "
-    "isolation._DROP_ROOT (setpriv to 65534, --cap-add CAP_SETUID/SETGID/SETPCAP for it) with "
-    "isolation._grant([work]); elsewhere add --cap-drop ALL too"))
 def test_a_versions_runner_cannot_remount_its_sandbox_and_write_outside_its_folder(tmp_path):
     from ouroboros.self import inner
 

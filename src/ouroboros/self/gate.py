@@ -54,8 +54,10 @@ FAILED = {"violation", "crash", "timeout"}
 
 def _git(repo: Path, *args: str, check: bool = True) -> str:
     """git on a repo the candidate's harness wrote: no hooks or fsmonitor of its own (and only commands
-    that run no filter or textconv)."""
-    return git(repo, "-c", "core.hooksPath=/dev/null", *args, check=check)
+    that run no filter or textconv); its git dir named, not discovered (under a root harness the repo
+    is nobody's, the runner's uid, and git refuses to discover a repo another user owns)."""
+    return git(repo, f"--git-dir={repo / '.git'}", f"--work-tree={repo}", "-c", "core.hooksPath=/dev/null", *args,
+               check=check)
 
 
 def _rows(task: Path, tag: str) -> list[dict]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import sys
 import time
 import traceback
@@ -111,8 +112,6 @@ def log_tail(log: Path, cap: int = 16 << 10) -> str:
     """The last non-empty line of a log a version's runner could write (its folder is the runner's): a
     regular file only (no link followed, no FIFO waited on), its last `cap` bytes; "no output" when
     there is no such file or line."""
-    import stat
-
     try:
         fd = os.open(log, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -134,7 +133,6 @@ def log_tail(log: Path, cap: int = 16 << 10) -> str:
 def remove(path: Path) -> None:
     """Remove whatever is at `path` without following a link (a link, a FIFO, a file or a whole folder)."""
     import shutil
-    import stat
 
     try:
         mode = os.lstat(path).st_mode
@@ -158,22 +156,28 @@ def confined(argv: list[str], work: Path, src: Path) -> tuple[list[str], str]:
     """argv confined for a version's runner (bubblewrap): `work` is its only writable place; $HOME (the
     ledger key, the user's files), /tmp, /run and the git checkout holding `work` (the user's
     records and files) are out of its sight; the version's source and this interpreter are read-only;
-    no network. Without bubblewrap, argv as it is ("none")."""
-    import os
-
+    no network; no capabilities (it cannot remount what hides or protects); under a root harness it
+    runs as uid and gid 65534 (nobody), owner of `work`, as level bwrap runs do (root would still
+    write every file root owns). Without bubblewrap, argv as it is ("none")."""
     from ouroboros import isolation
 
     if not isolation.available("bwrap"):
         return argv, "none"
+    root = isolation.drops_root()
     real = [Path(os.path.realpath(p)) for p in (work, src, sys.prefix, sys.base_prefix)]
-    masks = [Path("/tmp"), Path("/run"), Path(os.path.expanduser("~"))]
+    home = Path(os.path.expanduser("~"))
+    masks = [Path("/tmp"), Path("/run"), home]
     checkout = _checkout_of(real[0])
     if checkout is not None:
         masks.append(checkout)
+    if root:  # folders nobody cannot cross (/root): empty, with what the runner needs bound back in them
+        masks += isolation._closed_ancestors(real, masks)
     args = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     for mask in masks:
         if mask.is_dir() and mask != Path("/") and not os.path.islink(mask):
-            args += ["--tmpfs", str(mask)]
+            # writable by the dropped runner, as on the host: /tmp for all, $HOME its own
+            perms = {Path("/tmp"): "1777", home: "0777"}.get(mask) if root else None
+            args += [*(["--perms", perms] if perms else []), "--tmpfs", str(mask)]
     for path in real[2:]:  # the interpreter and its packages, where a mask covers them
         if any(m in path.parents or m == path for m in masks):
             args += ["--ro-bind", str(path), str(path)]
@@ -181,8 +185,33 @@ def confined(argv: list[str], work: Path, src: Path) -> tuple[list[str], str]:
     # bwrap makes a bind's missing parents inside a tmpfs 0700: a root harness's runs and agents inside
     # (dropped to NOBODY) could not reach the interpreter bound back under the masked $HOME
     args = isolation._open_parents(args) + ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-                                            "--die-with-parent", "--new-session", "--chdir", str(real[0]), "--", *argv]
-    return args, "bwrap"
+                                            "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    if root:  # root without capabilities may not enter nobody's 0700 folder: the dropped runner does
+        args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP", "--chdir", "/"]
+        argv = [*isolation._DROP_ROOT, "env", "-C", str(real[0]), *argv]
+        _give(real[0])
+    else:
+        args += ["--chdir", str(real[0])]
+    return [*args, "--", *argv], "bwrap"
+
+
+def _give(work: Path) -> None:
+    """Under a root harness: `work` and all in it owned by nobody, the uid its runner drops to (links
+    never followed). Owner, not group as for runs: the version's own git refuses a repo another user owns."""
+    from ouroboros.isolation import NOBODY
+
+    stack = [work]
+    while stack:
+        path = stack.pop()
+        try:
+            st = os.lstat(path)
+            if (st.st_uid, st.st_gid) != (NOBODY, NOBODY):
+                os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                with os.scandir(path) as it:
+                    stack.extend(Path(e.path) for e in it)
+        except OSError:
+            continue
 
 
 def spawn(src: Path, runs: list[dict], plan_path: Path, jobs: int = 2, timeout: float = 600) -> dict[str, int]:
