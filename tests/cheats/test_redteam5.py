@@ -504,14 +504,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("key " + os.environ.get("OP
 
 
 @pytest.mark.skipif(not BWRAP, reason="the version's proposer is confined only at level bwrap")
-@pytest.mark.xfail(strict=True, reason=(
-    "VersionAgent inherits CommandAgent.env, which is the harness's whole environment (sandbox.marked(None, ...)), "
-    "and the agent phase has the network: a kept version's proposer (its code: with agents/** editable, the "
-    "candidate's) reads every secret of the harness (OPENAI_API_KEY, ANTHROPIC_API_KEY, cloud credentials) even "
-    "when its own agent is a knob agent that calls no API, and can send them out (or, as here, into its "
-    "description, which the records keep). Fix: give VersionAgent the scrubbed environment "
-    "(sandbox.scrubbed_env) plus only the variables its inner agent declares it needs (a preset's key names), "
-    "and no network when the inner agent is not a language-model agent"))
 def test_a_versions_proposer_does_not_get_the_harness_secrets(tmp_path, monkeypatch):
     from ouroboros.loop import Loop, Options
     from ouroboros.self import driver, versions

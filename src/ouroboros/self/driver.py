@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
+from ouroboros import sandbox
 from ouroboros.agents.base import AgentError, Context, Proposal
 from ouroboros.agents.command import CommandAgent
 from ouroboros.errors import OuroborosError
@@ -35,6 +36,10 @@ from ouroboros.self.propose import AGENT_FAILED
 from ouroboros.self.settings import load_settings
 from ouroboros.task import RECORDS_DIR, Task
 from ouroboros.workspace import ensure_clean, repo_root
+
+# what CommandAgent.env gives an agent besides the harness's environment
+_CONTRACT_VARS = ("OUROBOROS_PROMPT", "OUROBOROS_DESCRIPTION", "OUROBOROS_EXPERIMENT", "OUROBOROS_NOTES",
+                  "OUROBOROS_ARTIFACTS", "PYTHONUNBUFFERED", sandbox.MARK)
 
 # -I: no PYTHONPATH, no user site, not the worktree on the path; the version's source goes first
 LAUNCH = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import runpy; "
@@ -59,6 +64,24 @@ class VersionAgent(CommandAgent):
         self.src: Path | None = None
         self.context: Path | None = None  # what the proposer may know (read-only to it)
 
+    def needs(self, task: Task) -> tuple[list[str], bool]:
+        """The environment variables the inner agent declares (an api: agent's key, a CLI preset's keys,
+        the task's `[bound] env`) and whether it needs the network (a language-model or cmd: agent; a knob
+        agent needs neither): all the proposer, a version's code, is given of the harness's environment."""
+        from ouroboros.agents.api import ApiAgent
+        from ouroboros.agents.ensemble import EnsembleAgent
+
+        members = [a for a, _ in self.inner.members] if isinstance(self.inner, EnsembleAgent) else [self.inner]
+        keys, network = list(task.bound.env), False
+        for agent in members:
+            if isinstance(agent, ApiAgent):
+                keys.append(agent.api_key_env or task.agent.api_key_env)
+                network = True
+            elif isinstance(agent, CommandAgent):
+                keys += getattr(agent, "env_keys", ())
+                network = True
+        return keys, network
+
     def check(self, task: Task) -> None:
         self.inner.check(task)
         # a knob agent on the default self task: the versions differ only in the policy file, which is
@@ -80,9 +103,23 @@ class VersionAgent(CommandAgent):
     def env(self, ctx: Context, prompt_path: Path, desc_path: Path) -> dict[str, str]:
         # A version's own agents need a ledger key (a cmd: agent inside it marks its processes with one):
         # a throwaway key in its scratch folder, never the user's, which it could neither read nor should.
+        # Not the harness's environment (a version's code reads every secret in it): the scrubbed one of
+        # experiments, the variables the inner agent declares, and the agent contract's own.
         config = ctx.exp_dir / "version" / ".config"
         config.mkdir(parents=True, exist_ok=True)
-        return {**super().env(ctx, prompt_path, desc_path), "OUROBOROS_CONFIG_DIR": str(config)}
+        given = super().env(ctx, prompt_path, desc_path)
+        keys, _ = self.needs(ctx.task)
+        return sandbox.scrubbed_env({**{k: given[k] for k in _CONTRACT_VARS if k in given},
+                                     "OUROBOROS_CONFIG_DIR": str(config)}, allow=keys)
+
+    def confined(self, ctx: Context, argv: list[str] | str, writable: list[Path], readable: list[Path],
+                 home=None) -> list[str] | str:
+        wrapped = super().confined(ctx, argv, writable, readable, home)
+        if not self.needs(ctx.task)[1] and self.confinement == "bwrap":  # a knob agent: no network either
+            if isinstance(wrapped, str) or os.path.basename(wrapped[0]) != "bwrap":
+                raise AgentError(f"the version's proposer was to run in bubblewrap, not as {str(wrapped)[:80]!r}")
+            wrapped = [wrapped[0], "--unshare-net", *wrapped[1:]]
+        return wrapped
 
     def scratch(self, ctx: Context) -> list[Path]:
         return [ctx.exp_dir / "version", ctx.exp_dir / "proposal.json"]
