@@ -181,17 +181,6 @@ print(json.dumps({{r["name"]: 0 for r in plan["runs"]}}))
 
 
 @pytest.mark.skipif(not BWRAP, reason="without bubblewrap a version's runner runs with the user's rights (documented)")
-@pytest.mark.xfail(strict=True, reason=(
-    "delta._params_at runs `git --git-dir=<inner run>/.git cat-file` (and gate._git runs rev-parse, rev-list, "
-    "diff-tree with -C <inner task>) on repos the candidate's confined runner wrote, with their own config "
-    "(only core.fsmonitor and hooksPath are overridden): a config that makes the repo a partial clone "
-    "(extensions.partialClone, a promisor remote whose uploadpack is a command) gets that command run by the "
-    "outer harness when git looks up a commit the repo lacks (a lazy fetch), outside the runner's sandbox: at "
-    "the end of `run --self` (the holdout comparison) and in `ouroboros delta --version`, unconfined. "
-    "Fix: never let git read a candidate's repo config: read its objects through a fresh trusted git dir "
-    "(GIT_DIR=<empty temp repo>, GIT_ALTERNATE_OBJECT_DIRECTORIES=<inner>/.git/objects, GIT_CONFIG_NOSYSTEM=1, "
-    "GIT_CONFIG_GLOBAL=/dev/null, GIT_NO_LAZY_FETCH=1 where git >= 2.44), or refuse an inner repo whose "
-    "config names extensions/remotes/include before running any git on it"))
 def test_a_versions_inner_repo_config_cannot_run_a_command_in_the_outer_harness(tmp_path):
     from ouroboros.errors import OuroborosError
     from ouroboros.self import delta

@@ -114,3 +114,36 @@ def test_every_query_on_an_inner_ledger_is_bounded(tmp_path, monkeypatch):
     monkeypatch.setattr(delta, "QUERY_STEPS", 20_000)  # fewer steps than reading 5000 rows takes
     with pytest.raises(OuroborosError, match="unreadable: interrupted"):
         delta.claims(tmp_path)
+
+
+def test_an_inner_repo_is_read_without_its_config_refs_files_or_odd_objects(tmp_path):
+    import os
+
+    from ouroboros.errors import OuroborosError
+    from ouroboros.self.evidence import InnerRepo
+    from ouroboros.workspace import git
+
+    repo = tmp_path / "inner"
+    repo.mkdir()
+    (repo / "params.py").write_text("X = 1\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    head = git(repo, "rev-parse", "HEAD").strip()
+    git(repo, "update-ref", "refs/ouroboros/t/1", head)
+    git(repo, "pack-refs", "--all")  # refs/ouroboros/t/1 only in packed-refs now
+    planted = tmp_path / "planted"
+    with open(repo / ".git" / "config", "a") as f:  # a command git would run on a call in the repo
+        f.write(f"[core]\n\tfsmonitor = \"touch {planted}\"\n\tcommitGraph = true\n")
+    inner = InnerRepo(repo)
+    assert inner.ref("HEAD") == head and inner.ref("refs/ouroboros/t/1") == head
+    assert inner.ref("refs/ouroboros/t/2") is None
+    assert inner.git("cat-file", "blob", f"{head}:params.py") == "X = 1\n"
+    assert not planted.exists()
+    os.mkfifo(repo / ".git" / "objects" / "info" / "alternates")  # git would wait on it
+    with pytest.raises(OuroborosError, match=r"borrows another \(info/alternates\)"):
+        InnerRepo(repo)
+    os.unlink(repo / ".git" / "objects" / "info" / "alternates")
+    os.mkfifo(repo / ".git" / "objects" / "ab")
+    with pytest.raises(OuroborosError, match="objects/'ab' is not a regular file"):
+        InnerRepo(repo)

@@ -30,7 +30,6 @@ import math
 import os
 import sqlite3
 import stat
-import subprocess
 import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,7 @@ from pathlib import Path
 from ouroboros.errors import OuroborosError
 from ouroboros.readfile import read_regular
 from ouroboros.self import inner, versions
+from ouroboros.self.evidence import SHA, InnerRepo
 from ouroboros.self.suite import SuiteTask, load_suite
 
 TAG = "delta"
@@ -199,24 +199,29 @@ def export_inner(dest: Path, out: Path) -> None:
         copy.close()
         source.close()
     (out / "keeps").mkdir(exist_ok=True)
+    repo = InnerRepo(dest)
     for n, commit, status, _claimed in claims(dest):
         if n == 0 or status in ("keep", "discard"):  # what collect() re-measures
-            (out / "keeps" / f"{commit}.py").write_text(_params_at(dest, commit))
+            (out / "keeps" / f"{commit}.py").write_text(_params_at(dest, commit, repo))
 
 
-def _params_at(dest: Path, commit: str) -> str:
-    exported = dest / "keeps" / f"{commit}.py"
-    if not (dest / ".git").exists():
-        text = read_regular(exported) if len(commit) == 40 and commit.isalnum() else None  # no link, no FIFO
-        if text is not None:
-            return text
-        raise ClaimError(f"the inner ledger of {dest.name} names commit {commit[:12]}, which has no params.py")
-    # cat-file runs no filter, textconv or hook of the (untrusted) inner repo
-    out = subprocess.run(["git", f"--git-dir={dest / '.git'}", "-c", "core.fsmonitor=false", "cat-file", "blob",
-                          f"{commit}:params.py"], capture_output=True)
-    if out.returncode != 0:
-        raise ClaimError(f"the inner ledger of {dest.name} names commit {commit[:12]}, which has no params.py")
-    return out.stdout.decode(errors="replace")
+def _params_at(dest: Path, commit: str, repo: InnerRepo | None = None) -> str:
+    """params.py at an inner experiment's commit: from the inner repo's objects, read through a trusted git
+    dir (evidence.py: git never reads the candidate's repo config), or from an export."""
+    if not SHA.fullmatch(commit):
+        raise ClaimError(f"the inner ledger of {dest.name} names {commit[:50]!r}, which is not a commit id")
+    if not os.path.lexists(dest / ".git"):
+        text = read_regular(dest / "keeps" / f"{commit}.py")  # an export: no link, no FIFO
+        if text is None:
+            raise ClaimError(f"the inner ledger of {dest.name} names commit {commit[:12]}, which has no params.py")
+        return text
+    try:
+        return (repo or InnerRepo(dest)).git("cat-file", "blob", f"{commit}:params.py")
+    except ClaimError:
+        raise
+    except OuroborosError as exc:
+        raise ClaimError(f"the inner ledger of {dest.name} names commit {commit[:12]}, which has no params.py "
+                         f"({exc})") from None
 
 
 def collect(dest: Path, task: SuiteTask, seed: int, experiments: int) -> RunScore:
@@ -228,6 +233,7 @@ def collect(dest: Path, task: SuiteTask, seed: int, experiments: int) -> RunScor
     process's own greedy replay over the re-measured values (an experiment counts when its metric
     beats the best so far; the curve follows the scored metric of that best)."""
     rows = claims(dest)
+    repo = InnerRepo(dest) if os.path.lexists(dest / ".git") else None
     if [r[0] for r in rows] != list(range(experiments + 1)):
         raise ClaimError(f"the inner ledger of {dest.name} records experiments {[r[0] for r in rows]}, "
                          f"not 0..{experiments}")
@@ -238,7 +244,7 @@ def collect(dest: Path, task: SuiteTask, seed: int, experiments: int) -> RunScor
     for n, commit, status, claimed in rows:
         if n == 0 or status in ("keep", "discard"):  # an evaluated experiment (the others get no credit)
             keeps += n > 0 and status == "keep"
-            measured = task.measure(_params_at(dest, commit), seed)
+            measured = task.measure(_params_at(dest, commit, repo), seed)
             if measured is None:
                 raise ClaimError(f"{task.name} seed {seed}: the inner ledger claims a {status} at experiment {n} "
                                  f"({metric_name} {claimed}), but its params are infeasible to the trusted evaluator")
