@@ -343,7 +343,8 @@ def test_a_kept_versions_deeply_nested_proposal_file_cannot_crash_the_self_drive
     agent = driver.VersionAgent("random", tmp_path, tmp_path, "b" * 40, {"bad": []}, lambda: None)
     ctx = SimpleNamespace(history=[], exp_dir=exp_dir, worktree=tmp_path, read_baseline=None, n=1, seed=0,
                           best=SimpleNamespace(n=0), prompt=lambda: "", session=0,
-                          task=SimpleNamespace(editable_files=lambda worktree: []))
+                          task=SimpleNamespace(editable_files=lambda worktree: [],
+                                               bound=SimpleNamespace(max_artifact_mb=100.0)))
     proposal = agent.propose(ctx)  # json's decoder raised RecursionError, which the driver did not catch
     assert proposal.params == {}
 
@@ -400,13 +401,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("more steps")
 
 
 @pytest.mark.skipif(not BWRAP, reason="the version's proposer is confined only at level bwrap")
-@pytest.mark.xfail(strict=True, reason=(
-    "VersionAgent.scratch binds exp/<n>/version/ (a folder in the records) writable into the proposer's sandbox, "
-    "but CommandAgent.propose watches and caps only the artifacts folder (sandbox.run's single `watch`): a "
-    "version's proposer leaves any number of files there, each under RLIMIT_FSIZE, and they stay in the records "
-    "after every proposal (a disk fill that grows with each experiment). Fix: watch every writable folder of the "
-    "agent phase (sandbox.run with a list of watched folders, or the exp dir) and remove what a proposal left "
-    "in scratch folders past max_artifact_mb, as _drop_new does for artifacts; or bind a size-capped tmpfs there"))
 def test_a_versions_proposer_cannot_fill_the_disk_through_its_scratch_folder(tmp_path, monkeypatch):
     from ouroboros.loop import Loop, Options
     from ouroboros.self import driver, versions

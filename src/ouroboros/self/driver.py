@@ -31,6 +31,7 @@ from ouroboros.errors import OuroborosError
 from ouroboros.ledger import Experiment, Ledger
 from ouroboros.readfile import read_regular
 from ouroboros.self import versions
+from ouroboros.self.inner import remove
 from ouroboros.self.delta import benchmark
 from ouroboros.self.propose import AGENT_FAILED
 from ouroboros.self.settings import load_settings
@@ -146,9 +147,15 @@ class VersionAgent(CommandAgent):
             "session": ctx.session, "scratch": str(ctx.exp_dir / "version"),
             "out": str(ctx.exp_dir / "proposal.json")}, default=str))
         try:
-            proposal = super().propose(ctx)
+            try:
+                proposal = super().propose(ctx)
+            finally:
+                held = self._bound_scratch(ctx)
+            if held is not None:
+                raise AgentError(f"agent left {held / 2**20:.1f} MB in its scratch folder, more than "
+                                 f"max_artifact_mb={ctx.task.bound.max_artifact_mb:g} (removed)")
         except AgentError as exc:
-            if str(exc).startswith(f"agent exited {AGENT_FAILED}"):  # the version started; its proposal failed
+            if held is not None or str(exc).startswith(f"agent exited {AGENT_FAILED}"):  # started; the proposal failed
                 raise AgentError(f"version {self.version[:12]}: {exc}", Proposal("", model=self.version[:12])) \
                     from None
             return self._rollback(str(exc))
@@ -161,6 +168,17 @@ class VersionAgent(CommandAgent):
         proposal.params, proposal.model = params, self.version[:12]
         return proposal
 
+    def _bound_scratch(self, ctx: Context) -> int | None:
+        """The scratch folder (the inner agent's records, kept in the experiment's) holds at most max_artifact_mb,
+        as an agent's artifacts do: past that, all of it is removed; how much it held then (None: within)."""
+        scratch = ctx.exp_dir / "version"
+        held = _held(scratch)
+        if held <= int(ctx.task.bound.max_artifact_mb * 2**20):
+            return None
+        remove(scratch)  # never through a link
+        (scratch / ".config").mkdir(parents=True)
+        return held
+
     def _rollback(self, why: str) -> Proposal:
         if self.version == self.base:
             raise OuroborosError(f"the base version {self.base[:12]} cannot propose: {why}")
@@ -169,6 +187,26 @@ class VersionAgent(CommandAgent):
         self.name = "self"
         raise AgentError(f"version {self.version[:12]} failed to start: {' '.join(why.split())[:300]}; rolled back "
                          "to the last good version", Proposal("", model=self.version[:12]))
+
+
+def _held(folder: Path) -> int:
+    """Bytes an untrusted folder holds on disk, every entry counted (a `.git` too), at least 512 bytes each,
+    blocks preallocated past a file's end included; links never followed."""
+    total, stack = 0, [folder]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    total += max(st.st_size, st.st_blocks * 512, 512)
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+        except OSError:
+            continue
+    return total
 
 
 @contextmanager
