@@ -11,7 +11,9 @@ each experiment's `model` column. A rejected candidate is a crash, and the next 
 starts from the last kept version. A kept version whose proposer fails to start (a policy file
 that is not plain settings, a broken agent) is recorded as a crash of its own (agent `self`),
 marked bad, and the driver goes back to the last good version. At the end the first and the final
-version are compared on the holdout suite (runs/<tag>/self.json), each run confined too.
+version are compared on the holdout suite, each run confined too. The bad versions and the holdout
+comparison are kept in the run's ledger row (`config["self"]`, chained like every row); the copy in
+runs/<tag>/self.json is for reading only.
 """
 
 from __future__ import annotations
@@ -232,10 +234,23 @@ def run_self(task: Task, max_experiments: int, tag: str, agent: str = "policy", 
     cache = records / "versions"
     run = ledger.run(tag)
     base = run.base_commit if run else ensure_clean(repo, task.root.relative_to(repo).as_posix() or ".")
+    # the bad versions and the holdout comparison live in the run's ledger row (chained: edited without the
+    # key, `verify` names it); runs/<tag>/self.json is a copy for reading, never read back
+    state = dict(run.config.get("self") or {}) if run else {}
+    state.setdefault("bad", [])
+    state.setdefault("first", base)
     state_path = ledger.run_dir(tag) / "self.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {"bad": [], "first": base}
+    loops: list = []
 
     def save() -> None:
+        if loops:  # during the loop: through its own record of the run, which it saves again itself
+            loops[0].run_rec.config["self"] = state
+            loops[0].ledger.save_run(loops[0].run_rec)
+        else:
+            rec = ledger.run(tag)
+            if rec is not None:
+                rec.config["self"] = state
+                ledger.save_run(rec)
         state_path.parent.mkdir(parents=True, exist_ok=True)
         state_path.write_text(json.dumps(state, indent=1))
 
@@ -247,11 +262,13 @@ def run_self(task: Task, max_experiments: int, tag: str, agent: str = "policy", 
 
     opts = Options(agent=agent, tag=tag, max_experiments=max_experiments, seed=seed, resume=run is not None)
     loop = Loop(task, opts, agent=proposer, on_experiment=line)
+    loops.append(loop)
     proposer.seed = loop.run_rec.seed
     with _version_env(base[:12]):  # the baseline's version; each proposal records its own
         loop.run()
-    loop.ledger.close()
     save()
+    loop.ledger.close()
+    loops.clear()
     history = ledger.experiments(tag, finished_only=True)
     keeps = [e for e in history if e.status == "keep" and e.commit_sha not in state["bad"]]
     state["final"] = keeps[-1].commit_sha
@@ -269,6 +286,6 @@ def run_self(task: Task, max_experiments: int, tag: str, agent: str = "policy", 
                                cfg.experiments, "holdout", None, cfg.agent, cfg.search, cfg.jobs)
             state["holdout"][f"{key}_result"] = json.loads(result.to_json())
             echo(f"  {result.line()}")
-    state_path.write_text(json.dumps(state, indent=1))
+    save()
     ledger.close()
     return state
