@@ -287,17 +287,6 @@ out.write_text(json.dumps({"level": inner.confined(["true"], work, src)[1], "ref
 @pytest.mark.skipif(not BWRAP, reason="the gate's runner is confined only where bubblewrap works")
 @pytest.mark.skipif(not ROOT, reason="shown under a root harness (its sandbox drops to nobody with no user namespace, "
                     "where a nested bwrap cannot mount /proc); elsewhere a nested bwrap may work")
-@pytest.mark.xfail(strict=True, reason=(
-    "inner.confined falls back to no confinement at all (\"none\") when bwrap does not work where it is "
-    "called, and inside the self task's evaluation sandbox a nested bwrap cannot mount /proc, so the gate's "
-    "inner.spawn runs the candidate's runner unconfined beside the trusted evaluator (same uid, same /tmp, "
-    "same PID namespace): it rewrites the evaluator's private copy of the trusted source, whose suite "
-    "evaluators task_eval loads after the gate (the re-measurement is then the candidate's), or ptraces the "
-    "evaluator; with agents/** editable (as the self template suggests for a coding agent) that is a forged "
-    "delta. Fix: never run a candidate's code in the evaluation phase: do the gate's inner runs in the run "
-    "phase (as task_run does for the delta runs) and let the evaluator only judge their evidence; and make "
-    "confined() raise instead of returning the argv unconfined when a caller that was promised confinement "
-    "cannot get it"))
 def test_the_gates_runner_cannot_write_the_trusted_evaluators_private_files(tmp_path, monkeypatch):
     import subprocess
 

@@ -95,9 +95,10 @@ def prepare_run(task: SuiteTask, seed: int, work: Path) -> Path:
 
 
 def run_many(src: Path, items: list[tuple[SuiteTask, int]], experiments: int, work: Path, agent: str = "policy",
-             search: str = "greedy", jobs: int = 2, timeout: float = 600) -> list[Path]:
+             search: str = "greedy", jobs: int = 2, timeout: float = 600, unconfined_ok: bool = True) -> list[Path]:
     """Inner runs: fresh copies of the suite tasks, all run by one process of the version at `src`
-    (self/inner.py: one fork per run, `jobs` side by side)."""
+    (self/inner.py: one fork per run, `jobs` side by side). Without bubblewrap the runner has this
+    process's rights (documented) unless `unconfined_ok` is False."""
     work.mkdir(parents=True, exist_ok=True)
     runs, dests = [], []
     for task, seed in items:
@@ -107,7 +108,7 @@ def run_many(src: Path, items: list[tuple[SuiteTask, int]], experiments: int, wo
         runs.append({"name": dest.name, "cwd": str(dest), "log": str(dest.parent / f"{dest.name}.log"),
                      "steps": [argv]})
         dests.append(dest)
-    codes = inner.spawn(src, runs, work / "plan.json", jobs, timeout)
+    codes = inner.spawn(src, runs, work / "plan.json", jobs, timeout, unconfined_ok)
     for (task, seed), dest in zip(items, dests, strict=True):
         code = codes[dest.name]
         if code == 124:

@@ -198,11 +198,15 @@ def judge_attack(attack: cheats.Attack, task: Path, base: tuple[str, str], marke
     return None
 
 
-def gate(src: Path, timeout: float = 300, jobs: int = 2, keep: Path | None = None) -> list[str]:
+def gate(src: Path, timeout: float = 300, jobs: int = 2, keep: Path | None = None,
+         own_code: bool = False) -> list[str]:
     """The gate's failures for the version at `src` (empty: it passes), one 'FAIL what: why' each.
 
     Every check runs the candidate's harness in its own processes; every verdict is this process's,
-    made with code imported before the candidate starts."""
+    made with code imported before the candidate starts. The candidate's runner must be confined
+    (bubblewrap) unless `own_code`: its code is the protected code, only its data differs (the default
+    self task, whose only editable file is the policy file, read as data); otherwise, where bubblewrap
+    does not work (nested in the evaluation sandbox under a root harness), the gate fails."""
     tmp = Path(tempfile.mkdtemp(prefix="ouroboros-gate-")) if keep is None else keep
     try:
         bowl = load_suite("public", ["bowl"])[0]
@@ -231,9 +235,11 @@ def gate(src: Path, timeout: float = 300, jobs: int = 2, keep: Path | None = Non
                                     CHEAT_TAG]]})
         base = _checkout(contract)
         try:
-            codes = inner.spawn(src, runs, tmp / "plan.json", jobs, timeout)
+            codes = inner.spawn(src, runs, tmp / "plan.json", jobs, timeout, unconfined_ok=own_code)
         except OuroborosError as exc:
-            return [f"FAIL the candidate's harness: {exc}"]
+            hint = "" if own_code or "not run unconfined" not in str(exc) else \
+                " (set gate = false in delta.toml to go on without the gate)"
+            return [f"FAIL the candidate's harness: {exc}{hint}"]
         failures = []
         checks = [("agent contract (policy)", "contract", lambda: judge_contract(contract, base, CONTRACT_EXPERIMENTS, bowl))]
         checks += [(f"cheat {name}", name, lambda a=a, t=t, m=m, b=b: judge_attack(a, t, b, m))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import sys
@@ -132,8 +133,6 @@ def log_tail(log: Path, cap: int = 16 << 10) -> str:
 
 def remove(path: Path) -> None:
     """Remove whatever is at `path` without following a link (a link, a FIFO, a file or a whole folder)."""
-    import shutil
-
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -152,16 +151,21 @@ def _checkout_of(folder: Path) -> Path | None:
     return None
 
 
-def confined(argv: list[str], work: Path, src: Path) -> tuple[list[str], str]:
+def confined(argv: list[str], work: Path, src: Path, required: bool = False) -> tuple[list[str], str]:
     """argv confined for a version's runner (bubblewrap): `work` is its only writable place; $HOME (the
     ledger key, the user's files), /tmp, /run and the git checkout holding `work` (the user's
     records and files) are out of its sight; the version's source and this interpreter are read-only;
     no network; no capabilities (it cannot remount what hides or protects); under a root harness it
     runs as uid and gid 65534 (nobody), owner of `work`, as level bwrap runs do (root would still
-    write every file root owns). Without bubblewrap, argv as it is ("none")."""
+    write every file root owns). Without bubblewrap, argv as it is ("none"), or with `required` an
+    OuroborosError: never a silent run with the caller's rights where confinement was promised."""
     from ouroboros import isolation
+    from ouroboros.errors import OuroborosError
 
     if not isolation.available("bwrap"):
+        if required:
+            where = "does not work here (nested?)" if shutil.which("bwrap") else "is not installed"
+            raise OuroborosError(f"bubblewrap {where}: a version's runner, its own code, is not run unconfined")
         return argv, "none"
     root = isolation.drops_root()
     real = [Path(os.path.realpath(p)) for p in (work, src, sys.prefix, sys.base_prefix)]
@@ -214,11 +218,14 @@ def _give(work: Path) -> None:
             continue
 
 
-def spawn(src: Path, runs: list[dict], plan_path: Path, jobs: int = 2, timeout: float = 600) -> dict[str, int]:
+def spawn(src: Path, runs: list[dict], plan_path: Path, jobs: int = 2, timeout: float = 600,
+          unconfined_ok: bool = False) -> dict[str, int]:
     """Run `runs` with the version at `src`, in a runner process of its own (the caller's side).
 
     The runner is confined (confined(): the plan's folder, which holds every run, is all it may
     write; no view of the user's checkout, records or ledger key) and gets a ledger key of its own.
+    Where bubblewrap does not work, OuroborosError, unless the caller says a runner with its own rights
+    is acceptable (`unconfined_ok`: the user's own `delta`, documented; a run phase, itself the sandbox).
     Returns each run's exit status as the runner tells it (124: past `timeout`), or raises
     OuroborosError when the runner itself dies or says nothing readable."""
     import subprocess
@@ -241,7 +248,8 @@ def spawn(src: Path, runs: list[dict], plan_path: Path, jobs: int = 2, timeout: 
     remove(config)
     config.mkdir(mode=0o700)
     limit = timeout * (len(runs) + 1)  # every run past its own limit, one at a time, at worst
-    argv, _ = confined([sys.executable, "-m", "ouroboros.self.inner", str(plan_path.resolve())], work, src)
+    argv, _ = confined([sys.executable, "-m", "ouroboros.self.inner", str(plan_path.resolve())], work, src,
+                       required=not unconfined_ok)
     env = versions.environment(src, {"COLUMNS": "160", "OUROBOROS_CONFIG_DIR": str(config.resolve())})
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
