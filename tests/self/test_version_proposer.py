@@ -4,7 +4,6 @@ not declare, no network for a knob agent, no disk past the cap in its scratch fo
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 

@@ -33,8 +33,8 @@ from ouroboros.errors import OuroborosError
 from ouroboros.ledger import Experiment, Ledger
 from ouroboros.readfile import read_regular
 from ouroboros.self import versions
-from ouroboros.self.inner import remove
 from ouroboros.self.delta import benchmark
+from ouroboros.self.inner import remove
 from ouroboros.self.propose import AGENT_FAILED
 from ouroboros.self.settings import load_settings
 from ouroboros.task import RECORDS_DIR, Task
