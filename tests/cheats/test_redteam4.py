@@ -180,7 +180,8 @@ def test_a_kept_versions_proposal_file_cannot_crash_the_self_driver(tmp_path, mo
     agent = driver.VersionAgent("random", tmp_path, tmp_path, "b" * 40, {"bad": []}, lambda: None)
     ctx = SimpleNamespace(history=[], exp_dir=exp_dir, worktree=tmp_path, read_baseline=None, n=1, seed=0,
                           best=SimpleNamespace(n=0), prompt=lambda: "", session=0,
-                          task=SimpleNamespace(editable_files=lambda worktree: []))
+                          task=SimpleNamespace(editable_files=lambda worktree: [],
+                                               bound=SimpleNamespace(max_artifact_mb=100.0)))
     try:
         proposal = agent.propose(ctx)
     except MemoryError:

@@ -33,14 +33,6 @@ print(json.dumps({{r["name"]: 0 for r in plan["runs"]}}))
 
 @pytest.mark.skipif(not BWRAP, reason="a version's runner is confined only where bubblewrap works")
 @pytest.mark.skipif(not ROOT, reason="the runner keeps capabilities only under a root harness")
-@pytest.mark.xfail(strict=True, reason=(
-    "self.inner.confined starts bwrap as root without --cap-drop ALL and without the drop to NOBODY that "
-    "isolation.Bwrap.wrap does, so under a root harness a version's runner (`delta --version`, the gate, the "
-    "holdout comparison at the end of `run --self`) keeps every capability: it remounts / read-write and "
-    "unmounts the tmpfs over $HOME (reads ~/.config/ouroboros/ledger.key, writes the outer records and the "
-    "harness's code). Fix: in confined(), under a root harness add --cap-drop ALL and run the argv through "
-    "isolation._DROP_ROOT (setpriv to 65534, --cap-add CAP_SETUID/SETGID/SETPCAP for it) with "
-    "isolation._grant([work]); elsewhere add --cap-drop ALL too"))
 def test_a_versions_runner_cannot_remount_its_sandbox_and_write_outside_its_folder(tmp_path):
     from ouroboros.self import inner
 
@@ -170,17 +162,6 @@ print(json.dumps({{r["name"]: 0 for r in plan["runs"]}}))
 
 
 @pytest.mark.skipif(not BWRAP, reason="without bubblewrap a version's runner runs with the user's rights (documented)")
-@pytest.mark.xfail(strict=True, reason=(
-    "delta._params_at runs `git --git-dir=<inner run>/.git cat-file` (and gate._git runs rev-parse, rev-list, "
-    "diff-tree with -C <inner task>) on repos the candidate's confined runner wrote, with their own config "
-    "(only core.fsmonitor and hooksPath are overridden): a config that makes the repo a partial clone "
-    "(extensions.partialClone, a promisor remote whose uploadpack is a command) gets that command run by the "
-    "outer harness when git looks up a commit the repo lacks (a lazy fetch), outside the runner's sandbox: at "
-    "the end of `run --self` (the holdout comparison) and in `ouroboros delta --version`, unconfined. "
-    "Fix: never let git read a candidate's repo config: read its objects through a fresh trusted git dir "
-    "(GIT_DIR=<empty temp repo>, GIT_ALTERNATE_OBJECT_DIRECTORIES=<inner>/.git/objects, GIT_CONFIG_NOSYSTEM=1, "
-    "GIT_CONFIG_GLOBAL=/dev/null, GIT_NO_LAZY_FETCH=1 where git >= 2.44), or refuse an inner repo whose "
-    "config names extensions/remotes/include before running any git on it"))
 def test_a_versions_inner_repo_config_cannot_run_a_command_in_the_outer_harness(tmp_path):
     from ouroboros.errors import OuroborosError
     from ouroboros.self import delta
@@ -280,17 +261,6 @@ out.write_text(json.dumps({"level": inner.confined(["true"], work, src)[1], "ref
 @pytest.mark.skipif(not BWRAP, reason="the gate's runner is confined only where bubblewrap works")
 @pytest.mark.skipif(not ROOT, reason="shown under a root harness (its sandbox drops to nobody with no user namespace, "
                     "where a nested bwrap cannot mount /proc); elsewhere a nested bwrap may work")
-@pytest.mark.xfail(strict=True, reason=(
-    "inner.confined falls back to no confinement at all (\"none\") when bwrap does not work where it is "
-    "called, and inside the self task's evaluation sandbox a nested bwrap cannot mount /proc, so the gate's "
-    "inner.spawn runs the candidate's runner unconfined beside the trusted evaluator (same uid, same /tmp, "
-    "same PID namespace): it rewrites the evaluator's private copy of the trusted source, whose suite "
-    "evaluators task_eval loads after the gate (the re-measurement is then the candidate's), or ptraces the "
-    "evaluator; with agents/** editable (as the self template suggests for a coding agent) that is a forged "
-    "delta. Fix: never run a candidate's code in the evaluation phase: do the gate's inner runs in the run "
-    "phase (as task_run does for the delta runs) and let the evaluator only judge their evidence; and make "
-    "confined() raise instead of returning the argv unconfined when a caller that was promised confinement "
-    "cannot get it"))
 def test_the_gates_runner_cannot_write_the_trusted_evaluators_private_files(tmp_path, monkeypatch):
     import subprocess
 
@@ -336,7 +306,8 @@ def test_a_kept_versions_deeply_nested_proposal_file_cannot_crash_the_self_drive
     agent = driver.VersionAgent("random", tmp_path, tmp_path, "b" * 40, {"bad": []}, lambda: None)
     ctx = SimpleNamespace(history=[], exp_dir=exp_dir, worktree=tmp_path, read_baseline=None, n=1, seed=0,
                           best=SimpleNamespace(n=0), prompt=lambda: "", session=0,
-                          task=SimpleNamespace(editable_files=lambda worktree: []))
+                          task=SimpleNamespace(editable_files=lambda worktree: [],
+                                               bound=SimpleNamespace(max_artifact_mb=100.0)))
     proposal = agent.propose(ctx)  # json's decoder raised RecursionError, which the driver did not catch
     assert proposal.params == {}
 
@@ -387,13 +358,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("more steps")
 
 
 @pytest.mark.skipif(not BWRAP, reason="the version's proposer is confined only at level bwrap")
-@pytest.mark.xfail(strict=True, reason=(
-    "VersionAgent.scratch binds exp/<n>/version/ (a folder in the records) writable into the proposer's sandbox, "
-    "but CommandAgent.propose watches and caps only the artifacts folder (sandbox.run's single `watch`): a "
-    "version's proposer leaves any number of files there, each under RLIMIT_FSIZE, and they stay in the records "
-    "after every proposal (a disk fill that grows with each experiment). Fix: watch every writable folder of the "
-    "agent phase (sandbox.run with a list of watched folders, or the exp dir) and remove what a proposal left "
-    "in scratch folders past max_artifact_mb, as _drop_new does for artifacts; or bind a size-capped tmpfs there"))
 def test_a_versions_proposer_cannot_fill_the_disk_through_its_scratch_folder(tmp_path, monkeypatch):
     from ouroboros.loop import Loop, Options
     from ouroboros.self import driver, versions
@@ -472,14 +436,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("key " + os.environ.get("OP
 
 
 @pytest.mark.skipif(not BWRAP, reason="the version's proposer is confined only at level bwrap")
-@pytest.mark.xfail(strict=True, reason=(
-    "VersionAgent inherits CommandAgent.env, which is the harness's whole environment (sandbox.marked(None, ...)), "
-    "and the agent phase has the network: a kept version's proposer (its code: with agents/** editable, the "
-    "candidate's) reads every secret of the harness (OPENAI_API_KEY, ANTHROPIC_API_KEY, cloud credentials) even "
-    "when its own agent is a knob agent that calls no API, and can send them out (or, as here, into its "
-    "description, which the records keep). Fix: give VersionAgent the scrubbed environment "
-    "(sandbox.scrubbed_env) plus only the variables its inner agent declares it needs (a preset's key names), "
-    "and no network when the inner agent is not a language-model agent"))
 def test_a_versions_proposer_does_not_get_the_harness_secrets(tmp_path, monkeypatch):
     from ouroboros.loop import Loop, Options
     from ouroboros.self import driver, versions
@@ -556,13 +512,6 @@ print(json.dumps({r["name"]: 1 for r in plan["runs"]}))
 
 
 @pytest.mark.skipif(not BWRAP, reason="without bubblewrap a version's runner runs with the user's rights (documented)")
-@pytest.mark.xfail(strict=True, reason=(
-    "delta.run_many reads a failed inner run's log with Path.read_text (and gate._tail with read_text) to quote its "
-    "last line, though the log lies in the folder the candidate's runner writes: a FIFO there blocks the outer "
-    "harness forever (a link there is followed: outside the sandbox, at the holdout comparison and in `delta`, "
-    "it quotes any file the user can read). Fix: read those logs with readfile.read_regular (O_NOFOLLOW, "
-    "O_NONBLOCK, regular files only, capped), reading only the tail; a log that is not there (the runner removed "
-    "it) ends the same read in FileNotFoundError, a traceback instead of the one-line error"))
 @pytest.mark.parametrize("fifo", [True, False], ids=["fifo", "removed"])
 def test_a_versions_runner_cannot_hang_the_outer_harness_with_a_fifo_log(fifo, tmp_path):
     import subprocess
@@ -601,13 +550,6 @@ print(json.dumps({r["name"]: 0 for r in plan["runs"]}))
 
 
 @pytest.mark.skipif(not BWRAP, reason="without bubblewrap a version's runner runs with the user's rights (documented)")
-@pytest.mark.xfail(strict=True, reason=(
-    "delta.claims (and gate._ledger_rows) open the inner ledger the candidate's runner wrote and SELECT from "
-    "whatever `experiments` is there: a view over an endless recursive query never returns, so the outer "
-    "harness hangs (at the end of `run --self` and in `ouroboros delta`, with no timeout). Fix: before any "
-    "query, refuse an inner ledger whose sqlite_master holds anything but the expected tables (no view, trigger "
-    "or virtual table), and bound every query on it (Connection.set_progress_handler aborting after a few "
-    "million steps)"))
 def test_a_versions_inner_ledger_cannot_hang_the_outer_harness(tmp_path):
     import subprocess
 
@@ -628,12 +570,11 @@ def test_a_versions_inner_ledger_cannot_hang_the_outer_harness(tmp_path):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "`run --self` keeps its holdout comparison (first vs final version, the transfer result its report shows) and "
-    "its list of bad versions in runs/<tag>/self.json, a plain JSON file outside the ledger's chain: whoever "
-    "edits the records without the key (the model of the chain) writes any holdout result, and neither "
-    "`verify` nor `log` nor the report says anything. Fix: record the holdout results and the bad versions in "
-    "the run's ledger row (runs.config, chained) and read them from there; have verify compare self.json "
-    "with it"))
+    "`run --self` kept its holdout comparison and its bad versions in runs/<tag>/self.json, outside the chain. "
+    "Fixed in self/: they now live in the run's chained ledger row (runs.config['self']), which the driver and "
+    "the report read (tests/self/test_self_records.py); self.json is a copy never read back, so a forged one "
+    "changes nothing shown. Left for chain.py (the lead's): `verify` does not yet compare runs/<tag>/self.json "
+    "with the run row's config['self'] and name a difference, which this test asks"))
 def test_a_forged_self_run_holdout_result_is_reported_by_verify(tmp_path, monkeypatch):
     from ouroboros import chain
     from ouroboros.loop import Loop, Options
@@ -706,13 +647,6 @@ print(json.dumps({{r["name"]: 0 for r in plan["runs"]}}))
 
 
 @pytest.mark.skipif(not BWRAP, reason="without bubblewrap a version's runner runs with the user's rights (documented)")
-@pytest.mark.xfail(strict=True, reason=(
-    "inner.spawn writes plan.json with Path.write_text (links followed) into the runner's folder, which the "
-    "previous runner of the same folder could write: `ouroboros delta` reuses .ouroboros/delta/<sha>-<split> and "
-    "the holdout comparison records/holdout/<sha>, so a version's runner plants plan.json -> any file of the "
-    "user's (the ledger key, ledger.sqlite) and the next benchmark overwrites it. Fix: write the plan with "
-    "os.open(O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW) after removing what is there, or start each benchmark in "
-    "a fresh folder (remove the old one with shutil.rmtree, which does not follow links)"))
 def test_a_versions_runner_cannot_make_the_next_benchmark_write_through_a_link(tmp_path):
     from ouroboros.self import inner
 

@@ -146,13 +146,20 @@ def test_a_candidate_that_forges_the_gate_is_rolled_back_and_recorded(code_task,
                                           'gate = true\n')
     commit_all(self_task, "the gate on")
     agent = scripted_agent(tmp_path, [(AGENTS, FORGE_EXIT), (AGENTS, FORGE_PATCH)])
-    state = run_self(load_task(self_task), 2, "t", agent=agent, holdout=False, echo=lambda s: None)
+    try:
+        state = run_self(load_task(self_task), 2, "t", agent=agent, holdout=False, echo=lambda s: None)
+    except OuroborosError as exc:
+        # With agents/** editable the gate runs the candidate's own runner, which must be confined; inside the
+        # evaluation sandbox bubblewrap does not nest (under a root harness, or without user namespaces), so
+        # the gate refuses every version there, the baseline first: the run stops, nothing is run unconfined.
+        assert "is not run unconfined (set gate = false in delta.toml" in str(exc), exc
+        return
     exps = Ledger(self_task / RECORDS_DIR).experiments("t")
     base, skipped, patched = exps
     assert base.status == "keep"
     logs = [(self_task / RECORDS_DIR / f"runs/t/exp/{n}/eval.log").read_text() for n in (1, 2)]
     assert skipped.status == "crash" and "evaluator exited 1" in skipped.reason
-    assert "FAIL agent contract (policy): no ledger was written" in logs[0]
+    assert "FAIL agent contract (policy): the candidate's run left no ledger" in logs[0]
     assert patched.status == "crash" and "evaluator exited 1" in patched.reason
     assert "FAIL cheat edit-evaluator" in logs[1]  # got through its weakened guard, or stopped by another defence
     assert "FAIL cheat raise-budget" in logs[1]
@@ -168,14 +175,14 @@ def test_the_gate_fails_a_version_whose_agent_breaks_the_contract(tmp_path):
     shutil.copytree(SRC.parent / "examples" / "quadratic", bad / "examples" / "quadratic")
     agent = bad / "src" / "ouroboros" / "agents" / "policy.py"  # its mutations raise
     agent.write_text(agent.read_text().replace('int(policy["MUTATE_KNOBS"])', 'int("two")'))
-    failures = gate(bad / "src")
+    failures = gate(bad / "src", own_code=True)  # the test's own copy: run unconfined where bwrap is missing
     assert len(failures) == 1 and failures[0].startswith("FAIL agent contract (policy): the ledger records "
                                                          "experiments [0, 1, 2, 3]"), failures
     assert "ValueError: invalid literal for int()" in failures[0]
 
 
 def test_the_gate_passes_the_current_version():
-    assert gate(SRC) == []
+    assert gate(SRC, own_code=True) == []  # this checkout's own code
 
 
 def test_the_delta_benchmark_of_the_same_version_and_seeds_gives_the_same_score(tmp_path):

@@ -53,6 +53,7 @@ class PresetAgent(CommandAgent):
     install = ""  # the command that installs the CLI, shown when it is missing
     auth = ""  # how to sign in, shown with the install hint
     agent_driven = True  # whether the CLI can run a long autonomous session (`--drive agent`)
+    env_keys: tuple[str, ...] = ()  # the environment variables (keys, endpoints) the CLI reads: what a proxy passes on
 
     def __init__(self, model: str | None = None, timeout: float | None = None):
         self.model = model or ""
@@ -144,6 +145,7 @@ def _json_lines(text: str) -> list[dict]:
 
 class CodexAgent(PresetAgent):
     preset, executable = "codex", "codex"
+    env_keys = ("OPENAI_API_KEY", "OPENAI_BASE_URL")
     home_dirs = (".codex",)
     home_skip = ("sessions", "log", "history.jsonl")
     logins = (".codex/auth.json",)
@@ -167,6 +169,7 @@ class CodexAgent(PresetAgent):
 
 class ClaudeAgent(PresetAgent):
     preset, executable = "claude", "claude"
+    env_keys = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL")
     home_dirs = (".claude", ".claude.json", ".config/claude")
     home_skip = ("projects", "shell-snapshots", "todos", "file-history", "debug", "statsig")
     logins = (".claude/.credentials.json", ".config/claude/.credentials.json")
@@ -193,6 +196,8 @@ class ClaudeAgent(PresetAgent):
 
 class AiderAgent(PresetAgent):
     preset, executable = "aider", "aider"
+    env_keys = ("OPENAI_API_KEY", "OPENAI_API_BASE", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "GEMINI_API_KEY",
+                "OPENROUTER_API_KEY", "DEEPSEEK_API_KEY")
     home_dirs = (".aider",)
 
     def scratch(self, ctx: Context) -> list[Path]:
@@ -217,6 +222,8 @@ class AiderAgent(PresetAgent):
 
 class OpenCodeAgent(PresetAgent):
     preset, executable = "opencode", "opencode"
+    env_keys = ("OPENAI_API_KEY", "OPENAI_API_BASE", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "GEMINI_API_KEY",
+                "OPENROUTER_API_KEY", "DEEPSEEK_API_KEY")
     home_dirs = (".config/opencode", ".local/share/opencode", ".local/state/opencode", ".cache/opencode")
     home_skip = ("log", "snapshot", "storage")
     logins = (".local/share/opencode/auth.json",)
@@ -234,6 +241,7 @@ class OpenCodeAgent(PresetAgent):
 
 class GeminiAgent(PresetAgent):
     preset, executable = "gemini", "gemini"
+    env_keys = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_CLOUD_PROJECT")
     home_dirs = (".gemini",)
     home_skip = ("tmp", "history")
     logins = (".gemini/oauth_creds.json",)

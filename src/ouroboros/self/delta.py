@@ -27,16 +27,18 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
+import os
 import sqlite3
-import subprocess
+import stat
 import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ouroboros.errors import OuroborosError
+from ouroboros.readfile import read_regular
 from ouroboros.self import inner, versions
+from ouroboros.self.evidence import SHA, InnerRepo
 from ouroboros.self.suite import SuiteTask, load_suite
 
 TAG = "delta"
@@ -87,15 +89,16 @@ def run_dir(work: Path, task: SuiteTask, seed: int) -> Path:
 def prepare_run(task: SuiteTask, seed: int, work: Path) -> Path:
     """A fresh, committed copy of the suite task for one inner run."""
     dest = run_dir(work, task, seed)
-    shutil.rmtree(dest, ignore_errors=True)
-    (dest.parent / f"{dest.name}.log").unlink(missing_ok=True)
+    inner.remove(dest)  # an earlier runner's folder: a link there is removed, never written through
+    inner.remove(dest.parent / f"{dest.name}.log")
     return task.commit_to(dest, f"suite task {task.name}")
 
 
 def run_many(src: Path, items: list[tuple[SuiteTask, int]], experiments: int, work: Path, agent: str = "policy",
-             search: str = "greedy", jobs: int = 2, timeout: float = 600) -> list[Path]:
+             search: str = "greedy", jobs: int = 2, timeout: float = 600, unconfined_ok: bool = True) -> list[Path]:
     """Inner runs: fresh copies of the suite tasks, all run by one process of the version at `src`
-    (self/inner.py: one fork per run, `jobs` side by side)."""
+    (self/inner.py: one fork per run, `jobs` side by side). Without bubblewrap the runner has this
+    process's rights (documented) unless `unconfined_ok` is False."""
     work.mkdir(parents=True, exist_ok=True)
     runs, dests = [], []
     for task, seed in items:
@@ -105,15 +108,15 @@ def run_many(src: Path, items: list[tuple[SuiteTask, int]], experiments: int, wo
         runs.append({"name": dest.name, "cwd": str(dest), "log": str(dest.parent / f"{dest.name}.log"),
                      "steps": [argv]})
         dests.append(dest)
-    codes = inner.spawn(src, runs, work / "plan.json", jobs, timeout)
+    codes = inner.spawn(src, runs, work / "plan.json", jobs, timeout, unconfined_ok)
     for (task, seed), dest in zip(items, dests, strict=True):
         code = codes[dest.name]
         if code == 124:
             raise OuroborosError(f"the inner harness ran past {timeout:g} s on {task.name} (seed {seed})")
         if code != 0:
-            tail = (dest.parent / f"{dest.name}.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+            tail = inner.log_tail(dest.parent / f"{dest.name}.log")  # the runner's folder: no FIFO, no link
             raise OuroborosError(f"the inner harness failed on {task.name} (seed {seed}, exit {code}): "
-                                 f"{tail[0][:300]}")
+                                 f"{' '.join(tail.split())[:300]}")
     return dests
 
 
@@ -123,21 +126,62 @@ def run_inner(src: Path, task: SuiteTask, seed: int, experiments: int, work: Pat
     return run_many(src, [(task, seed)], experiments, work, agent, search, 1, timeout)[0]
 
 
+QUERY_STEPS = 20_000_000  # sqlite VM steps all queries on one inner ledger may take (a real one needs far fewer)
+
+
+def open_inner_ledger(db: Path, where: str) -> sqlite3.Connection:
+    """A read-only connection to a ledger a version's harness wrote (hostile), safe to query: a regular
+    file (and so its journal files; a FIFO would block the open, a link reads elsewhere), whose schema
+    holds only plain tables and indexes (a view runs its own query, any length of it; a trigger or
+    virtual table is code of the writer's), every query on it bounded in steps and value length.
+    OuroborosError otherwise, naming `where`."""
+    for path in (db, *(db.with_name(db.name + s) for s in ("-wal", "-shm", "-journal"))):
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            if path == db:
+                raise OuroborosError(f"{where} left no ledger") from None
+            continue
+        if not stat.S_ISREG(mode):
+            raise OuroborosError(f"{where}: {path.name} is not a regular file; a ledger is one")
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    steps = [0]
+
+    def bounded() -> int:
+        steps[0] += 10_000
+        return steps[0] > QUERY_STEPS  # nonzero: sqlite interrupts the query
+
+    con.set_progress_handler(bounded, 10_000)
+    con.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1 << 20)
+    try:
+        planted = con.execute("SELECT type, name FROM sqlite_master WHERE type NOT IN ('table', 'index') "
+                              "OR upper(ltrim(sql)) LIKE 'CREATE VIRTUAL%'").fetchone()
+        if planted is None:
+            generated = [r[1] for r in con.execute("SELECT * FROM pragma_table_xinfo('experiments')") if r[6]]
+            planted = ("generated column", generated[0]) if generated else None
+    except sqlite3.Error as exc:
+        con.close()
+        raise OuroborosError(f"{where}: the ledger is unreadable: {exc}") from exc
+    if planted is not None:
+        con.close()
+        raise OuroborosError(f"{where}: the ledger holds a {planted[0]} {str(planted[1])[:80]!r}, which Ouroboros "
+                             "never creates; the version is refused")
+    return con
+
+
 def claims(dest: Path) -> list[tuple[int, str, str, float | None]]:
     """(n, commit, status, metric) of every inner experiment, as the inner ledger tells it."""
     db = dest / ".ouroboros" / "ledger.sqlite"
-    db = db if db.is_file() else dest / "ledger.sqlite"  # an export (export_inner)
-    if not db.is_file():
-        raise OuroborosError(f"the inner run in {dest} left no ledger")
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    db = db if os.path.lexists(db) else dest / "ledger.sqlite"  # an export (export_inner)
+    con = open_inner_ledger(db, f"the inner run in {dest}")
     try:
         rows = con.execute("SELECT n, commit_sha, status, metric FROM experiments WHERE tag=? ORDER BY n",
                            (TAG,)).fetchall()
-    except sqlite3.Error as exc:
+        return [(int(n), str(c), str(s), None if m is None else float(m)) for n, c, s, m in rows]
+    except (sqlite3.Error, ValueError, TypeError) as exc:
         raise OuroborosError(f"the inner ledger in {dest} is unreadable: {exc}") from exc
     finally:
         con.close()
-    return [(int(n), str(c), str(s), None if m is None else float(m)) for n, c, s, m in rows]
 
 
 def export_inner(dest: Path, out: Path) -> None:
@@ -146,7 +190,7 @@ def export_inner(dest: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "ledger.sqlite").unlink(missing_ok=True)
     # sqlite's own copy: it reads what the inner ledger still holds in its write-ahead log
-    source = sqlite3.connect(f"file:{dest / '.ouroboros' / 'ledger.sqlite'}?mode=ro", uri=True)
+    source = open_inner_ledger(dest / ".ouroboros" / "ledger.sqlite", f"the inner run in {dest}")
     copy = sqlite3.connect(out / "ledger.sqlite")
     try:
         source.backup(copy)
@@ -156,23 +200,29 @@ def export_inner(dest: Path, out: Path) -> None:
         copy.close()
         source.close()
     (out / "keeps").mkdir(exist_ok=True)
+    repo = InnerRepo(dest)
     for n, commit, status, _claimed in claims(dest):
         if n == 0 or status in ("keep", "discard"):  # what collect() re-measures
-            (out / "keeps" / f"{commit}.py").write_text(_params_at(dest, commit))
+            (out / "keeps" / f"{commit}.py").write_text(_params_at(dest, commit, repo))
 
 
-def _params_at(dest: Path, commit: str) -> str:
-    exported = dest / "keeps" / f"{commit}.py"
-    if not (dest / ".git").exists():
-        if exported.is_file() and len(commit) == 40 and commit.isalnum():
-            return exported.read_text(errors="replace")
-        raise ClaimError(f"the inner ledger of {dest.name} names commit {commit[:12]}, which has no params.py")
-    # cat-file runs no filter, textconv or hook of the (untrusted) inner repo
-    out = subprocess.run(["git", f"--git-dir={dest / '.git'}", "-c", "core.fsmonitor=false", "cat-file", "blob",
-                          f"{commit}:params.py"], capture_output=True)
-    if out.returncode != 0:
-        raise ClaimError(f"the inner ledger of {dest.name} names commit {commit[:12]}, which has no params.py")
-    return out.stdout.decode(errors="replace")
+def _params_at(dest: Path, commit: str, repo: InnerRepo | None = None) -> str:
+    """params.py at an inner experiment's commit: from the inner repo's objects, read through a trusted git
+    dir (evidence.py: git never reads the candidate's repo config), or from an export."""
+    if not SHA.fullmatch(commit):
+        raise ClaimError(f"the inner ledger of {dest.name} names {commit[:50]!r}, which is not a commit id")
+    if not os.path.lexists(dest / ".git"):
+        text = read_regular(dest / "keeps" / f"{commit}.py")  # an export: no link, no FIFO
+        if text is None:
+            raise ClaimError(f"the inner ledger of {dest.name} names commit {commit[:12]}, which has no params.py")
+        return text
+    try:
+        return (repo or InnerRepo(dest)).git("cat-file", "blob", f"{commit}:params.py")
+    except ClaimError:
+        raise
+    except OuroborosError as exc:
+        raise ClaimError(f"the inner ledger of {dest.name} names commit {commit[:12]}, which has no params.py "
+                         f"({exc})") from None
 
 
 def collect(dest: Path, task: SuiteTask, seed: int, experiments: int) -> RunScore:
@@ -184,6 +234,7 @@ def collect(dest: Path, task: SuiteTask, seed: int, experiments: int) -> RunScor
     process's own greedy replay over the re-measured values (an experiment counts when its metric
     beats the best so far; the curve follows the scored metric of that best)."""
     rows = claims(dest)
+    repo = InnerRepo(dest) if os.path.lexists(dest / ".git") else None
     if [r[0] for r in rows] != list(range(experiments + 1)):
         raise ClaimError(f"the inner ledger of {dest.name} records experiments {[r[0] for r in rows]}, "
                          f"not 0..{experiments}")
@@ -194,7 +245,7 @@ def collect(dest: Path, task: SuiteTask, seed: int, experiments: int) -> RunScor
     for n, commit, status, claimed in rows:
         if n == 0 or status in ("keep", "discard"):  # an evaluated experiment (the others get no credit)
             keeps += n > 0 and status == "keep"
-            measured = task.measure(_params_at(dest, commit), seed)
+            measured = task.measure(_params_at(dest, commit, repo), seed)
             if measured is None:
                 raise ClaimError(f"{task.name} seed {seed}: the inner ledger claims a {status} at experiment {n} "
                                  f"({metric_name} {claimed}), but its params are infeasible to the trusted evaluator")

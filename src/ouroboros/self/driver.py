@@ -11,7 +11,9 @@ each experiment's `model` column. A rejected candidate is a crash, and the next 
 starts from the last kept version. A kept version whose proposer fails to start (a policy file
 that is not plain settings, a broken agent) is recorded as a crash of its own (agent `self`),
 marked bad, and the driver goes back to the last good version. At the end the first and the final
-version are compared on the holdout suite (runs/<tag>/self.json), each run confined too.
+version are compared on the holdout suite, each run confined too. The bad versions and the holdout
+comparison are kept in the run's ledger row (`config["self"]`, chained like every row); the copy in
+runs/<tag>/self.json is for reading only.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
+from ouroboros import sandbox
 from ouroboros.agents.base import AgentError, Context, Proposal
 from ouroboros.agents.command import CommandAgent
 from ouroboros.errors import OuroborosError
@@ -31,10 +34,15 @@ from ouroboros.ledger import Experiment, Ledger
 from ouroboros.readfile import read_regular
 from ouroboros.self import versions
 from ouroboros.self.delta import benchmark
+from ouroboros.self.inner import remove
 from ouroboros.self.propose import AGENT_FAILED
 from ouroboros.self.settings import load_settings
 from ouroboros.task import RECORDS_DIR, Task
 from ouroboros.workspace import ensure_clean, repo_root
+
+# what CommandAgent.env gives an agent besides the harness's environment
+_CONTRACT_VARS = ("OUROBOROS_PROMPT", "OUROBOROS_DESCRIPTION", "OUROBOROS_EXPERIMENT", "OUROBOROS_NOTES",
+                  "OUROBOROS_ARTIFACTS", "PYTHONUNBUFFERED", sandbox.MARK)
 
 # -I: no PYTHONPATH, no user site, not the worktree on the path; the version's source goes first
 LAUNCH = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import runpy; "
@@ -59,6 +67,24 @@ class VersionAgent(CommandAgent):
         self.src: Path | None = None
         self.context: Path | None = None  # what the proposer may know (read-only to it)
 
+    def needs(self, task: Task) -> tuple[list[str], bool]:
+        """The environment variables the inner agent declares (an api: agent's key, a CLI preset's keys,
+        the task's `[bound] env`) and whether it needs the network (a language-model or cmd: agent; a knob
+        agent needs neither): all the proposer, a version's code, is given of the harness's environment."""
+        from ouroboros.agents.api import ApiAgent
+        from ouroboros.agents.ensemble import EnsembleAgent
+
+        members = [a for a, _ in self.inner.members] if isinstance(self.inner, EnsembleAgent) else [self.inner]
+        keys, network = list(task.bound.env), False
+        for agent in members:
+            if isinstance(agent, ApiAgent):
+                keys.append(agent.api_key_env or task.agent.api_key_env)
+                network = True
+            elif isinstance(agent, CommandAgent):
+                keys += getattr(agent, "env_keys", ())
+                network = True
+        return keys, network
+
     def check(self, task: Task) -> None:
         self.inner.check(task)
         # a knob agent on the default self task: the versions differ only in the policy file, which is
@@ -80,9 +106,23 @@ class VersionAgent(CommandAgent):
     def env(self, ctx: Context, prompt_path: Path, desc_path: Path) -> dict[str, str]:
         # A version's own agents need a ledger key (a cmd: agent inside it marks its processes with one):
         # a throwaway key in its scratch folder, never the user's, which it could neither read nor should.
+        # Not the harness's environment (a version's code reads every secret in it): the scrubbed one of
+        # experiments, the variables the inner agent declares, and the agent contract's own.
         config = ctx.exp_dir / "version" / ".config"
         config.mkdir(parents=True, exist_ok=True)
-        return {**super().env(ctx, prompt_path, desc_path), "OUROBOROS_CONFIG_DIR": str(config)}
+        given = super().env(ctx, prompt_path, desc_path)
+        keys, _ = self.needs(ctx.task)
+        return sandbox.scrubbed_env({**{k: given[k] for k in _CONTRACT_VARS if k in given},
+                                     "OUROBOROS_CONFIG_DIR": str(config)}, allow=keys)
+
+    def confined(self, ctx: Context, argv: list[str] | str, writable: list[Path], readable: list[Path],
+                 home=None) -> list[str] | str:
+        wrapped = super().confined(ctx, argv, writable, readable, home)
+        if not self.needs(ctx.task)[1] and self.confinement == "bwrap":  # a knob agent: no network either
+            if isinstance(wrapped, str) or os.path.basename(wrapped[0]) != "bwrap":
+                raise AgentError(f"the version's proposer was to run in bubblewrap, not as {str(wrapped)[:80]!r}")
+            wrapped = [wrapped[0], "--unshare-net", *wrapped[1:]]
+        return wrapped
 
     def scratch(self, ctx: Context) -> list[Path]:
         return [ctx.exp_dir / "version", ctx.exp_dir / "proposal.json"]
@@ -109,9 +149,15 @@ class VersionAgent(CommandAgent):
             "session": ctx.session, "scratch": str(ctx.exp_dir / "version"),
             "out": str(ctx.exp_dir / "proposal.json")}, default=str))
         try:
-            proposal = super().propose(ctx)
+            try:
+                proposal = super().propose(ctx)
+            finally:
+                held = self._bound_scratch(ctx)
+            if held is not None:
+                raise AgentError(f"agent left {held / 2**20:.1f} MB in its scratch folder, more than "
+                                 f"max_artifact_mb={ctx.task.bound.max_artifact_mb:g} (removed)")
         except AgentError as exc:
-            if str(exc).startswith(f"agent exited {AGENT_FAILED}"):  # the version started; its proposal failed
+            if held is not None or str(exc).startswith(f"agent exited {AGENT_FAILED}"):  # started; the proposal failed
                 raise AgentError(f"version {self.version[:12]}: {exc}", Proposal("", model=self.version[:12])) \
                     from None
             return self._rollback(str(exc))
@@ -124,6 +170,17 @@ class VersionAgent(CommandAgent):
         proposal.params, proposal.model = params, self.version[:12]
         return proposal
 
+    def _bound_scratch(self, ctx: Context) -> int | None:
+        """The scratch folder (the inner agent's records, kept in the experiment's) holds at most max_artifact_mb,
+        as an agent's artifacts do: past that, all of it is removed; how much it held then (None: within)."""
+        scratch = ctx.exp_dir / "version"
+        held = _held(scratch)
+        if held <= int(ctx.task.bound.max_artifact_mb * 2**20):
+            return None
+        remove(scratch)  # never through a link
+        (scratch / ".config").mkdir(parents=True)
+        return held
+
     def _rollback(self, why: str) -> Proposal:
         if self.version == self.base:
             raise OuroborosError(f"the base version {self.base[:12]} cannot propose: {why}")
@@ -132,6 +189,26 @@ class VersionAgent(CommandAgent):
         self.name = "self"
         raise AgentError(f"version {self.version[:12]} failed to start: {' '.join(why.split())[:300]}; rolled back "
                          "to the last good version", Proposal("", model=self.version[:12]))
+
+
+def _held(folder: Path) -> int:
+    """Bytes an untrusted folder holds on disk, every entry counted (a `.git` too), at least 512 bytes each,
+    blocks preallocated past a file's end included; links never followed."""
+    total, stack = 0, [folder]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    total += max(st.st_size, st.st_blocks * 512, 512)
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+        except OSError:
+            continue
+    return total
 
 
 @contextmanager
@@ -157,10 +234,23 @@ def run_self(task: Task, max_experiments: int, tag: str, agent: str = "policy", 
     cache = records / "versions"
     run = ledger.run(tag)
     base = run.base_commit if run else ensure_clean(repo, task.root.relative_to(repo).as_posix() or ".")
+    # the bad versions and the holdout comparison live in the run's ledger row (chained: edited without the
+    # key, `verify` names it); runs/<tag>/self.json is a copy for reading, never read back
+    state = dict(run.config.get("self") or {}) if run else {}
+    state.setdefault("bad", [])
+    state.setdefault("first", base)
     state_path = ledger.run_dir(tag) / "self.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {"bad": [], "first": base}
+    loops: list = []
 
     def save() -> None:
+        if loops:  # during the loop: through its own record of the run, which it saves again itself
+            loops[0].run_rec.config["self"] = state
+            loops[0].ledger.save_run(loops[0].run_rec)
+        else:
+            rec = ledger.run(tag)
+            if rec is not None:
+                rec.config["self"] = state
+                ledger.save_run(rec)
         state_path.parent.mkdir(parents=True, exist_ok=True)
         state_path.write_text(json.dumps(state, indent=1))
 
@@ -172,11 +262,13 @@ def run_self(task: Task, max_experiments: int, tag: str, agent: str = "policy", 
 
     opts = Options(agent=agent, tag=tag, max_experiments=max_experiments, seed=seed, resume=run is not None)
     loop = Loop(task, opts, agent=proposer, on_experiment=line)
+    loops.append(loop)
     proposer.seed = loop.run_rec.seed
     with _version_env(base[:12]):  # the baseline's version; each proposal records its own
         loop.run()
-    loop.ledger.close()
     save()
+    loop.ledger.close()
+    loops.clear()
     history = ledger.experiments(tag, finished_only=True)
     keeps = [e for e in history if e.status == "keep" and e.commit_sha not in state["bad"]]
     state["final"] = keeps[-1].commit_sha
@@ -194,6 +286,6 @@ def run_self(task: Task, max_experiments: int, tag: str, agent: str = "policy", 
                                cfg.experiments, "holdout", None, cfg.agent, cfg.search, cfg.jobs)
             state["holdout"][f"{key}_result"] = json.loads(result.to_json())
             echo(f"  {result.line()}")
-    state_path.write_text(json.dumps(state, indent=1))
+    save()
     ledger.close()
     return state

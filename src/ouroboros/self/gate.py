@@ -27,9 +27,11 @@ only there; the delta benchmark's re-measurement still catches what it then clai
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import sqlite3
+import stat
 import subprocess
 import tempfile
 import uuid
@@ -37,8 +39,10 @@ from pathlib import Path
 
 from ouroboros import cheats
 from ouroboros.errors import OuroborosError
+from ouroboros.readfile import read_regular
 from ouroboros.self import inner
-from ouroboros.self.delta import _params_at
+from ouroboros.self.delta import _params_at, open_inner_ledger
+from ouroboros.self.evidence import SHA, InnerRepo
 from ouroboros.self.suite import SuiteTask, load_suite
 from ouroboros.workspace import git
 
@@ -50,16 +54,13 @@ FAILED = {"violation", "crash", "timeout"}
 
 
 def _git(repo: Path, *args: str, check: bool = True) -> str:
-    """git on a repo the candidate's harness wrote: no hooks or fsmonitor of its own (and only commands
-    that run no filter or textconv)."""
+    """git on a fresh task repo, before the candidate's harness has run in it (afterwards: evidence.InnerRepo,
+    which never lets git read the candidate's repo config)."""
     return git(repo, "-c", "core.hooksPath=/dev/null", *args, check=check)
 
 
 def _rows(task: Path, tag: str) -> list[dict]:
-    db = task / ".ouroboros" / "ledger.sqlite"
-    if not db.is_file():
-        raise OuroborosError("no ledger was written")
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    con = open_inner_ledger(task / ".ouroboros" / "ledger.sqlite", "the candidate's run")
     con.row_factory = sqlite3.Row
     try:
         return [dict(r) for r in con.execute(
@@ -76,19 +77,40 @@ def _checkout(task: Path) -> tuple[str, str]:
     (read here byte by byte: `git status` could run a clean filter the candidate planted)."""
     import hashlib
 
-    head = _git(task, "rev-parse", "HEAD").strip()
+    head = InnerRepo(task).ref("HEAD") or ""
     digest = hashlib.sha256()
     for path in sorted(task.rglob("*")):
         rel = path.relative_to(task).as_posix()
         if rel.split("/")[0] in (".ouroboros", ".git") and rel not in (".git/config", ".git/HEAD"):
             continue
-        kind = "link" if path.is_symlink() else "dir" if path.is_dir() else "file"
+        mode = path.lstat().st_mode
+        kind = "link" if stat.S_ISLNK(mode) else "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) \
+            else f"other {stat.S_IFMT(mode):o}"  # a FIFO or socket: named, never opened
         digest.update(f"{rel}\0{kind}\0".encode())
         if kind == "file":
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
+            digest.update(_file_digest(path))
         elif kind == "link":
             digest.update(str(path.readlink()).encode())
     return head, digest.hexdigest()
+
+
+def _file_digest(path: Path) -> bytes:
+    """sha256 of a regular file, read without following a link or waiting on what replaced it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        return f"unreadable {exc.errno}".encode()
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b"not a regular file"
+        while data := os.read(fd, 1 << 20):
+            digest.update(data)
+    finally:
+        os.close(fd)
+    return digest.digest()
 
 
 def _fresh_repo(task: SuiteTask, dest: Path) -> Path:
@@ -113,21 +135,24 @@ def judge_contract(task: Path, base: tuple[str, str], experiments: int, bowl: Su
             return f"experiment {r['n']}: recorded agent {r['agent']!r}, not 'policy'"
     if _checkout(task) != base:
         return "the user's checkout changed"
+    repo = InnerRepo(task)
     for r in rows[1:]:
-        pinned = _git(task, "rev-parse", "--verify", "--quiet", f"refs/ouroboros/{CONTRACT_TAG}/{r['n']}",
-                      check=False).strip()
-        if pinned != r["commit_sha"]:
+        pinned = repo.ref(f"refs/ouroboros/{CONTRACT_TAG}/{r['n']}")
+        if pinned is None or pinned != r["commit_sha"]:
             return f"experiment {r['n']}: its commit is not pinned under refs/ouroboros/{CONTRACT_TAG}/{r['n']}"
-        changed = _git(task, "diff-tree", "-r", "--no-renames", "--name-only", "--no-ext-diff", "--no-textconv",
-                       r["parent"], r["commit_sha"], check=False).split()
+        if not SHA.fullmatch(str(r["parent"])):
+            return f"experiment {r['n']}: its parent {str(r['parent'])[:50]!r} is not a commit id"
+        changed = repo.git("diff-tree", "-r", "--no-renames", "--name-only", "--no-ext-diff", "--no-textconv",
+                           r["parent"], r["commit_sha"], check=False).split()
         if set(changed) - {"params.py"}:
             return f"experiment {r['n']} changed {', '.join(sorted(set(changed) - {'params.py'}))}, not only params.py"
     keeps = [r for r in rows[1:] if r["status"] == "keep"]
-    commits = _git(task, "rev-list", f"{base[0]}..refs/heads/ouroboros/{CONTRACT_TAG}", check=False).split()
+    branch = repo.ref(f"refs/heads/ouroboros/{CONTRACT_TAG}")
+    commits = repo.git("rev-list", f"{base[0]}..{branch}", check=False).split() if branch else []
     if len(commits) != len(keeps):
         return f"the branch holds {len(commits)} commits for {len(keeps)} keeps"
     for r in [rows[0], *keeps]:
-        measured = bowl.measure(_params_at(task, r["commit_sha"]), 0)
+        measured = bowl.measure(_params_at(task, r["commit_sha"], repo), 0)
         if measured is None or r["metric"] is None or \
                 not math.isclose(r["metric"], measured["loss"], rel_tol=1e-6, abs_tol=1e-9):
             return f"experiment {r['n']} claims loss {r['metric']}; the trusted evaluator gives " \
@@ -149,30 +174,39 @@ def judge_attack(attack: cheats.Attack, task: Path, base: tuple[str, str], marke
     exp = rows[1]
     if exp["status"] not in FAILED:
         return f"the attack was recorded as {exp['status']}"
-    caught = cheats.caught_by(exp["status"], str(exp["reason"]), str(exp["isolation"] or ""),
-                              task / ".ouroboros" / "runs" / CHEAT_TAG / "exp" / "1" / "run.log")
+    log = task / ".ouroboros" / "runs" / CHEAT_TAG / "exp" / "1" / "run.log"
+    try:  # the candidate's file: read only as a regular one of bounded size (no FIFO, no link)
+        st = os.lstat(log)
+        log = log if stat.S_ISREG(st.st_mode) and st.st_size <= 1 << 20 else None
+    except OSError:
+        log = None
+    caught = cheats.caught_by(exp["status"], str(exp["reason"]), str(exp["isolation"] or ""), log)
     if attack.expect and not re.search(attack.expect, caught):
         return f"stopped by something else than the defence it targets ({caught[:200]})"
     if any(r["metric"] == 0.0 for r in rows):
         return "the ledger records a loss of 0"
-    branch = _git(task, "rev-parse", "--verify", "--quiet", f"refs/heads/ouroboros/{CHEAT_TAG}", check=False).strip()
+    branch = InnerRepo(task).ref(f"refs/heads/ouroboros/{CHEAT_TAG}") or ""
     if branch != base[0]:
         return f"the run's branch moved to {branch[:12] or 'nothing'}"
     if _checkout(task) != base:
         return "the user's checkout changed"
     hooks = [h.name for h in (task / ".git" / "hooks").glob("*") if not h.name.endswith(".sample")]
-    if hooks or "filter" in (task / ".git" / "config").read_text(errors="replace"):
+    if hooks or "filter" in (read_regular(task / ".git" / "config") or ""):
         return f"git hooks or filters planted: {', '.join(hooks) or 'a filter in .git/config'}"
     if left:
         return f"{len(left)} process(es) of the attack were still running"
     return None
 
 
-def gate(src: Path, timeout: float = 300, jobs: int = 2, keep: Path | None = None) -> list[str]:
+def gate(src: Path, timeout: float = 300, jobs: int = 2, keep: Path | None = None,
+         own_code: bool = False) -> list[str]:
     """The gate's failures for the version at `src` (empty: it passes), one 'FAIL what: why' each.
 
     Every check runs the candidate's harness in its own processes; every verdict is this process's,
-    made with code imported before the candidate starts."""
+    made with code imported before the candidate starts. The candidate's runner must be confined
+    (bubblewrap) unless `own_code`: its code is the protected code, only its data differs (the default
+    self task, whose only editable file is the policy file, read as data); otherwise, where bubblewrap
+    does not work (nested in the evaluation sandbox under a root harness), the gate fails."""
     tmp = Path(tempfile.mkdtemp(prefix="ouroboros-gate-")) if keep is None else keep
     try:
         bowl = load_suite("public", ["bowl"])[0]
@@ -201,9 +235,11 @@ def gate(src: Path, timeout: float = 300, jobs: int = 2, keep: Path | None = Non
                                     CHEAT_TAG]]})
         base = _checkout(contract)
         try:
-            codes = inner.spawn(src, runs, tmp / "plan.json", jobs, timeout)
+            codes = inner.spawn(src, runs, tmp / "plan.json", jobs, timeout, unconfined_ok=own_code)
         except OuroborosError as exc:
-            return [f"FAIL the candidate's harness: {exc}"]
+            hint = "" if own_code or "not run unconfined" not in str(exc) else \
+                " (set gate = false in delta.toml to go on without the gate)"
+            return [f"FAIL the candidate's harness: {exc}{hint}"]
         failures = []
         checks = [("agent contract (policy)", "contract", lambda: judge_contract(contract, base, CONTRACT_EXPERIMENTS, bowl))]
         checks += [(f"cheat {name}", name, lambda a=a, t=t, m=m, b=b: judge_attack(a, t, b, m))
@@ -211,7 +247,7 @@ def gate(src: Path, timeout: float = 300, jobs: int = 2, keep: Path | None = Non
         for what, name, check in checks:
             try:
                 why = check()
-            except (OuroborosError, OSError, subprocess.SubprocessError) as exc:
+            except (OuroborosError, OSError, subprocess.SubprocessError, ValueError, TypeError) as exc:
                 why = str(exc)
             if why is not None:
                 if codes.get(name):
@@ -224,5 +260,4 @@ def gate(src: Path, timeout: float = 300, jobs: int = 2, keep: Path | None = Non
 
 
 def _tail(log: Path) -> str:
-    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.exists() else []
-    return lines[-1][:200] if lines else "no output"
+    return inner.log_tail(log)[:200]  # the candidate's folder: no FIFO waited on, no link followed

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import stat
 import sys
 import time
 import traceback
@@ -107,6 +109,40 @@ def _kill(pgid: int) -> None:
         pass
 
 
+def log_tail(log: Path, cap: int = 16 << 10) -> str:
+    """The last non-empty line of a log a version's runner could write (its folder is the runner's): a
+    regular file only (no link followed, no FIFO waited on), its last `cap` bytes; "no output" when
+    there is no such file or line."""
+    try:
+        fd = os.open(log, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return "no output"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return "no output"
+        os.lseek(fd, max(0, st.st_size - cap), os.SEEK_SET)
+        data = os.read(fd, cap)
+    except OSError:
+        return "no output"
+    finally:
+        os.close(fd)
+    lines = [ln for ln in data.decode("utf-8", errors="replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def remove(path: Path) -> None:
+    """Remove whatever is at `path` without following a link (a link, a FIFO, a file or a whole folder)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        shutil.rmtree(path)  # removes links inside, never what they point to
+    else:
+        os.unlink(path)
+
+
 def _checkout_of(folder: Path) -> Path | None:
     """The git work tree holding `folder` (the user's checkout, for a folder in its records), if any."""
     for parent in [folder, *folder.parents]:
@@ -115,26 +151,37 @@ def _checkout_of(folder: Path) -> Path | None:
     return None
 
 
-def confined(argv: list[str], work: Path, src: Path) -> tuple[list[str], str]:
+def confined(argv: list[str], work: Path, src: Path, required: bool = False) -> tuple[list[str], str]:
     """argv confined for a version's runner (bubblewrap): `work` is its only writable place; $HOME (the
     ledger key, the user's files), /tmp, /run and the git checkout holding `work` (the user's
     records and files) are out of its sight; the version's source and this interpreter are read-only;
-    no network. Without bubblewrap, argv as it is ("none")."""
-    import os
-
+    no network; no capabilities (it cannot remount what hides or protects); under a root harness it
+    runs as uid and gid 65534 (nobody), owner of `work`, as level bwrap runs do (root would still
+    write every file root owns). Without bubblewrap, argv as it is ("none"), or with `required` an
+    OuroborosError: never a silent run with the caller's rights where confinement was promised."""
     from ouroboros import isolation
+    from ouroboros.errors import OuroborosError
 
     if not isolation.available("bwrap"):
+        if required:
+            where = "does not work here (nested?)" if shutil.which("bwrap") else "is not installed"
+            raise OuroborosError(f"bubblewrap {where}: a version's runner, its own code, is not run unconfined")
         return argv, "none"
+    root = isolation.drops_root()
     real = [Path(os.path.realpath(p)) for p in (work, src, sys.prefix, sys.base_prefix)]
-    masks = [Path("/tmp"), Path("/run"), Path(os.path.expanduser("~"))]
+    home = Path(os.path.expanduser("~"))
+    masks = [Path("/tmp"), Path("/run"), home]
     checkout = _checkout_of(real[0])
     if checkout is not None:
         masks.append(checkout)
+    if root:  # folders nobody cannot cross (/root): empty, with what the runner needs bound back in them
+        masks += isolation._closed_ancestors(real, masks)
     args = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     for mask in masks:
         if mask.is_dir() and mask != Path("/") and not os.path.islink(mask):
-            args += ["--tmpfs", str(mask)]
+            # writable by the dropped runner, as on the host: /tmp for all, $HOME its own
+            perms = {Path("/tmp"): "1777", home: "0777"}.get(mask) if root else None
+            args += [*(["--perms", perms] if perms else []), "--tmpfs", str(mask)]
     for path in real[2:]:  # the interpreter and its packages, where a mask covers them
         if any(m in path.parents or m == path for m in masks):
             args += ["--ro-bind", str(path), str(path)]
@@ -142,15 +189,43 @@ def confined(argv: list[str], work: Path, src: Path) -> tuple[list[str], str]:
     # bwrap makes a bind's missing parents inside a tmpfs 0700: a root harness's runs and agents inside
     # (dropped to NOBODY) could not reach the interpreter bound back under the masked $HOME
     args = isolation._open_parents(args) + ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-                                            "--die-with-parent", "--new-session", "--chdir", str(real[0]), "--", *argv]
-    return args, "bwrap"
+                                            "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    if root:  # root without capabilities may not enter nobody's 0700 folder: the dropped runner does
+        args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP", "--chdir", "/"]
+        argv = [*isolation._DROP_ROOT, "env", "-C", str(real[0]), *argv]
+        _give(real[0])
+    else:
+        args += ["--chdir", str(real[0])]
+    return [*args, "--", *argv], "bwrap"
 
 
-def spawn(src: Path, runs: list[dict], plan_path: Path, jobs: int = 2, timeout: float = 600) -> dict[str, int]:
+def _give(work: Path) -> None:
+    """Under a root harness: `work` and all in it owned by nobody, the uid its runner drops to (links
+    never followed). Owner, not group as for runs: the version's own git refuses a repo another user owns."""
+    from ouroboros.isolation import NOBODY
+
+    stack = [work]
+    while stack:
+        path = stack.pop()
+        try:
+            st = os.lstat(path)
+            if (st.st_uid, st.st_gid) != (NOBODY, NOBODY):
+                os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                with os.scandir(path) as it:
+                    stack.extend(Path(e.path) for e in it)
+        except OSError:
+            continue
+
+
+def spawn(src: Path, runs: list[dict], plan_path: Path, jobs: int = 2, timeout: float = 600,
+          unconfined_ok: bool = False) -> dict[str, int]:
     """Run `runs` with the version at `src`, in a runner process of its own (the caller's side).
 
     The runner is confined (confined(): the plan's folder, which holds every run, is all it may
     write; no view of the user's checkout, records or ledger key) and gets a ledger key of its own.
+    Where bubblewrap does not work, OuroborosError, unless the caller says a runner with its own rights
+    is acceptable (`unconfined_ok`: the user's own `delta`, documented; a run phase, itself the sandbox).
     Returns each run's exit status as the runner tells it (124: past `timeout`), or raises
     OuroborosError when the runner itself dies or says nothing readable."""
     import subprocess
@@ -163,11 +238,18 @@ def spawn(src: Path, runs: list[dict], plan_path: Path, jobs: int = 2, timeout: 
         for key in ("cwd", "log"):
             if work.resolve() not in Path(run[key]).resolve().parents:
                 raise OuroborosError(f"inner run {run['name']}: {run[key]} is outside the runner's folder {work}")
-    plan_path.write_text(json.dumps({"jobs": jobs, "timeout": timeout, "runs": runs}))
+    # the folder may hold what an earlier runner left (delta and the holdout reuse theirs): a plan.json or
+    # .config that is a link would have this side write through it, outside the sandbox
+    remove(plan_path)
+    fd = os.open(plan_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps({"jobs": jobs, "timeout": timeout, "runs": runs}))
     config = work / ".config"  # the version's own ledger key: never the user's
-    config.mkdir(mode=0o700, exist_ok=True)
+    remove(config)
+    config.mkdir(mode=0o700)
     limit = timeout * (len(runs) + 1)  # every run past its own limit, one at a time, at worst
-    argv, _ = confined([sys.executable, "-m", "ouroboros.self.inner", str(plan_path.resolve())], work, src)
+    argv, _ = confined([sys.executable, "-m", "ouroboros.self.inner", str(plan_path.resolve())], work, src,
+                       required=not unconfined_ok)
     env = versions.environment(src, {"COLUMNS": "160", "OUROBOROS_CONFIG_DIR": str(config.resolve())})
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,

@@ -3,7 +3,6 @@ for a self run the versions used, the delta scores with their intervals, and the
 
 from __future__ import annotations
 
-import json
 import textwrap
 from pathlib import Path
 
@@ -112,9 +111,9 @@ def sections(task: Task, tag: str, out: Path) -> tuple[list[dict], list[dict]]:
                        "on it); CMP: the clade's success rate (keeps among descendants, Beta(1,1) posterior mean)",
                "header": ["n", run.metric, "clade best", "clade gain", "descendants", "CMP", "description"],
                "rows": [r[1] for r in rows], "text_last": True}]
-    state_path = records / "runs" / tag / "self.json"
-    if state_path.exists():
-        tables += _self_tables(json.loads(state_path.read_text()), exps)
+    state = run.config.get("self")  # the chained run row, not the copy in runs/<tag>/self.json
+    if isinstance(state, dict):
+        tables += _self_tables(state, exps)
     return figs, tables
 
 

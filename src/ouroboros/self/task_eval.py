@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import tomllib
 from pathlib import Path
 
 from ouroboros import policyfile
@@ -22,6 +23,7 @@ from ouroboros.self.delta import collect, score
 from ouroboros.self.gate import gate
 from ouroboros.self.settings import WORK, load_settings
 from ouroboros.self.suite import load_suite
+from ouroboros.task import TASK_FILE
 
 
 def main(root: Path) -> int:
@@ -29,7 +31,10 @@ def main(root: Path) -> int:
         cfg = load_settings(root)
         policyfile.read(root / "src" / "ouroboros" / "policy.py")  # the candidate's settings: literals only
         if cfg.gate:
-            failures = gate(root / "src")
+            # the candidate's runner is the protected code where only the policy file (data) is editable;
+            # anything wider runs the candidate's own code, which must then be confined
+            own_code = _editable(root) == ["src/ouroboros/policy.py"]
+            failures = gate(root / "src", own_code=own_code)
             if failures:
                 print(f"gate failed: {'; '.join(failures)[:600]}", flush=True)
                 return 1
@@ -49,3 +54,11 @@ def main(root: Path) -> int:
     print(result.line(), flush=True)
     print(f"delta: {result.delta:.6f}", flush=True)
     return 0
+
+
+def _editable(root: Path) -> list[str] | None:
+    """The task's editable patterns, from its task file (the base commit's: fixed in the evaluation folder)."""
+    try:
+        return list(tomllib.loads((root / TASK_FILE).read_text())["task"]["editable"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
