@@ -88,3 +88,33 @@ def test_emptying_a_submodule_folder_never_follows_a_link_out_of_the_worktree(le
     loop = _experiment(tmp_path, monkeypatch, level, _GITLINK_LINK_AGENT.format(outside=str(outside)), confirm=False)
     exp = loop.history[-1]
     assert precious.exists(), f"{precious} was deleted by the harness (experiment: {exp.status}, {exp.reason[:200]})"
+
+
+# -- 2. sandbox.du counts a one-byte file as 512 bytes; it holds a 4 KiB block ---------------------------------------
+# `du` counts max(size, 512) for a file, plus `_past_end`: the blocks it holds past its size rounded UP to 4 KiB.
+# A file of 1 to 512 bytes holds one 4 KiB block (ext4, xfs, btrfs: the file system's block), which the rounding
+# calls "not past the end", so it counts 512 bytes: an eighth of what it takes (a link with a target over 60
+# bytes, the same). A run writing small files fills eight times max_artifact_mb before the watch stops it.
+_SMALL_FILES_FILL = '''
+def cheat():
+    import os
+    held = 0
+    for d in range(3):
+        os.makedirs(f"spam/{d}", exist_ok=True)
+        for i in range(1000):
+            with open(f"spam/{d}/{i}", "wb") as f:
+                f.write(b"x")
+            held += os.stat(f"spam/{d}/{i}").st_blocks * 512
+    print(f"disk held by the small files: {held / 2**20:.1f} MB", flush=True)
+    return True
+'''
+
+
+@pytest.mark.xfail(strict=True, reason="sandbox.du counts a small file as 512 bytes while it holds a whole 4 KiB "
+                                       "block, so the growth watch lets a run hold 8 x max_artifact_mb")
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_run_writing_one_byte_files_hits_the_artifact_limit_by_the_disk_they_hold(level, tmp_path):
+    attack = cheats.Attack("small-fill", title="3000 one-byte files, 11.7 MB of blocks", train=_SMALL_FILES_FILL,
+                           bound={"max_artifact_mb": 2})
+    result = cheats.run_attack(attack, tmp_path / "attack", isolation=level)
+    assert result.verdict in cheats.FAILED and "limit" in result.reason, f"ended as {result.verdict}: {result.reason}"
