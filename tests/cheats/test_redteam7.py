@@ -118,3 +118,56 @@ def test_a_run_writing_one_byte_files_hits_the_artifact_limit_by_the_disk_they_h
                            bound={"max_artifact_mb": 2})
     result = cheats.run_attack(attack, tmp_path / "attack", isolation=level)
     assert result.verdict in cheats.FAILED and "limit" in result.reason, f"ended as {result.verdict}: {result.reason}"
+
+
+# -- 3. the row-key digest of the `.verified` record is ambiguous: one row can stand for two ------------------------
+# `chain._keys_digest` hashes the lines f"{kind}\0{tag}\0{n}\n" of the sorted row keys, and a tag may hold NUL and
+# newline. So the keys {("exp", "t", 1), ("exp", "t", 2)} hash as the single key ("exp", "t\0" "1\nexp\0t", 2). An
+# editor of ledger.sqlite (no key) deletes experiments 1 and 2 of run t and their chain entries (below the record:
+# never re-walked), and adds one row with that tag; the entry just below the record (read only for its HMAC) is
+# renamed to that row's key so `_unmatched` finds an entry for it. `log t` and `status` then show run t without
+# its last two experiments and no warning; `verify` reports it.
+@pytest.mark.xfail(strict=True, reason="chain._keys_digest joins row keys with NUL and newline, which a tag may "
+                                       "hold: one forged row's key hashes as two removed rows' keys")
+def test_experiments_removed_behind_a_colliding_row_key_are_reported_by_log(tmp_path, monkeypatch):
+    import sqlite3
+
+    from ouroboros import chain
+    from ouroboros.ledger import Ledger
+    from ouroboros.loop import Loop, Options
+    from ouroboros.scaffold import from_template
+    from ouroboros.task import load_task
+
+    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OUROBOROS_CONFIG_DIR", str(tmp_path / "config"))
+    task = from_template(tmp_path / "task", "quadratic")
+    cheats._set_keys(task / "ouroboros.toml", "bound", {"isolation": "process"})
+    cheats._git(task, "commit", "-qam", "level process")
+    agent = tmp_path / "agent.py"
+    agent.write_text("from pathlib import Path\np = Path('train.py')\n"
+                     "p.write_text(p.read_text().replace('STEPS = 200', 'STEPS = 2'))\n")
+    loop = Loop(load_task(task), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
+                                         max_experiments=2, budget=5.0, tag="t", allow_weak_isolation=True))
+    loop.run()
+    loop.ledger.close()
+    ledger = Ledger(task / ".ouroboros")
+    try:
+        assert sorted(e.n for e in ledger.experiments("t")) == [0, 1, 2]
+        assert chain.check(ledger, "t") == []  # a `log` that passed: the .verified record is written
+        forged = "t\x001\nexp\x00t"
+        with sqlite3.connect(task / ".ouroboros" / "ledger.sqlite") as db:  # the records written, the key never read
+            top = db.execute("SELECT MAX(seq) FROM chain").fetchone()[0]
+            assert db.execute("SELECT kind FROM chain WHERE seq=?", (top,)).fetchone()[0] == "run"
+            db.execute("INSERT INTO experiments SELECT ?, 2, commit_sha, parent, status, reason, metric, metrics, "
+                       "description, agent, model, session, tokens_in, tokens_out, cost_usd, agent_s, run_s, eval_s, "
+                       "wall_s, peak_rss_mb, peak_gpu_mb, isolation, trust, loc, params, holdout, started, finished "
+                       "FROM experiments WHERE tag='t' AND n=2", (forged,))
+            db.execute("DELETE FROM experiments WHERE tag='t' AND n IN (1, 2)")
+            db.execute("UPDATE chain SET tag=?, n=2 WHERE seq=?", (forged, top - 1))  # read for its HMAC only
+            db.execute("DELETE FROM chain WHERE kind='exp' AND tag='t' AND n IN (1, 2) AND seq < ?", (top - 1,))
+        assert sorted(e.n for e in ledger.experiments("t")) == [0]
+        assert chain.verify_chain(ledger, "t"), "verify must see it"
+        assert chain.check(ledger, "t") and chain.check(ledger), "log and status show run t without its last two "\
+                                                                 "experiments, as verified"
+    finally:
+        ledger.close()
