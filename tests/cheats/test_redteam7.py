@@ -92,32 +92,29 @@ def test_emptying_a_submodule_folder_never_follows_a_link_out_of_the_worktree(le
 
 # -- 2. sandbox.du counts a one-byte file as 512 bytes; it holds a 4 KiB block ---------------------------------------
 # `du` counts max(size, 512) for a file, plus `_past_end`: the blocks it holds past its size rounded UP to 4 KiB.
-# A file of 1 to 512 bytes holds one 4 KiB block (ext4, xfs, btrfs: the file system's block), which the rounding
+# A file of 1 to 512 bytes holds one 4 KiB block (the file system's block: ext4, xfs, btrfs), which the rounding
 # calls "not past the end", so it counts 512 bytes: an eighth of what it takes (a link with a target over 60
-# bytes, the same). A run writing small files fills eight times max_artifact_mb before the watch stops it.
-_SMALL_FILES_FILL = '''
-def cheat():
-    import os
-    held = 0
-    for d in range(3):
-        os.makedirs(f"spam/{d}", exist_ok=True)
-        for i in range(1000):
-            with open(f"spam/{d}/{i}", "wb") as f:
-                f.write(b"x")
-            held += os.stat(f"spam/{d}/{i}").st_blocks * 512
-    print(f"disk held by the small files: {held / 2**20:.1f} MB", flush=True)
-    return True
-'''
+# bytes, the same). A run writing one-byte files holds eight times max_artifact_mb before the growth watch, which
+# sums `du`, stops it (3,000 such files: 11.7 MB held, 1.5 MB counted, on this machine's ext4). Checked on `du`
+# itself: a whole run's timing would make the test depend on the machine's speed.
+def _held(folder: Path) -> int:
+    """The blocks every entry under folder holds, folder itself excepted."""
+    total = 0
+    for _f, dirs, files, fd in os.fwalk(folder, follow_symlinks=False):
+        total += sum(os.stat(n, dir_fd=fd, follow_symlinks=False).st_blocks * 512 for n in dirs + files)
+    return total
 
 
 @pytest.mark.xfail(strict=True, reason="sandbox.du counts a small file as 512 bytes while it holds a whole 4 KiB "
                                        "block, so the growth watch lets a run hold 8 x max_artifact_mb")
-@pytest.mark.parametrize("level", LEVELS)
-def test_a_run_writing_one_byte_files_hits_the_artifact_limit_by_the_disk_they_hold(level, tmp_path):
-    attack = cheats.Attack("small-fill", title="3000 one-byte files, 11.7 MB of blocks", train=_SMALL_FILES_FILL,
-                           bound={"max_artifact_mb": 2})
-    result = cheats.run_attack(attack, tmp_path / "attack", isolation=level)
-    assert result.verdict in cheats.FAILED and "limit" in result.reason, f"ended as {result.verdict}: {result.reason}"
+def test_du_counts_the_disk_one_byte_files_hold(tmp_path):
+    from ouroboros import sandbox
+
+    for i in range(300):
+        (tmp_path / f"{i}").write_bytes(b"x")
+    if _held(tmp_path) <= 300 * 512:
+        pytest.skip("this file system keeps one-byte files inline: nothing held past 512 bytes a file")
+    assert sandbox.du(tmp_path) >= _held(tmp_path), (sandbox.du(tmp_path), _held(tmp_path))
 
 
 # -- 3. the row-key digest of the `.verified` record is ambiguous: one row can stand for two ------------------------
@@ -171,3 +168,25 @@ def test_experiments_removed_behind_a_colliding_row_key_are_reported_by_log(tmp_
                                                                  "experiments, as verified"
     finally:
         ledger.close()
+
+
+# -- 4. sandbox.du counts a folder as 512 bytes, whatever blocks it holds --------------------------------------------
+# ext4 never shrinks a folder: one that held 500 entries of 244-byte names keeps ~130 KB of blocks once they are
+# deleted (measured: 8 folders emptied of 1,500 entries each held 4.2 MB). `du` counts every folder as one 512-byte
+# block, so a run that fills and empties folder after folder (each full one counted under the cap) holds any multiple
+# of max_artifact_mb the growth watch never sees. Checked on `du` itself, as above.
+@pytest.mark.xfail(strict=True, reason="sandbox.du counts a folder as 512 bytes, not the blocks it holds (ext4 never "
+                                       "shrinks a folder), so emptied folders hold disk past max_artifact_mb unseen")
+def test_du_counts_the_disk_an_emptied_folder_holds(tmp_path):
+    from ouroboros import sandbox
+
+    folder = tmp_path / "D"
+    folder.mkdir()
+    names = [f"{i:04d}" + "y" * 240 for i in range(500)]
+    for name in names:
+        (folder / name).touch()
+    for name in names:
+        (folder / name).unlink()
+    if _held(tmp_path) <= 4096:
+        pytest.skip("this file system shrinks an emptied folder")
+    assert sandbox.du(tmp_path) >= _held(tmp_path), (sandbox.du(tmp_path), _held(tmp_path))
