@@ -190,3 +190,36 @@ def test_du_counts_the_disk_an_emptied_folder_holds(tmp_path):
     if _held(tmp_path) <= 4096:
         pytest.skip("this file system shrinks an emptied folder")
     assert sandbox.du(tmp_path) >= _held(tmp_path), (sandbox.du(tmp_path), _held(tmp_path))
+
+
+# -- 5. level unshare under a root harness: uid 0 with no capabilities still writes the kernel's settings ------------
+# The prelude's mounts are followed by `setpriv --bounding-set=-all --no-new-privs`, but the command stays uid 0 of
+# the host (no user namespace when the harness is root), and /proc/sys grants writes by the owner's bits to the
+# global root uid, no capability asked. So the run opens /proc/sys/kernel/core_pattern for writing: a pattern
+# "|/path/in/the/worktree" then makes the kernel run that program as root with every capability, outside every
+# namespace, at the next crash of any process (seen here: /proc/sys/kernel/hostname took a write of its own value
+# from such a run, while the sethostname syscall was refused; UTS is not unshared at this level either). The test
+# only opens the file: it never writes a kernel setting.
+_SYSCTL_OPEN = '''
+def cheat():
+    import os
+    try:
+        fd = os.open("/proc/sys/kernel/core_pattern", os.O_WRONLY)  # opened, never written
+    except OSError as exc:
+        print(f"core_pattern refused: {exc}", flush=True)
+        return False
+    os.close(fd)
+    print("core_pattern is open for writing", flush=True)
+    return True
+'''
+
+
+@pytest.mark.xfail(strict=True, reason="level unshare under a root harness leaves the run uid 0 of the host, and "
+                                       "/proc/sys lets uid 0 write kernel settings (core_pattern: a program run as "
+                                       "root with every capability) without any capability")
+@pytest.mark.skipif(not UNSHARE, reason="unshare does not work here")
+@pytest.mark.skipif(os.geteuid() != 0, reason="a non-root harness gives the run a user namespace: not global root")
+def test_a_run_at_level_unshare_cannot_open_the_kernels_core_pattern_for_writing(tmp_path):
+    attack = cheats.Attack("sysctl", title="open /proc/sys/kernel/core_pattern for writing", train=_SYSCTL_OPEN)
+    result = cheats.run_attack(attack, tmp_path / "attack", isolation="unshare")
+    assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
