@@ -61,14 +61,16 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("tidy")
 
 @pytest.mark.xfail(strict=True, reason="empty_gitlinks follows a link in a gitlink's parent path and empties a "
                                        "folder outside the worktree")
+@pytest.mark.parametrize("victim", ["outside", "checkout"])
 @pytest.mark.parametrize("level", LEVELS)
-def test_emptying_a_submodule_folder_never_follows_a_link_out_of_the_worktree(level, tmp_path, monkeypatch):
+def test_emptying_a_submodule_folder_never_follows_a_link_out_of_the_worktree(level, victim, tmp_path, monkeypatch):
     from ouroboros import cheats as c
 
     real = c.make_task
+    made = {}
 
     def make_task(attack, workdir):  # the task repo with a nested submodule, not initialised
-        task_dir = real(attack, workdir)
+        task_dir = made["task"] = real(attack, workdir)
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=task_dir, capture_output=True,
                              text=True).stdout.strip()
         (task_dir / ".gitmodules").write_text('[submodule "victim"]\n\tpath = ext/victim\n'
@@ -77,16 +79,21 @@ def test_emptying_a_submodule_folder_never_follows_a_link_out_of_the_worktree(le
         c._git(task_dir, "update-index", "--add", "--cacheinfo", f"160000,{sha},ext/victim")
         c._git(task_dir, "add", ".gitmodules")
         c._git(task_dir, "commit", "-qm", "vendored library")
+        if victim == "checkout":  # the user's own checkout has the submodule's files (git lists none of them)
+            (task_dir / "ext" / "victim" / "precious.txt").write_text("the user's file\n")
         return task_dir
 
     outside = tmp_path / "outside"
     (outside / "victim").mkdir(parents=True)
-    precious = outside / "victim" / "precious.txt"
-    precious.write_text("the user's file\n")
-    os.chmod(tmp_path, 0o755)  # the bwrap agent/run (uid 65534) must not need to read it: the harness follows the link
+    (outside / "victim" / "precious.txt").write_text("the user's file\n")
+    os.chmod(tmp_path, 0o755)
+    # "outside": an absolute link to any folder holding a `victim`; "checkout": a relative one from the worktree
+    # (<checkout>/.ouroboros/runs/t/worktree) up to the user's checkout, whose submodule copy is then emptied
+    target = str(outside) if victim == "outside" else "../../../../ext"
     monkeypatch.setattr(c, "make_task", make_task)
-    loop = _experiment(tmp_path, monkeypatch, level, _GITLINK_LINK_AGENT.format(outside=str(outside)), confirm=False)
+    loop = _experiment(tmp_path, monkeypatch, level, _GITLINK_LINK_AGENT.format(outside=target), confirm=False)
     exp = loop.history[-1]
+    precious = (outside if victim == "outside" else made["task"] / "ext") / "victim" / "precious.txt"
     assert precious.exists(), f"{precious} was deleted by the harness (experiment: {exp.status}, {exp.reason[:200]})"
 
 
