@@ -230,3 +230,53 @@ def test_a_run_at_level_unshare_cannot_open_the_kernels_core_pattern_for_writing
     attack = cheats.Attack("sysctl", title="open /proc/sys/kernel/core_pattern for writing", train=_SYSCTL_OPEN)
     result = cheats.run_attack(attack, tmp_path / "attack", isolation="unshare")
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
+
+
+# -- 6. a trigger planted in the ledger under another spelling of its type --------------------------------------------
+# `Ledger.__init__` refuses a ledger whose sqlite_master has a row of type 'trigger' or 'view' (compared as
+# written, case and all). SQLite builds its schema from each row's `sql` text, and accepts the type spelled
+# 'Trigger' (written with PRAGMA writable_schema, no key needed): the check passes, the trigger fires inside the
+# harness's own write, and the chain signs the row as the trigger left it.
+@pytest.mark.xfail(strict=True, reason="Ledger's planted-schema check compares sqlite_master.type with 'trigger' as "
+                                       "written; a row typed 'Trigger' is a working trigger the check misses")
+def test_a_trigger_planted_with_its_type_spelled_otherwise_cannot_get_its_forgery_signed(tmp_path, monkeypatch):
+    import sqlite3
+
+    from ouroboros import chain
+    from ouroboros.errors import OuroborosError
+    from ouroboros.ledger import Ledger
+    from ouroboros.loop import Loop, Options
+    from ouroboros.scaffold import from_template
+    from ouroboros.task import load_task
+
+    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OUROBOROS_CONFIG_DIR", str(tmp_path / "config"))
+    task = from_template(tmp_path / "task", "quadratic")
+    cheats._set_keys(task / "ouroboros.toml", "bound", {"isolation": "process"})
+    cheats._git(task, "commit", "-qam", "level process")
+    agent = tmp_path / "agent.py"
+    agent.write_text("from pathlib import Path\np = Path('train.py')\n"
+                     "p.write_text(p.read_text().replace('STEPS = 200', 'STEPS = 2'))\n")
+    records = task / ".ouroboros"
+    Ledger(records).close()
+    with sqlite3.connect(records / "ledger.sqlite") as db:  # the records written to, the key never read
+        db.execute("PRAGMA writable_schema=ON")
+        db.execute("INSERT INTO sqlite_master (type, name, tbl_name, rootpage, sql) VALUES ('Trigger', 'forge', "
+                   "'experiments', 0, 'CREATE TRIGGER forge AFTER INSERT ON experiments WHEN NEW.n = 1 AND "
+                   "NEW.status = ''discard'' BEGIN UPDATE experiments SET status = ''keep'', metric = 1e-9 "
+                   "WHERE tag = NEW.tag AND n = NEW.n; END')")
+    try:
+        loop = Loop(load_task(task), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
+                                             max_experiments=1, budget=5.0, tag="t", allow_weak_isolation=True))
+        loop.run()
+    except OuroborosError:
+        return  # the planted schema refused: stopped
+    exp = loop.history[-1]
+    try:
+        stored = tuple(loop.ledger.db.execute("SELECT status, metric FROM experiments WHERE tag='t' AND n=1").fetchone())
+        assert exp.status == "discard"
+        if stored != (exp.status, exp.metric):  # the ledger does not hold what the loop decided: it must not verify
+            with pytest.raises(OuroborosError, match="do not verify"):
+                chain.refuse_broken(loop.ledger, task, "t")
+    finally:
+        loop.ledger.close()
