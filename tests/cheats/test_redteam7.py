@@ -205,8 +205,9 @@ def test_du_counts_the_disk_an_emptied_folder_holds(tmp_path):
 # global root uid, no capability asked. So the run opens /proc/sys/kernel/core_pattern for writing: a pattern
 # "|/path/in/the/worktree" then makes the kernel run that program as root with every capability, outside every
 # namespace, at the next crash of any process (seen here: /proc/sys/kernel/hostname took a write of its own value
-# from such a run, while the sethostname syscall was refused; UTS is not unshared at this level either). The test
-# only opens the file: it never writes a kernel setting.
+# from such a run, while the sethostname syscall was refused; UTS is not unshared at this level either). /sys is
+# the same: /sys/power/state, /sys/bus/pci/rescan and /sys/kernel/mm/transparent_hugepage/enabled opened for
+# writing there. The test only opens the file: it never writes a kernel setting.
 _SYSCTL_OPEN = '''
 def cheat():
     import os
