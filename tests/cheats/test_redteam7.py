@@ -308,11 +308,11 @@ def cheat():
 @pytest.mark.parametrize("level", [LEVELS[1], "process"])
 def test_resume_after_a_run_replaced_its_harness_lock_fails_with_a_clear_error_or_goes_on(level, tmp_path,
                                                                                           monkeypatch):
+    from string import Template
+
     from ouroboros.errors import OuroborosError
     from ouroboros.loop import Loop, Options
     from ouroboros.task import load_task
-
-    from string import Template
 
     train = Template(cheats._TRAIN).safe_substitute(marker="m", outside="/nonexistent", task="/nonexistent", port="0",
                                                     optimum=repr(cheats.OPTIMUM), code=_LOCK_SWAP.strip())
