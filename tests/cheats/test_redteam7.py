@@ -274,7 +274,8 @@ def test_a_trigger_planted_with_its_type_spelled_otherwise_cannot_get_its_forger
         return  # the planted schema refused: stopped
     exp = loop.history[-1]
     try:
-        stored = tuple(loop.ledger.db.execute("SELECT status, metric FROM experiments WHERE tag='t' AND n=1").fetchone())
+        row = loop.ledger.db.execute("SELECT status, metric FROM experiments WHERE tag='t' AND n=1").fetchone()
+        stored = tuple(row)
         assert exp.status == "discard"
         if stored != (exp.status, exp.metric):  # the ledger does not hold what the loop decided: it must not verify
             with pytest.raises(OuroborosError, match="do not verify"):
