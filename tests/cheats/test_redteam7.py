@@ -331,3 +331,37 @@ def test_resume_after_a_run_replaced_its_harness_lock_fails_with_a_clear_error_o
             again.ledger.close()
     except OuroborosError:
         pass  # a clear one-line error: stopped
+
+
+# -- 8. count_loc reads an editable file through the agent's link, to anywhere ---------------------------------------
+# The agent replaces train.py (editable) by a link to a file outside the worktree. The guard reports the link as a
+# violation, and the attempt is committed without it, but the link stays in the worktree until the verdict's
+# reset; in between `step` sets `exp.loc = count_loc(...)`, which lists the editable files with `Path.is_file()`
+# (links followed) and reads each whole with `read_text()`, as the harness (root here). A link to a file of 1 TiB
+# (sparse here; /proc/kcore where it exists, a swap file or a dataset elsewhere) makes the read raise MemoryError
+# out of the loop: the harness stops with a traceback. A link to /proc/self/pagemap (the harness's own: 256 GiB of
+# reads) exhausts its memory, and a link to a root-only file hands its count of non-comment lines to the ledger.
+_LOC_LINK_AGENT = '''
+import os
+from pathlib import Path
+os.unlink("train.py")
+os.symlink({target!r}, "train.py")
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("link")
+'''
+
+
+@pytest.mark.xfail(strict=True, reason="count_loc follows the agent's link from an editable path and reads the whole "
+                                       "target as the harness: a huge file raises MemoryError out of the loop")
+@pytest.mark.parametrize("level", LEVELS)
+def test_an_editable_file_linked_to_a_huge_file_outside_does_not_stop_the_harness(level, tmp_path, monkeypatch):
+    big = tmp_path / "outside" / "big"
+    big.parent.mkdir()
+    with open(big, "wb") as f:
+        f.truncate(1 << 40)  # sparse: no disk taken
+    os.chmod(tmp_path, 0o755)
+    try:
+        loop = _experiment(tmp_path, monkeypatch, level, _LOC_LINK_AGENT.format(target=str(big)), confirm=False)
+    except MemoryError:
+        pytest.fail("the harness read the 1 TiB file behind the agent's link and stopped with MemoryError")
+    exp = loop.history[-1]
+    assert exp.status == "violation", f"{exp.status}: {exp.reason}"
