@@ -386,9 +386,30 @@ def verify_tsv(ledger: Ledger, tag: str) -> list[Problem]:
     return problems
 
 
+def verify_self(ledger: Ledger, tag: str) -> list[Problem]:
+    """`run --self`'s copy of its holdout comparison and bad versions (runs/<tag>/self.json, for people to
+    read) against the chained run row that holds them: the report reads only the row."""
+    from ouroboros.readfile import read_regular
+
+    path = ledger.run_dir(tag) / "self.json"
+    if not path.exists() and not path.is_symlink():
+        return []
+    run = ledger.run(tag)
+    text = read_regular(path, 1 << 20)
+    try:
+        copy = json.loads(text) if text is not None else None
+    except (ValueError, RecursionError):
+        copy = None
+    if run is None or copy != run.config.get("self"):
+        return [Problem(str(path), "differs from the run's chained record of its holdout comparison and bad "
+                                   "versions (the report shows the record)", tag)]
+    return []
+
+
 def verify(ledger: Ledger, repo: Path, tag: str, table: bool = True) -> list[Problem]:
-    """Everything that disagrees between the chain, the rows, the attempt refs and results.tsv."""
-    return verify_chain(ledger, tag) + verify_refs(ledger, repo, tag) + (verify_tsv(ledger, tag) if table else [])
+    """Everything that disagrees between the chain, the rows, the attempt refs, results.tsv and self.json."""
+    return verify_chain(ledger, tag) + verify_refs(ledger, repo, tag) + (verify_tsv(ledger, tag) if table else []) \
+        + verify_self(ledger, tag)
 
 
 def refuse_broken(ledger: Ledger, repo: Path, tag: str) -> None:

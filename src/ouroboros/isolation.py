@@ -278,7 +278,7 @@ class Unshare(Isolation):
     def wrap(self, argv: list[str], phase: str, writable: list[Path] | None = None,
              readable: list[Path] | None = None, cwd: Path | None = None,
              binds: list[tuple[Path, Path]] | None = None) -> tuple[list[str], str]:
-        flags = ["--fork", "--pid", "--kill-child", "--mount-proc", "--ipc", "--mount"]
+        flags = ["--fork", "--pid", "--kill-child", "--mount-proc", "--ipc", "--mount", "--uts"]
         if not self.task.bound.network:
             flags.append("--net")
         # The prelude's mounts are undone by whoever keeps CAP_SYS_ADMIN in the namespace (umount /proc shows
@@ -299,6 +299,10 @@ class Unshare(Isolation):
             if not _covers(path, keep):
                 q = shlex.quote(str(path))
                 cmds.append(f"mount --bind {q} {q} && mount -o remount,bind,ro {q}")
+        # /proc/sys and /sys take writes by ownership alone: under a root harness the run is uid 0 there
+        # (core_pattern would run a program as root), capabilities or not
+        cmds += ["mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys",
+                 "mount -o remount,bind,ro /sys"]
         for mask in [Path("/run"), *git_dirs(self.task.root)]:
             if mask.is_dir() and not _covers(mask, keep):
                 cmds.append(f"mount -t tmpfs -o size=1m,mode=755 none {shlex.quote(str(mask))}")

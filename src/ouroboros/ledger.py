@@ -38,6 +38,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -103,6 +104,15 @@ def fmt_metric(value: float | None, missing: str = "-") -> str:
     return missing if value is None else f"{value:.10g}"
 
 
+def _ours(row: sqlite3.Row) -> bool:
+    """Whether a schema row is of a kind Ouroboros makes: a table or an index, by its SQL (SQLite builds its
+    schema from the SQL text, whatever the type column says: a trigger written with writable_schema)."""
+    sql = (row["sql"] or "").upper()
+    if row["type"] == "table":
+        return sql.startswith("CREATE TABLE ")
+    return row["type"] == "index" and (not sql or sql.startswith(("CREATE INDEX ", "CREATE UNIQUE INDEX ")))
+
+
 HARNESS_LOCK = "harness.lock"  # in a run's folder: held (shared) by the process that drives the run
 
 
@@ -111,7 +121,13 @@ def hold(run_dir: Path) -> int:
     go). The kernel lets go when the process dies, however it dies: readers tell a live run from one whose
     harness was killed, which the ledger alone cannot (its status stays "running")."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / HARNESS_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    path = run_dir / HARNESS_LOCK
+    try:
+        if path.is_symlink() or (path.exists() and not path.is_file()):  # what a run left in its place
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise OuroborosError(f"cannot take the run's lock {path}: {exc.strerror}; remove it and retry") from exc
     fcntl.flock(fd, fcntl.LOCK_SH)
     return fd
 
@@ -272,8 +288,7 @@ class Ledger:
         records.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(records / "ledger.sqlite", timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
-        planted = self.db.execute("SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view') "
-                                  "OR upper(sql) LIKE 'CREATE VIRTUAL%'").fetchone()
+        planted = next((r for r in self.db.execute("SELECT type, name, sql FROM sqlite_master") if not _ours(r)), None)
         if planted is not None:  # it would run inside the harness's own writes, which the chain then signs
             self.db.close()
             raise OuroborosError(

@@ -378,16 +378,18 @@ def _strays(known: Procs, before: Procs) -> tuple[Procs, bool]:
 
 
 def _held(mode: int, size: int) -> int:
-    """What an entry of this kind and size counts: a folder, a link or an empty file one 512-byte unit (an
-    inode), a file with data its size in whole 4 KiB blocks, which is what it holds on disk."""
-    return -(-size // 4096) * 4096 if stat.S_ISREG(mode) and size else max(size if not stat.S_ISDIR(mode) else 0,
-                                                                            _BLOCK)
+    """What an entry of this kind and size counts: a file with data its size in whole 4 KiB blocks, what it
+    holds on disk; a folder its size (what its entries took, ext4 never gives it back), a link its size,
+    an empty file at least one 512-byte unit (an inode)."""
+    return -(-size // 4096) * 4096 if stat.S_ISREG(mode) and size else max(size, _BLOCK)
 
 
 def _past_end(st: os.stat_result) -> int:
     """The disk a file holds past its size rounded up to 4 KiB blocks: blocks preallocated past its end
     (fallocate KEEP_SIZE leaves the size at 0). Nothing for an ordinary or a sparse file."""
-    return max(0, st.st_blocks * 512 - -(-st.st_size // 4096) * 4096) if stat.S_ISREG(st.st_mode) else 0
+    if stat.S_ISREG(st.st_mode):
+        return max(0, st.st_blocks * 512 - -(-st.st_size // 4096) * 4096)
+    return max(0, st.st_blocks * 512 - st.st_size) if stat.S_ISDIR(st.st_mode) else 0  # a folder's index blocks
 
 
 def du(folder: Path) -> int:

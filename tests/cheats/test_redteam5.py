@@ -569,12 +569,6 @@ def test_a_versions_inner_ledger_cannot_hang_the_outer_harness(tmp_path):
     assert "refused:" in done.stdout, done.stdout + done.stderr
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "`run --self` kept its holdout comparison and its bad versions in runs/<tag>/self.json, outside the chain. "
-    "Fixed in self/: they now live in the run's chained ledger row (runs.config['self']), which the driver and "
-    "the report read (tests/self/test_self_records.py); self.json is a copy never read back, so a forged one "
-    "changes nothing shown. Left for chain.py (the lead's): `verify` does not yet compare runs/<tag>/self.json "
-    "with the run row's config['self'] and name a difference, which this test asks"))
 def test_a_forged_self_run_holdout_result_is_reported_by_verify(tmp_path, monkeypatch):
     from ouroboros import chain
     from ouroboros.loop import Loop, Options

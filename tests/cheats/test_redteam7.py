@@ -59,8 +59,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("tidy")
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="empty_gitlinks follows a link in a gitlink's parent path and empties a "
-                                       "folder outside the worktree")
 @pytest.mark.parametrize("victim", ["outside", "checkout"])
 @pytest.mark.parametrize("level", LEVELS)
 def test_emptying_a_submodule_folder_never_follows_a_link_out_of_the_worktree(level, victim, tmp_path, monkeypatch):
@@ -112,8 +110,6 @@ def _held(folder: Path) -> int:
     return total
 
 
-@pytest.mark.xfail(strict=True, reason="sandbox.du counts a small file as 512 bytes while it holds a whole 4 KiB "
-                                       "block, so the growth watch lets a run hold 8 x max_artifact_mb")
 def test_du_counts_the_disk_one_byte_files_hold(tmp_path):
     from ouroboros import sandbox
 
@@ -131,8 +127,6 @@ def test_du_counts_the_disk_one_byte_files_hold(tmp_path):
 # never re-walked), and adds one row with that tag; the entry just below the record (read only for its HMAC) is
 # renamed to that row's key so `_unmatched` finds an entry for it. `log t` and `status` then show run t without
 # its last two experiments and no warning; `verify` reports it.
-@pytest.mark.xfail(strict=True, reason="chain._keys_digest joins row keys with NUL and newline, which a tag may "
-                                       "hold: one forged row's key hashes as two removed rows' keys")
 def test_experiments_removed_behind_a_colliding_row_key_are_reported_by_log(tmp_path, monkeypatch):
     import sqlite3
 
@@ -182,8 +176,6 @@ def test_experiments_removed_behind_a_colliding_row_key_are_reported_by_log(tmp_
 # deleted (measured: 8 folders emptied of 1,500 entries each held 4.2 MB). `du` counts every folder as one 512-byte
 # block, so a run that fills and empties folder after folder (each full one counted under the cap) holds any multiple
 # of max_artifact_mb the growth watch never sees. Checked on `du` itself, as above.
-@pytest.mark.xfail(strict=True, reason="sandbox.du counts a folder as 512 bytes, not the blocks it holds (ext4 never "
-                                       "shrinks a folder), so emptied folders hold disk past max_artifact_mb unseen")
 def test_du_counts_the_disk_an_emptied_folder_holds(tmp_path):
     from ouroboros import sandbox
 
@@ -222,9 +214,6 @@ def cheat():
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="level unshare under a root harness leaves the run uid 0 of the host, and "
-                                       "/proc/sys lets uid 0 write kernel settings (core_pattern: a program run as "
-                                       "root with every capability) without any capability")
 @pytest.mark.skipif(not UNSHARE, reason="unshare does not work here")
 @pytest.mark.skipif(os.geteuid() != 0, reason="a non-root harness gives the run a user namespace: not global root")
 def test_a_run_at_level_unshare_cannot_open_the_kernels_core_pattern_for_writing(tmp_path):
@@ -238,8 +227,6 @@ def test_a_run_at_level_unshare_cannot_open_the_kernels_core_pattern_for_writing
 # written, case and all). SQLite builds its schema from each row's `sql` text, and accepts the type spelled
 # 'Trigger' (written with PRAGMA writable_schema, no key needed): the check passes, the trigger fires inside the
 # harness's own write, and the chain signs the row as the trigger left it.
-@pytest.mark.xfail(strict=True, reason="Ledger's planted-schema check compares sqlite_master.type with 'trigger' as "
-                                       "written; a row typed 'Trigger' is a working trigger the check misses")
 def test_a_trigger_planted_with_its_type_spelled_otherwise_cannot_get_its_forgery_signed(tmp_path, monkeypatch):
     import sqlite3
 
@@ -303,9 +290,6 @@ def cheat():
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="ledger.hold opens the harness lock without handling what a run put in its "
-                                       "place: a folder there makes --resume end in IsADirectoryError, not an "
-                                       "OuroborosError")
 @pytest.mark.parametrize("level", [LEVELS[1], "process"])
 def test_resume_after_a_run_replaced_its_harness_lock_fails_with_a_clear_error_or_goes_on(level, tmp_path,
                                                                                           monkeypatch):
@@ -350,8 +334,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("link")
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="count_loc follows the agent's link from an editable path and reads the whole "
-                                       "target as the harness: a huge file raises MemoryError out of the loop")
 @pytest.mark.parametrize("level", LEVELS)
 def test_an_editable_file_linked_to_a_huge_file_outside_does_not_stop_the_harness(level, tmp_path, monkeypatch):
     big = tmp_path / "outside" / "big"
