@@ -1,0 +1,127 @@
+"""Eighth red-team pass, on the fixes of the seventh: `readfile.walk` / `remove_tree` and their callers
+(`Workspace.remove_specials`, `meta`, `snapshot`, `sandbox.du`), the ledger's schema allowlist and remade lock,
+level unshare's read-only /proc/sys and /sys, `chain.verify_self` and the self mode's `InnerRepo`. Each attack that
+gets through is marked xfail(strict=True) with its root cause and the fix recommended."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from ouroboros import cheats, isolation, readfile
+
+BWRAP = isolation.available("bwrap")
+UNSHARE = isolation.available("unshare")
+LEVELS = [pytest.param("bwrap", marks=pytest.mark.skipif(not BWRAP, reason="bubblewrap does not work here")),
+          pytest.param("unshare", marks=pytest.mark.skipif(not UNSHARE, reason="unshare does not work here")),
+          "process"]
+
+
+def _experiment(tmp_path: Path, monkeypatch, level: str, agent_src: str, *, budget: float = 8.0):
+    """One experiment of a quadratic task at this level with the given agent script (a cmd: agent); the loop."""
+    from ouroboros.loop import Loop, Options
+    from ouroboros.task import load_task
+
+    attack = cheats.Attack("rt8", title="rt8", task={}, files={}, bound={"isolation": level})
+    task_dir = cheats.make_task(attack, tmp_path)
+    agent = tmp_path / "agent.py"
+    agent.write_text(agent_src)
+    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
+    loop = Loop(load_task(task_dir), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
+                                             max_experiments=1, budget=budget, tag="t", seed=1,
+                                             allow_weak_isolation=True))
+    loop.run()
+    loop.ledger.close()
+    return loop
+
+
+# -- 1. remove_specials unlinks by a path joined from the worktree, after the walk ------------------------------------
+# Red team 7's fix moved remove_specials onto readfile.walk: the walk stats each entry by its folder's descriptor, but
+# the FIFO (socket, device) it finds is then removed with `os.unlink(os.path.join(self.path, name))`, a path whose
+# folders are looked up again, links followed. (The fwalk version unlinked by `dir_fd`.) In agent-driven mode the
+# agent (and anything it left running) lives in the worktree while `ouroboros exp` runs remove_specials as the
+# harness's user (root here): between the walk's stat of `a/victim` (a FIFO) and the unlink it renames `a` away and
+# puts a link to any folder in its place, and the harness deletes that folder's `victim`. The test plays the agent's
+# move at exactly that moment (where the walk hands the FIFO over) instead of racing it.
+@pytest.mark.xfail(strict=True, reason="remove_specials unlinks a FIFO by a path joined from the worktree after the "
+                                       "walk, links followed, not by its folder's descriptor")
+def test_remove_specials_never_deletes_through_a_link_swapped_in_after_the_walk(tmp_path, monkeypatch):
+    from ouroboros import workspace
+
+    wt = tmp_path / "worktree"
+    (wt / "a").mkdir(parents=True)
+    os.mkfifo(wt / "a" / "victim")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("the user's file\n")
+    real_walk = readfile.walk
+
+    def racing_walk(*args, **kwargs):
+        for rel, st in real_walk(*args, **kwargs):
+            if rel == "a/victim":  # the agent's move, after the walk's stat and before the harness's unlink
+                os.rename(wt / "a", wt / "a-moved")
+                os.symlink(outside, wt / "a")
+            yield rel, st
+
+    monkeypatch.setattr(readfile, "walk", racing_walk)
+    workspace.Workspace.remove_specials(types.SimpleNamespace(path=wt))
+    assert (outside / "victim").exists(), "remove_specials deleted a file outside the worktree through a link"
+
+
+# -- 2. ledger.hold removes a deeply nested folder in the lock's place with shutil.rmtree ----------------------------
+# Red team 7's fix to the lock: `hold` removes what a run left in the lock's place, a folder with `shutil.rmtree`,
+# and turns an OSError into a one-line OuroborosError. But rmtree recurses once per level: a run at level unshare or
+# process (which reach their run folder, `../harness.lock`) leaves a folder nested a few thousand levels deep there,
+# and `run --resume` ends in RecursionError (not an OSError), a traceback. readfile.remove_tree (GNU rm) is what the
+# harness uses for deep folders elsewhere.
+_DEEP_LOCK = '''
+def cheat():
+    import os
+    lock = os.path.join("..", "harness.lock")
+    try:
+        os.unlink(lock)
+        os.mkdir(lock)
+        fd = os.open(lock, os.O_RDONLY)
+        for _ in range(3000):
+            os.mkdir("d", dir_fd=fd)
+            sub = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+        os.close(fd)
+    except OSError as exc:
+        print(f"lock not reached: {exc}", flush=True)
+    return True
+'''
+
+
+@pytest.mark.xfail(strict=True, reason="ledger.hold removes a folder in the lock's place with shutil.rmtree, which "
+                                       "recurses per level: RecursionError, a traceback, on --resume")
+@pytest.mark.parametrize("level", [LEVELS[1], "process"])
+def test_resume_after_a_run_nested_folders_deep_in_its_lock_fails_with_a_clear_error_or_goes_on(level, tmp_path,
+                                                                                                 monkeypatch):
+    from string import Template
+
+    from ouroboros.errors import OuroborosError
+    from ouroboros.loop import Loop, Options
+    from ouroboros.task import load_task
+
+    train = Template(cheats._TRAIN).safe_substitute(marker="m", outside="/nonexistent", task="/nonexistent", port="0",
+                                                    optimum=repr(cheats.OPTIMUM), code=_DEEP_LOCK.strip())
+    agent = f"from pathlib import Path\nPath('train.py').write_text({train!r})\n"
+    loop = _experiment(tmp_path, monkeypatch, level, agent)
+    lock = loop.ledger.run_dir("t") / "harness.lock"
+    assert (lock / "d" / "d").is_dir(), f"the run did not reach its lock ({loop.history[-1].status})"
+    try:
+        again = Loop(load_task(loop.task.root), Options(agent="cmd:true", max_experiments=2, budget=8.0, tag="t",
+                                                        seed=1, resume=True, allow_weak_isolation=True))
+        try:
+            again.run()
+        finally:
+            again.ledger.close()
+    except OuroborosError:
+        pass  # a clear one-line error: stopped
