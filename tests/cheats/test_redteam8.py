@@ -125,3 +125,41 @@ def test_resume_after_a_run_nested_folders_deep_in_its_lock_fails_with_a_clear_e
             again.ledger.close()
     except OuroborosError:
         pass  # a clear one-line error: stopped
+
+
+# -- 3. level unshare, root harness: device nodes and cgroup files open by ownership -------------------------------
+# Red team 7's fix makes /proc/sys and /sys read-only at level unshare, but the run is still uid 0 of the host
+# without capabilities, and (a) a read-only mount does not stop writes to device nodes (the kernel refuses
+# EROFS only for files, folders and links), nor is /dev replaced: /dev/loop0 (brw------- root), /dev/kmsg (the
+# kernel's log) and /dev/cpu_dma_latency (a machine-wide power setting) open for writing by their owner bits (seen
+# here; /dev/vda, the mounted root disk, was refused); (b) `mount -o remount,bind,ro /sys` makes only /sys itself
+# read-only, not the mounts under it: every cgroup hierarchy (/sys/fs/cgroup/<controller>, root-owned; cgroup v1
+# asks no capability to write its knobs or move a task) opened for writing: freeze or limit the harness's or the
+# machine's cgroups, or move the run out of its own.
+# The test only opens the files: it never writes one.
+_OWNED_OPEN = '''
+def cheat():
+    import glob, os
+    paths = ["/dev/vda", "/dev/sda", "/dev/nvme0n1", "/dev/loop0", "/dev/kmsg", "/dev/cpu_dma_latency",
+             *glob.glob("/sys/fs/cgroup/*/cgroup.procs"), "/sys/fs/cgroup/cgroup.procs"]
+    opened = []
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # opened, never written
+        except OSError:
+            continue
+        os.close(fd)
+        opened.append(path)
+    print(f"open for writing: {opened}", flush=True)
+    return bool(opened)
+'''
+
+
+@pytest.mark.xfail(strict=True, reason="level unshare under a root harness: the run is host uid 0; device nodes "
+                                       "(/dev/loop0, /dev/kmsg) and the cgroup mounts under /sys stay writable by ownership")
+@pytest.mark.skipif(not UNSHARE, reason="unshare does not work here")
+@pytest.mark.skipif(os.geteuid() != 0, reason="a non-root harness gives the run a user namespace: not global root")
+def test_a_run_at_level_unshare_cannot_open_a_disk_device_or_a_cgroup_file_for_writing(tmp_path):
+    attack = cheats.Attack("owned", title="open root-owned devices and cgroup files for writing", train=_OWNED_OPEN)
+    result = cheats.run_attack(attack, tmp_path / "attack", isolation="unshare")
+    assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
