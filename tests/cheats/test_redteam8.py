@@ -106,16 +106,28 @@ def test_resume_after_a_run_nested_folders_deep_in_its_lock_fails_with_a_clear_e
                                                                                                  monkeypatch):
     from string import Template
 
-    from ouroboros.errors import OuroborosError
-    from ouroboros.loop import Loop, Options
-    from ouroboros.task import load_task
-
     train = Template(cheats._TRAIN).safe_substitute(marker="m", outside="/nonexistent", task="/nonexistent", port="0",
                                                     optimum=repr(cheats.OPTIMUM), code=_DEEP_LOCK.strip())
     agent = f"from pathlib import Path\nPath('train.py').write_text({train!r})\n"
     loop = _experiment(tmp_path, monkeypatch, level, agent)
     lock = loop.ledger.run_dir("t") / "harness.lock"
-    assert (lock / "d" / "d").is_dir(), f"the run did not reach its lock ({loop.history[-1].status})"
+    try:
+        assert (lock / "d" / "d").is_dir(), f"the run did not reach its lock ({loop.history[-1].status})"
+        _resume(loop)
+    finally:  # pytest's own cleanup of old temporary folders uses shutil.rmtree too: never leave the deep folder
+        if lock.is_dir():
+            fd = os.open(lock.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                readfile.remove_tree(fd, lock.name)
+            finally:
+                os.close(fd)
+
+
+def _resume(loop) -> None:
+    from ouroboros.errors import OuroborosError
+    from ouroboros.loop import Loop, Options
+    from ouroboros.task import load_task
+
     try:
         again = Loop(load_task(loop.task.root), Options(agent="cmd:true", max_experiments=2, budget=8.0, tag="t",
                                                         seed=1, resume=True, allow_weak_isolation=True))
@@ -163,3 +175,71 @@ def test_a_run_at_level_unshare_cannot_open_a_disk_device_or_a_cgroup_file_for_w
     attack = cheats.Attack("owned", title="open root-owned devices and cgroup files for writing", train=_OWNED_OPEN)
     result = cheats.run_attack(attack, tmp_path / "attack", isolation="unshare")
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
+
+
+# -- 4. a schema row the ledger cannot parse: log, status and verify end in a traceback -----------------------------
+# Red team 7's fix reads every sqlite_master row to allow only the tables and indexes Ouroboros makes. A run at
+# level unshare or process reaches the records (`../../../ledger.sqlite` from its worktree) and, with PRAGMA
+# writable_schema (no key needed), adds an index row SQLite cannot load (here a rootpage past the file's end; an
+# unknown collation does the same). The first read of sqlite_master, the allowlist's own, raises
+# sqlite3.DatabaseError ("malformed database schema"), which nothing turns into an OuroborosError: `ouroboros log`,
+# `status`, `verify` and `run --resume` end in a traceback instead of saying the records were edited.
+@pytest.mark.xfail(strict=True, reason="Ledger() lets sqlite3.DatabaseError of a malformed schema row out: the CLI "
+                                       "ends in a traceback")
+@pytest.mark.parametrize("command", ["log", "verify"])
+def test_a_schema_row_sqlite_cannot_load_gives_a_one_line_error(command, tmp_path):
+    import sqlite3
+    import subprocess
+
+    from ouroboros.ledger import Ledger
+
+    task = tmp_path / "task"
+    env = {**os.environ, "PYTHONPATH": str(Path(readfile.__file__).parent.parent),
+           "OUROBOROS_CONFIG_DIR": str(tmp_path / "config")}
+    subprocess.run([sys.executable, "-m", "ouroboros.cli", "init", str(task), "--template", "quadratic"], env=env,
+                   check=True, capture_output=True)
+    Ledger(task / ".ouroboros").db.close()
+    db = sqlite3.connect(task / ".ouroboros" / "ledger.sqlite")  # what the run does, without the key
+    db.execute("PRAGMA writable_schema=ON")
+    db.execute("INSERT INTO sqlite_master VALUES('index', 'x', 'experiments', 99999, 'CREATE INDEX x ON experiments(n)')")
+    db.commit()
+    db.close()
+    proc = subprocess.run([sys.executable, "-m", "ouroboros.cli", command], cwd=task, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout, (proc.stderr + proc.stdout)[-300:]
+
+
+# -- 5. the outer harness reads a candidate's params.py blob whole into memory ---------------------------------------
+# self/delta.py `_params_at` reads params.py at an inner commit with `git cat-file blob` through InnerRepo.git, whose
+# output is captured whole (then decoded to a str) however large. The inner repo's object store is the candidate's:
+# a blob of zeros compresses about 1000:1, so a few MB of objects (well under MAX_ENTRIES, all regular files) put
+# gigabytes into the outer harness's memory (a pack delta, git allocating the declared size, goes further). The test
+# uses 160 MiB, more than any params.py and more than count_loc's own 64 MiB cap on a hostile file.
+@pytest.mark.xfail(strict=True, reason="InnerRepo.git / _params_at read a candidate's blob whole, with no size cap")
+def test_a_huge_params_blob_in_an_inner_repo_is_refused_not_read_whole(tmp_path):
+    import subprocess
+
+    from ouroboros.errors import OuroborosError
+    from ouroboros.self.delta import _params_at
+
+    dest = tmp_path / "inner"
+    dest.mkdir()
+    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(tmp_path), "GIT_AUTHOR_NAME": "a",
+           "GIT_AUTHOR_EMAIL": "a@b", "GIT_COMMITTER_NAME": "a", "GIT_COMMITTER_EMAIL": "a@b"}
+
+    def git(*args, data=None):
+        return subprocess.run(["git", "-C", str(dest), *args], env=env, input=data, capture_output=True,
+                              check=True).stdout.decode().strip()
+
+    git("init", "-q")
+    blob = git("hash-object", "-w", "--stdin", data=b"\0" * (160 << 20))
+    tree = git("mktree", data=f"100644 blob {blob}\tparams.py\n".encode())
+    commit = git("commit-tree", tree, "-m", "x")
+    stored = sum(f.stat().st_size for f in (dest / ".git" / "objects").rglob("*") if f.is_file())
+    assert stored < 2 << 20  # what the candidate wrote
+    try:
+        text = _params_at(dest, commit)
+    except OuroborosError:
+        return  # refused: stopped
+    assert len(text) < 64 << 20, f"the outer harness read {len(text) >> 20} MiB of a candidate's blob"
