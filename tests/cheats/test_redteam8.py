@@ -243,3 +243,48 @@ def test_a_huge_params_blob_in_an_inner_repo_is_refused_not_read_whole(tmp_path)
     except OuroborosError:
         return  # refused: stopped
     assert len(text) < 64 << 20, f"the outer harness read {len(text) >> 20} MiB of a candidate's blob"
+
+
+# -- 6. count_loc lists an editable folder through the agent's link -----------------------------------------------
+# Red team 7's fix makes count_loc read regular files only (the last component opened O_NOFOLLOW) and at most 64 MiB
+# each. But the list it reads comes from `task.glob_files`, which follows links: with a folder among the editable
+# paths (`lib*`, which may name a folder), the agent makes `lib_more` a link to any folder, `path.is_dir()` follows
+# it and `path.rglob("*")` lists everything there; read_regular then opens `lib_more/<name>` through the link (only the last component is not
+# followed) and the harness (root here) adds the lines of files outside the worktree, root-only ones included, to
+# the experiment's recorded `loc`. A link to `/` walks the whole machine (/proc, /sys, every disk) in the loop.
+_LOC_FOLDER_LINK_AGENT = '''
+import os
+from pathlib import Path
+os.symlink({target!r}, "lib_more")
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("link")
+'''
+
+
+@pytest.mark.xfail(strict=True, reason="glob_files follows a link in place of an editable folder; count_loc reads "
+                                       "the files behind it as the harness")
+@pytest.mark.parametrize("level", LEVELS)
+def test_an_editable_folder_linked_outside_is_not_listed_or_counted(level, tmp_path, monkeypatch):
+    from ouroboros.loop import Loop, Options
+    from ouroboros.task import load_task
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret.py"
+    secret.write_text("".join(f"x{i} = {i}\n" for i in range(5000)))
+    secret.chmod(0o600)
+    attack = cheats.Attack("rt8", title="rt8", task={}, files={}, bound={"isolation": level})
+    task_dir = cheats.make_task(attack, tmp_path / "w")
+    (task_dir / "lib_a.py").write_text("A = 1\n")
+    cheats._set_keys(task_dir / "ouroboros.toml", "task", {"editable": ["train.py", "lib*"]})
+    cheats._git(task_dir, "add", "-A")
+    cheats._git(task_dir, "commit", "-qm", "editable: lib*, a file or a folder")
+    agent = tmp_path / "agent.py"
+    agent.write_text(_LOC_FOLDER_LINK_AGENT.format(target=str(outside)))
+    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
+    loop = Loop(load_task(task_dir), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
+                                             max_experiments=1, budget=8.0, tag="t", seed=1,
+                                             allow_weak_isolation=True))
+    loop.run()
+    loop.ledger.close()
+    exp = loop.history[-1]
+    assert exp.loc is None or exp.loc < 5000, f"the recorded loc {exp.loc} counts the lines of {secret}"
