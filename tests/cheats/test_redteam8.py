@@ -288,3 +288,36 @@ def test_an_editable_folder_linked_outside_is_not_listed_or_counted(level, tmp_p
     loop.ledger.close()
     exp = loop.history[-1]
     assert exp.loc is None or exp.loc < 5000, f"the recorded loc {exp.loc} counts the lines of {secret}"
+
+
+# -- 7. remove_specials starts one `rm` per deep folder ---------------------------------------------------------------
+# Red team 7's fix removes every folder past DEEP_BYTES (1 KiB of path) with readfile.remove_tree, which starts GNU
+# rm, once per folder. A run leaves many sibling folders just past 1 KiB of path (four 254-byte names, then short
+# ones; depth 5, so sandbox.du does not count them as deep): each empty folder counts 4 KiB, so 100,000 of them
+# (made in a second or two) stay under the default max_artifact_mb of 512. Every reset then forks and execs 100,000
+# rm processes: measured here, 2,000 such folders took 10.1 s (`Workspace.remove_specials` on a busy 2-core machine,
+# nice 19), so 100,000 stall the harness about 8 minutes per reset, and a reset follows every experiment (twice with
+# a confirmation). The old in-process rmtree cost microseconds a folder. The test counts the processes started.
+@pytest.mark.xfail(strict=True, reason="remove_specials forks and execs GNU rm once per folder past DEEP_BYTES: "
+                                       "100,000 such folders stall every reset for minutes")
+def test_remove_specials_does_not_start_a_process_per_deep_folder(tmp_path, monkeypatch):
+    import subprocess
+
+    from ouroboros import workspace
+
+    wt = tmp_path / "worktree"
+    base = wt / ("a" * 254) / ("b" * 254) / ("c" * 254) / ("d" * 254)
+    base.mkdir(parents=True)
+    for i in range(200):
+        (base / f"{i:05d}").mkdir()
+    started = []
+    real_run = subprocess.run
+
+    def counting_run(*args, **kwargs):
+        started.append(args[0] if args else kwargs.get("args"))
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", counting_run)
+    workspace.Workspace.remove_specials(types.SimpleNamespace(path=wt))
+    assert not os.listdir(base), "the deep folders were not removed"
+    assert len(started) < 20, f"{len(started)} processes started to remove 200 folders"
