@@ -321,3 +321,29 @@ def test_remove_specials_does_not_start_a_process_per_deep_folder(tmp_path, monk
     workspace.Workspace.remove_specials(types.SimpleNamespace(path=wt))
     assert not os.listdir(base), "the deep folders were not removed"
     assert len(started) < 20, f"{len(started)} processes started to remove 200 folders"
+
+
+# -- 8. InnerRepo.ref follows a symbolic ref out of the repo -------------------------------------------------------
+# self/evidence.py reads an inner repo's refs as files, without git: `ref("HEAD")` reads `.git/HEAD` and, for
+# `ref: NAME`, reads `.git/NAME` again, with NAME as the candidate wrote it: an absolute path or `../..` replaces or
+# climbs out of the git dir. The outer harness (root here) then opens any path the candidate names (O_NONBLOCK,
+# opening a device node included) and takes a 40-hex id found there as the repo's commit: another repository's ref,
+# a file of the user's. Only names under refs/ (and HEAD) should be read, with no `..` component.
+@pytest.mark.xfail(strict=True, reason="InnerRepo.ref joins a candidate-written symbolic ref to the git dir as is: "
+                                       "an absolute path or .. reads outside")
+@pytest.mark.parametrize("how", ["absolute", "climb"])
+def test_an_inner_repos_symbolic_ref_cannot_name_a_file_outside_it(how, tmp_path):
+    from ouroboros.errors import OuroborosError
+    from ouroboros.self.evidence import InnerRepo
+
+    outside = tmp_path / "outside-ref"
+    outside.write_text("0123456789abcdef0123456789abcdef01234567\n")
+    repo = tmp_path / "inner"
+    (repo / ".git" / "objects").mkdir(parents=True)
+    target = str(outside) if how == "absolute" else "../../outside-ref"
+    (repo / ".git" / "HEAD").write_text(f"ref: {target}\n")
+    try:
+        head = InnerRepo(repo).ref("HEAD")
+    except OuroborosError:
+        return  # refused: stopped
+    assert head is None, f"HEAD resolved to {head}, read from {outside}"
