@@ -136,8 +136,9 @@ def test_sigkill_mid_experiment_then_resume_loses_and_repeats_nothing(quadratic:
     _slow_run(quadratic, 0.5)
     ledger = quadratic / ".ouroboros/ledger.sqlite"
     proc = _start(quadratic, "--agent", "random", "-n", "5", "--tag", "k")
-    _wait_for_running(ledger, "k", 2)
-    live = cli("status", "-C", str(quadratic), check=True).stdout
+    _wait_for_running(ledger, "k", 1)
+    live = cli("status", "-C", str(quadratic), check=True).stdout  # takes a while: the kill waits for the next one
+    _wait_for_running(ledger, "k", 3)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     dead = cli("status", "-C", str(quadratic), check=True).stdout

@@ -38,7 +38,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -124,7 +123,16 @@ def hold(run_dir: Path) -> int:
     path = run_dir / HARNESS_LOCK
     try:
         if path.is_symlink() or (path.exists() and not path.is_file()):  # what a run left in its place
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            if path.is_dir() and not path.is_symlink():
+                from ouroboros.readfile import remove_tree
+
+                parent = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    remove_tree(parent, HARNESS_LOCK)  # however deep (shutil.rmtree recurses)
+                finally:
+                    os.close(parent)
+            else:
+                path.unlink()
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise OuroborosError(f"cannot take the run's lock {path}: {exc.strerror}; remove it and retry") from exc
@@ -288,7 +296,13 @@ class Ledger:
         records.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(records / "ledger.sqlite", timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
-        planted = next((r for r in self.db.execute("SELECT type, name, sql FROM sqlite_master") if not _ours(r)), None)
+        try:
+            planted = next((r for r in self.db.execute("SELECT type, name, sql FROM sqlite_master") if not _ours(r)),
+                           None)
+        except sqlite3.DatabaseError as exc:  # a schema row SQLite cannot load, a file that is no database
+            self.db.close()
+            raise OuroborosError(f"{records / 'ledger.sqlite'} cannot be read ({exc}): the records were edited or "
+                                 "damaged; inspect them with sqlite3 before using them") from None
         if planted is not None:  # it would run inside the harness's own writes, which the chain then signs
             self.db.close()
             raise OuroborosError(

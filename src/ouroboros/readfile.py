@@ -47,12 +47,13 @@ class TooDeep(OSError):
     """A folder nested past MAX_DEPTH: no honest run makes one, and walking one would take a descriptor a level."""
 
 
-def walk(root: Path, strict: bool = True, on_deep=None, max_bytes: int | None = None):
+def walk(root: Path, strict: bool = True, on_deep=None, max_bytes: int | None = None, on_special=None):
     """(name relative to root, lstat) of every entry under root, folders before what they hold, links never
     followed, without recursion. Folders are opened by descriptor from their parent's, so no path grows
     with depth past PATH_MAX; only the folders on the way down are held open. A folder nested past
     MAX_DEPTH (or whose relative name is longer than max_bytes) is passed to on_deep(parent_fd, name,
-    relative name) if given, else raises TooDeep (strict) or is skipped; it is not walked. An entry or folder that cannot be read raises OSError, or with strict=False is skipped."""
+    relative name) if given, else raises TooDeep (strict) or is skipped; it is not walked. An entry that is
+    no file, folder or link goes to on_special(parent_fd, name) instead of the caller, if given. An entry or folder that cannot be read raises OSError, or with strict=False is skipped."""
     try:
         top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
@@ -74,6 +75,10 @@ def walk(root: Path, strict: bool = True, on_deep=None, max_bytes: int | None = 
             except OSError:
                 if strict:
                     raise
+                continue
+            if on_special is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
+                                               or stat.S_ISLNK(st.st_mode)):
+                on_special(fd, name)
                 continue
             yield rel, st
             if not stat.S_ISDIR(st.st_mode):

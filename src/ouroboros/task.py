@@ -221,13 +221,26 @@ def glob_files(root: Path, patterns: tuple[str, ...] | list[str]) -> list[str]:
     for pattern in patterns:
         try:
             for path in root.glob(pattern):
+                if _through_link(root, path):  # an agent's link to a folder outside: nothing there is the task's
+                    continue
                 if path.is_file() and RECORDS_DIR not in path.relative_to(root).parts:
                     found.add(path.relative_to(root).as_posix())
                 elif path.is_dir():
-                    found.update(p.relative_to(root).as_posix() for p in path.rglob("*") if p.is_file())
+                    found.update(p.relative_to(root).as_posix() for p in path.rglob("*")
+                                 if p.is_file() and not _through_link(root, p))
         except OSError:
             continue
     return sorted(found)
+
+
+def _through_link(root: Path, path: Path) -> bool:
+    """Whether any part of path under root (the last one included) is a link."""
+    here = root
+    for part in path.relative_to(root).parts:
+        here = here / part
+        if here.is_symlink():
+            return True
+    return False
 
 
 def load_task(root: Path | str, text: str | None = None) -> Task:

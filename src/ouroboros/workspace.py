@@ -550,13 +550,36 @@ class Workspace:
         `.gitattributes` or `.gitignore` it finds with a blocking read), and every folder nested deeper than
         DEEP_BYTES of path (git clean cannot reach past PATH_MAX and fails; a reset puts back what is
         tracked). Walked by folder descriptors, so no depth is out of reach."""
-        for name, st in readfile.walk(self.path, strict=False, max_bytes=DEEP_BYTES,
-                                      on_deep=lambda fd, name, rel: readfile.remove_tree(fd, name)):
-            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        def unlink(fd: int, name: str) -> None:  # by the folder's descriptor: no link on the way is followed
+            try:
+                os.unlink(name, dir_fd=fd)
+            except OSError:
+                pass
+
+        trash = tempfile.mkdtemp(prefix=".ouroboros-deep-", dir=os.path.dirname(os.path.abspath(self.path)))
+        tfd = os.open(trash, os.O_RDONLY | os.O_DIRECTORY)
+        moved = []
+
+        def deep(fd: int, name: str, rel: str) -> None:  # moved aside now (a rename), removed all at once below
+            try:
+                os.rename(name, str(len(moved)), src_dir_fd=fd, dst_dir_fd=tfd)
+                moved.append(name)
+            except OSError:
+                pass
+
+        try:
+            for _ in readfile.walk(self.path, strict=False, max_bytes=DEEP_BYTES, on_deep=deep, on_special=unlink):
+                pass
+        finally:
+            os.close(tfd)
+            if not moved:
+                os.rmdir(trash)
+            else:
+                parent = os.open(os.path.dirname(trash), os.O_RDONLY | os.O_DIRECTORY)
                 try:
-                    os.unlink(os.path.join(self.path, name))
-                except OSError:
-                    pass
+                    readfile.remove_tree(parent, os.path.basename(trash))  # one GNU rm, however many and deep
+                finally:
+                    os.close(parent)
 
     def reset(self, commit: str) -> None:
         """Make the worktree exactly `commit`: tracked files reset, untracked and ignored files gone."""

@@ -48,8 +48,6 @@ def _experiment(tmp_path: Path, monkeypatch, level: str, agent_src: str, *, budg
 # harness's user (root here): between the walk's stat of `a/victim` (a FIFO) and the unlink it renames `a` away and
 # puts a link to any folder in its place, and the harness deletes that folder's `victim`. The test plays the agent's
 # move at exactly that moment (where the walk hands the FIFO over) instead of racing it.
-@pytest.mark.xfail(strict=True, reason="remove_specials unlinks a FIFO by a path joined from the worktree after the "
-                                       "walk, links followed, not by its folder's descriptor")
 def test_remove_specials_never_deletes_through_a_link_swapped_in_after_the_walk(tmp_path, monkeypatch):
     from ouroboros import workspace
 
@@ -99,8 +97,6 @@ def cheat():
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="ledger.hold removes a folder in the lock's place with shutil.rmtree, which "
-                                       "recurses per level: RecursionError, a traceback, on --resume")
 @pytest.mark.parametrize("level", [LEVELS[1], "process"])
 def test_resume_after_a_run_nested_folders_deep_in_its_lock_fails_with_a_clear_error_or_goes_on(level, tmp_path,
                                                                                                  monkeypatch):
@@ -184,8 +180,6 @@ def test_a_run_at_level_unshare_cannot_open_a_disk_device_or_a_cgroup_file_for_w
 # unknown collation does the same). The first read of sqlite_master, the allowlist's own, raises
 # sqlite3.DatabaseError ("malformed database schema"), which nothing turns into an OuroborosError: `ouroboros log`,
 # `status`, `verify` and `run --resume` end in a traceback instead of saying the records were edited.
-@pytest.mark.xfail(strict=True, reason="Ledger() lets sqlite3.DatabaseError of a malformed schema row out: the CLI "
-                                       "ends in a traceback")
 @pytest.mark.parametrize("command", ["log", "verify"])
 def test_a_schema_row_sqlite_cannot_load_gives_a_one_line_error(command, tmp_path):
     import sqlite3
@@ -216,7 +210,6 @@ def test_a_schema_row_sqlite_cannot_load_gives_a_one_line_error(command, tmp_pat
 # a blob of zeros compresses about 1000:1, so a few MB of objects (well under MAX_ENTRIES, all regular files) put
 # gigabytes into the outer harness's memory (a pack delta, git allocating the declared size, goes further). The test
 # uses 160 MiB, more than any params.py and more than count_loc's own 64 MiB cap on a hostile file.
-@pytest.mark.xfail(strict=True, reason="InnerRepo.git / _params_at read a candidate's blob whole, with no size cap")
 def test_a_huge_params_blob_in_an_inner_repo_is_refused_not_read_whole(tmp_path):
     import subprocess
 
@@ -260,8 +253,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("link")
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="glob_files follows a link in place of an editable folder; count_loc reads "
-                                       "the files behind it as the harness")
 @pytest.mark.parametrize("level", LEVELS)
 def test_an_editable_folder_linked_outside_is_not_listed_or_counted(level, tmp_path, monkeypatch):
     from ouroboros.loop import Loop, Options
@@ -298,8 +289,6 @@ def test_an_editable_folder_linked_outside_is_not_listed_or_counted(level, tmp_p
 # rm processes: measured here, 2,000 such folders took 10.1 s (`Workspace.remove_specials` on a busy 2-core machine,
 # nice 19), so 100,000 stall the harness about 8 minutes per reset, and a reset follows every experiment (twice with
 # a confirmation). The old in-process rmtree cost microseconds a folder. The test counts the processes started.
-@pytest.mark.xfail(strict=True, reason="remove_specials forks and execs GNU rm once per folder past DEEP_BYTES: "
-                                       "100,000 such folders stall every reset for minutes")
 def test_remove_specials_does_not_start_a_process_per_deep_folder(tmp_path, monkeypatch):
     import subprocess
 
@@ -329,8 +318,6 @@ def test_remove_specials_does_not_start_a_process_per_deep_folder(tmp_path, monk
 # climbs out of the git dir. The outer harness (root here) then opens any path the candidate names (O_NONBLOCK,
 # opening a device node included) and takes a 40-hex id found there as the repo's commit: another repository's ref,
 # a file of the user's. Only names under refs/ (and HEAD) should be read, with no `..` component.
-@pytest.mark.xfail(strict=True, reason="InnerRepo.ref joins a candidate-written symbolic ref to the git dir as is: "
-                                       "an absolute path or .. reads outside")
 @pytest.mark.parametrize("how", ["absolute", "climb"])
 def test_an_inner_repos_symbolic_ref_cannot_name_a_file_outside_it(how, tmp_path):
     from ouroboros.errors import OuroborosError

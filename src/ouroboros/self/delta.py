@@ -206,6 +206,9 @@ def export_inner(dest: Path, out: Path) -> None:
             (out / "keeps" / f"{commit}.py").write_text(_params_at(dest, commit, repo))
 
 
+PARAMS_MAX = 1 << 20  # bytes of a version's params.py the outer side reads
+
+
 def _params_at(dest: Path, commit: str, repo: InnerRepo | None = None) -> str:
     """params.py at an inner experiment's commit: from the inner repo's objects, read through a trusted git
     dir (evidence.py: git never reads the candidate's repo config), or from an export."""
@@ -217,7 +220,12 @@ def _params_at(dest: Path, commit: str, repo: InnerRepo | None = None) -> str:
             raise ClaimError(f"the inner ledger of {dest.name} names commit {commit[:12]}, which has no params.py")
         return text
     try:
-        return (repo or InnerRepo(dest)).git("cat-file", "blob", f"{commit}:params.py")
+        inner = repo or InnerRepo(dest)
+        size = inner.git("cat-file", "-s", f"{commit}:params.py").strip()
+        if not size.isdigit() or int(size) > PARAMS_MAX:  # zeros compress 1000:1: never read a blob whole unseen
+            raise ClaimError(f"the inner ledger of {dest.name} names commit {commit[:12]}, whose params.py is "
+                             f"{size[:20]} bytes (at most {PARAMS_MAX} are read)")
+        return inner.git("cat-file", "blob", f"{commit}:params.py")
     except ClaimError:
         raise
     except OuroborosError as exc:

@@ -84,7 +84,10 @@ class InnerRepo:
                         raise OuroborosError(f"{self.repo.name}: objects/{rel!r} is not a regular file")
 
     def ref(self, name: str, depth: int = 0) -> str | None:
-        """The commit a ref names (HEAD, refs/...), read from the files (loose, then packed-refs); None if none."""
+        """The commit a ref names (HEAD, refs/...), read from the files (loose, then packed-refs); None if none.
+        Only HEAD and names under refs/ without `..` are followed: a candidate's `ref: /etc/x` reads nothing."""
+        if name != "HEAD" and (not name.startswith("refs/") or ".." in name.split("/") or "\0" in name):
+            return None
         text = read_regular(self.gitdir / name, 4096)
         if text is not None:
             value = text.strip()
