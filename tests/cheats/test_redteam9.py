@@ -1,0 +1,49 @@
+"""Ninth red-team pass, on the fixes of the eighth: `Workspace.remove_specials` (specials unlinked by their folder's
+descriptor, deep folders renamed into a trash folder and removed by one rm), `readfile.walk` / `remove_tree`,
+`ledger.hold`, the ledger's DatabaseError handling, `task.glob_files` / `_through_link`, `InnerRepo.ref` and
+`delta._params_at`. Each attack that gets through is marked xfail(strict=True) with its root cause and the fix
+recommended."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ouroboros import cheats, isolation, readfile
+
+BWRAP = isolation.available("bwrap")
+SRC = str(Path(readfile.__file__).parent.parent)
+
+
+def _commit(task_dir: Path, *paths: str) -> None:
+    subprocess.run(["git", "-C", str(task_dir), "add", "--", *paths], check=True, capture_output=True)
+    subprocess.run(["git", "-C", str(task_dir), "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "x"],
+                   check=True, capture_output=True)
+
+
+# -- 1. hidden data reached through a committed link is no longer masked -------------------------------------------
+# Red team 8's fix to count_loc made `task.glob_files` skip every path with a link among its parts (`_through_link`).
+# glob_files is not only the editable list: `Isolation.hidden_files` and `checkout_hidden` list `[bound] hidden` with
+# it, and the guard hashes `protected_files` from it. A task whose hidden file sits under a committed link
+# (`data -> store`, a common layout for data folders) had `data/answers.txt` masked by bwrap (`--ro-bind /dev/null`,
+# the mount lands on the file itself, so `store/answers.txt` read /dev/null too); now hidden_files() is empty and the
+# run phase reads the answers by either name. Checked at 4769a98 (before the fix): both reads were refused.
+@pytest.mark.xfail(strict=True, reason="glob_files drops paths through a link for every caller, hidden_files "
+                   "included: hidden data under a committed link is no longer masked from the run")
+@pytest.mark.skipif(not BWRAP, reason="bubblewrap does not work here")
+def test_hidden_data_under_a_committed_link_stays_masked_from_the_run(tmp_path):
+    from ouroboros.task import load_task
+
+    attack = cheats.Attack("rt9", title="rt9", task={}, files={"store/answers.txt": "SECRET-ANSWERS\n"},
+                           bound={"isolation": "bwrap", "hidden": ["data/answers.txt"]})
+    task_dir = cheats.make_task(attack, tmp_path)
+    os.symlink("store", task_dir / "data")
+    _commit(task_dir, "data")
+    iso = isolation.choose(load_task(task_dir), task_dir, tmp_path / "records")
+    argv, _ = iso.wrap(["cat", "data/answers.txt", "store/answers.txt"], "run", cwd=task_dir)
+    proc = subprocess.run(argv, cwd=task_dir, capture_output=True, text=True, timeout=60)
+    assert "SECRET-ANSWERS" not in proc.stdout, "the run phase read the task's hidden answers"
