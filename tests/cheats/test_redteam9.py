@@ -73,3 +73,38 @@ def test_a_damaged_table_page_gives_a_one_line_error(command, tmp_path):
                           text=True, timeout=120)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr + proc.stdout, (proc.stderr + proc.stdout)[-300:]
+
+
+# -- 3. a run replaces the worktree's .git file with a deep folder: the harness crashes -----------------------------
+# remove_specials and remove_tree (GNU rm) now take any depth, but `Workspace.restore_dotgit`, which guard.after calls
+# right after the run (before any reset or remove_specials), still removes a `.git` folder with shutil.rmtree, which
+# recurses once per level. The run (its worktree is writable at every level) unlinks `.git`, makes a folder there and
+# nests 1,200 folders in it: guard.after("run") ends in RecursionError (not an OSError) and the loop dies with a
+# traceback mid-experiment. (guard._named_git's and _restore_git's rmtree calls share the flaw; ignore_errors=True
+# does not catch RecursionError.)
+_DEEP_DOTGIT = '''
+def cheat():
+    import os
+    top = os.getcwd()
+    os.unlink(".git")
+    os.mkdir(".git")
+    os.chdir(".git")
+    for _ in range(1200):
+        os.mkdir("d")
+        os.chdir("d")
+    os.chdir(top)
+    return True
+'''
+LEVELS = [pytest.param("bwrap", marks=pytest.mark.skipif(not BWRAP, reason="bubblewrap does not work here")),
+          pytest.param("unshare", marks=pytest.mark.skipif(not isolation.available("unshare"),
+                                                           reason="unshare does not work here")),
+          "process"]
+
+
+@pytest.mark.xfail(strict=True, raises=RecursionError, reason="restore_dotgit removes a .git folder with "
+                   "shutil.rmtree, which recurses once per level")
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_run_that_makes_dotgit_a_deep_folder_is_a_violation_not_a_crash(level, tmp_path):
+    result = cheats.run_attack(cheats.Attack("deep-dotgit", title="the .git file made a deep folder",
+                                             train=_DEEP_DOTGIT), tmp_path / "attack", isolation=level)
+    assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
