@@ -108,3 +108,28 @@ def test_a_run_that_makes_dotgit_a_deep_folder_is_a_violation_not_a_crash(level,
     result = cheats.run_attack(cheats.Attack("deep-dotgit", title="the .git file made a deep folder",
                                              train=_DEEP_DOTGIT), tmp_path / "attack", isolation=level)
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
+
+
+# -- 4. InnerRepo.ref: a `refs` link in the candidate's git dir reads outside it -------------------------------------
+# Red team 8's fix follows only HEAD and names under refs/ without `..`. But the name is then joined to the git dir and
+# opened by path: read_regular refuses a link only as the last component, so a candidate whose `.git/refs` is a link
+# to any folder (another repository's refs, the user's checkout) has the outer harness (root here) open files there and
+# take a 40-hex id found in one as the inner repo's commit, exactly what the fix meant to stop.
+@pytest.mark.xfail(strict=True, reason="InnerRepo.ref opens gitdir/name by path: a link among the folders (refs "
+                   "itself) is followed")
+def test_an_inner_repos_refs_folder_linked_outside_is_not_read(tmp_path):
+    from ouroboros.errors import OuroborosError
+    from ouroboros.self.evidence import InnerRepo
+
+    outside = tmp_path / "someone-elses-refs"
+    (outside / "heads").mkdir(parents=True)
+    (outside / "heads" / "main").write_text("0123456789abcdef0123456789abcdef01234567\n")
+    repo = tmp_path / "inner"
+    (repo / ".git" / "objects").mkdir(parents=True)
+    os.symlink(outside, repo / ".git" / "refs")
+    (repo / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    try:
+        head = InnerRepo(repo).ref("HEAD")
+    except OuroborosError:
+        return  # refused: stopped
+    assert head is None, f"HEAD resolved to {head}, read from {outside}"
