@@ -133,3 +133,40 @@ def test_an_inner_repos_refs_folder_linked_outside_is_not_read(tmp_path):
     except OuroborosError:
         return  # refused: stopped
     assert head is None, f"HEAD resolved to {head}, read from {outside}"
+
+
+# -- 5. a run plants an index whose expression fails on the harness's next write: the harness crashes ---------------
+# `_ours` allows any schema row whose SQL starts with CREATE INDEX, whatever it indexes, and the allowlist is read once,
+# when the ledger opens. A run at level unshare or process reaches the records (red team 8, 4.) and, with plain SQL (no
+# key, no writable_schema), adds `CREATE INDEX ... ON experiments(CASE WHEN n = <its n> AND status != 'running' THEN
+# json('{') END)`: true for no row yet, so SQLite accepts it. The harness's next write of the experiment (its verdict)
+# evaluates the expression and raises sqlite3.OperationalError ("malformed JSON") out of Ledger._write: the loop dies
+# with a traceback, the experiment stays "running", and every `run --resume` meets the same index (log and verify, which
+# only read, pass). A UNIQUE index does worse with the ledger's INSERT OR REPLACE: the harness itself deletes the rows
+# that collide.
+_PLANT_INDEX = '''
+def cheat():
+    import os, sqlite3
+    here = os.getcwd()
+    for _ in range(8):
+        here = os.path.dirname(here)
+        path = os.path.join(here, "ledger.sqlite")
+        if os.path.exists(path):
+            break
+    else:
+        return False
+    db = sqlite3.connect(path, timeout=30)
+    n = db.execute("SELECT max(n) FROM experiments").fetchone()[0]
+    db.execute("CREATE INDEX planted ON experiments(CASE WHEN n = %d AND status != 'running' THEN json('{') END)" % n)
+    db.commit()
+    return True
+'''
+
+
+@pytest.mark.xfail(strict=True, raises=__import__("sqlite3").Error, reason="_ours allows any CREATE INDEX and the "
+                   "schema is checked only when the ledger opens; Ledger._write lets sqlite3 errors out")
+@pytest.mark.parametrize("level", LEVELS[1:])
+def test_an_index_planted_by_the_run_does_not_crash_the_harness(level, tmp_path):
+    result = cheats.run_attack(cheats.Attack("plant-index", title="an index whose expression fails", train=_PLANT_INDEX),
+                               tmp_path / "attack", isolation=level)
+    assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
