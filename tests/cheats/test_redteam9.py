@@ -184,3 +184,27 @@ def test_an_index_planted_by_the_run_does_not_crash_the_harness(level, tmp_path)
     result = cheats.run_attack(cheats.Attack("plant-index", title="an index whose expression fails", train=_PLANT_INDEX),
                                tmp_path / "attack", isolation=level)
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
+
+
+# -- 6. a run unlinks the harness lock: status shows a live run as "killed" -----------------------------------------
+# `ledger.hold` takes a shared flock on `runs/<tag>/harness.lock`; `alive` (and so `ouroboros status` / `log`, through
+# `shown_status`) opens that path afresh and tries an exclusive lock. A run at level unshare or process reaches its run
+# folder (`../harness.lock` from its worktree, red team 7, 7.): it unlinks the file (or renames it away) and leaves a
+# new empty one. The harness still holds its lock on the old inode; every reader now finds a lock nobody holds and shows
+# the live run as "killed" ("--resume goes on"), inviting a second harness onto the same worktree and ledger. The test
+# plays the run's two system calls while this process holds the lock.
+@pytest.mark.xfail(strict=True, reason="alive() judges by whatever file now has the lock's name, not the inode the "
+                   "harness locked; the run reaches the run folder at unshare and process")
+def test_a_run_that_replaces_the_lock_file_does_not_make_a_live_run_look_killed(tmp_path):
+    from ouroboros.ledger import HARNESS_LOCK, alive, hold, shown_status
+
+    run_dir = tmp_path / "runs" / "t"
+    run_dir.mkdir(parents=True)
+    fd = hold(run_dir)
+    try:
+        os.unlink(run_dir / HARNESS_LOCK)  # the run's move
+        (run_dir / HARNESS_LOCK).write_text("")
+        assert alive(run_dir) is not False and shown_status("running", run_dir) == "running", \
+            "a run whose harness is alive is shown as killed"
+    finally:
+        os.close(fd)
