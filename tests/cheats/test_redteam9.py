@@ -79,25 +79,32 @@ def test_a_damaged_table_page_gives_a_one_line_error(command, tmp_path):
 # remove_specials and remove_tree (GNU rm) now take any depth, but `Workspace.restore_dotgit`, which guard.after calls
 # right after the run (before any reset or remove_specials), still removes a `.git` folder with shutil.rmtree, which
 # recurses once per level. The run (its worktree is writable at every level) unlinks `.git`, makes a folder there and
-# nests 3,000 folders in it: guard.after("run") ends in RecursionError (not an OSError) and the loop dies with a
-# traceback mid-experiment. (guard._git_entries's rmtree of any other `.git` folder, and _restore_git's, share the
-# flaw: ignore_errors=True does not catch RecursionError; whether the fd limit or the recursion limit comes first
-# depends on the caller's stack, so `sub/.git` is not a reliable test.)
+# nests 1,500 folders in it (made as six chains of 250, each under the disk watcher's depth limit, then nested by
+# five renames, so the watcher's kill does not cut it short): guard.after("run") ends in RecursionError (not an
+# OSError) and the loop dies with a traceback mid-experiment; `run --resume` meets the same folder (Workspace.open
+# calls restore_dotgit). guard._git_entries removes any other folder named .git (`sub/.git`) with shutil.rmtree too,
+# ignore_errors=True, which does not catch RecursionError (guard._restore_git's rmtree calls share the flaw).
 _DEEP_DOTGIT = '''
 def cheat():
     import os
     top = os.getcwd()
-    if {where!r} == "root":  # the worktree's own .git file made a folder
-        os.unlink(".git")
-        os.mkdir(".git")
-        os.chdir(".git")
-    else:  # any folder named .git (guard._named_git removes it with shutil.rmtree, ignore_errors=True)
-        os.makedirs("sub/.git")
-        os.chdir("sub/.git")
-    for _ in range(3000):
-        os.mkdir("d")
-        os.chdir("d")
+    for c in range(6):  # six chains of 250 folders: none past the disk watcher's depth limit while it is made
+        os.chdir(top)
+        os.mkdir(f"chain{c}")
+        os.chdir(f"chain{c}")
+        for _ in range(249):
+            os.mkdir("d")
+            os.chdir("d")
     os.chdir(top)
+    bottom = lambda c: os.path.join(f"chain{c}", *["d"] * 249)
+    for c in range(5, 0, -1):  # then nested in five renames (1,500 levels) and put in .git's place
+        os.rename(f"chain{c}", os.path.join(bottom(c - 1), "d"))
+    if WHERE == "root":  # the worktree's own .git file made a folder
+        os.unlink(".git")
+        os.rename("chain0", ".git")
+    else:  # any folder named .git (guard._git_entries removes it with shutil.rmtree, ignore_errors=True)
+        os.mkdir("sub")
+        os.rename("chain0", "sub/.git")
     return True
 '''
 LEVELS = [pytest.param("bwrap", marks=pytest.mark.skipif(not BWRAP, reason="bubblewrap does not work here")),
@@ -108,12 +115,12 @@ LEVELS = [pytest.param("bwrap", marks=pytest.mark.skipif(not BWRAP, reason="bubb
 
 @pytest.mark.xfail(strict=True, raises=RecursionError, reason="restore_dotgit and guard._git_entries "
                    "remove a .git folder with shutil.rmtree, which recurses once per level")
+@pytest.mark.parametrize("where", ["root", "sub"])
 @pytest.mark.parametrize("level", LEVELS)
-def test_a_run_that_makes_dotgit_a_deep_folder_is_a_violation_not_a_crash(level, tmp_path):
-    where = "root"  # "sub" crashes the same way in a plain process; under pytest EMFILE may come first (ignored)
+def test_a_run_that_makes_dotgit_a_deep_folder_is_a_violation_not_a_crash(level, where, tmp_path):
     try:
         result = cheats.run_attack(cheats.Attack("deep-dotgit", title="a deep folder named .git",
-                                                 train=_DEEP_DOTGIT.format(where=where)), tmp_path / "attack",
+                                                 train=_DEEP_DOTGIT.replace("WHERE", repr(where))), tmp_path / "attack",
                                    isolation=level)
     finally:  # pytest's own cleanup of tmp_path recurses too
         parent = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
