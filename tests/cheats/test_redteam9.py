@@ -81,9 +81,9 @@ def test_a_damaged_table_page_gives_a_one_line_error(command, tmp_path):
 # recurses once per level. The run (its worktree is writable at every level) unlinks `.git`, makes a folder there and
 # nests 1,500 folders in it (made as six chains of 250, each under the disk watcher's depth limit, then nested by
 # five renames, so the watcher's kill does not cut it short): guard.after("run") ends in RecursionError (not an
-# OSError) and the loop dies with a traceback mid-experiment; `run --resume` meets the same folder (Workspace.open
-# calls restore_dotgit). guard._git_entries removes any other folder named .git (`sub/.git`) with shutil.rmtree too,
-# ignore_errors=True, which does not catch RecursionError (guard._restore_git's rmtree calls share the flaw).
+# OSError) and the loop dies with a traceback mid-experiment; `run --resume` would meet the same folder
+# (Workspace.open calls restore_dotgit; not run here). guard._git_entries removes any other folder named .git
+# (`sub/.git`) with shutil.rmtree too, ignore_errors=True, which does not catch RecursionError (guard._restore_git's rmtree calls share the flaw).
 _DEEP_DOTGIT = '''
 def cheat():
     import os
@@ -188,8 +188,8 @@ def cheat():
                    "schema is checked only when the ledger opens; Ledger._write lets sqlite3 errors out")
 @pytest.mark.parametrize("level", LEVELS[1:])
 def test_an_index_planted_by_the_run_does_not_crash_the_harness(level, tmp_path):
-    result = cheats.run_attack(cheats.Attack("plant-index", title="an index whose expression fails", train=_PLANT_INDEX),
-                               tmp_path / "attack", isolation=level)
+    result = cheats.run_attack(cheats.Attack("plant-index", title="an index whose expression fails",
+                                             train=_PLANT_INDEX), tmp_path / "attack", isolation=level)
     assert result.verdict in cheats.FAILED, f"ended as {result.verdict}: {result.reason}"
 
 
