@@ -83,7 +83,8 @@ def test_a_damaged_table_page_gives_a_one_line_error(command, tmp_path):
 # five renames, so the watcher's kill does not cut it short): guard.after("run") ends in RecursionError (not an
 # OSError) and the loop dies with a traceback mid-experiment; `run --resume` would meet the same folder
 # (Workspace.open calls restore_dotgit; not run here). guard._git_entries removes any other folder named .git
-# (`sub/.git`) with shutil.rmtree too, ignore_errors=True, which does not catch RecursionError (guard._restore_git's rmtree calls share the flaw).
+# (`sub/.git`) with shutil.rmtree too, ignore_errors=True, which does not catch RecursionError (guard._restore_git's
+# rmtree calls share the flaw).
 _DEEP_DOTGIT = '''
 def cheat():
     import os
