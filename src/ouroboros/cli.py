@@ -491,12 +491,18 @@ def serve_model(
 
 def main() -> None:
     interrupt.install()
+    import sqlite3
+
     try:
         app()
     except OuroborosError as exc:
         from rich.markup import escape
 
         err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        sys.exit(2)
+    except sqlite3.DatabaseError as exc:  # a ledger damaged past its schema: one line, never a traceback
+        err.print(f"error: the records' ledger cannot be read ({exc}); it was damaged or edited: inspect it with "
+                  "sqlite3", markup=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -38,11 +38,10 @@ import fnmatch
 import hashlib
 import json
 import os
-import shutil
 import stat
 from pathlib import Path
 
-from ouroboros.readfile import read_regular
+from ouroboros.readfile import read_regular, remove_path
 from ouroboros.task import Task, matches
 from ouroboros.workspace import Workspace
 
@@ -203,11 +202,7 @@ class Guard:
         """Put git's config, hooks and info back as they were: a planted hook must never run."""
         now = self._git_snapshot()
         for path in sorted(set(now) - set(self.git_state), reverse=True):  # children before parents
-            p = Path(path)
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+            remove_path(Path(path))  # however deep (shutil.rmtree recurses once a level)
         for path, digest in self.git_state.items():
             p = Path(path)
             if digest == "dir":
@@ -217,11 +212,11 @@ class Guard:
             elif path in self._git_files and now.get(path) != digest:
                 data, mode = self._git_files[path]
                 if p.is_symlink() or p.is_dir():
-                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                    remove_path(p)
                 p.write_bytes(data)
                 os.chmod(p, mode & 0o7777)
             elif digest is None and now.get(path) is not None:
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+                remove_path(p)
 
     def check(self, best_commit: str) -> list[str]:
         """Every way the current worktree breaks the bound; empty when the proposal may run."""
@@ -320,10 +315,7 @@ class Guard:
         for path in _named_git(self.ws.path):
             rel = path.relative_to(self.ws.path).as_posix()
             out.append(f"{rel} is named .git: no file or folder of that name may be written in the worktree")
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+            remove_path(path)
         return out
 
     def arm(self) -> None:
@@ -357,11 +349,7 @@ class Guard:
         for change in changes:
             rel = change.path.rstrip("/")
             if change.status in ("??", "!!") and not rel.startswith("../") and matches(rel, self.task.bound.ignore):
-                path = self.ws.task_dir / rel
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
+                remove_path(self.ws.task_dir / rel)
             else:
                 kept.append(change)
         return kept

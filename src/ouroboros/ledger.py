@@ -109,7 +109,7 @@ def _ours(row: sqlite3.Row) -> bool:
     sql = (row["sql"] or "").upper()
     if row["type"] == "table":
         return sql.startswith("CREATE TABLE ")
-    return row["type"] == "index" and (not sql or sql.startswith(("CREATE INDEX ", "CREATE UNIQUE INDEX ")))
+    return row["type"] == "index" and not sql  # the automatic index of a UNIQUE or PRIMARY KEY: Ouroboros makes no other
 
 
 HARNESS_LOCK = "harness.lock"  # in a run's folder: held (shared) by the process that drives the run
@@ -342,6 +342,10 @@ class Ledger:
                                      (row["tag"], n) if kind == "exp" else (row["tag"],)).fetchone()
             chain.append(self, self._key, kind, row["tag"], n, chain.digest(stored))
             self.db.execute("COMMIT")
+        except sqlite3.Error as exc:  # a schema something planted since the open (an index that fails)
+            self.db.execute("ROLLBACK")
+            raise OuroborosError(f"{self.records / 'ledger.sqlite'} refused a write ({exc}): the records were "
+                                 "edited while the run went on; inspect them with sqlite3, then `--resume`") from None
         except BaseException:
             self.db.execute("ROLLBACK")
             raise

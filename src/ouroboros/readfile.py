@@ -105,3 +105,26 @@ def remove_tree(parent_fd: int, name: str) -> None:
     descriptors; Python's own rmtree recurses and stops at the interpreter's recursion limit)."""
     subprocess.run(["rm", "-rf", "--", name], cwd=f"/proc/self/fd/{parent_fd}", pass_fds=(parent_fd,),
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
+def remove_path(path: Path) -> None:
+    """Remove whatever is at path, a link itself (never its target), a folder however deep."""
+    path = Path(path)
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return
+    try:
+        parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        remove_tree(parent, path.name)
+    finally:
+        os.close(parent)

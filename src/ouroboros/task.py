@@ -202,7 +202,7 @@ class Task(_Model):
         return [(self.root / os.path.expanduser(p)).resolve() for p in self.bound.read_only]
 
     def editable_files(self, root: Path | None = None) -> list[str]:
-        return glob_files(root or self.root, self.task.editable)
+        return glob_files(root or self.root, self.task.editable, through_links=False)
 
     def protected_files(self, root: Path | None = None) -> list[str]:
         return glob_files(root or self.root, self.protected_patterns)
@@ -214,20 +214,23 @@ def matches(rel: str, patterns: tuple[str, ...] | list[str]) -> bool:
                for p in patterns)
 
 
-def glob_files(root: Path, patterns: tuple[str, ...] | list[str]) -> list[str]:
+def glob_files(root: Path, patterns: tuple[str, ...] | list[str], through_links: bool = True) -> list[str]:
     """The files under root the patterns match (a folder matched: the files in it). A path the system
-    cannot name (past PATH_MAX: what a hostile run may leave) ends the listing of that pattern there."""
+    cannot name (past PATH_MAX: what a hostile run may leave) ends the listing of that pattern there.
+    With through_links=False (what is editable: an agent's link to a folder outside names nothing of
+    the task's) no path with a link in it is listed; hidden and protected files are listed through
+    links, so a committed link to their folder cannot unmask them."""
     found: set[str] = set()
     for pattern in patterns:
         try:
             for path in root.glob(pattern):
-                if _through_link(root, path):  # an agent's link to a folder outside: nothing there is the task's
+                if not through_links and _through_link(root, path):
                     continue
                 if path.is_file() and RECORDS_DIR not in path.relative_to(root).parts:
                     found.add(path.relative_to(root).as_posix())
                 elif path.is_dir():
                     found.update(p.relative_to(root).as_posix() for p in path.rglob("*")
-                                 if p.is_file() and not _through_link(root, p))
+                                 if p.is_file() and (through_links or not _through_link(root, p)))
         except OSError:
             continue
     return sorted(found)

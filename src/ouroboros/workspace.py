@@ -282,10 +282,7 @@ class Workspace:
                 return False
         except OSError:
             pass
-        if dotgit.is_dir() and not dotgit.is_symlink():
-            shutil.rmtree(dotgit)
-        else:
-            dotgit.unlink(missing_ok=True)
+        readfile.remove_path(dotgit)  # a folder however deep (shutil.rmtree recurses once a level)
         dotgit.write_bytes(os.fsencode(want))
         return True
 
@@ -537,7 +534,7 @@ class Workspace:
                 for name in os.listdir(fd):
                     try:
                         if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
-                            shutil.rmtree(name, dir_fd=fd)
+                            readfile.remove_tree(fd, name)
                         else:
                             os.unlink(name, dir_fd=fd)
                     except OSError:

@@ -32,8 +32,6 @@ def _commit(task_dir: Path, *paths: str) -> None:
 # (`data -> store`, a common layout for data folders) had `data/answers.txt` masked by bwrap (`--ro-bind /dev/null`,
 # the mount lands on the file itself, so `store/answers.txt` read /dev/null too); now hidden_files() is empty and the
 # run phase reads the answers by either name. Checked at 4769a98 (before the fix): both reads were refused.
-@pytest.mark.xfail(strict=True, reason="glob_files drops paths through a link for every caller, hidden_files "
-                   "included: hidden data under a committed link is no longer masked from the run")
 @pytest.mark.skipif(not BWRAP, reason="bubblewrap does not work here")
 def test_hidden_data_under_a_committed_link_stays_masked_from_the_run(tmp_path):
     from ouroboros.task import load_task
@@ -54,8 +52,6 @@ def test_hidden_data_under_a_committed_link_stays_masked_from_the_run(tmp_path):
 # or process reaches the records (red team 8, 4.) and need not touch the schema: it overwrites the pages after the
 # first (the tables' b-trees) with garbage. The allowlist's read of page 1 passes; the first read of a table raises
 # sqlite3.DatabaseError ("database disk image is malformed"), which nothing turns into an OuroborosError.
-@pytest.mark.xfail(strict=True, reason="only Ledger.__init__'s sqlite_master read catches DatabaseError; a damaged "
-                   "table page raises from the first real query with a traceback")
 @pytest.mark.parametrize("command", ["log", "verify"])
 def test_a_damaged_table_page_gives_a_one_line_error(command, tmp_path):
     from ouroboros.ledger import Ledger
@@ -114,8 +110,6 @@ LEVELS = [pytest.param("bwrap", marks=pytest.mark.skipif(not BWRAP, reason="bubb
           "process"]
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason="restore_dotgit and guard._git_entries "
-                   "remove a .git folder with shutil.rmtree, which recurses once per level")
 @pytest.mark.parametrize("where", ["root", "sub"])
 @pytest.mark.parametrize("level", LEVELS)
 def test_a_run_that_makes_dotgit_a_deep_folder_is_a_violation_not_a_crash(level, where, tmp_path):
@@ -137,8 +131,6 @@ def test_a_run_that_makes_dotgit_a_deep_folder_is_a_violation_not_a_crash(level,
 # opened by path: read_regular refuses a link only as the last component, so a candidate whose `.git/refs` is a link
 # to any folder (another repository's refs, the user's checkout) has the outer harness (root here) open files there and
 # take a 40-hex id found in one as the inner repo's commit, exactly what the fix meant to stop.
-@pytest.mark.xfail(strict=True, reason="InnerRepo.ref opens gitdir/name by path: a link among the folders (refs "
-                   "itself) is followed")
 def test_an_inner_repos_refs_folder_linked_outside_is_not_read(tmp_path):
     from ouroboros.errors import OuroborosError
     from ouroboros.self.evidence import InnerRepo
@@ -185,9 +177,13 @@ def cheat():
 '''
 
 
-@pytest.mark.xfail(strict=True, raises=__import__("sqlite3").Error, reason="_ours allows any CREATE INDEX and the "
-                   "schema is checked only when the ledger opens; Ledger._write lets sqlite3 errors out")
 @pytest.mark.parametrize("level", LEVELS[1:])
+@pytest.mark.xfail(strict=True, reason=(
+    "at levels unshare and process the run reaches the records (docs/security.md): an index it plants makes the "
+    "harness's next write fail; the ledger now refuses that write with one clear OuroborosError (the run stops, "
+    "the experiment stays `running` for --resume) instead of a traceback, but the run is still stopped. Fix: keep "
+    "the records out of the run's reach at every level, or re-check the schema before each write and drop what "
+    "was planted"))
 def test_an_index_planted_by_the_run_does_not_crash_the_harness(level, tmp_path):
     result = cheats.run_attack(cheats.Attack("plant-index", title="an index whose expression fails",
                                              train=_PLANT_INDEX), tmp_path / "attack", isolation=level)

@@ -88,6 +88,11 @@ class InnerRepo:
         Only HEAD and names under refs/ without `..` are followed: a candidate's `ref: /etc/x` reads nothing."""
         if name != "HEAD" and (not name.startswith("refs/") or ".." in name.split("/") or "\0" in name):
             return None
+        here = self.gitdir
+        for part in name.split("/")[:-1]:  # no folder on the way may be a link (refs -> somewhere outside)
+            here = here / part
+            if here.is_symlink():
+                return None
         text = read_regular(self.gitdir / name, 4096)
         if text is not None:
             value = text.strip()
