@@ -115,6 +115,11 @@ def demo(task_dir: Path, experiments: int = 10, port: int = 8091, tag: str = "ll
     """Start a server (unless url names one already serving), run the loop, print the summary."""
     cli = [sys.executable, "-m", "ouroboros.cli"]
     server = None
+
+    def stop(signum, frame):  # SIGTERM (make stopped, a time limit) ends the demo through `finally`: the
+        raise KeyboardInterrupt  # server it started (9 GB) must not outlive it
+
+    signal.signal(signal.SIGTERM, stop)
     if url is None:
         server = subprocess.Popen([*cli, "serve-model", "--port", str(port), "--threads", str(threads)],
                                   start_new_session=True)

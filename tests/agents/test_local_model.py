@@ -288,3 +288,44 @@ def test_a_search_line_with_other_spacing_between_its_words_still_applies_once(q
     assert "MOMENTUM = 0.8  # tuned\n" in text and line not in text
     with pytest.raises(edits.EditError, match="was not found"):  # indentation is never ignored
         edits.apply(task, quadratic, [edits.Edit("train.py", "    " + "MOMENTUM = 0.8 # tuned\n", "X = 1\n")])
+
+
+def test_a_demo_stopped_by_sigterm_stops_the_server_it_started(tmp_path):
+    """`make demo-llm` under a time limit or a stopped make gets SIGTERM: the server (9 GB) goes with it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pidfile = tmp_path / "server.pid"
+    script = tmp_path / "demo.py"
+    script.write_text(f"""
+import subprocess, time
+from pathlib import Path
+from ouroboros import llm_demo
+real = subprocess.Popen
+def popen(argv, **kw):  # the model server, played by a process that never ends
+    proc = real(["sleep", "600"], start_new_session=True)
+    Path({str(pidfile)!r}).write_text(str(proc.pid))
+    return proc
+llm_demo.subprocess.Popen = popen
+llm_demo.wait_ready = lambda url, server, timeout: time.sleep(600)
+llm_demo.demo(Path({str(tmp_path)!r}), 1)
+""")
+    demo = subprocess.Popen([sys.executable, str(script)])
+    deadline = time.monotonic() + 60
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server = int(pidfile.read_text())
+    demo.send_signal(signal.SIGTERM)
+    demo.wait(timeout=60)
+    for _ in range(600):  # the server's group is killed in the demo's `finally`
+        try:
+            os.kill(server, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.killpg(server, signal.SIGKILL)
+        pytest.fail("the server the demo started outlived the demo's SIGTERM")
