@@ -123,16 +123,9 @@ def hold(run_dir: Path) -> int:
     path = run_dir / HARNESS_LOCK
     try:
         if path.is_symlink() or (path.exists() and not path.is_file()):  # what a run left in its place
-            if path.is_dir() and not path.is_symlink():
-                from ouroboros.readfile import remove_tree
+            from ouroboros.readfile import remove_path
 
-                parent = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    remove_tree(parent, HARNESS_LOCK)  # however deep (shutil.rmtree recurses)
-                finally:
-                    os.close(parent)
-            else:
-                path.unlink()
+            remove_path(path)  # a folder however deep (shutil.rmtree recurses)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise OuroborosError(f"cannot take the run's lock {path}: {exc.strerror}; remove it and retry") from exc

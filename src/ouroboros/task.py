@@ -224,26 +224,26 @@ def glob_files(root: Path, patterns: tuple[str, ...] | list[str], through_links:
     for pattern in patterns:
         try:
             for path in root.glob(pattern):
-                if not through_links and _through_link(root, path):
+                if not through_links and first_link(root, path):
                     continue
                 if path.is_file() and RECORDS_DIR not in path.relative_to(root).parts:
                     found.add(path.relative_to(root).as_posix())
                 elif path.is_dir():
                     found.update(p.relative_to(root).as_posix() for p in path.rglob("*")
-                                 if p.is_file() and (through_links or not _through_link(root, p)))
+                                 if p.is_file() and (through_links or not first_link(root, p)))
         except OSError:
             continue
     return sorted(found)
 
 
-def _through_link(root: Path, path: Path) -> bool:
-    """Whether any part of path under root (the last one included) is a link."""
+def first_link(root: Path, path: Path) -> Path | None:
+    """The first part of path under root (the last one included) that is a link, or None."""
     here = root
     for part in path.relative_to(root).parts:
         here = here / part
         if here.is_symlink():
-            return True
-    return False
+            return here
+    return None
 
 
 def load_task(root: Path | str, text: str | None = None) -> Task:

@@ -392,7 +392,7 @@ class Workspace:
             rel = os.fsdecode(name)[len(self.prefix):]
             path = os.path.join(self.task_dir, rel)
             try:
-                data = os.fsencode(os.readlink(path)) if fields[0] == b"120000" else read_whole(path)
+                data = os.fsencode(os.readlink(path)) if fields[0] == b"120000" else readfile.read_regular_bytes(path, 1 << 62, whole=True)
             except OSError:
                 data = None
             sha = fields[2].decode()
@@ -812,18 +812,6 @@ def _open_inside(root: Path, rel: str) -> int | None:
         os.close(fd)
         fd = nxt
     return fd
-
-
-def read_whole(path: str) -> bytes | None:
-    """A regular file's bytes, a link never followed (None for anything else)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
-        return f.read()
 
 
 def _lines(data: bytes) -> list[bytes]:

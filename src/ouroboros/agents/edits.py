@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ouroboros.task import Task
+from ouroboros.task import Task, first_link
 
 _SEARCH = re.compile(r"^\s*<{5,9} ?SEARCH\s*$")
 _DIVIDER = re.compile(r"^\s*={5,9}\s*$")
@@ -161,12 +161,10 @@ def _closest(text: str, first: str) -> str:
 def _no_link(root: Path, rel: str) -> None:
     """Refuse a path any part of which (under root) is a link: edits are written as the harness's
     user, so a link a run left must never carry them outside the worktree."""
-    here = root
-    for part in Path(rel).parts:
-        here = here / part
-        if here.is_symlink():
-            raise EditError(f"{rel} goes through a link ({here.relative_to(root)}); edits are never written "
-                            "through links")
+    link = first_link(root, root / rel)
+    if link is not None:
+        raise EditError(f"{rel} goes through a link ({link.relative_to(root)}); edits are never written "
+                        "through links")
 
 
 def apply(task: Task, root: Path, edits: list[Edit]) -> list[str]:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ouroboros.errors import OuroborosError
 from ouroboros.readfile import read_regular
+from ouroboros.task import first_link
 from ouroboros.workspace import git_env
 
 SHA = re.compile(r"[0-9a-f]{40}")
@@ -88,11 +89,8 @@ class InnerRepo:
         Only HEAD and names under refs/ without `..` are followed: a candidate's `ref: /etc/x` reads nothing."""
         if name != "HEAD" and (not name.startswith("refs/") or ".." in name.split("/") or "\0" in name):
             return None
-        here = self.gitdir
-        for part in name.split("/")[:-1]:  # no folder on the way may be a link (refs -> somewhere outside)
-            here = here / part
-            if here.is_symlink():
-                return None
+        if first_link(self.gitdir, self.gitdir / name) is not None:  # refs -> somewhere outside: nothing read
+            return None
         text = read_regular(self.gitdir / name, 4096)
         if text is not None:
             value = text.strip()
