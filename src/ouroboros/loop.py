@@ -196,7 +196,7 @@ FILES_KEPT = 64  # commits whose editable files the loop keeps in memory (keeps 
 class Loop:
     settle_fast = True  # commit and settle attempts with the few-process path (a slot of --parallel does not)
     _pending: tuple | None = None  # (n, attempt, proposed paths, worktree snapshot) of an unpinned attempt
-    _meta: Meta | None = None  # the worktree's metadata before the last phase that ran untrusted code (workspace.scrub)
+    _meta: Meta | None = None  # the worktree's metadata after the last scrub (workspace.scrub)
     _remake = True  # scrub re-makes folders; not while an agent-driven session's agent lives in the worktree
     _watched: int | None = None  # the worktree's size (sandbox.du) for the next run phase, from that snapshot
     _files: dict[str, dict[str, tuple[bytes, int]]] | None = None
@@ -687,7 +687,6 @@ class Loop:
         watched, self._watched = self._watched, None  # the worktree's size from _execute, for this run only
         argv, level = self.isolation.wrap(["bash", "-c", self.task.task.run], "run")
         self.guard.arm()  # after wrapping: a root harness's wrap opens the worktree to the run's uid (isolation._grant)
-        self._meta = meta(self.ws.path)  # scrubbed back to after the next reset
         return sandbox.run(argv, self.ws.task_dir, self.budget, self.task.task.grace_s, exp_dir / name, env=env,
                            memory_mb=self.task.bound.memory_mb, max_log_mb=self.task.bound.max_log_mb,
                            isolation=level, gpu=sandbox.cuda_present(), max_processes=self.task.bound.max_processes,
