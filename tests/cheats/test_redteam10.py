@@ -67,3 +67,36 @@ def test_a_second_sigterm_while_the_demo_stops_its_server_still_kills_the_server
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+_HUGE = r"""
+import resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+from ouroboros import memory
+from ouroboros.agents import api
+from ouroboros.task import load_task
+root = Path(sys.argv[1])
+task = load_task(root)
+which = sys.argv[2]
+text = memory.compact_prompt(task, root, []) if which == "prompt" else api.compact_format(task, root)
+print("ok", len(text))
+"""
+
+
+@pytest.mark.parametrize("which", ["prompt", "format"])
+def test_a_huge_editable_file_does_not_exhaust_the_compact_prompt(tmp_path, which):
+    """Fixed on this branch: the small model's prompt read the editable files whole (Path.read_text); an
+    editable file left huge (a sparse 16 GiB train.py) exhausted the harness's memory. Now capped."""
+    import shutil
+
+    root = tmp_path / "task"
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "..", "..", "examples", "quadratic"), root)
+    with open(root / "train.py", "r+b") as f:  # sparse: no disk used
+        f.truncate(16 << 30)
+    script = tmp_path / "huge.py"
+    script.write_text(_HUGE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, str(script), str(root), which], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr[-500:]
