@@ -176,7 +176,9 @@ def compact_prompt(task: Task, worktree_task: Path, history: list[Experiment], l
              f"{', '.join(task.protected_patterns)}; each run gets {task.task.budget:g} s. "
              f"Metric: {task.metric.name}, {direction} is better."]
     for rel in task.editable_files(worktree_task):
-        text = (worktree_task / rel).read_text(errors="replace")
+        text = read_regular(worktree_task / rel, 4 * COMPACT_FILE_CHARS)  # capped: a file left huge is not read whole
+        if text is None:
+            text = "[not a regular file: the harness does not read it]"
         if len(text) > COMPACT_FILE_CHARS:
             text = text[:COMPACT_FILE_CHARS] + "\n[... truncated ...]"
         parts.append(f"{rel} (current):\n```\n{text}\n```")

@@ -74,7 +74,7 @@ def compact_format(task: Task, worktree: Path) -> str:
     if not files:
         return edits.FORMAT
     rel = files[0]
-    texts = [(worktree / f).read_text(errors="replace") for f in files]
+    texts = [memory.read_regular(worktree / f, 4 * memory.COMPACT_FILE_CHARS) or "" for f in files]  # what the model sees
     name = EXAMPLE_NAME
     while any(name in t for t in texts):
         name += "_X"
