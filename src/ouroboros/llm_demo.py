@@ -137,13 +137,17 @@ def demo(task_dir: Path, experiments: int = 10, port: int = 8091, tag: str = "ll
                         "--max-experiments", str(experiments), "--tag", tag, "--agent-timeout", "1800"], check=True)
         echo(f"run took {time.monotonic() - t:.0f} s")
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the server's stop short
         if server is not None:
             os.killpg(server.pid, signal.SIGTERM)  # the server we started, and only it
             try:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+                pass
+            finally:  # however the wait ended (a timeout, an interrupt), a server still up is killed
+                if server.poll() is None:
+                    os.killpg(server.pid, signal.SIGKILL)
+                    server.wait()
     echo("")
     return summary(task_dir, tag, echo)
 

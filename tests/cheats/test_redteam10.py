@@ -21,11 +21,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@pytest.mark.xfail(strict=True, reason="llm_demo's SIGTERM handler stays installed during `finally`: a second "
-                   "SIGTERM (make/timeout send one per process; a user repeats it) while server.wait(30) runs "
-                   "raises KeyboardInterrupt out of the finally, so the SIGKILL for a server slow to stop is "
-                   "never sent; fix: signal.signal(SIGTERM, SIG_IGN) (or restore) first thing in `finally`, "
-                   "or kill with SIGKILL in a nested finally")
 def test_a_second_sigterm_while_the_demo_stops_its_server_still_kills_the_server(tmp_path, monkeypatch):
     real = subprocess.Popen
     started = []
