@@ -29,11 +29,14 @@ Phase `agent` (CLI and `cmd:` agents, harness-driven): the same filesystem view,
 description and the run's notes and artifacts writable, and private copies of the agent CLI's config
 folders at their places in $HOME (nothing it writes there reaches the real ones, but a refreshed
 login); the records, the checkout, the git common dir and the rest of $HOME stay invisible.
-Level `unshare` (util-linux, fallback): network, PID, IPC and mount namespaces: no network, no
-view of the harness, nothing survives the run; in its mount namespace the data cache, the
-`read_only` paths and the harness's Python are read-only, and /run and the git common dir are
-masked. Other files are NOT protected: the run can read and write the checkout, the records and
-anything else the user can (the guard still checks the worktree before and after each run).
+Level `unshare` (util-linux, fallback): network, PID, IPC, UTS and mount namespaces: no network, no
+view of the harness, nothing survives the run; in its mount namespace the view bwrap gives, made with
+`mount` (see `Unshare._view`): private /tmp, /dev/shm and $HOME, the checkout, records, git common dir
+and key folder masked, the worktree and the evaluation folder bound back writable, the cache, the
+`read_only` paths and the harness's Python read-only, hidden files masked in the run phase, the root
+mount read-only; under a root harness a /dev and a sysfs of its own. NOT protected: other mounts of the
+host (a separate /home or /var) stay writable, and under a root harness the run is uid 0 without
+capabilities (root-only files open by ownership).
 Level `process` (always available): its own process group and session, a scrubbed environment,
 the harness's time, memory, process, artifact and log limits, and a subreaper that freezes and
 kills whole re-forking process trees. It stops neither file access outside the worktree, nor the
@@ -313,8 +316,10 @@ class Unshare(Isolation):
             cmds.append(f"mount -t tmpfs -o size={size},mode={mode} none {q(str(mask))}")
         early = [p for p in ro if _covers(p, small)]  # a read-only folder holding the repo: under its masks
         cmds += self._bind_back(early, masks, read_only=True)
-        for mask in small:  # tiny and empty; skipped where a mask above already hides it
-            cmds.append(f"{{ [ ! -d {q(str(mask))} ] || mount -t tmpfs -o size=1m,mode=755 none {q(str(mask))}; }}")
+        inside = [m for m in small if _under(m, masks)]  # their place is made where a mask above hides them
+        if inside:
+            cmds.append("mkdir -p " + " ".join(q(str(m)) for m in inside))
+        cmds += [f"mount -t tmpfs -o size=1m,mode=755 none {q(str(m))}" for m in small]  # read-only at the end
         hidden_by = [*masks, *small]
         rw = sorted({Path(os.path.realpath(p)) for p in keep if os.path.exists(p)}, key=lambda p: len(p.parts))
         back = [p for p in ro if p not in early]
@@ -331,13 +336,13 @@ class Unshare(Isolation):
                          *(p for p in self.checkout_hidden if _under(p, shown) and _under(p, hidden_by))]:
                 cmds.append(f"{{ [ ! -f {q(str(path))} ] || mount --bind /dev/null {q(str(path))}; }}")
         # /proc/sys and /sys take writes by ownership alone: under a root harness the run is uid 0 there
-        # (core_pattern would run a program as root), capabilities or not; the root mount as at bwrap
-        # a fresh sysfs has none of the host's cgroup mounts under it (their files take writes by ownership too);
-        # where it cannot be made (a user namespace sharing the host's network) /sys itself is made read-only
+        # (core_pattern would run a program as root), capabilities or not. A fresh sysfs has none of the host's
+        # cgroup mounts under it (their files take writes by ownership too); where it cannot be made (a user
+        # namespace sharing the host's network) /sys itself is made read-only. The root mount as at bwrap.
         cmds += ["mount --bind -o ro /proc/sys /proc/sys",
                  "{ mount -t sysfs -o ro,nosuid,nodev,noexec none /sys 2>/dev/null || mount -o remount,bind,ro /sys; }",
-                 "mount -o remount,bind,ro /", f"umount -l {old}", "mount -t tmpfs -o size=1m,mode=755 none /run",
-                 f"cd {q(str(cwd))}"]
+                 "mount -o remount,bind,ro /", *(f"mount -o remount,ro {q(str(m))}" for m in small),
+                 f"umount -l {old}", "mount -t tmpfs -o size=1m,mode=755 none /run", f"cd {q(str(cwd))}"]
         return ("{ " + " && ".join(cmds) + "; } 2>/dev/null || { echo '[ouroboros] could not make the "
                 "sandbox mounts (masks, read-only binds)'; exit 97; }; ")
 

@@ -200,7 +200,7 @@ def test_an_index_planted_by_the_run_does_not_crash_the_harness(level, tmp_path)
 # the live run as "killed" ("--resume goes on"), inviting a second harness onto the same worktree and ledger. The test
 # plays the run's two system calls while this process holds the lock.
 @pytest.mark.xfail(strict=True, reason="alive() judges by whatever file now has the lock's name, not the inode the "
-                   "harness locked; the run reaches the run folder at unshare and process")
+                   "harness locked; the run reaches the run folder at level process")
 def test_a_run_that_replaces_the_lock_file_does_not_make_a_live_run_look_killed(tmp_path):
     from ouroboros.ledger import HARNESS_LOCK, alive, hold, shown_status
 
