@@ -341,7 +341,7 @@ class Unshare(Isolation):
         # namespace sharing the host's network) /sys itself is made read-only. The root mount as at bwrap.
         cmds += ["mount --bind -o ro /proc/sys /proc/sys",
                  "{ mount -t sysfs -o ro,nosuid,nodev,noexec none /sys 2>/dev/null || mount -o remount,bind,ro /sys; }",
-                 "mount -o remount,bind,ro /", *(f"mount -o remount,ro {q(str(m))}" for m in small),
+                 "mount -o remount,bind,ro /", *(f"mount -o remount,bind,ro {q(str(m))}" for m in small),
                  f"umount -l {old}", "mount -t tmpfs -o size=1m,mode=755 none /run", f"cd {q(str(cwd))}"]
         return ("{ " + " && ".join(cmds) + "; } 2>/dev/null || { echo '[ouroboros] could not make the "
                 "sandbox mounts (masks, read-only binds)'; exit 97; }; ")
