@@ -18,6 +18,9 @@ from ouroboros.testing import commit_all
 
 needs_bwrap = pytest.mark.skipif(not isolation.available("bwrap"), reason="bubblewrap missing or refused here")
 needs_unshare = pytest.mark.skipif(not isolation.available("unshare"), reason="unshare missing or refused here")
+# the claims both namespace levels make about the run's view of the filesystem
+VIEWS = pytest.mark.parametrize("level", [pytest.param("bwrap", marks=needs_bwrap),
+                                          pytest.param("unshare", marks=needs_unshare)])
 
 
 def _loop(repo: Path, bound: str = "") -> Loop:
@@ -58,21 +61,21 @@ def test_every_experiment_records_its_isolation(quadratic):
     assert loop.isolation.level == next(lv for lv in isolation.LEVELS if isolation.available(lv))
 
 
-@needs_bwrap
-def test_bwrap_hides_the_records_and_the_checkout(quadratic):
-    loop = _loop(quadratic)
-    assert loop.isolation.level == "bwrap"
+@VIEWS
+def test_the_records_and_the_checkout_are_hidden(quadratic, level):
+    loop = _loop(quadratic, f'isolation = "{level}"')
+    assert loop.isolation.level == level
     loop.ledger.write_tsv(loop.tag)
     rc, out = _sh(loop, f"ls {loop.records}/ledger.sqlite; cat {quadratic}/evaluate.py; "
                         f"touch {quadratic}/planted; touch {loop.records}/planted; "
                         f"ls {loop.records}/runs/iso/results.tsv")
-    assert "No such file" in out and "Read-only file system" in out
+    assert "No such file" in out and "Read-only file system" in out and "def objective" not in out
     assert not (quadratic / "planted").exists() and not (loop.records / "planted").exists()
 
 
-@needs_bwrap
-def test_bwrap_keeps_the_worktree_writable_and_python_working(quadratic):
-    loop = _loop(quadratic)
+@VIEWS
+def test_the_worktree_stays_writable_and_python_working(quadratic, level):
+    loop = _loop(quadratic, f'isolation = "{level}"')
     rc, out = _sh(loop, "echo ok > made.txt && python -c 'import json, psutil; print(open(\"made.txt\").read())'")
     assert rc == 0 and "ok" in out
     assert (loop.ws.task_dir / "made.txt").read_text() == "ok\n"
@@ -122,19 +125,19 @@ def test_under_a_root_harness_a_repository_and_python_in_closed_folders_still_wo
         shutil.rmtree(top, ignore_errors=True)
 
 
-@needs_bwrap
-def test_bwrap_is_read_only_outside_the_worktree(quadratic):
-    loop = _loop(quadratic)
+@VIEWS
+def test_the_root_is_read_only_outside_the_worktree(quadratic, level):
+    loop = _loop(quadratic, f'isolation = "{level}"')
     target = Path("/var/tmp") / f"ouroboros-{uuid.uuid4().hex}"
     rc, out = _sh(loop, f"touch {target}")
     assert rc != 0 and not target.exists()
 
 
-@needs_bwrap
-def test_bwrap_masks_hidden_data_from_the_run_only(quadratic, tmp_path):
+@VIEWS
+def test_hidden_data_is_masked_from_the_run_only(quadratic, tmp_path, level):
     (quadratic / "data").mkdir()
     (quadratic / "data" / "answer.json").write_text("42\n")
-    loop = _loop(quadratic, 'hidden = ["data/answer.json"]')
+    loop = _loop(quadratic, f'hidden = ["data/answer.json"]\nisolation = "{level}"')
     rc, out = _sh(loop, "echo run:$(cat data/answer.json)")
     assert "run:\n" in out
     metrics = tmp_path / "metrics"
@@ -143,14 +146,14 @@ def test_bwrap_masks_hidden_data_from_the_run_only(quadratic, tmp_path):
     assert "eval:42" in out and (metrics / "m.json").exists()
 
 
-@needs_bwrap
+@VIEWS
 def test_a_relative_read_only_folder_of_the_checkout_shows_its_data_but_not_the_hidden_files(quadratic, tmp_path,
-                                                                                              monkeypatch):
+                                                                                              monkeypatch, level):
     (quadratic / "data").mkdir()
     (quadratic / "data" / "answer.json").write_text("42\n")
     (quadratic / "data" / "train.txt").write_text("seen\n")
     monkeypatch.chdir(tmp_path)  # relative paths are the task folder's, not the harness's cwd
-    loop = _loop(quadratic, 'hidden = ["data/answer.json"]\nread_only = ["data"]')
+    loop = _loop(quadratic, f'hidden = ["data/answer.json"]\nread_only = ["data"]\nisolation = "{level}"')
     assert loop.task.read_only_paths == [(quadratic / "data").resolve()]
     rc, out = _sh(loop, f"echo run:$(cat {quadratic}/data/train.txt):$(cat {quadratic}/data/answer.json):")
     assert "run:seen::" in out
@@ -165,15 +168,38 @@ def test_a_read_only_path_inside_the_git_dir_or_the_records_is_refused(quadratic
         _loop(quadratic, f'read_only = ["{inside}"]')
 
 
-@needs_bwrap
-def test_bwrap_hides_home_and_the_harness(quadratic, tmp_path, monkeypatch):
+@VIEWS
+def test_home_and_the_harness_are_hidden(quadratic, tmp_path, monkeypatch, level):
     home = tmp_path / "home"
     home.mkdir()
     (home / ".netrc").write_text("machine x password hunter2\n")
     monkeypatch.setenv("HOME", str(home))
-    loop = _loop(quadratic)
+    loop = _loop(quadratic, f'isolation = "{level}"')
     rc, out = _sh(loop, f"cat ~/.netrc; kill -0 {os.getpid()} 2>/dev/null && echo visible-$((6 * 7))")
     assert "hunter2" not in out and "visible-42" not in out
+
+
+@VIEWS
+def test_the_chain_key_and_the_hosts_tmp_are_out_of_reach(quadratic, tmp_path, monkeypatch, level):
+    from ouroboros import chain
+
+    config = Path("/var/tmp") / f"ouroboros-config-{uuid.uuid4().hex}"  # outside $HOME and /tmp: masked on its own
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    try:
+        key = chain.key()
+        loop = _loop(quadratic, f'isolation = "{level}"')
+        mark = Path("/tmp") / f"ouroboros-mark-{uuid.uuid4().hex}"
+        mark.write_text("host")
+        rc, out = _sh(loop, f"od -An -tx1 {chain.config_dir() / chain.KEY_FILE} | tr -d ' \\n'; echo; "
+                            f"cat {mark}; echo run > {mark}.2; ls {config}/ouroboros | wc -l")
+        assert key.hex() not in out.replace("\n", ""), out
+        assert "host" not in out and not Path(f"{mark}.2").exists(), out
+    finally:
+        import shutil
+
+        shutil.rmtree(config, ignore_errors=True)
+        for p in Path("/tmp").glob("ouroboros-mark-*"):
+            p.unlink()
 
 
 def _server() -> socket.socket:

@@ -29,11 +29,14 @@ Phase `agent` (CLI and `cmd:` agents, harness-driven): the same filesystem view,
 description and the run's notes and artifacts writable, and private copies of the agent CLI's config
 folders at their places in $HOME (nothing it writes there reaches the real ones, but a refreshed
 login); the records, the checkout, the git common dir and the rest of $HOME stay invisible.
-Level `unshare` (util-linux, fallback): network, PID, IPC and mount namespaces: no network, no
-view of the harness, nothing survives the run; in its mount namespace the data cache, the
-`read_only` paths and the harness's Python are read-only, and /run and the git common dir are
-masked. Other files are NOT protected: the run can read and write the checkout, the records and
-anything else the user can (the guard still checks the worktree before and after each run).
+Level `unshare` (util-linux, fallback): network, PID, IPC, UTS and mount namespaces: no network, no
+view of the harness, nothing survives the run; in its mount namespace the view bwrap gives, made with
+`mount` (see `Unshare._view`): private /tmp, /dev/shm and $HOME, the checkout, records, git common dir
+and key folder masked, the worktree and the evaluation folder bound back writable, the cache, the
+`read_only` paths and the harness's Python read-only, hidden files masked in the run phase, the root
+mount read-only; under a root harness a /dev and a sysfs of its own. NOT protected: other mounts of the
+host (a separate /home or /var) stay writable, and under a root harness the run is uid 0 without
+capabilities (root-only files open by ownership).
 Level `process` (always available): its own process group and session, a scrubbed environment,
 the harness's time, memory, process, artifact and log limits, and a subreaper that freezes and
 kills whole re-forking process trees. It stops neither file access outside the worktree, nor the
@@ -281,35 +284,131 @@ class Unshare(Isolation):
         flags = ["--fork", "--pid", "--kill-child", "--mount-proc", "--ipc", "--mount", "--uts"]
         if not self.task.bound.network:
             flags.append("--net")
-        # The prelude's mounts are undone by whoever keeps CAP_SYS_ADMIN in the namespace (umount /proc shows
+        # The view's mounts are undone by whoever keeps CAP_SYS_ADMIN in the namespace (umount /proc shows
         # the host's, the read-only binds come off): the rest runs with no capability left to get back.
+        view = self._view(phase, writable or [], readable or [], cwd or self.task_dir, binds or [])
         return ["unshare", *flags, *_unshare_user(), "--", "bash", "-c",
-                self._prelude + f"exec {_NO_CAPS} bash -c {shlex.quote(_REAPER)} \"$0\"", _shell(argv)], self.level
+                view + f"exec {_NO_CAPS} bash -c {shlex.quote(_REAPER)} \"$0\"", _shell(argv)], self.level
+
+    _OLD = "/run"  # the host's tree while the view is made, bound over /run: every bind's source is read there
+
+    def _view(self, phase: str, writable: list[Path], readable: list[Path], cwd: Path,
+              binds: list[tuple[Path, Path]]) -> str:
+        """The shell lines that make the run's view of the filesystem in its own mount namespace, as bwrap's
+        (util-linux's mount, one call per mount): the host's tree bound over /run first, so that what a mask
+        hides can be bound back from it; a /dev of its own under a root harness; private /tmp, /dev/shm and $HOME; the checkout,
+        the records, the git common dir and the chain key's folder masked; the worktree and what the phase
+        may write bound back writable, the harness's Python, the cache and `read_only` paths read-only;
+        `[bound] hidden` files masked in the run phase; the root mount, /proc/sys and /sys read-only; the
+        host's tree let go and /run an empty tmpfs; the working folder entered anew. A mount that fails ends the run: it never goes
+        on weaker than it claims."""
+        q = shlex.quote
+        old = self._OLD
+        size = int(self.task.bound.max_artifact_mb * 2**20)
+        keep = [self.worktree, *writable, *(place for _, place in binds)]
+        masks, small = self._masks
+        ro = [p for p in self.read_only() if os.path.exists(p)]
+        cmds = [f"mount --rbind / {old}"]
+        if os.geteuid() == 0:  # the run is the host's uid 0 (no user namespace): device nodes open by ownership
+            cmds += self._minimal_dev()
+        for mask in masks:
+            mode = "755" if mask == self._home else "1777"
+            cmds.append(f"mount -t tmpfs -o size={size},mode={mode} none {q(str(mask))}")
+        early = [p for p in ro if _covers(p, small)]  # a read-only folder holding the repo: under its masks
+        cmds += self._bind_back(early, masks, read_only=True)
+        inside = [m for m in small if _under(m, masks)]  # their place is made where a mask above hides them
+        if inside:
+            cmds.append("mkdir -p " + " ".join(q(str(m)) for m in inside))
+        cmds += [f"mount -t tmpfs -o size=1m,mode=755 none {q(str(m))}" for m in small]  # read-only at the end
+        hidden_by = [*masks, *small]
+        rw = sorted({Path(os.path.realpath(p)) for p in keep if os.path.exists(p)}, key=lambda p: len(p.parts))
+        back = [p for p in ro if p not in early]
+        back += _runtime_paths(hidden_by, [self.repo, self.records, self.worktree])
+        back += [Path(os.path.realpath(p)) for p in readable
+                 if _under(Path(os.path.realpath(p)), hidden_by) and os.path.exists(p)]
+        cmds += self._bind_back(sorted(set(back) - set(rw), key=lambda p: len(p.parts)), hidden_by, read_only=True,
+                                after=rw)
+        for source, place in binds:
+            cmds.append(f"mount --bind {q(old + str(source))} {q(str(place))}")
+        if phase in ("run", "agent"):  # the hidden files: /dev/null in their place, in the worktree and the checkout
+            shown = [*back, *early]
+            for path in [*(self.task_dir / rel for rel in self._hidden),
+                         *(p for p in self.checkout_hidden if _under(p, shown) and _under(p, hidden_by))]:
+                cmds.append(f"{{ [ ! -f {q(str(path))} ] || mount --bind /dev/null {q(str(path))}; }}")
+        # /proc/sys and /sys take writes by ownership alone: under a root harness the run is uid 0 there
+        # (core_pattern would run a program as root), capabilities or not. A fresh sysfs has none of the host's
+        # cgroup mounts under it (their files take writes by ownership too); where it cannot be made (a user
+        # namespace sharing the host's network) /sys itself is made read-only. The root mount as at bwrap.
+        cmds += ["mount --bind -o ro /proc/sys /proc/sys",
+                 "{ mount -t sysfs -o ro,nosuid,nodev,noexec none /sys 2>/dev/null || mount -o remount,bind,ro /sys; }",
+                 "mount -o remount,bind,ro /", *(f"mount -o remount,bind,ro {q(str(m))}" for m in small),
+                 f"umount -l {old}", "mount -t tmpfs -o size=1m,mode=755 none /run", f"cd {q(str(cwd))}"]
+        return ("{ " + " && ".join(cmds) + "; } 2>/dev/null || { echo '[ouroboros] could not make the "
+                "sandbox mounts (masks, read-only binds)'; exit 97; }; ")
+
+    def _minimal_dev(self) -> list[str]:
+        """A /dev of its own, as bwrap's `--dev`: the harmless nodes and the usual links copied from the host's
+        (`cp -a` makes the nodes anew, one process for all), the GPUs', a fresh devpts; the disks, /dev/kmsg and
+        the rest of the host's nodes are not there."""
+        names = ["null", "zero", "full", "random", "urandom", "tty", "ptmx", "fd", "stdin", "stdout", "stderr"]
+        present = [f"/dev/{n}" for n in names if os.path.lexists(f"/dev/{n}")]
+        present += sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri"))
+        return ["mount -t tmpfs -o size=1m,mode=755,nosuid none /dev", "mkdir /dev/pts /dev/shm",
+                "cp -a " + " ".join(shlex.quote(self._OLD + d) for d in present) + " /dev/",
+                "mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts"]
+
+    def _bind_back(self, paths: list[Path], masks: list[Path], read_only: bool,
+                   after: list[Path] | None = None) -> list[str]:
+        """Mounts putting each path (and first those of `after`, writable) back in place from the host's tree:
+        its place is made first where a mask hides it (a folder, or an empty file for a file)."""
+        q = shlex.quote
+        cmds: list[str] = []
+        order = [(p, False) for p in after or []] + [(p, read_only) for p in paths]
+        order.sort(key=lambda item: len(item[0].parts))  # a folder before what is bound inside it
+        bound: list[Path] = []
+        for i, (path, ro) in enumerate(list(order)):  # read-only inside a read-only bind with no mask between: done
+            if ro and any(_under(path, [b]) and not any(m != b and _under(m, [b]) and _under(path, [m]) for m in masks)
+                          for b in bound):
+                order[i] = (path, None)
+            elif ro:
+                bound.append(path)
+        order = [(p, ro) for p, ro in order if ro is not None]
+        folders = [p for p, _ in order if _under(p, masks) and os.path.isdir(p)]
+        if folders:
+            cmds.append("mkdir -p " + " ".join(q(str(p)) for p in folders))
+        for path, ro in order:
+            if _under(path, masks) and not os.path.isdir(path):
+                cmds.append(f"mkdir -p {q(str(path.parent))} && : > {q(str(path))}")
+            opts = "--bind -o ro" if ro else "--bind"
+            cmds.append(f"mount {opts} {q(self._OLD + str(path))} {q(str(path))}")
+        return cmds
 
     @functools.cached_property
-    def _prelude(self) -> str:
-        """Mounts made inside the run's own mount namespace before the command starts: read-only
-        binds of what must not carry over, tmpfs over host sockets and the git common dir. A mount
-        that fails ends the run: it never goes on weaker than it claims."""
-        import shlex
+    def _home(self) -> Path | None:
+        home = Path(os.path.expanduser("~"))
+        return home if str(home) not in ("/", "") and home.is_dir() else None
 
-        cmds = []
-        keep = [self.worktree, self.records]
-        for path in self.read_only():
-            if not _covers(path, keep):
-                q = shlex.quote(str(path))
-                cmds.append(f"mount --bind {q} {q} && mount -o remount,bind,ro {q}")
-        # /proc/sys and /sys take writes by ownership alone: under a root harness the run is uid 0 there
-        # (core_pattern would run a program as root), capabilities or not
-        cmds += ["mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys",
-                 "mount -o remount,bind,ro /sys"]
-        for mask in [Path("/run"), *git_dirs(self.task.root)]:
-            if mask.is_dir() and not _covers(mask, keep):
-                cmds.append(f"mount -t tmpfs -o size=1m,mode=755 none {shlex.quote(str(mask))}")
-        if not cmds:
-            return ""
-        return ("{ " + " && ".join(cmds) + "; } 2>/dev/null || { echo '[ouroboros] could not make the "
-                "sandbox mounts (read-only cache, masks)'; exit 97; }; ")
+    @functools.cached_property
+    def _masks(self) -> tuple[list[Path], list[Path]]:
+        """The large masks (/tmp, /dev/shm, $HOME and the chain key's folder outside it: private, size-capped)
+        and the small ones (the checkout, the records, the git common dir), the outermost of each kind."""
+        from ouroboros import chain
+
+        large = [Path(p) for p in ("/tmp", "/dev/shm") if os.path.isdir(p) and not os.path.islink(p)]
+        if self._home is not None:
+            large.append(self._home)
+        config = Path(os.path.realpath(chain.config_dir()))
+        if config.is_dir() and not _under(config, large):
+            large.append(config)
+        large = [m for m in large if not any(o != m and _under(m, [o]) for o in large)]
+        small = [Path(os.path.realpath(p)) for p in (self.repo, self.records, *self.git_masks)]
+        small = sorted({m for m in small if not any(o != m and _under(m, [o]) for o in small)},
+                       key=lambda p: len(p.parts))
+        return large, small
+
+    @functools.cached_property
+    def _hidden(self) -> list[str]:
+        return self.hidden_files()  # committed files, protected: the same for the whole run
 
 
 class Bwrap(Isolation):

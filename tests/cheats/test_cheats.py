@@ -46,3 +46,17 @@ def test_table_lists_every_attack_with_its_verdict(tmp_path):
     table = cheats.table([result])
     assert "raise the budget in ouroboros.toml" in table
     assert "violation" in table and "guard: protected file ouroboros.toml" in table
+
+
+UNSHARE_CLAIMED = [a for a in QUADRATIC if "unshare" in a.stopped_at and "process" not in a.stopped_at]
+
+
+@pytest.mark.skipif(not available("unshare"), reason="unshare does not work here")
+@pytest.mark.parametrize("attack", UNSHARE_CLAIMED, ids=[a.name for a in UNSHARE_CLAIMED])
+def test_attack_is_stopped_at_unshare_too(attack: cheats.Attack, tmp_path):
+    """What level unshare claims to stop (its mount namespace has bwrap's view), checked there, not only at the
+    strongest level this machine has."""
+    result = cheats.run_attack(attack, tmp_path / "attack", isolation="unshare")
+    assert result.isolation in ("", "unshare")
+    assert result.verdict in cheats.FAILED, f"{attack.name} ended as {result.verdict}: {result.reason}"
+    assert result.leftovers == [] and result.effects == [], (result.leftovers, result.effects)

@@ -304,6 +304,9 @@ def test_resume_after_a_run_replaced_its_harness_lock_fails_with_a_clear_error_o
     agent = f"from pathlib import Path\nPath('train.py').write_text({train!r})\n"
     loop = _experiment(tmp_path, monkeypatch, level, agent, confirm=False)
     lock = loop.ledger.run_dir("t") / "harness.lock"
+    if level == "unshare":  # the records are masked there (since the eleventh pass): the run never reaches its lock
+        assert lock.is_file(), f"the run reached its lock at level unshare ({loop.history[-1].status})"
+        return
     assert lock.is_dir(), f"the run did not reach its lock ({loop.history[-1].status}: {loop.history[-1].reason})"
     task = loop.task.root
     try:

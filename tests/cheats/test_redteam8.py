@@ -108,6 +108,9 @@ def test_resume_after_a_run_nested_folders_deep_in_its_lock_fails_with_a_clear_e
     loop = _experiment(tmp_path, monkeypatch, level, agent)
     lock = loop.ledger.run_dir("t") / "harness.lock"
     try:
+        if level == "unshare":  # the records are masked there (since the eleventh pass): the lock stays as it was
+            assert lock.is_file(), f"the run reached its lock at level unshare ({loop.history[-1].status})"
+            return
         assert (lock / "d" / "d").is_dir(), f"the run did not reach its lock ({loop.history[-1].status})"
         _resume(loop)
     finally:  # pytest's own cleanup of old temporary folders uses shutil.rmtree too: never leave the deep folder
@@ -163,8 +166,6 @@ def cheat():
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="level unshare under a root harness: the run is host uid 0; device nodes "
-                                       "(/dev/loop0, /dev/kmsg) and the cgroup mounts under /sys stay writable by ownership")
 @pytest.mark.skipif(not UNSHARE, reason="unshare does not work here")
 @pytest.mark.skipif(os.geteuid() != 0, reason="a non-root harness gives the run a user namespace: not global root")
 def test_a_run_at_level_unshare_cannot_open_a_disk_device_or_a_cgroup_file_for_writing(tmp_path):
