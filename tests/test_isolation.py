@@ -223,3 +223,23 @@ def test_a_daemon_dies_with_the_run_and_fails_it(quadratic, level):
     assert not outcome.ok and "left 1 process" in (outcome.killed or "")
     left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
     assert left == []
+
+
+@needs_unshare
+def test_unshare_masks_the_ledger_key_from_the_run(quadratic):
+    from ouroboros import chain
+
+    secret = chain.key().hex()  # made in this test's own config folder (conftest), as a user's would be
+    loop = _loop(quadratic, 'isolation = "unshare"')
+    rc, out = _sh(loop, f"cat {chain.config_dir()}/{chain.KEY_FILE}; ls -a {chain.config_dir()}; echo ok > made.txt")
+    assert secret not in out and "No such file" in out, out
+    assert (loop.ws.task_dir / "made.txt").read_text() == "ok\n"  # the run itself works as before
+    assert chain.key().hex() == secret  # the harness's key is untouched
+
+
+@needs_unshare
+def test_unshare_leaves_a_key_folder_holding_the_records_visible(quadratic, monkeypatch):
+    monkeypatch.setenv("OUROBOROS_CONFIG_DIR", str(quadratic.parent))  # holds the checkout, its records, the worktree
+    loop = _loop(quadratic, 'isolation = "unshare"')
+    rc, out = _sh(loop, "echo ok > made.txt && echo wrote")
+    assert rc == 0 and "wrote" in out, out

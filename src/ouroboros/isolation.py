@@ -35,8 +35,8 @@ folders at their places in $HOME (nothing it writes there reaches the real ones,
 login); the records, the checkout, the git common dir and the rest of $HOME stay invisible.
 Level `unshare` (util-linux, fallback): network, PID, IPC and mount namespaces: no network, no
 view of the harness, nothing survives the run; in its mount namespace the data cache, the
-`read_only` paths and the harness's Python are read-only, and /run and the git common dir are
-masked. Other files are NOT protected: the run can read and write the checkout, the records and
+`read_only` paths and the harness's Python are read-only, and /run, the git common dir and the
+ledger key's folder (chain.config_dir, unless it holds what the run needs) are masked. Other files are NOT protected: the run can read and write the checkout, the records and
 anything else the user can (the guard still checks the worktree before and after each run). No
 seccomp filter (it would take a preexec hook in every spawn): under a root harness the run shares
 the harness's kernel keyrings (a non-root harness's unshare gives it a user namespace, whose
@@ -321,13 +321,25 @@ class Unshare(Isolation):
         # (core_pattern would run a program as root), capabilities or not
         cmds += ["mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys",
                  "mount -o remount,bind,ro /sys"]
-        for mask in [Path("/run"), *git_dirs(self.task.root)]:
+        for mask in [Path("/run"), *git_dirs(self.task.root), *self._key_folder]:
             if mask.is_dir() and not _covers(mask, keep):
                 cmds.append(f"mount -t tmpfs -o size=1m,mode=755 none {shlex.quote(str(mask))}")
         if not cmds:
             return ""
         return ("{ " + " && ".join(cmds) + "; } 2>/dev/null || { echo '[ouroboros] could not make the "
                 "sandbox mounts (read-only cache, masks)'; exit 97; }; ")
+
+
+    @property
+    def _key_folder(self) -> list[Path]:
+        """The folder of the ledger key (chain.config_dir), to mask: with the key, a run would sign forged records.
+        Not where it holds what the run needs (the worktree, the records, a read-only path, the interpreter):
+        the key stays readable there, as docs/security.md says."""
+        from ouroboros import chain
+
+        folder = Path(os.path.realpath(chain.config_dir()))
+        needed = [self.worktree, self.records, *self.read_only(), *_runtime_candidates()]
+        return [] if _covers(folder, needed) or _under(folder, [self.worktree]) else [folder]
 
 
 class Bwrap(Isolation):
@@ -379,7 +391,7 @@ class Bwrap(Isolation):
             command = [*_DROP_ROOT, *command]
             _grant([self.worktree, *(writable or []), *(source for source, _ in binds or [])])
         # the kernel keyring is shared by every process of a uid, whatever its namespaces: denied (syscall_filter)
-        args += ["--seccomp", _filter_placeholder()]
+        args += syscall_filter.bwrap_args()  # sandbox.run puts a fresh fd in per start
         args += ["--chdir", str(cwd or self.task_dir), "--", *command]
         return args, self.level
 
@@ -499,13 +511,6 @@ def _shell(argv: list[str]) -> str:
     import shlex
 
     return shlex.join(argv)
-
-
-def _filter_placeholder() -> str:
-    """Where `--seccomp`'s fd goes (sandbox.run puts a fresh one there per start); OuroborosError where the
-    filter cannot be built: level bwrap never runs without it."""
-    syscall_filter.program()
-    return syscall_filter.PLACEHOLDER
 
 
 def _unshare_user() -> list[str]:

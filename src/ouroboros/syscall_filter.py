@@ -64,6 +64,13 @@ def program() -> bytes:
     return code
 
 
+def bwrap_args() -> list[str]:
+    """bubblewrap's option that loads the filter (`attached` puts the fd in at the start); OuroborosError where
+    the filter cannot be built: no bwrap start goes without it."""
+    program()
+    return ["--seccomp", PLACEHOLDER]
+
+
 def problem() -> str | None:
     """Why the filter cannot be built here, in one line, or None."""
     try:
