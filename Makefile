@@ -26,21 +26,24 @@ $(VENV)/.report: pyproject.toml | $(PY)
 
 install: $(VENV)/.dev
 
-# System packages: bubblewrap for the sandbox, Chromium for the report's browser test.
+# System packages: bubblewrap and libseccomp2 for the sandbox (level bwrap's keyring filter is built
+# with libseccomp), Chromium for the report's browser test.
 # Installed where we are root with apt; elsewhere the tests that need them say so and skip.
+SECCOMP_LIB := { ldconfig -p 2>/dev/null || /sbin/ldconfig -p; } | grep -q 'libseccomp\.so\.2'
 system:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	   { ! command -v bwrap >/dev/null || ! command -v chromium >/dev/null; }; then \
-	   echo "installing bubblewrap and chromium (apt)"; \
-	   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap chromium chromium-driver >/dev/null; \
+	   { ! command -v bwrap >/dev/null || ! command -v chromium >/dev/null || ! $(SECCOMP_LIB); }; then \
+	   echo "installing bubblewrap, libseccomp2 and chromium (apt)"; \
+	   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap libseccomp2 chromium chromium-driver >/dev/null; \
 	fi
 
-# bubblewrap alone (the sandbox's strongest level), where we are root with apt: a newcomer's first
-# run is then at level bwrap. Elsewhere `ouroboros run` prints the line that installs it.
+# bubblewrap alone (the sandbox's strongest level, with libseccomp2 for its keyring filter), where we are
+# root with apt: a newcomer's first run is then at level bwrap. Elsewhere `ouroboros run` prints the line
+# that installs it.
 bwrap:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v bwrap >/dev/null; then \
-	   echo "installing bubblewrap (apt)"; \
-	   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && { ! command -v bwrap >/dev/null || ! $(SECCOMP_LIB); }; then \
+	   echo "installing bubblewrap and libseccomp2 (apt)"; \
+	   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap libseccomp2 >/dev/null; \
 	fi
 
 # A short loop with the random agent on the default task (examples/quadratic): seconds, no API key.

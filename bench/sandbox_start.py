@@ -3,7 +3,9 @@ run with a fresh PID and mount namespace per phase inside it (issue 14, item 3; 
 
     python bench/sandbox_start.py [--phases 200]
 
-A: the loop's own wrapper, `Bwrap.wrap(["true"], "run")` on examples/quadratic, started `--phases` times.
+A: the loop's own wrapper, `Bwrap.wrap(["true"], "run")` on examples/quadratic, started `--phases` times
+   (with its keyring filter: a memfd per start, as sandbox.run does); A0, interleaved with A: the same
+   without the filter, so A - A0 is what the filter costs a start.
 B: one bwrap (the same mounts, capabilities kept so that it can make namespaces) whose shell starts
    `--phases` phases, each `unshare --pid --fork --mount-proc --mount` with a fresh tmpfs over /tmp
    and the reaper shell, as a per-run sandbox would; timed inside, so B excludes the one start it pays.
@@ -22,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ouroboros import isolation
+from ouroboros import isolation, syscall_filter
 from ouroboros.loop import Loop, Options
 from ouroboros.scaffold import from_template
 from ouroboros.task import load_task
@@ -43,11 +45,17 @@ def main() -> None:
         loop.ws.open(loop.run_rec.base_commit)
         iso = loop.isolation
         argv, _ = iso.wrap(["true"], "run")
-        a = []
+        at = argv.index("--seccomp")
+        bare = argv[:at] + argv[at + 2:]
+        a, a0 = [], []
         for _ in range(args.phases):
             t = time.perf_counter()
-            subprocess.run(argv, stdin=subprocess.DEVNULL, check=True, cwd=loop.ws.task_dir)
+            with syscall_filter.attached(argv) as (started, fds):
+                subprocess.run(started, stdin=subprocess.DEVNULL, check=True, cwd=loop.ws.task_dir, pass_fds=fds)
             a.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            subprocess.run(bare, stdin=subprocess.DEVNULL, check=True, cwd=loop.ws.task_dir)
+            a0.append(time.perf_counter() - t)
         # the same mounts, one start, capabilities kept for the per-phase namespaces
         cut = argv.index("--cap-drop")
         outer = argv[:cut] + ["--", "bash", "-c",
@@ -62,9 +70,11 @@ def main() -> None:
         loop.ledger.close()
     print(f"command: python bench/sandbox_start.py --phases {args.phases}; load {os.getloadavg()[0]:.1f}; "
           f"{os.cpu_count()} cores; bwrap {shutil.which('bwrap')}")
-    for name, xs in (("A bwrap per phase", a), ("B phase in a per-run bwrap", b)):
+    for name, xs in (("A bwrap per phase", a), ("A0 the same, no filter", a0), ("B phase in a per-run bwrap", b)):
         print(f"{name:<28} median {statistics.median(xs) * 1000:6.1f} ms  mean {statistics.fmean(xs) * 1000:6.1f} ms")
     print(f"B's whole run incl. its one start: {total * 1000:.0f} ms for {args.phases} phases")
+    diff = [x - y for x, y in zip(a, a0, strict=True)]
+    print(f"the keyring filter per start (A - A0, paired): median {statistics.median(diff) * 1000:+.2f} ms")
 
 
 if __name__ == "__main__":

@@ -249,3 +249,28 @@ def test_a_daemon_dies_with_the_run_and_fails_it(quadratic, level):
     assert not outcome.ok and "left 1 process" in (outcome.killed or "")
     left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
     assert left == []
+
+
+@needs_unshare
+def test_unshare_masks_the_ledger_key_from_the_run(quadratic):
+    from ouroboros import chain
+
+    secret = chain.key().hex()  # made in this test's own config folder (conftest), as a user's would be
+    loop = _loop(quadratic, 'isolation = "unshare"')
+    rc, out = _sh(loop, f"cat {chain.config_dir()}/{chain.KEY_FILE}; ls -a {chain.config_dir()}; echo ok > made.txt")
+    assert secret not in out and "No such file" in out, out
+    assert (loop.ws.task_dir / "made.txt").read_text() == "ok\n"  # the run itself works as before
+    assert chain.key().hex() == secret  # the harness's key is untouched
+
+
+@needs_unshare
+def test_unshare_masks_a_key_folder_holding_the_records_and_the_run_still_works(quadratic, monkeypatch):
+    from ouroboros import chain
+
+    monkeypatch.setenv("OUROBOROS_CONFIG_DIR", str(quadratic.parent))  # holds the checkout, its records, the worktree
+    secret = chain.key().hex()
+    loop = _loop(quadratic, 'isolation = "unshare"')
+    rc, out = _sh(loop, f"od -An -tx1 {chain.config_dir() / chain.KEY_FILE} | tr -d ' \\n'; echo; "
+                        "echo ok > made.txt && echo wrote")
+    assert rc == 0 and "wrote" in out, out
+    assert secret not in out.replace("\n", ""), out

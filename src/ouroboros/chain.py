@@ -8,7 +8,7 @@ HMAC are also kept there (`heads/<ledger id>`), so cutting entries off the end s
 
 What it stops: a run, an evaluator or an agent that edits `ledger.sqlite` (a row changed, added or
 deleted, a forged best), and cannot read the key: at isolation level `bwrap` the run and the
-evaluation see no `$HOME`, so the key is out of their reach. `verify` then names the rows that
+evaluation see no `$HOME`, at `unshare` the key's folder is masked, so the key is out of their reach. `verify` then names the rows that
 disagree, `run --resume` refuses to build on them, `log` and `status` warn.
 
 `log` and `status` check incrementally: after a check finds nothing wrong, the sequence number and
@@ -22,8 +22,9 @@ the record. So an edit to an old row, or an edit of an old entry together with i
 caught by `verify` and `run --resume` (which check everything, every time), by `log` and `status`
 only while no check has passed since the row was written.
 
-What it does not stop: code that can read the key (a run at levels `unshare` or `process`, where
-`$HOME` is visible; an agent process that is not confined; `ouroboros exp` runs inside the agent's
+What it does not stop: code that can read the key (a run at level `process`, where `$HOME` is
+visible, or at `unshare` where the key's folder holds the worktree, the records or what the run reads,
+elsewhere masked there; an agent process that is not confined; `ouroboros exp` runs inside the agent's
 session in agent-driven mode and must write rows, so that agent holds the harness's power) can
 write a valid chain. Records copied to another machine verify only with the key of the machine
 that wrote them. A ledger written before chaining has rows with no entry: they are reported as

@@ -23,7 +23,11 @@ Level `bwrap` (bubblewrap; strongest):
   processes still alive when the command ends are counted (see `_REAPER`) and fail the run;
 - all capabilities dropped, a new session (no terminal injection), a minimal /dev (GPUs bound in);
   under a root harness the command runs as uid/gid 65534 (nobody), so root-only files stay closed
-  (what it may write is given group 65534; folders it cannot cross, like /root, become empty tmpfs).
+  (what it may write is given group 65534; folders it cannot cross, like /root, become empty tmpfs);
+- the kernel keyring calls (add_key, request_key, keyctl) fail with EPERM (a seccomp filter, see
+  `syscall_filter`): keyrings are per uid, outside every namespace, so a key one run leaves would be
+  there for the next. Without the filter (no libseccomp) the level is not available: `auto` falls
+  back to unshare and the header says why; `isolation = "bwrap"` is an error.
 Phase `agent` (CLI and `cmd:` agents, harness-driven): the same filesystem view, with the network
 (agents call their API), their environment (their key), the worktree, the experiment's prompt and
 description and the run's notes and artifacts writable, and private copies of the agent CLI's config
@@ -36,7 +40,9 @@ and key folder masked, the worktree and the evaluation folder bound back writabl
 `read_only` paths and the harness's Python read-only, hidden files masked in the run phase, the root
 mount read-only; under a root harness a /dev and a sysfs of its own. NOT protected: other mounts of the
 host (a separate /home or /var) stay writable, and under a root harness the run is uid 0 without
-capabilities (root-only files open by ownership).
+capabilities (root-only files open by ownership), and there is no seccomp filter (it would take a
+preexec hook in every spawn): it shares the harness's kernel keyrings (a non-root harness's unshare
+gives it a user namespace, whose keyrings are its own).
 Level `process` (always available): its own process group and session, a scrubbed environment,
 the harness's time, memory, process, artifact and log limits, and a subreaper that freezes and
 kills whole re-forking process trees. It stops neither file access outside the worktree, nor the
@@ -63,6 +69,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ouroboros import syscall_filter
 from ouroboros.errors import OuroborosError
 from ouroboros.task import Task, glob_files
 from ouroboros.workspace import git_root
@@ -154,10 +161,20 @@ INSTALL_BWRAP = "sudo apt-get install -y bubblewrap"
 
 def install_hint(level: str) -> str | None:
     """The one line that gets a run to level bwrap, when it is below it."""
-    if level == "bwrap":
-        return None
+    return None if level == "bwrap" else _bwrap_fix()
+
+
+def _bwrap_fix() -> str:
+    """Why level bwrap is not there, and what gets it, in one line."""
     if shutil.which("bwrap") is None:
         return f"install bubblewrap for the strongest isolation: {INSTALL_BWRAP}"
+    if _bwrap_works():  # bubblewrap itself starts: the keyring filter is what is missing, or nothing is
+        if syscall_filter.problem():
+            return syscall_filter.problem()
+        if not _bwrap_works(seccomp=True):
+            return "bubblewrap refused the keyring filter of level bwrap (seccomp): this kernel has no seccomp " \
+                   "filters (CONFIG_SECCOMP_FILTER); level bwrap needs them"
+        return 'bubblewrap works here: set [bound] isolation = "auto" (or "bwrap") for the strongest isolation'
     return "bubblewrap is installed but refused here: allow unprivileged user namespaces " \
            "(sysctl kernel.unprivileged_userns_clone=1, kernel.apparmor_restrict_unprivileged_userns=0)"
 
@@ -459,6 +476,8 @@ class Bwrap(Isolation):
                                           "--cap-add", "CAP_SETPCAP"]
             command = [*_DROP_ROOT, *command]
             _grant([self.worktree, *(writable or []), *(source for source, _ in binds or [])])
+        # the kernel keyring is shared by every process of a uid, whatever its namespaces: denied (syscall_filter)
+        args += syscall_filter.bwrap_args()  # sandbox.run puts a fresh fd in per start
         args += ["--chdir", str(cwd or self.task_dir), "--", *command]
         return args, self.level
 
@@ -586,9 +605,23 @@ def _unshare_user() -> list[str]:
 
 @functools.cache
 def available(level: str) -> bool:
-    """Whether this level actually works here: installed, and namespaces not refused (probed once)."""
+    """Whether this level actually works here: installed, and namespaces not refused (probed once). Level bwrap
+    needs its seccomp filter too (`syscall_filter`): without it the level is not there, and says why
+    (install_hint), rather than run weaker than it claims."""
     if level == "process":
         return True
+    if level == "bwrap":
+        return syscall_filter.problem() is None and _bwrap_works(seccomp=True)
+    return _probe(level)
+
+
+@functools.cache
+def _bwrap_works(seccomp: bool = False) -> bool:
+    """Whether bubblewrap starts here (with the keyring filter loaded, with `seccomp`)."""
+    return _probe("bwrap", seccomp)
+
+
+def _probe(level: str, seccomp: bool = False) -> bool:
     if level == "bwrap":
         argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
                 "--unshare-pid", "--unshare-net", "--unshare-ipc", "--die-with-parent", "--new-session",
@@ -596,6 +629,8 @@ def available(level: str) -> bool:
         if drops_root():  # the level needs the drop to NOBODY (util-linux's setpriv) to work too
             argv[-2:] = ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP", "--",
                          *_DROP_ROOT, "true"]
+        if seccomp:
+            argv[1:1] = ["--seccomp", syscall_filter.PLACEHOLDER]
     elif level == "unshare":
         argv = ["unshare", "--fork", "--pid", "--kill-child", "--mount-proc", "--ipc", "--net", "--mount",
                 *_unshare_user(), "--", "bash", "-c", "mount -t tmpfs none /run && mount --bind /run /run "
@@ -605,8 +640,9 @@ def available(level: str) -> bool:
     if shutil.which(argv[0]) is None:
         return False
     try:
-        return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, timeout=10).returncode == 0
+        with syscall_filter.attached(argv) as (started, fds):
+            return subprocess.run(started, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, timeout=10, pass_fds=fds).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -633,8 +669,7 @@ def choose(task: Task, worktree: Path, records: Path, env_dir: Path | None = Non
     elif available(wanted):
         level = wanted
     else:
-        fix = {"bwrap": "install it (apt-get install bubblewrap) and allow user namespaces",
-               "unshare": "install util-linux and allow user namespaces"}.get(wanted, "")
-        raise OuroborosError(f"[bound] isolation = {wanted!r}, but {wanted} does not work on this machine; "
-                             f"{fix}, or set isolation = \"auto\" to fall back to the strongest level that works")
+        fix = {"bwrap": _bwrap_fix(), "unshare": "install util-linux and allow user namespaces"}[wanted]
+        raise OuroborosError(f"[bound] isolation = {wanted!r}, but {wanted} does not work on this machine ({fix}); "
+                             "or set isolation = \"auto\" to fall back to the strongest level that works")
     return _CLASSES[level](task, worktree, records, env_dir)

@@ -47,6 +47,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ouroboros import syscall_filter
+
 # The environment experiments get is an allowlist: names a task needs (locale, terminal, home, paths,
 # accelerator and thread settings), never whatever else the user's shell holds (a secret under any name:
 # GITHUB_PAT, DATABASE_URL, CI_JOB_JWT). A task names more with `[bound] env`.
@@ -489,9 +491,10 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
     start = time.monotonic()
     with open(log_path, "wb") as log:
         try:
-            proc = subprocess.Popen(_with_limits(argv, fsize, address_space), cwd=cwd, env=env,
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            with syscall_filter.attached(argv) as (started, fds):  # bwrap's seccomp program: an fd per start
+                proc = subprocess.Popen(_with_limits(started, fsize, address_space), cwd=cwd, env=env,
+                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True, pass_fds=fds)
         except OSError as exc:
             log.write(f"could not start {argv[0]}: {exc}\n".encode())
             return Outcome(127, False, 0.0, 0.0, isolation=isolation)

@@ -13,6 +13,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import pytest
+
 from ouroboros import audit
 from ouroboros.loop import Loop, Options
 from ouroboros.task import load_task
@@ -93,13 +95,13 @@ def test_an_edited_table_a_deleted_row_and_a_cut_off_chain_are_reported(quadrati
     assert f"results.tsv: row '{cols[0]}\\t1e-30" in out.stdout  # the forged row, as written
 
 
-def test_at_level_bwrap_the_run_cannot_read_the_chain_key(quadratic: Path, tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("level", ["bwrap", "unshare"])
+def test_at_levels_bwrap_and_unshare_the_run_cannot_read_the_chain_key(level, quadratic: Path, tmp_path: Path,
+                                                                       monkeypatch):
     from ouroboros import chain, isolation
 
-    if not isolation.available("bwrap"):
-        import pytest
-
-        pytest.skip("bubblewrap does not work on this machine")
+    if not isolation.available(level):
+        pytest.skip(f"{level} does not work on this machine")
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("OUROBOROS_CONFIG_DIR")
@@ -112,10 +114,10 @@ def test_at_level_bwrap_the_run_cannot_read_the_chain_key(quadratic: Path, tmp_p
     thief.write_text(f"import pathlib\nt = pathlib.Path('train.py')\n"  # inline: the agent runs confined
                      f"t.write_text(t.read_text() + {snippet.read_text()!r})\n")
     toml = quadratic / "ouroboros.toml"
-    toml.write_text(toml.read_text().replace("[judge]", "[bound]\nisolation = \"bwrap\"\n\n[judge]"))
+    toml.write_text(toml.read_text().replace("[judge]", f"[bound]\nisolation = \"{level}\"\n\n[judge]"))
     from ouroboros.testing import commit_all
 
-    commit_all(quadratic, "bwrap")
+    commit_all(quadratic, level)
     loop = Loop(load_task(quadratic), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(thief))}",
                                               max_experiments=1, tag="k"))
     loop.run()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ouroboros import cheats, isolation, readfile
+from ouroboros import cheats, isolation, readfile, syscall_filter
 
 BWRAP = isolation.available("bwrap")
 SRC = str(Path(readfile.__file__).parent.parent)
@@ -43,7 +43,8 @@ def test_hidden_data_under_a_committed_link_stays_masked_from_the_run(tmp_path):
     _commit(task_dir, "data")
     iso = isolation.choose(load_task(task_dir), task_dir, tmp_path / "records")
     argv, _ = iso.wrap(["cat", "data/answers.txt", "store/answers.txt"], "run", cwd=task_dir)
-    proc = subprocess.run(argv, cwd=task_dir, capture_output=True, text=True, timeout=60)
+    with syscall_filter.attached(argv) as (argv, fds):  # the fd of bwrap's seccomp program, as sandbox.run does
+        proc = subprocess.run(argv, cwd=task_dir, capture_output=True, text=True, timeout=60, pass_fds=fds)
     assert "SECRET-ANSWERS" not in proc.stdout, "the run phase read the task's hidden answers"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ouroboros import isolation
+from ouroboros import isolation, syscall_filter
 from ouroboros.self import inner
 from ouroboros.self.delta import collect, run_inner
 from ouroboros.self.suite import load_suite
@@ -43,12 +43,14 @@ def test_a_versions_runner_sees_no_checkout_key_or_home(tmp_path):
     work = checkout / ".ouroboros" / "delta"
     work.mkdir(parents=True)
     argv, level = inner.confined(["bash", "-c", f"cat {checkout}/secret.txt {key}; echo ok > out.txt; "
-                                  f"echo x > {checkout}/planted.txt"], work, SRC)
-    proc = subprocess.run(argv, capture_output=True, text=True)
+                                  f"echo x > {checkout}/planted.txt; grep Seccomp: /proc/self/status"], work, SRC)
+    with syscall_filter.attached(argv) as (argv, fds):
+        proc = subprocess.run(argv, capture_output=True, text=True, pass_fds=fds)
     assert level == "bwrap"
     assert "the user's file" not in proc.stdout and "kkkk" not in proc.stdout
     assert (work / "out.txt").read_text() == "ok\n"
     assert not (checkout / "planted.txt").exists()
+    assert "Seccomp:\t2" in proc.stdout, proc.stdout  # the keyring filter of level bwrap (syscall_filter)
 
 
 def test_a_run_folder_left_as_a_link_is_replaced_not_written_through(tmp_path):

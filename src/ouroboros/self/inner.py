@@ -157,9 +157,11 @@ def confined(argv: list[str], work: Path, src: Path, required: bool = False) -> 
     records and files) are out of its sight; the version's source and this interpreter are read-only;
     no network; no capabilities (it cannot remount what hides or protects); under a root harness it
     runs as uid and gid 65534 (nobody), owner of `work`, as level bwrap runs do (root would still
-    write every file root owns). Without bubblewrap, argv as it is ("none"), or with `required` an
-    OuroborosError: never a silent run with the caller's rights where confinement was promised."""
-    from ouroboros import isolation
+    write every file root owns); the kernel keyring calls fail (syscall_filter: start it through
+    `syscall_filter.attached`, as spawn does). Without bubblewrap, argv as it is ("none"), or with
+    `required` an OuroborosError: never a silent run with the caller's rights where confinement was
+    promised."""
+    from ouroboros import isolation, syscall_filter
     from ouroboros.errors import OuroborosError
 
     if not isolation.available("bwrap"):
@@ -189,7 +191,8 @@ def confined(argv: list[str], work: Path, src: Path, required: bool = False) -> 
     # bwrap makes a bind's missing parents inside a tmpfs 0700: a root harness's runs and agents inside
     # (dropped to NOBODY) could not reach the interpreter bound back under the masked $HOME
     args = isolation._open_parents(args) + ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-                                            "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+                                            "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+                                            *syscall_filter.bwrap_args()]
     if root:  # root without capabilities may not enter nobody's 0700 folder: the dropped runner does
         args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP", "--chdir", "/"]
         argv = [*isolation._DROP_ROOT, "env", "-C", str(real[0]), *argv]
@@ -230,6 +233,7 @@ def spawn(src: Path, runs: list[dict], plan_path: Path, jobs: int = 2, timeout: 
     OuroborosError when the runner itself dies or says nothing readable."""
     import subprocess
 
+    from ouroboros import syscall_filter
     from ouroboros.errors import OuroborosError
     from ouroboros.self import versions
 
@@ -252,8 +256,9 @@ def spawn(src: Path, runs: list[dict], plan_path: Path, jobs: int = 2, timeout: 
                        required=not unconfined_ok)
     env = versions.environment(src, {"COLUMNS": "160", "OUROBOROS_CONFIG_DIR": str(config.resolve())})
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
-                              timeout=limit, cwd=work)
+        with syscall_filter.attached(argv) as (argv, fds):
+            proc = subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
+                                  timeout=limit, cwd=work, pass_fds=fds)
     except subprocess.TimeoutExpired:
         raise OuroborosError(f"the version at {src} ran its inner runs past {limit:g} s") from None
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
