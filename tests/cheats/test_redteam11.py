@@ -81,8 +81,9 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("add exploration noise to t
                    "the agent (a crash's log tail shows the run's seed; n is OUROBOROS_EXPERIMENT), so code tuned to be "
                    "lucky on those two seeds is kept and confirmed; draw the confirmation seed fresh and secret "
                    "(secrets.randbits), record it with the experiment after the verdict")
-def test_code_lucky_on_the_two_seeds_the_agent_can_predict_is_not_a_confirmed_keep(tmp_path, monkeypatch):
-    loop = _loop(tmp_path, monkeypatch, _SEED_AGENT, experiments=2, judge={"confirm": True})
+@pytest.mark.parametrize("judge", [{"confirm": True}, {"plausibility": 0.5}], ids=["confirm", "plausibility"])
+def test_code_lucky_on_the_two_seeds_the_agent_can_predict_is_not_a_confirmed_keep(judge, tmp_path, monkeypatch):
+    loop = _loop(tmp_path, monkeypatch, _SEED_AGENT, experiments=2, judge=judge)
     exps = {e.n: e for e in loop.history}
     assert exps[1].status == "crash", exps[1].reason
     lucky = exps[2]
@@ -97,3 +98,29 @@ def test_code_lucky_on_the_two_seeds_the_agent_can_predict_is_not_a_confirmed_ke
             fresh.append(float(out.split("train_loss:")[1]))
         assert sum(fresh) / len(fresh) > exps[0].metric, "the perturbed code is not worse on fresh seeds"
     assert lucky.status != "keep", f"kept at {lucky.metric} (baseline {exps[0].metric}): {lucky.reason}"
+
+
+# -- 2. the simplicity rule counts lines, and lines are free to fold ------------------------------------------------
+# A keep within min_delta of the best "with fewer lines" needs only fewer non-blank, non-comment lines in the
+# editable files. The agent folds the unchanged train.py into one line (exec of its own source as a string
+# literal): the same code, the same metric, 30 lines fewer, and the judge keeps it as a simplification. With a
+# noise floor (min_delta = z sigma) the same fold carries a change that is worse by up to min_delta.
+_FOLD_AGENT = r'''
+import os
+from pathlib import Path
+src = Path("train.py").read_text()
+Path("train.py").write_text("exec(" + repr(src) + ")\n")
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("simplify train.py")
+'''
+
+
+@pytest.mark.xfail(strict=True, reason="count_loc counts non-blank, non-comment lines of the editable files, so "
+                   "folding the same code into one line (exec of a string, semicolons) or moving it to an allowed new "
+                   "file is 'fewer lines'; measure size golf cannot fold (e.g. the zlib-compressed size of the "
+                   "tokenized source of every editable and allowed-new file) and require a real margin")
+def test_the_same_code_folded_into_one_line_is_not_a_simplicity_keep(tmp_path, monkeypatch):
+    loop = _loop(tmp_path, monkeypatch, _FOLD_AGENT, experiments=1)
+    exps = {e.n: e for e in loop.history}
+    folded = exps[1]
+    assert folded.metric is None or folded.metric == exps[0].metric, "the fold changed what the code computes"
+    assert folded.status != "keep", f"kept: {folded.reason} (loc {exps[0].loc} -> {folded.loc})"
