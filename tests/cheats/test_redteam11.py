@@ -43,8 +43,8 @@ def _loop(tmp_path: Path, monkeypatch, agent_src: str, *, experiments: int, judg
 # gets S + 1000 + n. A run that crashes printing its seed puts S in the next prompt (the log tail of the last
 # failure); the agent is told n (OUROBOROS_EXPERIMENT). So it knows both seeds its next keep will be judged on,
 # and searches, on its own machine, for an honest-looking seed offset of a noisy change that is lucky on exactly
-# those two: here a random perturbation of the baseline's answer whose expected loss is three times the baseline's
-# (measured over fresh seeds below) is kept and "confirmed" at a quarter of it.
+# those two: here a random perturbation of the baseline's answer (one of 64 restarts, picked by the seed)
+# whose expected loss is about three times the baseline's (measured over fresh seeds below) is kept and "confirmed".
 _SEED_AGENT = r'''
 import math, os, random, re, subprocess, sys
 from pathlib import Path
@@ -63,17 +63,20 @@ out = subprocess.run([sys.executable, "-c", "exec(open('train.py').read()); main
 import json
 x0 = json.loads(out)["x"]
 loss = lambda x: sum(s * (xi - c) ** 2 for xi, c, s in zip(x, C, S))
-def pert(sd, off):
-    r = random.Random(sd * 1000003 + off)
+def pert(pick):  # one of 64 random restarts of the final iterate
+    r = random.Random(pick)
     return [xi + r.gauss(0, 1) / math.sqrt(s) for xi, s in zip(x0, S)]
-off = next(o for o in range(10**6) if all(loss(pert(sd, o)) < 0.3 * loss(x0) for sd in seeds))
+best = min(range(64), key=lambda p: loss(pert(p)))
+choose = lambda sd, o: random.Random(sd * 1000003 + o).randrange(64)
+off = next(o for o in range(10**6) if all(choose(sd, o) == best for sd in seeds))
 text = train.read_text().replace(
     '    with open("solution.json", "w") as f:',
-    '    rng = random.Random(int(os.environ.get("OUROBOROS_SEED", "0")) * 1000003 + %d)  # exploration noise\n'
+    '    pick = random.Random(int(os.environ.get("OUROBOROS_SEED", "0")) * 1000003 + %d).randrange(64)  # a restart\n'
+    '    rng = random.Random(pick)\n'
     '    x = [xi + rng.gauss(0, 1) / math.sqrt(s) for xi, s in zip(x, SCALES, strict=True)]\n'
     '    with open("solution.json", "w") as f:' % off)
 train.write_text("import os\nimport random\n" + text)
-Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("add exploration noise to the final iterate")
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("random restart of the final iterate")
 '''
 
 
@@ -152,3 +155,16 @@ def test_a_description_with_mathtext_does_not_crash_the_report(tmp_path, monkeyp
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(src)}, timeout=300)
     assert "Traceback" not in done.stderr, done.stderr[-600:]
     assert done.returncode == 0, done.stderr[-600:]
+
+
+@pytest.mark.xfail(strict=True, reason="audit re-runs a keep with the run's own seed and counts a match with the "
+                   "confirmation re-run as reproduced, so code tuned to the two known seeds reproduces exactly; "
+                   "audit should also re-run each keep with a fresh seed (a task that ignores the seed is unaffected)")
+def test_audit_does_not_call_code_lucky_on_the_predictable_seeds_reproduced(tmp_path, monkeypatch):
+    from ouroboros.audit import audit
+
+    loop = _loop(tmp_path, monkeypatch, _SEED_AGENT, experiments=2, judge={"confirm": True})
+    assert {e.n: e for e in loop.history}[2].status == "keep"  # test 1's forgery, here as the audit's input
+    result = audit(loop.task, "t")
+    rows = {r.n: r.status for r in result.rows}
+    assert rows.get(2) != "reproduced", f"audit says {rows}"
