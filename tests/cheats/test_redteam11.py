@@ -168,3 +168,41 @@ def test_audit_does_not_call_code_lucky_on_the_predictable_seeds_reproduced(tmp_
     result = audit(loop.task, "t")
     rows = {r.n: r.status for r in result.rows}
     assert rows.get(2) != "reproduced", f"audit says {rows}"
+
+
+# -- 4. the edit format's apply reads the editable file whole ---------------------------------------------------------
+# Red team 10 capped the compact prompt's and the edit format's reads of editable files (a sparse 16 GiB train.py
+# exhausted the harness's memory). `agents/edits.apply`, which writes the model's SEARCH/REPLACE edits as the
+# harness, still reads the file it edits with Path.read_text, whole: the same file ends the api agent's proposal in
+# a MemoryError instead of an EditError the model is shown.
+_APPLY_HUGE = r"""
+import resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+from ouroboros.agents import edits
+from ouroboros.task import load_task
+root = Path(sys.argv[1])
+try:
+    edits.apply(load_task(root), root, [edits.Edit("train.py", "STEPS = 200", "STEPS = 400")])
+except edits.EditError as exc:
+    print("refused", str(exc)[:80])
+else:
+    print("applied")
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="edits.apply reads the edited file with Path.read_text, whole; read it through "
+                   "readfile.read_regular_bytes(path, cap, whole=True) and refuse a file over the cap with an EditError")
+def test_applying_an_edit_to_a_huge_editable_file_does_not_exhaust_memory(tmp_path):
+    import os
+    import shutil
+
+    root = tmp_path / "task"
+    shutil.copytree(Path(__file__).parent.parent.parent / "examples" / "quadratic", root)
+    with open(root / "train.py", "r+b") as f:  # sparse: no disk used
+        f.truncate(16 << 30)
+    script = tmp_path / "apply.py"
+    script.write_text(_APPLY_HUGE)
+    proc = subprocess.run([sys.executable, str(script), str(root)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 0 and proc.stdout.startswith("refused"), proc.stderr[-300:]
