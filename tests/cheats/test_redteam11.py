@@ -58,8 +58,8 @@ if n == 1:  # learn the run's seed: a crash puts the log tail in the next prompt
 seed = int(re.search(r"SEEDMARK=(\d+)", Path(os.environ["OUROBOROS_PROMPT"]).read_text()).group(1))
 seeds = (seed, seed + 1000 + n)  # the run's, and the confirmation re-run's
 C, S = [3.0, -1.0, 0.5, 2.0], [1.0, 10.0, 100.0, 0.1]
-out = subprocess.run([sys.executable, "-c", "exec(open('train.py').read()); main(); print(open('solution.json').read())"],
-                     capture_output=True, text=True).stdout.splitlines()[-1]
+base = "exec(open('train.py').read()); main(); print(open('solution.json').read())"
+out = subprocess.run([sys.executable, "-c", base], capture_output=True, text=True).stdout.splitlines()[-1]
 import json
 x0 = json.loads(out)["x"]
 loss = lambda x: sum(s * (xi - c) ** 2 for xi, c, s in zip(x, C, S))
@@ -81,8 +81,8 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("random restart of the fina
 
 
 @pytest.mark.xfail(strict=True, reason="the confirmation re-run's seed is the run's seed + 1000 + n, both known to "
-                   "the agent (a crash's log tail shows the run's seed; n is OUROBOROS_EXPERIMENT), so code tuned to be "
-                   "lucky on those two seeds is kept and confirmed; draw the confirmation seed fresh and secret "
+                   "the agent (a crash's log tail shows the run's seed; n is OUROBOROS_EXPERIMENT), so code "
+                   "tuned to be lucky on those two seeds is kept and confirmed; draw the confirmation seed fresh and secret "
                    "(secrets.randbits), record it with the experiment after the verdict")
 @pytest.mark.parametrize("judge", [{"confirm": True}, {"plausibility": 0.5}], ids=["confirm", "plausibility"])
 def test_code_lucky_on_the_two_seeds_the_agent_can_predict_is_not_a_confirmed_keep(judge, tmp_path, monkeypatch):
@@ -192,7 +192,7 @@ else:
 
 
 @pytest.mark.xfail(strict=True, reason="edits.apply reads the edited file with Path.read_text, whole; read it through "
-                   "readfile.read_regular_bytes(path, cap, whole=True) and refuse a file over the cap with an EditError")
+                   "readfile.read_regular_bytes(path, cap, whole=True); refuse a file over the cap with an EditError")
 def test_applying_an_edit_to_a_huge_editable_file_does_not_exhaust_memory(tmp_path):
     import os
     import shutil
