@@ -82,8 +82,8 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("random restart of the fina
 
 @pytest.mark.xfail(strict=True, reason="the confirmation re-run's seed is the run's seed + 1000 + n, both known to "
                    "the agent (a crash's log tail shows the run's seed; n is OUROBOROS_EXPERIMENT), so code "
-                   "tuned to be lucky on those two seeds is kept and confirmed; draw the confirmation seed fresh and secret "
-                   "(secrets.randbits), record it with the experiment after the verdict")
+                   "tuned to be lucky on those two seeds is kept and confirmed; draw the confirmation seed "
+                   "fresh and secret (secrets.randbits), record it with the experiment after the verdict")
 @pytest.mark.parametrize("judge", [{"confirm": True}, {"plausibility": 0.5}], ids=["confirm", "plausibility"])
 def test_code_lucky_on_the_two_seeds_the_agent_can_predict_is_not_a_confirmed_keep(judge, tmp_path, monkeypatch):
     loop = _loop(tmp_path, monkeypatch, _SEED_AGENT, experiments=2, judge=judge)
