@@ -206,3 +206,36 @@ def test_applying_an_edit_to_a_huge_editable_file_does_not_exhaust_memory(tmp_pa
     proc = subprocess.run([sys.executable, str(script), str(root)], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert proc.returncode == 0 and proc.stdout.startswith("refused"), proc.stderr[-300:]
+
+
+# -- 5. the report reads every attempt's diff whole ------------------------------------------------------------------
+# Within the default bound (max_artifact_mb = 512 per attempt, no max_diff_lines) an agent may rewrite train.py as
+# a file of hundreds of megabytes each experiment: no violation. The harness writes each attempt's diff.patch in
+# full, and `ouroboros report` (report/load.run_data) reads every one of them whole into memory at once (the
+# dashboard reads 400 kB of one), so a run of such attempts ends its report in a MemoryError. Shown here at a
+# small scale: an 8 MB diff is held whole.
+_BIG_DIFF_AGENT = r'''
+import os
+from pathlib import Path
+p = Path("train.py")
+p.write_text(p.read_text() + "".join(f"# {os.urandom(40).hex()}\n" for _ in range(100_000)))
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("document train.py")
+'''
+
+
+@pytest.mark.xfail(strict=True, reason="report/load.run_data reads each diff.patch whole (Path.read_text); read a "
+                   "capped tail as the dashboard does (reader.read_tail, DIFF_BYTES): categories need only its lines")
+def test_the_report_does_not_hold_an_attempts_whole_diff(tmp_path, monkeypatch):
+    from ouroboros.ledger import Ledger
+    from ouroboros.report.load import run_data
+
+    loop = _loop(tmp_path, monkeypatch, _BIG_DIFF_AGENT, experiments=1)
+    patch = loop.ledger.exp_dir("t", 1) / "diff.patch"
+    assert patch.stat().st_size > 8 << 20, "the attempt's diff was not written"
+    ledger = Ledger(loop.task.root / ".ouroboros")
+    try:
+        data = run_data(ledger, ledger.run("t"), loop.task.root)
+    finally:
+        ledger.close()
+    held = max(len(a.diff or "") for a in data.attempts)
+    assert held <= 1 << 20, f"the report holds a {held / 2**20:.1f} MB diff of one attempt"
