@@ -148,6 +148,8 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text(r"[$\nosuchcommand$] more s
 def test_a_description_with_mathtext_does_not_crash_the_report(tmp_path, monkeypatch):
     import os
 
+    pytest.importorskip("matplotlib", reason="the report extra is not installed")
+
     loop = _loop(tmp_path, monkeypatch, _MATH_AGENT, experiments=1)
     assert loop.history[-1].status == "keep", loop.history[-1].reason
     src = Path(cheats.__file__).parent.parent
