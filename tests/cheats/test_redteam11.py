@@ -17,12 +17,12 @@ LEVEL = "bwrap" if BWRAP else "process"
 
 
 def _loop(tmp_path: Path, monkeypatch, agent_src: str, *, experiments: int, judge: dict | None = None,
-          seed: int = 1):
+          seed: int = 1, bound: dict | None = None):
     """A quadratic task run with the given cmd: agent script at the strongest level here; the finished loop."""
     from ouroboros.loop import Loop, Options
     from ouroboros.task import load_task
 
-    attack = cheats.Attack("rt11", title="rt11", task={}, files={}, bound={"isolation": LEVEL})
+    attack = cheats.Attack("rt11", title="rt11", task={}, files={}, bound={"isolation": LEVEL, **(bound or {})})
     task_dir = cheats.make_task(attack, tmp_path)
     if judge:
         cheats._set_keys(task_dir / "ouroboros.toml", "judge", judge)
@@ -116,13 +116,26 @@ Path("train.py").write_text("exec(" + repr(src) + ")\n")
 Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("simplify train.py")
 '''
 
+# The same, in a task that allows new helper files (`allow_new_files`): count_loc counts only the editable files,
+# so moving train.py's code into an allowed new file leaves two lines to count.
+_MOVE_AGENT = r'''
+import os
+from pathlib import Path
+src = Path("train.py").read_text()
+Path("helpers.py").write_text(src.replace('if __name__ == "__main__":\n    main()\n', ""))
+Path("train.py").write_text("from helpers import main\nmain()\n")
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("simplify train.py")
+'''
+
 
 @pytest.mark.xfail(strict=True, reason="count_loc counts non-blank, non-comment lines of the editable files, so "
                    "folding the same code into one line (exec of a string, semicolons) or moving it to an allowed new "
                    "file is 'fewer lines'; measure size golf cannot fold (e.g. the zlib-compressed size of the "
                    "tokenized source of every editable and allowed-new file) and require a real margin")
-def test_the_same_code_folded_into_one_line_is_not_a_simplicity_keep(tmp_path, monkeypatch):
-    loop = _loop(tmp_path, monkeypatch, _FOLD_AGENT, experiments=1)
+@pytest.mark.parametrize("how", ["fold", "move"])
+def test_the_same_code_in_fewer_counted_lines_is_not_a_simplicity_keep(how, tmp_path, monkeypatch):
+    agent, bound = (_FOLD_AGENT, None) if how == "fold" else (_MOVE_AGENT, {"allow_new_files": ["helpers.py"]})
+    loop = _loop(tmp_path, monkeypatch, agent, experiments=1, bound=bound)
     exps = {e.n: e for e in loop.history}
     folded = exps[1]
     assert folded.metric is None or folded.metric == exps[0].metric, "the fold changed what the code computes"
