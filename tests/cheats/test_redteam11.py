@@ -326,3 +326,39 @@ def _with_files(make_task, files: dict[str, str]):
         cheats._git(task_dir, "commit", "-qam", "the task's own files")
         return task_dir
     return made
+
+
+# -- 7. the artifacts folder's clean-up recurses -----------------------------------------------------------------------
+# A confined agent's artifacts folder (kept across experiments, on the real disk) over max_artifact_mb has what the
+# proposal wrote removed by `agents/command._drop_new`, with shutil.rmtree, which recurses. A folder nested deeper
+# than readfile.MAX_DEPTH counts as over every cap, so the agent needs only nest 3,000 folders there (20 chains of
+# 150 joined by renames): the RecursionError is no AgentError, and it ends the whole run in a traceback.
+_DEEP_ARTIFACTS_AGENT = r'''
+import os
+top = os.open(os.environ["OUROBOROS_ARTIFACTS"], os.O_RDONLY)
+bottoms = []
+for i in range(20):
+    os.mkdir(f"c{i}", dir_fd=top)
+    fd = os.open(f"c{i}", os.O_RDONLY, dir_fd=top)
+    for _ in range(150):
+        os.mkdir("d", dir_fd=fd)
+        fd = os.open("d", os.O_RDONLY, dir_fd=fd)
+    bottoms.append(fd)
+for i in range(1, 20):
+    os.rename(f"c{i}", f"c{i}", src_dir_fd=top, dst_dir_fd=bottoms[i - 1])
+open(os.environ["OUROBOROS_DESCRIPTION"], "w").write("nothing")
+'''
+
+
+@pytest.mark.skipif(not BWRAP, reason="agents are confined (and have an artifacts folder bound) only at bwrap")
+@pytest.mark.xfail(strict=True, reason="agents/command._drop_new removes the agent's new artifacts with shutil.rmtree, "
+                   "which recurses past the interpreter's limit; remove them with readfile.remove_path (GNU rm)")
+def test_an_agent_nesting_folders_in_its_artifacts_fails_only_its_proposal(tmp_path, monkeypatch):
+    from ouroboros import readfile
+
+    try:
+        loop = _loop(tmp_path, monkeypatch, _DEEP_ARTIFACTS_AGENT, experiments=1)
+        assert loop.history[-1].status in ("crash", "violation"), loop.history[-1].reason
+    finally:
+        for run in (tmp_path / "task" / ".ouroboros" / "runs").glob("*"):
+            readfile.remove_path(run / "artifacts")
