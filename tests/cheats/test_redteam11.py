@@ -256,7 +256,7 @@ def test_the_report_does_not_hold_an_attempts_whole_diff(tmp_path, monkeypatch):
     assert held <= 1 << 20, f"the report holds a {held / 2**20:.1f} MB diff of one attempt"
 
 
-# -- 6. the evaluation folder's removal recurses ------------------------------------------------------------------------
+# -- 6. the evaluation folder's removal recurses -------------------------------------------------------------
 # Red team 7 to 9 made every removal of a tree a run could write iterative (GNU rm), but the evaluation folder is still
 # removed by `evaluate._remove_later` with shutil.rmtree, which recurses (Python 3.11). Evaluation-phase code (an
 # evaluator that imports train.py, as cheats._EVAL_IMPORTS_TRAIN; its disk use is meant to be capped) nests 20 chains
