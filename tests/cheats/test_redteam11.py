@@ -3,6 +3,7 @@ the study statistics against a condition that cheats in some repeats, and what t
 with files the run or the agent wrote. Each attack that gets through is marked xfail(strict=True) with its root
 cause and the fix recommended."""
 
+import os
 import shlex
 import subprocess
 import sys
@@ -362,3 +363,35 @@ def test_an_agent_nesting_folders_in_its_artifacts_fails_only_its_proposal(tmp_p
     finally:
         for run in (tmp_path / "task" / ".ouroboros" / "runs").glob("*"):
             readfile.remove_path(run / "artifacts")
+
+
+# -- 8. self mode: what a candidate's runner left in its folder is removed recursively ---------------------------------
+# `self/inner.spawn` reuses a runner's folder (delta and the holdout reuse theirs) and first removes a plan.json or
+# .config an earlier runner (the candidate version's own code, confined to that folder) left there, with
+# inner.remove -> shutil.rmtree, which recurses. A runner that leaves plan.json as a folder 3,000 deep ends the outer
+# harness's next spawn in a RecursionError instead of a run.
+@pytest.mark.xfail(strict=True, reason="self/inner.remove removes a folder with shutil.rmtree, which recurses past the "
+                   "interpreter's limit; use readfile.remove_path (GNU rm)")
+def test_spawn_after_a_runner_left_a_deep_plan_folder_is_not_a_recursion_error(tmp_path):
+    from ouroboros import readfile
+    from ouroboros.self import inner
+
+    work = tmp_path / "work"
+    work.mkdir()
+    top = os.open(work, os.O_RDONLY)
+    try:
+        os.mkdir("plan.json", dir_fd=top)
+        fd = os.open("plan.json", os.O_RDONLY, dir_fd=top)
+        for _ in range(3000):
+            os.mkdir("d", dir_fd=fd)
+            nxt = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        os.close(fd)
+    finally:
+        os.close(top)
+    src = Path(inner.__file__).parent.parent.parent
+    try:
+        assert inner.spawn(src, [], work / "plan.json", unconfined_ok=True) == {}
+    finally:
+        readfile.remove_path(work)
