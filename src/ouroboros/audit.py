@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import random
-import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -33,7 +32,7 @@ from types import SimpleNamespace
 from rich.markup import escape
 from rich.table import Table
 
-from ouroboros import isolation
+from ouroboros import isolation, readfile
 from ouroboros.errors import OuroborosError
 from ouroboros.judge import Verdict, effective_min_delta
 from ouroboros.ledger import Experiment, Ledger, Run, fmt_metric
@@ -45,7 +44,7 @@ from ouroboros.workspace import Workspace, repo_root
 def export(repo: Path, commit: str, dest: Path) -> None:
     """Write the tree of `commit` into `dest` (emptied first), from git's objects only."""
     if dest.exists():
-        shutil.rmtree(dest)
+        readfile.clear(dest)
     dest.mkdir(parents=True)
     proc = subprocess.run(["git", "-C", str(repo), "-c", "core.attributesFile=/dev/null", "archive", "--format=tar",
                            commit], capture_output=True)

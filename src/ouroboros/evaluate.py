@@ -32,7 +32,6 @@ import math
 import os
 import queue
 import re
-import shutil
 import stat
 import tempfile
 import threading
@@ -41,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ouroboros import sandbox
+from ouroboros import readfile, sandbox
 from ouroboros.errors import OuroborosError
 from ouroboros.task import RECORDS_DIR, RESERVED_METRICS, Task, matches
 
@@ -313,7 +312,7 @@ def _remove_later(folder: Path) -> None:
     os._exit, which runs no atexit hook, and a fork has no worker)."""
     global _WORKER
     if os.getpid() != _PID:
-        shutil.rmtree(folder, ignore_errors=True)
+        readfile.clear(folder)
         return
     if _WORKER is None or not _WORKER.is_alive():
         _WORKER = threading.Thread(target=_remover, name="ouroboros-remove", daemon=True)
@@ -323,7 +322,7 @@ def _remove_later(folder: Path) -> None:
 
 def _remover() -> None:
     while (folder := _QUEUE.get()) is not None:
-        shutil.rmtree(folder, ignore_errors=True)
+        readfile.clear(folder)
 
 
 @atexit.register

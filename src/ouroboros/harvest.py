@@ -8,11 +8,11 @@ environment folder, its branch and its attempt refs, and keeps the ledger and th
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ouroboros import readfile
 from ouroboros.errors import OuroborosError
 from ouroboros.ledger import Experiment, Ledger, Run
 from ouroboros.task import RECORDS_DIR, Task
@@ -137,9 +137,9 @@ def prune(task: Task, items: list[Prunable]) -> None:
     for p in items:
         if p.worktree is not None:
             git(repo, "worktree", "remove", "--force", str(p.worktree), check=False)
-            shutil.rmtree(p.worktree, ignore_errors=True)
+            readfile.clear(p.worktree)
         if p.env is not None:
-            shutil.rmtree(p.env, ignore_errors=True)
+            readfile.clear(p.env)
     git(repo, "worktree", "prune")
     refs = [r for p in items for r in p.refs]
     if refs:

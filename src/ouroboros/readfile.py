@@ -6,6 +6,7 @@ None when there is no such regular file."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -105,6 +106,18 @@ def remove_tree(parent_fd: int, name: str) -> None:
     descriptors; Python's own rmtree recurses and stops at the interpreter's recursion limit)."""
     subprocess.run(["rm", "-rf", "--", name], cwd=f"/proc/self/fd/{parent_fd}", pass_fds=(parent_fd,),
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
+def clear(path: Path | str) -> None:
+    """Remove whatever is at path (a folder however deep, a link itself), ignoring errors: shutil.rmtree in
+    the process where it can (fast, descriptor-based), remove_path's GNU rm where the tree is deeper than
+    Python's recursion limit (a tree the run, an agent or a candidate wrote: rmtree recurses)."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        return
+    except (RecursionError, OSError):
+        remove_path(Path(path))
 
 
 def remove_path(path: Path) -> None:

@@ -678,7 +678,7 @@ def scrub(root: Path, before: Meta | None, remake_folders: bool = True) -> Meta:
     try:
         _scrub(root, before, now, folders, scratch, remake_folders)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        readfile.clear(scratch)
     return meta(root)
 
 

@@ -156,9 +156,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text(r"[$\nosuchcommand$] more s
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="report/figures.py draws agent text (a keep's description, a [tag] "
-                   "category) with matplotlib, which parses $...$ as mathtext and raises ValueError on an unknown "
-                   "command; draw agent text with parse_math=False (or escape $ as \\$)")
 def test_a_description_with_mathtext_does_not_crash_the_report(tmp_path, monkeypatch):
     import os
 
@@ -207,8 +204,6 @@ else:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="edits.apply reads the edited file with Path.read_text, whole; read it through "
-                   "readfile.read_regular_bytes(path, cap, whole=True); refuse a file over the cap with an EditError")
 def test_applying_an_edit_to_a_huge_editable_file_does_not_exhaust_memory(tmp_path):
     import os
     import shutil
@@ -239,8 +234,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("document train.py")
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="report/load.run_data reads each diff.patch whole (Path.read_text); read a "
-                   "capped tail as the dashboard does (reader.read_tail, DIFF_BYTES): categories need only its lines")
 def test_the_report_does_not_hold_an_attempts_whole_diff(tmp_path, monkeypatch):
     from ouroboros.ledger import Ledger
     from ouroboros.report.load import run_data
@@ -288,9 +281,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("tidy")
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate._remover removes evaluation folders with shutil.rmtree, which "
-                   "recurses: a folder nested past the recursion limit kills the remover thread and stays on disk; "
-                   "remove it with readfile.remove_path (GNU rm) as the worktree's trees are")
 def test_an_evaluation_folder_nested_past_the_recursion_limit_is_removed(tmp_path, monkeypatch):
     import tempfile
 
@@ -352,8 +342,6 @@ open(os.environ["OUROBOROS_DESCRIPTION"], "w").write("nothing")
 
 
 @pytest.mark.skipif(not BWRAP, reason="agents are confined (and have an artifacts folder bound) only at bwrap")
-@pytest.mark.xfail(strict=True, reason="agents/command._drop_new removes the agent's new artifacts with shutil.rmtree, "
-                   "which recurses past the interpreter's limit; remove them with readfile.remove_path (GNU rm)")
 def test_an_agent_nesting_folders_in_its_artifacts_fails_only_its_proposal(tmp_path, monkeypatch):
     from ouroboros import readfile
 
@@ -370,8 +358,6 @@ def test_an_agent_nesting_folders_in_its_artifacts_fails_only_its_proposal(tmp_p
 # .config an earlier runner (the candidate version's own code, confined to that folder) left there, with
 # inner.remove -> shutil.rmtree, which recurses. A runner that leaves plan.json as a folder 3,000 deep ends the outer
 # harness's next spawn in a RecursionError instead of a run.
-@pytest.mark.xfail(strict=True, reason="self/inner.remove removes a folder with shutil.rmtree, which recurses past the "
-                   "interpreter's limit; use readfile.remove_path (GNU rm)")
 def test_spawn_after_a_runner_left_a_deep_plan_folder_is_not_a_recursion_error(tmp_path):
     from ouroboros import readfile
     from ouroboros.self import inner

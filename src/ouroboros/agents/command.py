@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ouroboros import sandbox
+from ouroboros import readfile, sandbox
 from ouroboros.agents.base import Agent, AgentError, Context, Proposal
 from ouroboros.readfile import read_regular_bytes
 
@@ -143,7 +143,7 @@ class HomeCopy:
                 tmp.unlink(missing_ok=True)
 
     def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        readfile.clear(self.root)
 
 
 def _same_shape(old: object, new: object) -> bool:
@@ -191,7 +191,7 @@ def _drop_new(folder: Path, kept: dict[str, tuple[int, int]]) -> None:
             continue
         try:
             if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
+                readfile.clear(path)
             else:
                 os.unlink(path)
         except OSError:

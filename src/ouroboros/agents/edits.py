@@ -21,7 +21,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ouroboros.readfile import read_regular_bytes
 from ouroboros.task import Task, first_link
+
+MAX_EDITED_BYTES = 16 << 20  # a file an edit rewrites is read whole, in memory: one the run left huge is refused
 
 _SEARCH = re.compile(r"^\s*<{5,9} ?SEARCH\s*$")
 _DIVIDER = re.compile(r"^\s*={5,9}\s*$")
@@ -177,7 +180,11 @@ def apply(task: Task, root: Path, edits: list[Edit]) -> list[str]:
         if rel in new:
             text = new[rel]
         elif path.is_file():
-            text = path.read_text(errors="replace")
+            data = read_regular_bytes(path, MAX_EDITED_BYTES, whole=True)
+            if data is None:
+                raise EditError(f"{rel} is not a regular file of at most {MAX_EDITED_BYTES >> 20} MiB; "
+                                "edit a smaller file")
+            text = data.decode(errors="replace")
         elif not e.search.strip():
             new[rel] = e.replace
             continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ouroboros.dashboard.reader import DIFF_BYTES, read_tail
 from ouroboros.errors import OuroborosError
 from ouroboros.ledger import Ledger, Run
 from ouroboros.report.data import Attempt, RunData
@@ -25,7 +26,7 @@ def run_data(ledger: Ledger, run: Run, task_dir: Path | None = None, diffs: bool
         diff = None
         if diffs and e.n > 0:
             path = ledger.run_dir(run.tag) / "exp" / str(e.n) / "diff.patch"
-            diff = path.read_text(errors="replace") if path.is_file() else None
+            diff = read_tail(path, DIFF_BYTES)  # capped: an attempt may hold a diff of hundreds of MB
         attempts.append(Attempt(e.n, e.status, e.metric, e.description, e.params, e.started, e.finished,
                                 e.session, diff, tokens_in=e.tokens_in or 0, tokens_out=e.tokens_out or 0))
     return RunData(run.tag, run.condition or run.agent, run.direction, run.seed, run.sessions,

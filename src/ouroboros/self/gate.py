@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 import sqlite3
 import stat
 import subprocess
@@ -37,7 +36,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from ouroboros import cheats
+from ouroboros import cheats, readfile
 from ouroboros.errors import OuroborosError
 from ouroboros.readfile import read_regular
 from ouroboros.self import inner
@@ -256,7 +255,7 @@ def gate(src: Path, timeout: float = 300, jobs: int = 2, keep: Path | None = Non
         return failures
     finally:
         if keep is None:
-            shutil.rmtree(tmp, ignore_errors=True)
+            readfile.clear(tmp)
 
 
 def _tail(log: Path) -> str:

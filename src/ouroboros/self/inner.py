@@ -138,7 +138,12 @@ def remove(path: Path) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(mode):
-        shutil.rmtree(path)  # removes links inside, never what they point to
+        try:
+            shutil.rmtree(path)  # removes links inside, never what they point to
+        except RecursionError:  # deeper than Python's limit: GNU rm walks any depth (this module imports
+            import subprocess  # nothing of the harness, whose readfile.clear does the same)
+
+            subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=False)
     else:
         os.unlink(path)
 

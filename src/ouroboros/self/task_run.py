@@ -7,12 +7,11 @@ the suite. Untrusted: it is the candidate's own code that runs here; it leaves t
 
 from __future__ import annotations
 
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from ouroboros import policyfile
+from ouroboros import policyfile, readfile
 from ouroboros.errors import OuroborosError
 from ouroboros.self.delta import benchmark_runs, export_inner
 from ouroboros.self.settings import WORK, load_settings
@@ -21,7 +20,7 @@ from ouroboros.self.settings import WORK, load_settings
 def main(root: Path) -> int:
     cfg = load_settings(root)
     work = root / WORK
-    shutil.rmtree(work, ignore_errors=True)
+    readfile.clear(work)
     try:
         policyfile.read(root / "src" / "ouroboros" / "policy.py")  # data only: refused before anything runs
         # the inner repos live outside the worktree (no .git may be written in it); their ledgers and
