@@ -374,6 +374,11 @@ def report(
             t = load_task(task)
             from ouroboros.task import RECORDS_DIR
 
+            ledger = views._ledger(t)
+            try:  # a report of records changed outside Ouroboros says so, as log and status do
+                views.warn(err, ledger, t, run)
+            finally:
+                ledger.close()
             page = build.run_report(t, run, out or t.root / RECORDS_DIR / "runs" / str(run) / "report")
     except ModuleNotFoundError as exc:
         if exc.name is None or exc.name.split(".")[0] not in REPORT_MODULES:

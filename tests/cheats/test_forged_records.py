@@ -66,6 +66,9 @@ def test_a_forged_best_is_refused_on_resume_reported_and_flagged_by_the_audit(qu
     for command in ("log", "status"):
         shown = cli(command, "-C", str(quadratic), check=True)
         assert "warning: the records" in shown.stdout and "do not verify" in shown.stdout
+    pytest.importorskip("matplotlib", reason="the report extra is not installed")
+    reported = cli("report", "-C", str(quadratic), "--run", "f", "--out", str(tmp_path / "report"))
+    assert reported.returncode == 0 and "do not verify" in reported.stderr, reported.stderr[-400:]
 
     result = audit.audit(load_task(quadratic), "f")
     flagged = {r.n: r for r in result.rows}
