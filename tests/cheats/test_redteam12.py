@@ -1,0 +1,129 @@
+"""Red team, twelfth pass: level unshare's new filesystem view (mount calls in a shell prelude, capabilities dropped
+by setpriv) and level bwrap's keyring filter (seccomp). Each test asserts the attack is stopped; the ones that get
+through on current code are xfail(strict=True) with the root cause and the fix."""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import platform
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ouroboros import isolation, sandbox
+from ouroboros.loop import Loop, Options
+from ouroboros.task import load_task
+from ouroboros.testing import commit_all
+
+needs_unshare = pytest.mark.skipif(not isolation.available("unshare"), reason="unshare missing or refused here")
+needs_bwrap = pytest.mark.skipif(not isolation.available("bwrap"), reason="bubblewrap missing or refused here")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the attack needs a root harness (the run is uid 0)")
+
+# add_key and keyctl, by architecture (the tests call them through ctypes: no keyutils needed)
+_KEY_CALLS = {"x86_64": (248, 250), "aarch64": (217, 219)}
+needs_key_calls = pytest.mark.skipif(platform.machine() not in _KEY_CALLS, reason="keyring call numbers unknown here")
+
+
+def _loop(repo: Path, level: str, bound: str = "") -> Loop:
+    toml = repo / "ouroboros.toml"
+    toml.write_text(toml.read_text() + f'\n[bound]\nisolation = "{level}"\n{bound}\n')
+    commit_all(repo, "bound")
+    loop = Loop(load_task(repo), Options(agent="random", max_experiments=1, tag="rt12"))
+    assert loop.isolation.level == level
+    return loop
+
+
+def _sh(loop: Loop, argv: list[str], phase: str = "run") -> tuple[int, str]:
+    wrapped, level = loop.isolation.wrap(argv, phase)
+    log = loop.records / f"rt12-{uuid.uuid4().hex[:6]}.log"
+    outcome = sandbox.run(wrapped, loop.ws.task_dir, 30, 1, log, env=sandbox.scrubbed_env(), isolation=level,
+                          overhead=loop.isolation.overhead)
+    return outcome.returncode or 0, log.read_text()
+
+
+def _key_script(action: str) -> str:
+    add_key, keyctl = _KEY_CALLS.get(platform.machine(), (0, 0))
+    return f"""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+SESSION = ctypes.c_long(-3)
+if {action!r} == "add":
+    r = libc.syscall({add_key}, b"user", b"rt12-carry", b"lucky-seed-7", 12, SESSION)
+    print("added" if r > 0 else f"add refused {{ctypes.get_errno()}}")
+else:
+    k = libc.syscall({keyctl}, 10, SESSION, b"user", b"rt12-carry", 0)  # KEYCTL_SEARCH
+    buf = ctypes.create_string_buffer(64)
+    n = libc.syscall({keyctl}, 11, ctypes.c_long(k), buf, 64) if k > 0 else -1  # KEYCTL_READ
+    print("found:" + buf.raw[:max(n, 0)].decode() if n > 0 else "not found")
+"""
+
+
+@needs_unshare
+@needs_key_calls
+@pytest.mark.xfail(strict=True, reason=(
+    "GOT THROUGH: a non-root harness's unshare runs share the harness's session keyring. Root cause: a user namespace "
+    "gives fresh user and user-session keyrings, but the session keyring is inherited across fork/clone whatever "
+    "the namespaces, and the run's uid (mapped to the harness's) possesses it; docs/security.md says the run's "
+    "keyrings are its own. Fix: start every unshare run in a fresh anonymous session keyring "
+    "(keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL) in the prelude before setpriv, e.g. `keyctl new_session` or a "
+    "one-line helper), or give unshare the same seccomp filter (setpriv cannot load one; a small helper can)."))
+def test_a_key_one_unshare_run_leaves_in_the_session_keyring_is_not_there_for_the_next(quadratic, monkeypatch):
+    """The lucky run leaves a key in the session keyring; its confirmation re-run (a fresh sandbox) reads it back,
+    so a result `confirmed` by the re-run was carried, not reproduced."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    # a harness started from a login has a session keyring (pam_keyinit); give this process one of its own
+    assert libc.syscall(_KEY_CALLS[platform.machine()][1], 1, None) > 0, ctypes.get_errno()  # JOIN_SESSION_KEYRING
+    if os.geteuid() == 0:  # a non-root harness's unshare: a user namespace (as root, mapped 0 -> 0)
+        monkeypatch.setattr(isolation, "_unshare_user", lambda: ["--user", "--map-root-user"])
+    loop = _loop(quadratic, "unshare")
+    rc, first = _sh(loop, ["python", "-c", _key_script("add")])
+    assert "added" in first, first  # the sandbox works and the run may use its own keyrings
+    rc, second = _sh(loop, ["python", "-c", _key_script("get")])
+    assert "not found" in second, second
+
+
+@needs_bwrap
+@needs_key_calls
+def test_the_keyring_filter_holds_through_the_x32_and_i386_abis(quadratic):
+    """The bwrap filter denies keyctl through the native ABI, x32 (syscall number | 0x40000000) and int 0x80."""
+    if platform.machine() != "x86_64":
+        pytest.skip("x32 and int 0x80 are x86_64's")
+    script = """
+import ctypes, mmap
+libc = ctypes.CDLL(None, use_errno=True)
+print("native", libc.syscall(250, 0, ctypes.c_long(-3), 0), ctypes.get_errno())
+print("x32", libc.syscall(0x40000000 | 250, 0, ctypes.c_long(-3), 0), ctypes.get_errno())
+code = bytes([0x53, 0xb8, 0x20, 0x01, 0, 0, 0xbb, 0, 0, 0, 0, 0xb9, 0xfd, 0xff, 0xff, 0xff, 0xcd, 0x80, 0x5b, 0xc3])
+m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+m.write(code)
+print("int80", ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(m)))())
+"""
+    loop = _loop(quadratic, "bwrap")
+    rc, out = _sh(loop, ["python", "-c", script])
+    assert "native -1 1" in out and "int80 -1" in out, out  # EPERM; i386 returns -EPERM in eax
+    assert "x32 -1 1" in out or "x32 -1 38" in out, out  # EPERM, or ENOSYS where the kernel has no x32
+
+
+@needs_unshare
+@needs_root
+@pytest.mark.xfail(strict=True, reason=(
+    "GOT THROUGH: under a root harness an unshare run writes host-wide /proc files that take writes by ownership "
+    "alone (/proc/irq/*/smp_affinity*, /proc/sysrq-trigger where the kernel has it): it re-pins the host's "
+    "interrupts (persists after the run, slows later runs and the harness) and leaves bits the confirmation "
+    "re-run reads back. Root cause: the prelude makes /proc/sys and /sys read-only but not the rest of the fresh "
+    "/proc, and the run is uid 0 (capabilities do not gate these writes). Fix: bind read-only (as Docker does) "
+    "/proc/irq, /proc/bus, /proc/fs, /proc/sysrq-trigger, /proc/acpi, /proc/driver, or better run the command "
+    "as NOBODY as level bwrap does."))
+def test_an_unshare_run_under_a_root_harness_cannot_write_the_hosts_irq_affinity(quadratic):
+    files = sorted(glob.glob("/proc/irq/*/smp_affinity_list"))
+    if not files:
+        pytest.skip("no /proc/irq here")
+    loop = _loop(quadratic, "unshare")
+    # the same value written back: proves the write is accepted and changes nothing on the host
+    rc, out = _sh(loop, ["bash", "-c", "for f in /proc/irq/*/smp_affinity_list; do v=$(cat $f); "
+                                       "echo \"$v\" > $f 2>/dev/null && echo \"wrote $f\"; done; echo done"])
+    assert "done" in out, out
+    assert "wrote" not in out, out
