@@ -195,3 +195,31 @@ def test_a_run_works_when_home_is_a_symlink_and_the_repo_is_under_it(quadratic, 
         assert "view-made" in out, out
     finally:
         shutil.rmtree(base)
+
+
+@needs_unshare
+@pytest.mark.xfail(strict=True, reason=(
+    "GOT THROUGH: a non-root harness's unshare run opens the user's terminal by path (/dev/pts/N of the shell the "
+    "harness runs in) and writes to it, or reads what the user types there (a password at a prompt). Root cause: "
+    "under a non-root harness Unshare._view keeps the host's /dev (only a root harness gets _minimal_dev), so the "
+    "host's devpts is there, and the run's uid is the user's; start_new_session stops only the controlling-terminal "
+    "route. Fix: give every unshare run a /dev of its own: in a user namespace `mount -t tmpfs` on /dev and bind "
+    "the harmless nodes (null, zero, full, random, urandom, tty) from the host's /dev (mknod is refused there) "
+    "plus a fresh `devpts -o newinstance`, as bwrap's --dev does."))
+def test_an_unshare_run_cannot_write_to_the_users_terminal(quadratic, monkeypatch):
+    loop = _loop(quadratic, "unshare")
+    master, slave = os.openpty()  # the terminal the user started the harness from
+    try:
+        pts = os.ttyname(slave)
+        rc, out = _sh(loop, ["bash", "-c", f"echo view-made; printf INJECTED > {pts} && echo wrote-tty"],
+                      monkeypatch=monkeypatch)
+        assert "view-made" in out, out
+        os.set_blocking(master, False)
+        try:
+            seen = os.read(master, 100)
+        except BlockingIOError:
+            seen = b""
+        assert b"INJECTED" not in seen and "wrote-tty" not in out, (seen, out)
+    finally:
+        os.close(master)
+        os.close(slave)
