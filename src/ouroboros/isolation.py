@@ -271,6 +271,16 @@ class Isolation:
                 for rel in glob_files(self.task.root, self.task.bound.hidden)]
 
     @functools.cached_property
+    def key_shown(self) -> list[Path]:
+        """The ledger key's folder where a `read_only` path would show it again under the $HOME mask
+        (`read_only = ["~"]`): masked once more after that path is bound back."""
+        from ouroboros import chain
+
+        config = Path(os.path.realpath(chain.config_dir()))
+        shown = config.is_dir() and any(_covers(p, [config]) for p in self.task.read_only_paths)
+        return [config] if shown and not _covers(config, [self.worktree, self.records]) else []
+
+    @functools.cached_property
     def git_masks(self) -> list[Path]:
         """The repo's git dirs that the repo mask does not already cover, and that hold no run's files."""
         keep = [self.worktree, self.records]
@@ -304,6 +314,7 @@ class Unshare(Isolation):
         # The view's mounts are undone by whoever keeps CAP_SYS_ADMIN in the namespace (umount /proc shows
         # the host's, the read-only binds come off): the rest runs with no capability left to get back.
         view = self._view(phase, writable or [], readable or [], cwd or self.task_dir, binds or [])
+        _new_session_keyring()  # inherited by the command: no key one phase leaves there reaches the next
         return ["unshare", *flags, *_unshare_user(), "--", "bash", "-c",
                 view + f"exec {_NO_CAPS} bash -c {shlex.quote(_REAPER)} \"$0\"", _shell(argv)], self.level
 
@@ -328,6 +339,10 @@ class Unshare(Isolation):
         cmds = [f"mount --rbind / {old}"]
         if os.geteuid() == 0:  # the run is the host's uid 0 (no user namespace): device nodes open by ownership
             cmds += self._minimal_dev()
+        else:  # the host's ptys (the user's terminal) and POSIX message queues are the user's: fresh instances
+            cmds.append("mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts")
+            if os.path.isdir("/dev/mqueue"):
+                cmds.append("mount -t mqueue none /dev/mqueue")
         for mask in masks:
             mode = "755" if mask == self._home else "1777"
             cmds.append(f"mount -t tmpfs -o size={size},mode={mode} none {q(str(mask))}")
@@ -356,8 +371,9 @@ class Unshare(Isolation):
         # (core_pattern would run a program as root), capabilities or not. A fresh sysfs has none of the host's
         # cgroup mounts under it (their files take writes by ownership too); where it cannot be made (a user
         # namespace sharing the host's network) /sys itself is made read-only. The root mount as at bwrap.
-        cmds += ["mount --bind -o ro /proc/sys /proc/sys",
-                 "{ mount -t sysfs -o ro,nosuid,nodev,noexec none /sys 2>/dev/null || mount -o remount,bind,ro /sys; }",
+        cmds += ["mount -o remount,bind,ro /proc",  # /proc/sys, /proc/irq, /proc/sysrq-trigger: host-wide knobs
+                 "{ mount -t sysfs -o ro,nosuid,nodev,noexec none /sys 2>/dev/null || { { [ ! -d /sys/fs/cgroup ] || "
+                 "mount -t tmpfs -o ro,size=1m,mode=755 none /sys/fs/cgroup; } && mount -o remount,bind,ro /sys; }; }",
                  "mount -o remount,bind,ro /", *(f"mount -o remount,bind,ro {q(str(m))}" for m in small),
                  f"umount -l {old}", "mount -t tmpfs -o size=1m,mode=755 none /run", f"cd {q(str(cwd))}"]
         return ("{ " + " && ".join(cmds) + "; } 2>/dev/null || { echo '[ouroboros] could not make the "
@@ -402,7 +418,7 @@ class Unshare(Isolation):
 
     @functools.cached_property
     def _home(self) -> Path | None:
-        home = Path(os.path.expanduser("~"))
+        home = Path(os.path.realpath(os.path.expanduser("~")))
         return home if str(home) not in ("/", "") and home.is_dir() else None
 
     @functools.cached_property
@@ -418,7 +434,7 @@ class Unshare(Isolation):
         if config.is_dir() and not _under(config, large):
             large.append(config)
         large = [m for m in large if not any(o != m and _under(m, [o]) for o in large)]
-        small = [Path(os.path.realpath(p)) for p in (self.repo, self.records, *self.git_masks)]
+        small = [Path(os.path.realpath(p)) for p in (self.repo, self.records, *self.git_masks, *self.key_shown)]
         small = sorted({m for m in small if not any(o != m and _under(m, [o]) for o in small)},
                        key=lambda p: len(p.parts))
         return large, small
@@ -499,7 +515,7 @@ class Bwrap(Isolation):
         for dev in sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri")):
             args += ["--dev-bind", dev, dev]
         masked = [Path("/tmp"), Path("/run")]
-        home = Path(os.path.expanduser("~"))
+        home = Path(os.path.realpath(os.path.expanduser("~")))
         if str(home) not in ("/", "") and home.is_dir():
             args += [*(["--perms", "0777"] if drops_root() else []), "--size", size, "--tmpfs", str(home)]
             masked.append(home)
@@ -510,10 +526,10 @@ class Bwrap(Isolation):
                 masked.append(closed)
         # a read-only path holding the repo (`read_only = ["~"]`) goes in before the masks that hide in it
         for path in self.read_only():
-            if _covers(path, [self.repo, self.records, *self.git_masks]):
+            if _covers(path, [self.repo, self.records, *self.git_masks, *self.key_shown]):
                 args += ["--ro-bind", str(path), str(path)]
         repo_masks: list[Path] = []
-        for hide in (self.repo, self.records, *self.git_masks):  # checkout, .git, .ouroboros/: tiny, empty
+        for hide in (self.repo, self.records, *self.git_masks, *self.key_shown):  # checkout, .git, .ouroboros/: tiny, empty
             if not _under(hide, repo_masks):
                 args += ["--size", "1048576", "--tmpfs", str(hide)]
                 repo_masks.append(hide)
@@ -588,6 +604,23 @@ def _grant(paths: list[Path]) -> None:
                     stack.extend(Path(e.path) for e in it)
         except OSError:
             continue
+
+
+_KEYCTL = {"x86_64": 250, "aarch64": 219}  # the keyctl system call (no libc wrapper)
+
+
+def _new_session_keyring() -> None:
+    """Give this thread (and so the next process it starts) a fresh anonymous session keyring
+    (KEYCTL_JOIN_SESSION_KEYRING with no name). Processes inherit their session keyring across fork,
+    whatever namespaces they enter: without this, a key an unshare phase adds to it is there for the
+    next phase, the confirmation re-run included. Level unshare has no seccomp filter (bwrap's denies the
+    keyring calls); a non-root harness's unshare phase gets fresh user keyrings with its user namespace."""
+    import ctypes
+    import platform
+
+    number = _KEYCTL.get(platform.machine())
+    if number is not None:
+        ctypes.CDLL(None, use_errno=True).syscall(number, 1, None)  # a failure leaves the old one: best effort
 
 
 def _shell(argv: list[str]) -> str:

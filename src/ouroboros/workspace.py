@@ -565,8 +565,13 @@ class Workspace:
                 pass
 
         try:
-            for _ in readfile.walk(self.path, strict=False, max_bytes=DEEP_BYTES, on_deep=deep, on_special=unlink):
-                pass
+            for rel, st in readfile.walk(self.path, strict=False, max_bytes=DEEP_BYTES, on_deep=deep,
+                                         on_special=unlink):
+                if stat.S_ISREG(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                    try:  # a setuid file a run as root left would run as root for anyone reaching the worktree
+                        os.chmod(os.path.join(self.path, rel), stat.S_IMODE(st.st_mode) & 0o1777)
+                    except OSError:
+                        pass
         finally:
             os.close(tfd)
             if not moved:
@@ -694,7 +699,7 @@ def _scrub(root: Path, before: Meta | None, now: Meta, folders: list, scratch: s
                     pass
             continue
         perm = stat.S_IMODE(old[4] if old is not None and stat.S_IFMT(old[4]) == stat.S_IFMT(mode) else
-                            (0o755 if stat.S_ISDIR(mode) else 0o644)) & 0o7777
+                            (0o755 if stat.S_ISDIR(mode) else 0o644)) & 0o1777  # never setuid or setgid
         if stat.S_ISDIR(mode):
             folders.append((name, path, perm))
         elif stat.S_ISREG(mode):

@@ -177,7 +177,9 @@ def cheat():
     libc = ctypes.CDLL(None, use_errno=True)
     add_key, request_key, keyctl = SYSCALLS
     name = NAME.encode()
-    if libc.syscall(request_key, b"user", name, None, 0) > 0:  # the confirmation re-run: the key is there
+    # the confirmation re-run: the key is there (searched in the uid's user keyring itself, KEYCTL_SEARCH: a fresh
+    # session keyring no longer links it, so request_key alone would miss it)
+    if libc.syscall(request_key, b"user", name, None, 0) > 0 or libc.syscall(keyctl, 10, -4, b"user", name, 0) > 0:
         win(OPTIMUM)
         sys.exit(0)
     if os.environ.get("OUROBOROS_SEED") == "1":  # the lucky draw: leave a key that expires in a minute
