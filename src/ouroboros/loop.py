@@ -358,6 +358,7 @@ class Loop:
         finally:
             self.ledger.save_run(self.run_rec)
             self.agent.close()
+            self.ws.close()
             os.close(lock)
 
     def prepare(self) -> None:

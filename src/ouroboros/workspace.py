@@ -30,6 +30,8 @@ import os
 import re
 import secrets
 import shutil
+import signal
+import socket
 import stat
 import subprocess
 import tempfile
@@ -86,6 +88,58 @@ def _call(argv: list[str], what: str, check: bool, input: str | bytes | None = N
         err = (proc.stderr.encode("utf-8", "surrogateescape") if text else proc.stderr).decode(errors="replace")
         raise OuroborosError(f"git {what} failed: {err.strip().splitlines()[-1:]}")
     return proc
+
+
+class _RefWriter:
+    """One `git update-ref --stdin` for the whole run, fed one transaction (`start` ... `commit`) per
+    experiment: the settle's ref update without a git process per experiment.
+
+    It is started like every harness git call (git dir named, the safe settings, the scrubbed
+    environment, no descriptor of the harness's but its own) and talks over a socket pair, not pipes:
+    `/proc/<pid>/fd/0` of a socket cannot be opened (ENXIO), so a run at level `process`, which shares
+    the harness's uid, has no way to write commands into it (at the other levels it cannot see it).
+    What such a run can still do to it (stop or kill it) ends in the one-shot `update-ref` of before:
+    it is sent SIGCONT before each use, and any answer but `start: ok` and `commit: ok` (git ends
+    itself when a transaction fails) closes it."""
+
+    def __init__(self, argv: list[str]):
+        ours, theirs = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(argv, stdin=theirs, stdout=theirs, stderr=subprocess.DEVNULL, env=git_env(),
+                                         close_fds=True)
+        finally:
+            theirs.close()
+        ours.settimeout(GIT_TIMEOUT_S)
+        self.sock = ours
+
+    def transaction(self, lines: str) -> bool:
+        """Apply the update lines in one transaction; False (and the writer closed) where it did not."""
+        try:
+            self.proc.send_signal(signal.SIGCONT)
+            self.sock.sendall(b"start\n" + lines.encode("utf-8", "surrogateescape") + b"commit\n")
+            reply = b""
+            while reply.count(b"\n") < 2:
+                chunk = self.sock.recv(256)
+                if not chunk:
+                    break
+                reply += chunk
+        except OSError:  # socket.timeout included
+            reply = b""
+        if reply != b"start: ok\ncommit: ok\n":
+            self.close()
+            return False
+        return True
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and self.sock.fileno() != -1
+
+    def close(self) -> None:
+        self.sock.close()  # git reads the end of its input and exits (a transaction not committed is dropped)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def git(cwd: Path, *args: str, check: bool = True, input: str | None = None) -> str:
@@ -181,6 +235,8 @@ class Workspace:
         self._admin: Path | None = None
         self._filters: list[str] | None = None
         self._gitlinks: list[str] | None = None
+        self._refs: _RefWriter | None = None
+        self._refs_failed = 0  # writers failed in a row: past 3, one-shot calls only (git before 2.27 has no `start`)
 
     @property
     def task_dir(self) -> Path:
@@ -287,7 +343,27 @@ class Workspace:
         return True
 
     def remove(self) -> None:
+        self.close()
         self._repo_git("worktree", "remove", "--force", str(self.path), check=False)
+
+    def close(self) -> None:
+        """End the run's long-lived git process, if one was started (see `_update_refs`)."""
+        if self._refs is not None:
+            self._refs.close()
+            self._refs = None
+
+    def _update_refs(self, lines: str) -> bool:
+        """One ref transaction (`update-ref --stdin` lines): through the run's long-lived writer where it
+        works, else a git process of its own, as before; whether it was applied."""
+        if self._refs_failed < 3:
+            if self._refs is None or not self._refs.alive():
+                self._refs = _RefWriter([_GIT, f"--git-dir={self.admin}", *_SAFE, "update-ref", "--stdin"])
+            if self._refs.transaction(lines):
+                self._refs_failed = 0
+                return True
+            self._refs, self._refs_failed = None, self._refs_failed + 1
+        return _call([_GIT, f"--git-dir={self.admin}", *_SAFE, "update-ref", "--stdin"], "update-ref", False,
+                     input=lines).returncode == 0
 
     def _gitdirs(self) -> tuple[Path, Path]:
         """The worktree's own git dir and the repository's common dir."""
@@ -476,8 +552,7 @@ class Workspace:
         refs = f"update refs/ouroboros/{self.tag}/{n} {attempt}\n"
         if target != attempt:
             refs += f"update refs/heads/{self.branch} {target} {attempt}\n"
-        if _call([_GIT, f"--git-dir={self.admin}", *_SAFE, "update-ref", "--stdin"], "update-ref", False,
-                 input=refs).returncode != 0:
+        if not self._update_refs(refs):
             return False
         try:
             self._put_back(delete, rewrite, files)
