@@ -200,6 +200,7 @@ class Loop:
     _remake = True  # scrub re-makes folders; not while an agent-driven session's agent lives in the worktree
     _watched: int | None = None  # the worktree's size (sandbox.du) for the next run phase, from that snapshot
     _files: dict[str, dict[str, tuple[bytes, int]]] | None = None
+    _as_head: tuple | None = None  # (metadata, index key, HEAD) right after the worktree was made exactly HEAD
 
     def __init__(self, task: Task, options: Options, agent: Agent | None = None,
                  on_experiment: Callable[[Experiment, Experiment], None] | None = None):
@@ -486,6 +487,9 @@ class Loop:
         agent edited the files itself and called `ouroboros exp`), and the agent is not asked.
         """
         n = max(e.n for e in self.history) + 1
+        exact, self._as_head = self._as_head, None
+        if proposal is not None or not self.settle_fast:
+            exact = None
         best = self._parent(n) if proposal is None else self.best
         self._remake = proposal is None
         ctx = self._context(n, best)
@@ -506,7 +510,10 @@ class Loop:
                          tokens_in=proposal.tokens_in, tokens_out=proposal.tokens_out, cost_usd=proposal.cost_usd,
                          params=proposal.params, agent_s=time.monotonic() - start)
         self.ws.remove_specials()  # before any git call: git would block on a FIFO named .gitattributes
+        if exact is not None and exact[2] == best.commit_sha:  # what git status says, read without it where it can be
+            self.ws.exact = (exact[0], exact[1], self._files_of(best.commit_sha).get)
         violations = self.guard.check(best.commit_sha)  # also after a failed agent: it lists what must not reach git
+        self.ws.exact = None
         if failure:
             violations = []
         changes = self.guard.changes if not failure else self.ws.changes()
@@ -808,6 +815,7 @@ class Loop:
             self._exact(best.commit_sha if exp.status != Verdict.KEEP and best is not None else exp.commit_sha)
         self.ws.empty_gitlinks()  # git never looks inside a submodule's folder
         self._meta = scrub(self.ws.path, None, self._remake)  # nor what it left in metadata: everything made anew
+        self._as_head = (self._meta, self.ws.index_key(), self.ws.head())  # the next proposal starts from here
         self._dirty = False
         if best is not None:
             self.agent.observe(exp)

@@ -236,6 +236,7 @@ class Workspace:
         self._filters: list[str] | None = None
         self._gitlinks: list[str] | None = None
         self._refs: _RefWriter | None = None
+        self.exact: tuple[Meta, tuple[int, ...] | None, Callable[[str], tuple[bytes, int] | None]] | None = None
         self._refs_failed = 0  # writers failed in a row: past 3, one-shot calls only (git before 2.27 has no `start`)
 
     @property
@@ -394,11 +395,29 @@ class Workspace:
             pass
         return self.git("rev-parse", "HEAD").strip()
 
+    def index_key(self) -> tuple[int, ...] | None:
+        """The worktree index's identity and change time: any write to it (git's or anyone's) moves them."""
+        try:
+            st = os.lstat(self.admin / "index")
+        except OSError:
+            return None
+        return (st.st_mode, st.st_ino, st.st_ctime_ns, st.st_size)
+
     def changes(self) -> list[Change]:
         """Every path that differs from HEAD, untracked and ignored files included.
 
         Ignored files count: a proposal could otherwise hide a start-up hook behind .gitignore.
+
+        Where the caller has set `exact` = (metadata, index key, committed) (the loop does, right after it
+        made the worktree exactly HEAD and scrubbed it: `meta(self.path)` then, `index_key()` then, and
+        task-relative path -> (bytes, git mode) of HEAD's files it holds), it is used once and the answer
+        comes without git where that is provably git's answer (`_changes_known`); else git status is asked.
         """
+        known, self.exact = self.exact, None
+        if known is not None:
+            found = self._changes_known(*known)
+            if found is not None:
+                return found
         out = self.git("status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignored=matching",
                        "--no-renames")
         prefix = self.prefix
@@ -413,6 +432,43 @@ class Workspace:
                 path = "../" + path  # outside the task folder: never editable
             changes.append(Change(entry[:2], path))
         return changes
+
+    def _changes_known(self, before: Meta, index: tuple[int, ...] | None,
+                       committed: Callable[[str], tuple[bytes, int] | None]) -> list[Change] | None:
+        """What `git status` would list, read from the worktree alone, or None where that is not certain.
+
+        Certain when, since `before` (the worktree then exactly HEAD, and the index HEAD's tree): the index
+        was not written (its key unmoved), no attributes apply (git would convert bytes), the worktree
+        holds the same entries of the same kinds (no new, deleted or retyped entry: nothing untracked or
+        ignored, nothing deleted), and every entry whose inode or change time moved (no process can set a
+        change time back) is a folder (git lists none) or a regular file of HEAD whose bytes the caller
+        holds, with HEAD's executable bit (a mode change is git's to judge, core.fileMode). Then git
+        lists exactly those files whose bytes differ from HEAD's, as " M". The `.git` file is the guard's."""
+        if index is None or self.index_key() != index or self.attributes_apply(before):
+            return None
+        now = meta(self.path)
+        if now.keys() != before.keys():
+            return None
+        prefix, out = self.prefix, []
+        for name, key in now.items():
+            old = before[name]
+            if (old[0] == key[0] and old[1] == key[1]) or name in ("", ".git"):
+                continue
+            if stat.S_IFMT(old[4]) != stat.S_IFMT(key[4]):
+                return None
+            if stat.S_ISDIR(key[4]):
+                continue
+            if not stat.S_ISREG(key[4]) or not name.startswith(prefix):
+                return None
+            held = committed(name[len(prefix):])
+            if held is None or bool(key[4] & 0o100) != (held[1] == 0o100755):
+                return None
+            data = read_regular_bytes(os.path.join(self.path, name), len(held[0]) + 1)
+            if data is None:
+                return None
+            if data != held[0]:
+                out.append(Change(" M", name[len(prefix):]))
+        return sorted(out, key=lambda c: os.fsencode(c.path))
 
     def commit(self, message: str, n: int, untracked: bool = True, pin: bool = True,
                only: list[str] | None = None) -> str:
