@@ -815,7 +815,8 @@ class Loop:
             self._exact(best.commit_sha if exp.status != Verdict.KEEP and best is not None else exp.commit_sha)
         self.ws.empty_gitlinks()  # git never looks inside a submodule's folder
         self._meta = scrub(self.ws.path, None, self._remake)  # nor what it left in metadata: everything made anew
-        self._as_head = (self._meta, self.ws.index_key(), self.ws.head())  # the next proposal starts from here
+        if self.settle_fast:  # the next proposal starts from here (Workspace._changes_known)
+            self._as_head = (self._meta, self.ws.index_key(), self.ws.head())
         self._dirty = False
         if best is not None:
             self.agent.observe(exp)

@@ -16,6 +16,11 @@ Protects against git being steered by what a proposal or a run wrote (attacked i
   commit's own;
 - secrets: git runs with the scrubbed environment of experiments, and no GIT_* variable of the
   caller's.
+- commands written into the run's one long-lived git process (`update-ref --stdin`, which settles
+  each experiment's refs): it talks over a socket pair, whose /proc/<pid>/fd entries cannot be
+  opened, gets SIGCONT before each use, and any answer but its own falls back to a one-shot call;
+- a change hidden from the guard where `changes` reads the worktree instead of asking git: only
+  where that is provably git's answer (`_changes_known`: inode change times cannot be set back).
 
 Does not protect against: a user's repository config that is itself hostile (it is trusted), or
 what a replay agent's own `git apply` does (agents/replay.py, run in the worktree at proposal time).
