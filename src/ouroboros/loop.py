@@ -429,7 +429,12 @@ class Loop:
         env = sandbox.scrubbed_env({"OUROBOROS_CACHE": str(isolation.cache_dir()), **extra}, venv=venv,
                                    allow=self.task.bound.env)
         ledger, tag = getattr(self, "ledger", None), getattr(self, "tag", None)
-        return sandbox.marked(env, ledger.run_dir(tag)) if ledger is not None and tag else env
+        if ledger is None or not tag:
+            return env
+        mark = self.__dict__.get("_mark")
+        if mark is None or mark[0] != tag:  # the run's mark is the same for all its experiments: made once
+            mark = self.__dict__["_mark"] = (tag, sandbox.run_mark(ledger.run_dir(tag)))
+        return {**env, sandbox.MARK: mark[1]}
 
     def interpreter(self) -> str:
         """Which Python experiments run with, in words (the run header says it)."""
