@@ -140,6 +140,7 @@ class _RefWriter:
 
     def close(self) -> None:
         self.sock.close()  # git reads the end of its input and exits (a transaction not committed is dropped)
+        self.proc.send_signal(signal.SIGCONT)  # a stopped one too
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
