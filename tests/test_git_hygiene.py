@@ -3,7 +3,9 @@ and a long run packs its attempt refs and objects as it goes (workspace.maintain
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -73,14 +75,18 @@ class _Scripted(Agent):
 
 
 def _counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The git processes the harness starts, by subcommand (one-shot calls and long-lived ones alike)."""
     calls: list[str] = []
-    real = workspace._call
+    real = subprocess.Popen
 
-    def spy(argv, what, check, input=None, text=True, index=None):
-        calls.append(next(a for a in argv[1:] if not a.startswith("-") and "=" not in a))
-        return real(argv, what, check, input=input, text=text, index=index)
+    class Spy(real):  # type: ignore[misc, valid-type]
+        def __init__(self, argv, *args, **kwargs):
+            if str(argv[0]) == workspace._GIT:  # the harness's calls (a test's own say "git")
+                calls.append(next(a for a in argv[1:] if not a.startswith("-") and "=" not in a) +
+                             (" --stdin" if argv[-1] == "--stdin" else ""))
+            super().__init__(argv, *args, **kwargs)
 
-    monkeypatch.setattr(workspace, "_call", spy)
+    monkeypatch.setattr(subprocess, "Popen", Spy)
     return calls
 
 
@@ -110,7 +116,7 @@ def _worktree_is(loop: Loop, commit: str) -> None:
 RATES = [0.005, 0.0005, 0.02, 0.004, 0.0001, 0.3, 0.006, 0.0009]  # keeps and discards
 
 
-def test_a_common_experiment_starts_three_git_processes(quadratic: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_common_experiment_starts_one_git_process(quadratic: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _counting(monkeypatch)
     loop = Loop(load_task(quadratic), Options(agent="scripted", tag="g", max_experiments=len(RATES)),
                 agent=_Scripted(RATES))
@@ -118,7 +124,10 @@ def test_a_common_experiment_starts_three_git_processes(quadratic: Path, monkeyp
     loop.run()
     statuses = {e.status for e in loop.finished[1:]}
     assert statuses == {Verdict.KEEP, Verdict.DISCARD}, statuses
-    assert [sorted(s) for s in spans] == [["commit", "status", "update-ref"]] * len(RATES)
+    # the commit; what changed is read from the worktree (Workspace._changes_known), and the refs of every
+    # experiment go through one update-ref the run starts once
+    assert [sorted(s) for s in spans] == [["commit", "update-ref --stdin"]] + [["commit"]] * (len(RATES) - 1)
+    assert loop.ws._refs is None  # ended with the run
     _worktree_is(loop, loop.best.commit_sha)
     refs = subprocess.run(["git", "for-each-ref", "--format=%(refname:lstrip=3) %(objectname)", "refs/ouroboros/g/"],
                           cwd=quadratic, capture_output=True, text=True, check=True).stdout.split("\n")
@@ -129,6 +138,84 @@ def test_a_common_experiment_starts_three_git_processes(quadratic: Path, monkeyp
         git_diff = subprocess.run(["git", "diff", "--full-index", e.parent, e.commit_sha], cwd=quadratic,
                                   capture_output=True, text=True, check=True).stdout
         assert patch == git_diff
+
+
+def test_the_run_s_ref_writer_cannot_be_written_to_and_a_killed_one_is_replaced(
+        quadratic: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _counting(monkeypatch)
+    rates = RATES[:4]
+    loop = Loop(load_task(quadratic), Options(agent="scripted", tag="k", max_experiments=len(rates)),
+                agent=_Scripted(rates))
+    seen: list[int] = []
+    real = loop._record
+
+    def record(exp, best):
+        real(exp, best)
+        writer = loop.ws._refs
+        if writer is None:
+            return
+        for mode in (os.O_WRONLY, os.O_RDONLY):  # what a run at level process could try: it shares the uid
+            with pytest.raises(OSError):
+                os.close(os.open(f"/proc/{writer.proc.pid}/fd/0", mode))
+        if exp.n in (1, 3):  # a run that kills it, or stops it: the next experiment's refs are still written
+            seen.append(writer.proc.pid)
+            writer.proc.kill() if exp.n == 1 else writer.proc.send_signal(signal.SIGSTOP)
+
+    loop._record = record  # type: ignore[method-assign]
+    loop.run()
+    # one writer, and a second after the first was killed; the stopped one goes on
+    assert calls.count("update-ref --stdin") == 2
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname:lstrip=3) %(objectname)", "refs/ouroboros/k/"],
+                          cwd=quadratic, capture_output=True, text=True, check=True).stdout.split("\n")
+    assert dict(r.split() for r in refs if r) == {str(e.n): e.commit_sha for e in loop.finished}
+    _worktree_is(loop, loop.best.commit_sha)
+
+
+def _write(path: Path, data: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(data)
+    tmp.replace(path)  # an editor's save: a new inode
+
+
+CHANGES = {  # what a proposal does -> whether git status can be left out
+    "edit": (lambda wt: (wt / "train.py").write_text((wt / "train.py").read_text() + "X = 1\n"), True),
+    "edit by rename": (lambda wt: _write(wt / "train.py", (wt / "train.py").read_text() + "X = 1\n"), True),
+    "same bytes anew": (lambda wt: _write(wt / "train.py", (wt / "train.py").read_text()), True),
+    "touched": (lambda wt: os.utime(wt / "train.py", (1, 1)), True),
+    "mode without x": (lambda wt: os.chmod(wt / "train.py", 0o600), True),
+    "executable": (lambda wt: os.chmod(wt / "train.py", 0o755), False),
+    "edit and executable": (lambda wt: (CHANGES["edit"][0](wt), os.chmod(wt / "train.py", 0o755)), False),
+    "new file": (lambda wt: (wt / "notes.txt").write_text("x"), False),
+    "new folder": (lambda wt: (wt / "sub").mkdir(), False),
+    "ignored file": (lambda wt: ((wt / ".gitignore").write_text("*.log\n"), (wt / "a.log").write_text("x")), False),
+    "deleted": (lambda wt: (wt / "train.py").unlink(), False),
+    "a link instead": (lambda wt: ((wt / "train.py").unlink(), (wt / "train.py").symlink_to("evaluate.py")), False),
+    "protected edited": (lambda wt: (wt / "evaluate.py").write_text("print(1)\n"), False),
+    "protected same bytes anew": (lambda wt: _write(wt / "evaluate.py", (wt / "evaluate.py").read_text()), False),
+    "attributes": (lambda wt: (wt / ".gitattributes").write_text("*.py text eol=crlf\n"), False),
+    "staged": (lambda wt: (CHANGES["edit"][0](wt), subprocess.run(["git", "add", "train.py"], cwd=wt, check=True)),
+               False),
+    "hardlinked away": (lambda wt: os.link(wt / "train.py", wt.parent / "away.py"), True),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_what_changed_is_read_without_git_only_where_it_is_what_git_says(quadratic: Path, change: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = Loop(load_task(quadratic), Options(agent="scripted", tag="c", max_experiments=0), agent=_Scripted([]))
+    loop.run()  # the baseline: the worktree made exactly HEAD, as before every proposal
+    assert loop._as_head is not None and loop._as_head[2] == loop.best.commit_sha
+    wt = loop.ws.task_dir
+    make, fast = CHANGES[change]
+    make(wt)
+    known = (loop._as_head[0], loop._as_head[1], loop._files_of(loop.best.commit_sha).get)
+    calls = _counting(monkeypatch)
+    loop.ws.exact = known
+    without = [(c.status, c.path) for c in loop.ws.changes()]
+    assert calls == ([] if fast else ["status"])
+    assert loop.ws.exact is None  # used once
+    with_git = [(c.status, c.path) for c in loop.ws.changes()]
+    assert calls[-1] == "status" and without == with_git
 
 
 RUN_WRITES = '''
@@ -155,7 +242,8 @@ def test_what_a_run_writes_is_undone_after_a_keep_and_after_a_discard(quadratic:
     spans = _per_step(loop, calls)
     loop.run()
     assert {s for s, _ in seen[1:]} == {Verdict.KEEP, Verdict.DISCARD}
-    assert all(len(s) == (3 if not mkdir else 5) for s in spans), spans  # + reset and clean for a folder
+    # status and commit (and once, the run's update-ref); with a new folder, pin, reset and clean with git
+    assert [len(s) for s in spans] == ([3, 2, 2, 2] if not mkdir else [5] * 4), spans
     kept = subprocess.run(["git", "show", f"{loop.best.commit_sha}:train.py"], cwd=quadratic, capture_output=True,
                           text=True, check=True).stdout
     assert "\n# the run rewrote me\n" not in kept and (loop.ws.task_dir / "train.py").read_text() == kept

@@ -274,3 +274,18 @@ def test_unshare_masks_a_key_folder_holding_the_records_and_the_run_still_works(
                         "echo ok > made.txt && echo wrote")
     assert rc == 0 and "wrote" in out, out
     assert secret not in out.replace("\n", ""), out
+
+
+def test_bwrap_args_get_a_dir_before_each_mount_whose_parent_lies_inside_a_tmpfs() -> None:
+    args = ["--ro-bind", "/", "/", "--size", "5", "--tmpfs", "/tmp", "--bind", "/tmp/a/b", "/tmp/a/b",
+            "--ro-bind", "/tmp/c", "/tmp/c", "--perms", "0777", "--tmpfs", "/tmp/a/b/", "--bind", "/x/y", "/tmp/a/b/d",
+            "--ro-bind", "/usr", "/usr", "--bind", "/tmp", "/tmp//e/", "--chdir", "/tmp/a", "--", "bash"]
+    assert isolation._open_parents(args) == [
+        "--ro-bind", "/", "/", "--size", "5", "--tmpfs", "/tmp",
+        "--dir", "/tmp/a", "--bind", "/tmp/a/b", "/tmp/a/b",  # its parent inside /tmp: made 0755, not 0700
+        "--ro-bind", "/tmp/c", "/tmp/c",  # its parent is the tmpfs itself
+        "--dir", "/tmp/a", "--perms", "0777", "--tmpfs", "/tmp/a/b/",  # --perms stays right before its op
+        "--bind", "/x/y", "/tmp/a/b/d",  # its parent is a tmpfs (written with a trailing slash)
+        "--ro-bind", "/usr", "/usr",
+        "--bind", "/tmp", "/tmp//e/",  # /tmp/e: its parent is /tmp
+        "--chdir", "/tmp/a", "--", "bash"]

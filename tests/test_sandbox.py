@@ -88,6 +88,35 @@ def test_a_file_above_the_artifact_limit_cannot_be_written(tmp_path):
     assert (tmp_path / "big.bin").stat().st_size <= 5 * 2**20
 
 
+@pytest.mark.parametrize("startup", ["", "BASH_ENV", "BASH_FUNC_ulimit%%"])
+def test_a_plain_bash_command_has_its_limits_hard_before_anything_of_it_runs(tmp_path, monkeypatch, startup):
+    started: list[str] = []
+    real = subprocess.Popen
+
+    class Spy(real):  # type: ignore[misc, valid-type]
+        def __init__(self, argv, *args, **kwargs):
+            started.append(os.path.basename(argv[0]))
+            super().__init__(argv, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", Spy)
+    env = sandbox.scrubbed_env()
+    (tmp_path / "startup.sh").write_text("ulimit -f unlimited; ulimit -H -f > startup.txt\n")
+    if startup == "BASH_ENV":  # read by bash before the command's first line: then prlimit sets the limits first
+        env["BASH_ENV"] = str(tmp_path / "startup.sh")
+    elif startup:  # an exported function named ulimit would replace the builtin
+        env[startup] = "() { :; }"
+    command = ("builtin ulimit -f unlimited; builtin ulimit -S -f > soft.txt; builtin ulimit -H -f > hard.txt; "
+               "head -c 3000000 /dev/zero > big")
+    outcome = sandbox.run(["bash", "-c", command], tmp_path, 5.0, 0.5, tmp_path / "run.log", env=env,
+                          max_artifact_mb=1, max_log_mb=1)
+    limit = str(2 * 2**20 // 1024)  # KiB: max(max_artifact_mb, the log cap + 1 MiB)
+    assert (tmp_path / "soft.txt").read_text().split() == [limit] == (tmp_path / "hard.txt").read_text().split()
+    assert not outcome.ok and (tmp_path / "big").stat().st_size == 2 * 2**20
+    if startup == "BASH_ENV":
+        assert (tmp_path / "startup.txt").read_text().split() == [limit]
+    assert started == (["bash"] if not startup or sandbox._PRLIMIT is None else ["prlimit"])
+
+
 def test_many_small_files_hit_the_artifact_limit(tmp_path):
     code = ("import os, time\nos.mkdir('junk')\n"
             "for i in range(30):\n    open(f'junk/{i}', 'wb').write(os.urandom(2**20))\n    time.sleep(0.01)\n"

@@ -81,6 +81,9 @@ class Export:
     def empty_gitlinks(self) -> None:
         """A fresh export holds no submodule's files."""
 
+    def close(self) -> None:
+        """Nothing to end: an export starts no long-lived git process."""
+
     def attributes_apply(self, entries) -> bool:
         """Every re-run starts from a fresh export, so nothing git's conversions hide outlives one."""
         return False

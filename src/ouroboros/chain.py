@@ -99,7 +99,12 @@ def _mac(k: bytes, prev: str, seq: int, kind: str, tag: str, n: int, dig: str) -
 
 
 def _head_file(ledger: Ledger) -> Path:
-    ident = hashlib.sha256(str((ledger.records / "ledger.sqlite").resolve()).encode()).hexdigest()[:24]
+    # The ledger's identity is its resolved path, taken once per open ledger (twice an experiment otherwise:
+    # a resolve is an lstat per path component).
+    ident = ledger.__dict__.get("_head_ident")
+    if ident is None:
+        ident = hashlib.sha256(str((ledger.records / "ledger.sqlite").resolve()).encode()).hexdigest()[:24]
+        ledger.__dict__["_head_ident"] = ident
     return config_dir() / "heads" / ident
 
 

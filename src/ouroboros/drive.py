@@ -324,6 +324,7 @@ def exp(message: str, task_dir: Path | None = None, tag: str | None = None,
             result = loop.step(Proposal(" ".join(message.split()), model=model, session=session))
             bound_notes(run_dir / NOTES_FILE, task.agent.notes_max_chars)
         finally:
+            loop.ws.close()
             loop.ledger.close()
     console.print(verdict_line(task, result, loop), soft_wrap=True, markup=False)  # agent text: data
     return 0, result

@@ -60,6 +60,7 @@ from __future__ import annotations
 import functools
 import glob
 import os
+import posixpath
 import shlex
 import shutil
 import site
@@ -67,7 +68,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ouroboros import syscall_filter
 from ouroboros.errors import OuroborosError
@@ -560,7 +561,7 @@ def _open_parents(args: list[str]) -> list[str]:
     missing parents of a bind 0700 and root's, which NOBODY could not cross (`--dir` makes them 0755)."""
     out: list[str] = []
     pending: list[str] = []  # --size and --perms: they apply to the next op, so they stay right before it
-    tmpfs: list[Path] = []
+    tmpfs: list[str] = []  # as "/a/b/": strings, not Paths (a hundred mounts, twice an experiment)
     i = 0
     while i < len(args):
         op = args[i]
@@ -570,11 +571,12 @@ def _open_parents(args: list[str]) -> list[str]:
             i += 2
             continue
         if op in _MOUNTS:
-            dest = Path(args[i + n])
-            if _under(dest.parent, tmpfs) and dest.parent not in tmpfs:
-                out += ["--dir", str(dest.parent)]
+            dest = str(PurePosixPath(args[i + n]))  # normalized as Path normalizes it
+            parent = posixpath.dirname(dest)
+            if parent.startswith(tuple(tmpfs)) and parent.rstrip("/") + "/" not in tmpfs:  # strictly inside one
+                out += ["--dir", parent]
             if op == "--tmpfs":
-                tmpfs.append(dest)
+                tmpfs.append(dest.rstrip("/") + "/")
         out += [*pending, *args[i:i + n + 1]]
         pending = []
         i += n + 1

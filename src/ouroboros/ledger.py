@@ -40,7 +40,7 @@ import os
 import re
 import sqlite3
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -258,7 +258,9 @@ _JSON = {"metrics", "params", "config"}
 def _encode(obj: Any) -> dict[str, Any]:
     """A record as a row; text that is not valid UTF-8 (lone surrogates, from a path or an evaluator's JSON)
     replaced, since sqlite could not store it and no reader could print it."""
-    return {k: _storable(json.dumps(v, ensure_ascii=False) if k in _JSON else v) for k, v in asdict(obj).items()}
+    # The fields' own values, not asdict's deep copy: the JSON ones are serialized here, the rest are scalars.
+    return {f.name: _storable(json.dumps(v, ensure_ascii=False) if f.name in _JSON else v)
+            for f in fields(obj) for v in (getattr(obj, f.name),)}
 
 
 def _storable(v: Any) -> Any:

@@ -200,6 +200,7 @@ class Loop:
     _remake = True  # scrub re-makes folders; not while an agent-driven session's agent lives in the worktree
     _watched: int | None = None  # the worktree's size (sandbox.du) for the next run phase, from that snapshot
     _files: dict[str, dict[str, tuple[bytes, int]]] | None = None
+    _as_head: tuple | None = None  # (metadata, index key, HEAD) right after the worktree was made exactly HEAD
 
     def __init__(self, task: Task, options: Options, agent: Agent | None = None,
                  on_experiment: Callable[[Experiment, Experiment], None] | None = None):
@@ -358,6 +359,7 @@ class Loop:
         finally:
             self.ledger.save_run(self.run_rec)
             self.agent.close()
+            self.ws.close()
             os.close(lock)
 
     def prepare(self) -> None:
@@ -427,7 +429,12 @@ class Loop:
         env = sandbox.scrubbed_env({"OUROBOROS_CACHE": str(isolation.cache_dir()), **extra}, venv=venv,
                                    allow=self.task.bound.env)
         ledger, tag = getattr(self, "ledger", None), getattr(self, "tag", None)
-        return sandbox.marked(env, ledger.run_dir(tag)) if ledger is not None and tag else env
+        if ledger is None or not tag:
+            return env
+        mark = self.__dict__.get("_mark")
+        if mark is None or mark[0] != tag:  # the run's mark is the same for all its experiments: made once
+            mark = self.__dict__["_mark"] = (tag, sandbox.run_mark(ledger.run_dir(tag)))
+        return {**env, sandbox.MARK: mark[1]}
 
     def interpreter(self) -> str:
         """Which Python experiments run with, in words (the run header says it)."""
@@ -485,6 +492,9 @@ class Loop:
         agent edited the files itself and called `ouroboros exp`), and the agent is not asked.
         """
         n = max(e.n for e in self.history) + 1
+        exact, self._as_head = self._as_head, None
+        if proposal is not None or not self.settle_fast:
+            exact = None
         best = self._parent(n) if proposal is None else self.best
         self._remake = proposal is None
         ctx = self._context(n, best)
@@ -505,7 +515,10 @@ class Loop:
                          tokens_in=proposal.tokens_in, tokens_out=proposal.tokens_out, cost_usd=proposal.cost_usd,
                          params=proposal.params, agent_s=time.monotonic() - start)
         self.ws.remove_specials()  # before any git call: git would block on a FIFO named .gitattributes
+        if exact is not None and exact[2] == best.commit_sha:  # what git status says, read without it where it can be
+            self.ws.exact = (exact[0], exact[1], self._files_of(best.commit_sha).get)
         violations = self.guard.check(best.commit_sha)  # also after a failed agent: it lists what must not reach git
+        self.ws.exact = None
         if failure:
             violations = []
         changes = self.guard.changes if not failure else self.ws.changes()
@@ -807,6 +820,8 @@ class Loop:
             self._exact(best.commit_sha if exp.status != Verdict.KEEP and best is not None else exp.commit_sha)
         self.ws.empty_gitlinks()  # git never looks inside a submodule's folder
         self._meta = scrub(self.ws.path, None, self._remake)  # nor what it left in metadata: everything made anew
+        if self.settle_fast:  # the next proposal starts from here (Workspace._changes_known)
+            self._as_head = (self._meta, self.ws.index_key(), self.ws.head())
         self._dirty = False
         if best is not None:
             self.agent.observe(exp)

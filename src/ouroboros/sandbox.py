@@ -13,9 +13,9 @@ Protects against:
 - a memory hog: RSS of the whole tree above `memory_mb` (polled) ends the run; on CPU-only machines
   RLIMIT_AS (2 x memory_mb + 4 GiB per process) stops a single huge allocation between polls
   (never with CUDA, whose address-space reservations it breaks);
-- filling the disk: RLIMIT_FSIZE (set by prlimit before the command starts) caps every file at
-  `max_artifact_mb`, and growth of the watched folder (the worktree, the evaluation folder, the
-  agent's artifacts) beyond `max_artifact_mb` (polled, and once more when the command ends; every
+- filling the disk: RLIMIT_FSIZE (set before the command starts: by bash's ulimit for a plain `bash -c`,
+  else by prlimit) caps every file at `max_artifact_mb`, and growth of the watched folder (the worktree,
+  the evaluation folder, the agent's artifacts) beyond `max_artifact_mb` (polled, and once more when the command ends; every
   entry counts, a `.git` at any depth too, and at least 512 bytes, so empty files cannot add up to
   any number of inodes) fails the run; output beyond the log cap ends the run and the log is truncated to the cap;
 - secrets leaking into experiments: the environment is an allowlist (locale, paths, CUDA_*, OMP_*..., proxies
@@ -445,6 +445,29 @@ def _with_limits(argv: list[str], fsize: int | None, address_space: int | None) 
 
 _PRLIMIT = shutil.which("prlimit")
 
+# What bash reads or runs before the first line of a `bash -c` command: with any of them in the environment the
+# limits are set by prlimit before bash starts, as for every other command.
+_SHELL_STARTUP = {"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "POSIXLY_CORRECT"}
+
+
+def _limits_in_shell(argv: list[str], fsize: int | None, address_space: int | None,
+                     env: dict[str, str] | None) -> tuple[list[str], int | None, int | None]:
+    """A plain `bash -c COMMAND` (level process) with the limits set by bash's own `ulimit` on the line
+    before COMMAND instead of by prlimit: the same soft and hard limits, set before anything of the command
+    runs, one process image fewer per phase (prlimit's exec and start). Only where nothing runs before that
+    line: no startup file (BASH_ENV), no shell options and no exported function from the environment (a
+    function named `ulimit` would replace the builtin); otherwise, and for any other argv (a wrapper such
+    as bwrap), the limits are left to `_with_limits`. A limit bash cannot set ends the run (exit 126)
+    before the command, as prlimit's failure does. Returns (argv, fsize, address_space) for _with_limits."""
+    if (fsize is None and address_space is None) or len(argv) != 3 or argv[:2] != ["bash", "-c"]:
+        return argv, fsize, address_space
+    names = os.environ if env is None else env
+    if any(k in _SHELL_STARTUP or k.startswith("BASH_FUNC_") for k in names):
+        return argv, fsize, address_space
+    limits = (f" -f {fsize // 1024}" if fsize is not None else "") + \
+        (f" -v {address_space // 1024}" if address_space is not None else "")  # both in KiB in bash
+    return ["bash", "-c", f"ulimit{limits} || exit 126\n{argv[2]}"], None, None
+
 
 def tail_text(log: Path, size: int = 64_000) -> str:
     """The last `size` bytes of a log, decoded: logs can be large, their ends are what matter."""
@@ -484,6 +507,7 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
     artifact_cap = int(max_artifact_mb * 2**20) if max_artifact_mb is not None else None
     fsize = max(artifact_cap, cap + 2**20) if artifact_cap is not None else None
     address_space = (2 * memory_mb + 4096) * 2**20 if memory_mb is not None and not gpu else None
+    argv, fsize, address_space = _limits_in_shell(argv, fsize, address_space, env)
     if watched is None:
         watched = du(watch) if watch is not None and artifact_cap is not None else 0
     next_du = 0.25  # the size was just read: the next scan is due 0.25 s on, as every later one

@@ -16,6 +16,11 @@ Protects against git being steered by what a proposal or a run wrote (attacked i
   commit's own;
 - secrets: git runs with the scrubbed environment of experiments, and no GIT_* variable of the
   caller's.
+- commands written into the run's one long-lived git process (`update-ref --stdin`, which settles
+  each experiment's refs): it talks over a socket pair, whose /proc/<pid>/fd entries cannot be
+  opened, gets SIGCONT before each use, and any answer but its own falls back to a one-shot call;
+- a change hidden from the guard where `changes` reads the worktree instead of asking git: only
+  where that is provably git's answer (`_changes_known`: inode change times cannot be set back).
 
 Does not protect against: a user's repository config that is itself hostile (it is trusted), or
 what a replay agent's own `git apply` does (agents/replay.py, run in the worktree at proposal time).
@@ -30,6 +35,8 @@ import os
 import re
 import secrets
 import shutil
+import signal
+import socket
 import stat
 import subprocess
 import tempfile
@@ -86,6 +93,59 @@ def _call(argv: list[str], what: str, check: bool, input: str | bytes | None = N
         err = (proc.stderr.encode("utf-8", "surrogateescape") if text else proc.stderr).decode(errors="replace")
         raise OuroborosError(f"git {what} failed: {err.strip().splitlines()[-1:]}")
     return proc
+
+
+class _RefWriter:
+    """One `git update-ref --stdin` for the whole run, fed one transaction (`start` ... `commit`) per
+    experiment: the settle's ref update without a git process per experiment.
+
+    It is started like every harness git call (git dir named, the safe settings, the scrubbed
+    environment, no descriptor of the harness's but its own) and talks over a socket pair, not pipes:
+    `/proc/<pid>/fd/0` of a socket cannot be opened (ENXIO), so a run at level `process`, which shares
+    the harness's uid, has no way to write commands into it (at the other levels it cannot see it).
+    What such a run can still do to it (stop or kill it) ends in the one-shot `update-ref` of before:
+    it is sent SIGCONT before each use, and any answer but `start: ok` and `commit: ok` (git ends
+    itself when a transaction fails) closes it."""
+
+    def __init__(self, argv: list[str]):
+        ours, theirs = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(argv, stdin=theirs, stdout=theirs, stderr=subprocess.DEVNULL, env=git_env(),
+                                         close_fds=True)
+        finally:
+            theirs.close()
+        ours.settimeout(GIT_TIMEOUT_S)
+        self.sock = ours
+
+    def transaction(self, lines: str) -> bool:
+        """Apply the update lines in one transaction; False (and the writer closed) where it did not."""
+        try:
+            self.proc.send_signal(signal.SIGCONT)
+            self.sock.sendall(b"start\n" + lines.encode("utf-8", "surrogateescape") + b"commit\n")
+            reply = b""
+            while reply.count(b"\n") < 2:
+                chunk = self.sock.recv(256)
+                if not chunk:
+                    break
+                reply += chunk
+        except OSError:  # socket.timeout included
+            reply = b""
+        if reply != b"start: ok\ncommit: ok\n":
+            self.close()
+            return False
+        return True
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and self.sock.fileno() != -1
+
+    def close(self) -> None:
+        self.sock.close()  # git reads the end of its input and exits (a transaction not committed is dropped)
+        self.proc.send_signal(signal.SIGCONT)  # a stopped one too
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def git(cwd: Path, *args: str, check: bool = True, input: str | None = None) -> str:
@@ -181,6 +241,9 @@ class Workspace:
         self._admin: Path | None = None
         self._filters: list[str] | None = None
         self._gitlinks: list[str] | None = None
+        self._refs: _RefWriter | None = None
+        self.exact: tuple[Meta, tuple[int, ...] | None, Callable[[str], tuple[bytes, int] | None]] | None = None
+        self._refs_failed = 0  # writers failed in a row: past 3, one-shot calls only (git before 2.27 has no `start`)
 
     @property
     def task_dir(self) -> Path:
@@ -287,7 +350,27 @@ class Workspace:
         return True
 
     def remove(self) -> None:
+        self.close()
         self._repo_git("worktree", "remove", "--force", str(self.path), check=False)
+
+    def close(self) -> None:
+        """End the run's long-lived git process, if one was started (see `_update_refs`)."""
+        if self._refs is not None:
+            self._refs.close()
+            self._refs = None
+
+    def _update_refs(self, lines: str) -> bool:
+        """One ref transaction (`update-ref --stdin` lines): through the run's long-lived writer where it
+        works, else a git process of its own, as before; whether it was applied."""
+        if self._refs_failed < 3:
+            if self._refs is None or not self._refs.alive():
+                self._refs = _RefWriter([_GIT, f"--git-dir={self.admin}", *_SAFE, "update-ref", "--stdin"])
+            if self._refs.transaction(lines):
+                self._refs_failed = 0
+                return True
+            self._refs, self._refs_failed = None, self._refs_failed + 1
+        return _call([_GIT, f"--git-dir={self.admin}", *_SAFE, "update-ref", "--stdin"], "update-ref", False,
+                     input=lines).returncode == 0
 
     def _gitdirs(self) -> tuple[Path, Path]:
         """The worktree's own git dir and the repository's common dir."""
@@ -318,11 +401,29 @@ class Workspace:
             pass
         return self.git("rev-parse", "HEAD").strip()
 
+    def index_key(self) -> tuple[int, ...] | None:
+        """The worktree index's identity and change time: any write to it (git's or anyone's) moves them."""
+        try:
+            st = os.lstat(self.admin / "index")
+        except OSError:
+            return None
+        return (st.st_mode, st.st_ino, st.st_ctime_ns, st.st_size)
+
     def changes(self) -> list[Change]:
         """Every path that differs from HEAD, untracked and ignored files included.
 
         Ignored files count: a proposal could otherwise hide a start-up hook behind .gitignore.
+
+        Where the caller has set `exact` = (metadata, index key, committed) (the loop does, right after it
+        made the worktree exactly HEAD and scrubbed it: `meta(self.path)` then, `index_key()` then, and
+        task-relative path -> (bytes, git mode) of HEAD's files it holds), it is used once and the answer
+        comes without git where that is provably git's answer (`_changes_known`); else git status is asked.
         """
+        known, self.exact = self.exact, None
+        if known is not None:
+            found = self._changes_known(*known)
+            if found is not None:
+                return found
         out = self.git("status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignored=matching",
                        "--no-renames")
         prefix = self.prefix
@@ -337,6 +438,43 @@ class Workspace:
                 path = "../" + path  # outside the task folder: never editable
             changes.append(Change(entry[:2], path))
         return changes
+
+    def _changes_known(self, before: Meta, index: tuple[int, ...] | None,
+                       committed: Callable[[str], tuple[bytes, int] | None]) -> list[Change] | None:
+        """What `git status` would list, read from the worktree alone, or None where that is not certain.
+
+        Certain when, since `before` (the worktree then exactly HEAD, and the index HEAD's tree): the index
+        was not written (its key unmoved), no attributes apply (git would convert bytes), the worktree
+        holds the same entries of the same kinds (no new, deleted or retyped entry: nothing untracked or
+        ignored, nothing deleted), and every entry whose inode or change time moved (no process can set a
+        change time back) is a folder (git lists none) or a regular file of HEAD whose bytes the caller
+        holds, with HEAD's executable bit (a mode change is git's to judge, core.fileMode). Then git
+        lists exactly those files whose bytes differ from HEAD's, as " M". The `.git` file is the guard's."""
+        if index is None or self.index_key() != index or self.attributes_apply(before):
+            return None
+        now = meta(self.path)
+        if now.keys() != before.keys():
+            return None
+        prefix, out = self.prefix, []
+        for name, key in now.items():
+            old = before[name]
+            if (old[0] == key[0] and old[1] == key[1]) or name in ("", ".git"):
+                continue
+            if stat.S_IFMT(old[4]) != stat.S_IFMT(key[4]):
+                return None
+            if stat.S_ISDIR(key[4]):
+                continue
+            if not stat.S_ISREG(key[4]) or not name.startswith(prefix):
+                return None
+            held = committed(name[len(prefix):])
+            if held is None or bool(key[4] & 0o100) != (held[1] == 0o100755):
+                return None
+            data = read_regular_bytes(os.path.join(self.path, name), len(held[0]) + 1)
+            if data is None:
+                return None
+            if data != held[0]:
+                out.append(Change(" M", name[len(prefix):]))
+        return sorted(out, key=lambda c: os.fsencode(c.path))
 
     def commit(self, message: str, n: int, untracked: bool = True, pin: bool = True,
                only: list[str] | None = None) -> str:
@@ -476,8 +614,7 @@ class Workspace:
         refs = f"update refs/ouroboros/{self.tag}/{n} {attempt}\n"
         if target != attempt:
             refs += f"update refs/heads/{self.branch} {target} {attempt}\n"
-        if _call([_GIT, f"--git-dir={self.admin}", *_SAFE, "update-ref", "--stdin"], "update-ref", False,
-                 input=refs).returncode != 0:
+        if not self._update_refs(refs):
             return False
         try:
             self._put_back(delete, rewrite, files)
