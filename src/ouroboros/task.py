@@ -50,9 +50,9 @@ class TaskSection(_Model):
 
 
 # Keys the harness itself writes into an experiment's metrics (loop._judge: the confirmation re-run's
-# metric, read by judge.standing and audit.reproduced). Never taken from what a run or an evaluator
+# metric, read by judge.standing and audit.reproduced, and its secret seed). Never taken from what a run or an evaluator
 # reports, so no output can claim a confirmation it never had.
-RESERVED_METRICS = frozenset({"confirm_metric"})
+RESERVED_METRICS = frozenset({"confirm_metric", "confirm_seed"})
 
 
 class MetricSection(_Model):
