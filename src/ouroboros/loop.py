@@ -45,7 +45,7 @@ from ouroboros.task import RECORDS_DIR, TASK_FILE, Task, load_task
 from ouroboros.workspace import (
     Meta,
     Workspace,
-    count_loc,
+    code_size,
     ensure_clean,
     exclude_records,
     git_patch,
@@ -477,7 +477,7 @@ class Loop:
         self.ws.pin(0, base)
         exp = Experiment(self.tag, 0, commit_sha=base, parent=base, description="baseline", agent="baseline",
                          model=os.environ.get("OUROBOROS_VERSION", ""),
-                         loc=count_loc(self.ws.task_dir, self.task.editable_files(self.ws.task_dir)))
+                         loc=code_size(self.ws.task_dir, self.task.code_files(self.ws.task_dir)))
         self.ledger.begin(exp)
         self._execute(exp, None)
         if exp.status != Verdict.KEEP:
@@ -545,7 +545,7 @@ class Loop:
                               "(the repository's .gitattributes: text, eol, ident or working-tree-encoding), so "
                               "what would run is not what the commit holds; write the files as git stores them"]
         self._dirty = any(c.status == "!!" for c in changes)
-        exp.loc = count_loc(self.ws.task_dir, self.task.editable_files(self.ws.task_dir))
+        exp.loc = code_size(self.ws.task_dir, self.task.code_files(self.ws.task_dir))  # the simplicity rule's size
         attempt = self._read_attempt(best.commit_sha, exp.commit_sha, stats) if fast else None
         if attempt is not None:
             self.isolation.open_worktree()

@@ -204,6 +204,10 @@ class Task(_Model):
     def editable_files(self, root: Path | None = None) -> list[str]:
         return glob_files(root or self.root, self.task.editable, through_links=False)
 
+    def code_files(self, root: Path | None = None) -> list[str]:
+        """What the simplicity rule measures: the editable files and the new files an attempt may add."""
+        return glob_files(root or self.root, [*self.task.editable, *self.bound.allow_new_files], through_links=False)
+
     def protected_files(self, root: Path | None = None) -> list[str]:
         return glob_files(root or self.root, self.protected_patterns)
 

@@ -129,10 +129,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("simplify train.py")
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="count_loc counts non-blank, non-comment lines of the editable files, so "
-                   "folding the same code into one line (exec of a string, semicolons) or moving it to an allowed new "
-                   "file is 'fewer lines'; measure size golf cannot fold (e.g. the zlib-compressed size of the "
-                   "tokenized source of every editable and allowed-new file) and require a real margin")
 @pytest.mark.parametrize("how", ["fold", "move"])
 def test_the_same_code_in_fewer_counted_lines_is_not_a_simplicity_keep(how, tmp_path, monkeypatch):
     agent, bound = (_FOLD_AGENT, None) if how == "fold" else (_MOVE_AGENT, {"allow_new_files": ["helpers.py"]})
