@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ouroboros.errors import OuroborosError
-from ouroboros.workspace import Workspace, count_loc, ensure_clean, exclude_records
+from ouroboros.workspace import Workspace, code_size, ensure_clean, exclude_records
 
 
 def git(repo: Path, *args: str) -> str:
@@ -69,9 +69,30 @@ def test_records_are_ignored_without_touching_the_users_files(quadratic: Path) -
     assert exclude.count(".ouroboros/") == 1
 
 
-def test_count_loc_skips_blank_and_comment_lines(tmp_path: Path) -> None:
-    (tmp_path / "a.py").write_text("# c\n\nx = 1\n  # indented comment\ny = 2  # trailing\n")
-    assert count_loc(tmp_path, ["a.py"]) == 2
+def test_code_size_is_not_shrunk_by_folding_moving_or_hiding_the_same_code(quadratic: Path, tmp_path: Path) -> None:
+    src = (quadratic / "train.py").read_text()
+    size = code_size(quadratic, ["train.py"])
+    forms = {
+        "folded": {"train.py": f"exec({src!r})\n"},
+        "moved": {"train.py": "from helpers import main\nmain()\n",
+                  "helpers.py": src.replace('if __name__ == "__main__":\n    main()\n', "")},
+        "in comments": {"train.py": "exec(''.join(l[2:] for l in open(__file__) if l[:2] == '# '))\n" +
+                        "".join(f"# {line}\n" for line in src.splitlines())},
+        "in whitespace": {"train.py": "exec(bytes(int(''.join('1' if c == '\\t' else '0' for c in l[:-1]), 2) "
+                          "for l in open(__file__) if l[:1] in ' \\t').decode())\n" +
+                          "".join(f"{ord(c):08b}".replace("1", "\t").replace("0", " ") + "\n" for c in src)},
+    }
+    for name, files in forms.items():
+        folder = tmp_path / name.replace(" ", "_")
+        folder.mkdir()
+        for rel, text in files.items():
+            (folder / rel).write_text(text)
+        assert code_size(folder, sorted(files)) > size * 0.98, name  # not the simplicity rule's 2% smaller
+    (tmp_path / "removed.py").write_text(src.replace("        if not all(math.isfinite(xi) for xi in x):\n"
+                                                     "            break\n", ""))
+    assert code_size(tmp_path, ["removed.py"]) < size * 0.98  # removing code is
+    (tmp_path / "link.py").symlink_to(quadratic / "train.py")
+    assert code_size(tmp_path, ["link.py"]) == code_size(tmp_path, [])  # no link followed
 
 
 def _plant_filter(config: Path, marker: Path) -> None:

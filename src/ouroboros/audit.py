@@ -5,15 +5,23 @@ temporary folder, never from the run's worktree, so nothing the run left behind 
 files, an edited `.git`) takes part. The task file and the protected files (the evaluator, its
 data) come from the run's base commit, and the isolation is the strongest that works on the
 machine, whatever the task asks for. Run and evaluation are the loop's own (`Loop._execute`, with
-the run's seed and budget), and the re-runs are recorded as their own run, `audit-<tag>-<i>`, so an
-audit loses nothing either.
+the run's budget), and the re-runs are recorded as their own run, `audit-<tag>-<i>`, so an audit
+loses nothing either.
+
+Each keep is re-run with a fresh secret seed (`loop.secret_seed`, drawn when the re-run starts and
+recorded with it), not the run's own: the run's seed can reach the agent (a crash's log is in the
+next prompt), so code tuned to be lucky on it would "reproduce" with it. A keep that does not
+reproduce under the fresh seed is re-run once more with the run's seed, to tell the reviewer which
+it is: a number that holds only on the run's seed (seed luck, or a task noisier than measured), or
+one that the commit does not give at all.
 
 Reproduced means: |re-run - recorded| <= tolerance, where the tolerance is the judge's own smallest
 gain that counts, max(judge.min_delta, judge.noise_z x the run's noise sigma). A task measured as
 noisy (`ouroboros noise`) thus gets z sigmas; a task with neither (examples/quadratic) must
-reproduce exactly, which a deterministic task does. A keep that passed a confirmation re-run also
-counts as reproduced when it matches that re-run. A difference below the tolerance could not have
-earned a keep; one above it means the recorded number did not come from that commit.
+reproduce exactly, which a deterministic task does (under any seed). A keep that passed a
+confirmation re-run also counts as reproduced when it matches that re-run. A difference below the
+tolerance could not have earned a keep; one above it means the recorded number did not come from
+that commit under a seed nobody could know in advance.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ouroboros import isolation, readfile
+from ouroboros import loop as loop_module
 from ouroboros.errors import OuroborosError
 from ouroboros.judge import Verdict, effective_min_delta
 from ouroboros.ledger import Experiment, Ledger, Run, fmt_metric
@@ -146,13 +155,19 @@ class AuditLoop(Loop):
         self._violation = None
         self._dirty = True
 
-    def rerun(self, i: int, keep: Experiment) -> Experiment:
+    def rerun(self, i: int, keep: Experiment, seed: int) -> Experiment:
+        """Re-run `keep` from a fresh export of its commit with OUROBOROS_SEED=seed, as audit experiment i."""
         self.ws.reset(keep.commit_sha)
         self._dirty = False  # just exported
         exp = Experiment(self.tag, i, commit_sha=keep.commit_sha, parent=keep.commit_sha, agent="audit",
-                         description=f"audit of {self.run_rec.config['audit_of']} experiment {keep.n}")
+                         description=f"audit of {self.run_rec.config['audit_of']} experiment {keep.n} (seed {seed})",
+                         params={"seed": seed})
         self.ledger.begin(exp)
-        self._execute(exp, None)  # best None: measured as a baseline is, no judgement against anything
+        own, self.run_rec.seed = self.run_rec.seed, seed  # _execute hands the run record's seed to the run
+        try:
+            self._execute(exp, None)  # best None: measured as a baseline is, no judgement against anything
+        finally:
+            self.run_rec.seed = own
         return exp
 
 
@@ -218,19 +233,29 @@ def audit(task: Task, tag: str, sample: int | None = None, seed: int = 0,
                          protected)
         tol = tolerance(base_task, run)
         result = AuditResult(tag, loop.tag, tol, loop.isolation.level, keeps=len(keeps))
+        n = 0  # the audit run's experiment numbers: one re-run per keep, two where the first disagrees
         try:
             for k, keep in enumerate(chosen):
                 if echo:
                     echo(f"audit {escape(tag)}: re-running keep {keep.n} {escape(f'[{keep.commit_sha[:7]}]')} "
                          f"({k + 1}/{len(chosen)})")
-                exp = loop.rerun(k, keep)
+                fresh = loop_module.secret_seed()  # drawn now: no agent could tune the code to it
+                exp = loop.rerun(n, keep, fresh)
+                n += 1
                 if exp.status != Verdict.KEEP or exp.metric is None:
                     result.rows.append(Row(keep.n, keep.commit_sha, keep.metric, None, "failed",
                                            f"{exp.status}: {exp.reason}"))
                 elif keep.metric is not None and reproduced(keep, exp.metric, tol):
                     result.rows.append(Row(keep.n, keep.commit_sha, keep.metric, exp.metric, "reproduced"))
                 else:
-                    diff = "" if keep.metric is None else f"off by {exp.metric - keep.metric:+.6g}"
+                    diff = "" if keep.metric is None else f"off by {exp.metric - keep.metric:+.6g} with a fresh seed"
+                    if keep.metric is not None:  # which it is: luck on the run's seed, or a number never produced
+                        own = loop.rerun(n, keep, run.seed)
+                        n += 1
+                        if own.status == Verdict.KEEP and own.metric is not None and \
+                                reproduced(keep, own.metric, tol):
+                            diff += (f"; the run's own seed {run.seed} gives the recorded number: tuned to that seed, "
+                                     "or the task is noisier than measured")
                     result.rows.append(Row(keep.n, keep.commit_sha, keep.metric, exp.metric, "NOT REPRODUCED", diff))
             loop.run_rec.status = "finished"
         finally:
@@ -264,4 +289,4 @@ def summary(result: AuditResult) -> str:
                 f"({where})")
     return (f"[bold red]{len(bad)} of {len(result.rows)} keeps did not reproduce[/] "
             f"(experiments {', '.join(str(r.n) for r in bad)}): their recorded metrics did not come from their "
-            f"commits, or the task is noisier than measured (`ouroboros noise`); {where}")
+            f"commits under a fresh seed, or the task is noisier than measured (`ouroboros noise`); {where}")

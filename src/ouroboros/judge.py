@@ -1,7 +1,7 @@
 """Verdicts: keep only a real improvement.
 
 keep      better than the best by more than min_delta; or, under the simplicity rule, within
-          min_delta of the best with fewer lines of code
+          min_delta of the best with code at least SIMPLER (2%) smaller than the code it replaces
 discard   measured, but not good enough
 crash     the run exited non-zero, or the evaluation produced no usable metric
 timeout   the run was killed at budget + grace
@@ -13,6 +13,11 @@ away (each must stay within min_delta of the best ever kept). The plausibility b
 gain since the last confirmed keep (the baseline, or a keep whose confirmation re-run agreed), so a
 gain too large to believe cannot be split into smaller steps that each pass unchecked: once the
 steps add up past the bound, the next keep is re-run before it counts.
+
+What "smaller code" means (`loc`, workspace.code_size): the compressed size of every editable and
+allowed-new file, comments and whitespace included, so neither folding the same code into fewer
+lines, nor moving it into a new file, nor hiding it in comments it reads back is smaller; and the
+size must drop by SIMPLER of the replaced code's, so shuffling a few bytes is not a simplification.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ def gain(metric: float, best: float, minimize: bool) -> float:
     return best - metric if minimize else metric - best
 
 
+SIMPLER = 0.02  # the simplicity rule's margin: code this fraction smaller than the code it replaces
+
+
 @dataclass(frozen=True)
 class Judgement:
     verdict: Verdict
@@ -55,8 +63,9 @@ def judge(metric: float, best: float, minimize: bool, min_delta: float = 0.0,
     g = gain(metric, best, minimize)
     if g > min_delta:
         return Judgement(Verdict.KEEP, f"improved by {g:.6g}")
-    if simplicity and loc is not None and best_loc is not None and loc < best_loc and g >= -min_delta:
-        return Judgement(Verdict.KEEP, f"within {min_delta:.3g} of the best with {best_loc - loc} fewer lines")
+    if simplicity and loc is not None and best_loc and loc <= best_loc * (1 - SIMPLER) and g >= -min_delta:
+        return Judgement(Verdict.KEEP, f"within {min_delta:.3g} of the best with {1 - loc / best_loc:.0%} smaller code "
+                                       f"({best_loc} -> {loc} compressed bytes)")
     return Judgement(Verdict.DISCARD, f"{'no better' if g <= 0 else 'gain'} {g:.6g} (needs > {min_delta:.3g})")
 
 
@@ -65,7 +74,7 @@ class Standing:
     """What the next result is judged against."""
 
     best: float        # the best metric ever kept
-    loc: int | None    # lines of code of the last keep: the code a proposal replaces
+    loc: int | None    # code size of the last keep (workspace.code_size): the code a proposal replaces
     anchor: float      # the metric of the last confirmed keep, where the plausibility bound starts
 
 

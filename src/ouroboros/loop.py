@@ -45,7 +45,7 @@ from ouroboros.task import RECORDS_DIR, TASK_FILE, Task, load_task
 from ouroboros.workspace import (
     Meta,
     Workspace,
-    count_loc,
+    code_size,
     ensure_clean,
     exclude_records,
     git_patch,
@@ -134,6 +134,14 @@ def task_changes(old: Task, new: Task) -> list[str]:
 
 def fresh_seed() -> int:
     """A new run's seed when none is given: drawn from the OS, recorded with the run, shown by `log`."""
+    return secrets.randbelow(2**31)
+
+
+def secret_seed() -> int:
+    """The seed of a confirmation re-run (and of an audit's re-run): drawn from the OS when the re-run
+    starts, never derived from the run's seed or the experiment's number, so no agent can know it before
+    the verdict (a run's seed reaches the next prompt through a crash's log; an experiment's number is
+    the agent's own). Recorded with the experiment afterwards (`confirm_seed` in its metrics)."""
     return secrets.randbelow(2**31)
 
 
@@ -476,7 +484,7 @@ class Loop:
         self.ws.pin(0, base)
         exp = Experiment(self.tag, 0, commit_sha=base, parent=base, description="baseline", agent="baseline",
                          model=os.environ.get("OUROBOROS_VERSION", ""),
-                         loc=count_loc(self.ws.task_dir, self.task.editable_files(self.ws.task_dir)))
+                         loc=code_size(self.ws.task_dir, self.task.code_files(self.ws.task_dir)))
         self.ledger.begin(exp)
         self._execute(exp, None)
         if exp.status != Verdict.KEEP:
@@ -550,7 +558,7 @@ class Loop:
                               "(the repository's .gitattributes: text, eol, ident or working-tree-encoding), so "
                               "what would run is not what the commit holds; write the files as git stores them"]
         self._dirty = any(c.status == "!!" for c in changes)
-        exp.loc = count_loc(self.ws.task_dir, self.task.editable_files(self.ws.task_dir))
+        exp.loc = code_size(self.ws.task_dir, self.task.code_files(self.ws.task_dir))  # the simplicity rule's size
         attempt = self._read_attempt(best.commit_sha, exp.commit_sha, stats) if fast else None
         if attempt is not None:
             self.isolation.open_worktree()
@@ -765,7 +773,9 @@ class Loop:
         verdict = judge(exp.metric, st.best, self.task.minimize, min_delta, exp.loc, st.loc, j.simplicity)
         suspect = implausible(exp.metric, st, self.task.minimize, j.plausibility)
         if verdict.verdict == Verdict.KEEP and (j.confirm or suspect):
-            again = self._confirm(exp, exp_dir, env)
+            seed = secret_seed()  # drawn now, not predictable from anything the agent saw
+            again = self._confirm(exp, exp_dir, env, seed)
+            exp.metrics["confirm_seed"] = seed  # recorded with the row, after the re-run
             if again is None:
                 return Verdict.DISCARD, "the confirmation re-run failed"
             exp.metrics["confirm_metric"] = again
@@ -773,7 +783,7 @@ class Loop:
             second = judge(worse, st.best, self.task.minimize, min_delta, exp.loc, st.loc, j.simplicity)
             if second.verdict != Verdict.KEEP:
                 why = "implausible gain" if suspect else "confirmation"
-                return Verdict.DISCARD, f"{why}: re-run with another seed gave {again:.6g}, not a keep"
+                return Verdict.DISCARD, f"{why}: re-run with a fresh seed gave {again:.6g}, not a keep"
             exp.metric = worse
         if verdict.verdict == Verdict.KEEP and self.task.task.holdout:
             h = self._measure(exp_dir, env, "holdout.log", self.task.task.holdout)
@@ -785,8 +795,8 @@ class Loop:
         if commit and self.ws.attributes_apply(self._meta or meta(self.ws.path)):
             self.ws.make_exact(commit)
 
-    def _confirm(self, exp: Experiment, exp_dir: Path, env: dict[str, str]) -> float | None:
-        env = {**env, "OUROBOROS_SEED": str(self.run_rec.seed + 1000 + exp.n)}
+    def _confirm(self, exp: Experiment, exp_dir: Path, env: dict[str, str], seed: int) -> float | None:
+        env = {**env, "OUROBOROS_SEED": str(seed)}
         if self._pending is not None:  # the reset below is git's: the attempt leaves the path without git
             self.ws.adopt_index()
             self.ws.pin(self._pending[0], self._pending[1])

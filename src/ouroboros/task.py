@@ -50,9 +50,9 @@ class TaskSection(_Model):
 
 
 # Keys the harness itself writes into an experiment's metrics (loop._judge: the confirmation re-run's
-# metric, read by judge.standing and audit.reproduced). Never taken from what a run or an evaluator
+# metric, read by judge.standing and audit.reproduced, and its secret seed). Never taken from what a run or an evaluator
 # reports, so no output can claim a confirmation it never had.
-RESERVED_METRICS = frozenset({"confirm_metric"})
+RESERVED_METRICS = frozenset({"confirm_metric", "confirm_seed"})
 
 
 class MetricSection(_Model):
@@ -203,6 +203,10 @@ class Task(_Model):
 
     def editable_files(self, root: Path | None = None) -> list[str]:
         return glob_files(root or self.root, self.task.editable, through_links=False)
+
+    def code_files(self, root: Path | None = None) -> list[str]:
+        """What the simplicity rule measures: the editable files and the new files an attempt may add."""
+        return glob_files(root or self.root, [*self.task.editable, *self.bound.allow_new_files], through_links=False)
 
     def protected_files(self, root: Path | None = None) -> list[str]:
         return glob_files(root or self.root, self.protected_patterns)

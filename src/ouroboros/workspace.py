@@ -31,6 +31,7 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import lzma
 import os
 import re
 import secrets
@@ -1025,15 +1026,24 @@ def _line(mark: str, text: str) -> str:
     return mark + text if text.endswith("\n") else f"{mark}{text}\n\\ No newline at end of file\n"
 
 
-def count_loc(root: Path, files: list[str]) -> int:
-    """Lines of code: non-blank lines that are not only a comment. The simplicity rule compares these."""
-    total = 0
-    for rel in files:  # regular files only, no link followed, at most 64 MiB read: an agent's link to a huge
-        text = readfile.read_regular(root / rel, 64 << 20)  # file or /proc/self/pagemap is not counted
-        if text is None:
-            continue
-        total += sum(1 for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
-    return total
+CODE_SIZE_READ = 64 << 20  # per file: an agent's huge or endless file is measured by its first 64 MiB
+CODE_SIZE_PACKED = 4 << 20  # bytes compressed; past this each byte counts as one (bounded time per experiment)
+
+
+def code_size(root: Path, files: list[str]) -> int:
+    """The size of the code that the simplicity rule compares: the LZMA-compressed bytes of every file
+    listed (the editable files and the allowed new ones), names and contents, comments and whitespace
+    included. Compression measures what the code says, not how it is laid out, so the same code
+    folded into one line (`exec` of its own source), encoded, moved into a new file, or hidden in
+    comments or whitespace that it reads back is no smaller; only removing something is."""
+    blob = bytearray()
+    for rel in sorted(files):  # regular files only, no link followed, at most 64 MiB read: an agent's link to a huge
+        data = readfile.read_regular_bytes(root / rel, CODE_SIZE_READ)  # file or /proc/self/pagemap is not read
+        if data is not None:
+            blob += rel.encode("utf-8", "surrogateescape") + b"\0" + data + b"\0"
+    packed = lzma.compress(bytes(blob[:CODE_SIZE_PACKED]), format=lzma.FORMAT_RAW,
+                           filters=[{"id": lzma.FILTER_LZMA2, "preset": 9}])
+    return len(packed) + max(0, len(blob) - CODE_SIZE_PACKED)
 
 
 MAX_PACKS = 40  # below git's gc.autoPackLimit (50), so the user's own next commit never starts a gc

@@ -81,12 +81,12 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("random restart of the fina
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="the confirmation re-run's seed is the run's seed + 1000 + n, both known to "
-                   "the agent (a crash's log tail shows the run's seed; n is OUROBOROS_EXPERIMENT), so code "
-                   "tuned to be lucky on those two seeds is kept and confirmed; draw the confirmation seed "
-                   "fresh and secret (secrets.randbits), record it with the experiment after the verdict")
 @pytest.mark.parametrize("judge", [{"confirm": True}, {"plausibility": 0.5}], ids=["confirm", "plausibility"])
 def test_code_lucky_on_the_two_seeds_the_agent_can_predict_is_not_a_confirmed_keep(judge, tmp_path, monkeypatch):
+    # The harness draws the re-run's seed from the OS (loop.secret_seed) when the re-run starts. The test pins that
+    # draw to a number the agent never sees, so its outcome is not left to chance: 5 of the 64 restarts beat the
+    # baseline, so about 1 fresh seed in 13 would confirm this code by the re-run's own luck, not the agent's.
+    monkeypatch.setattr("ouroboros.loop.secret_seed", lambda: 12345)
     loop = _loop(tmp_path, monkeypatch, _SEED_AGENT, experiments=2, judge=judge)
     exps = {e.n: e for e in loop.history}
     assert exps[1].status == "crash", exps[1].reason
@@ -129,10 +129,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("simplify train.py")
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="count_loc counts non-blank, non-comment lines of the editable files, so "
-                   "folding the same code into one line (exec of a string, semicolons) or moving it to an allowed new "
-                   "file is 'fewer lines'; measure size golf cannot fold (e.g. the zlib-compressed size of the "
-                   "tokenized source of every editable and allowed-new file) and require a real margin")
 @pytest.mark.parametrize("how", ["fold", "move"])
 def test_the_same_code_in_fewer_counted_lines_is_not_a_simplicity_keep(how, tmp_path, monkeypatch):
     agent, bound = (_FOLD_AGENT, None) if how == "fold" else (_MOVE_AGENT, {"allow_new_files": ["helpers.py"]})
@@ -170,17 +166,20 @@ def test_a_description_with_mathtext_does_not_crash_the_report(tmp_path, monkeyp
     assert done.returncode == 0, done.stderr[-600:]
 
 
-@pytest.mark.xfail(strict=True, reason="audit re-runs a keep with the run's own seed and counts a match with the "
-                   "confirmation re-run as reproduced, so code tuned to the two known seeds reproduces exactly; "
-                   "audit should also re-run each keep with a fresh seed (a task that ignores the seed is unaffected)")
 def test_audit_does_not_call_code_lucky_on_the_predictable_seeds_reproduced(tmp_path, monkeypatch):
     from ouroboros.audit import audit
 
-    loop = _loop(tmp_path, monkeypatch, _SEED_AGENT, experiments=2, judge={"confirm": True})
-    assert {e.n: e for e in loop.history}[2].status == "keep"  # test 1's forgery, here as the audit's input
+    # Test 1's code, kept here without a confirmation (which now re-runs it with a secret seed and discards it): kept
+    # on the run's seed alone, the audit's input. The audit's fresh seed is pinned as in test 1 (1 in 64 draws picks
+    # the same restart and would reproduce the number honestly).
+    monkeypatch.setattr("ouroboros.loop.secret_seed", lambda: 12345)
+    loop = _loop(tmp_path, monkeypatch, _SEED_AGENT, experiments=2)
+    assert {e.n: e for e in loop.history}[2].status == "keep"
     result = audit(loop.task, "t")
-    rows = {r.n: r.status for r in result.rows}
-    assert rows.get(2) != "reproduced", f"audit says {rows}"
+    rows = {r.n: r for r in result.rows}
+    assert rows[2].status != "reproduced", f"audit says {rows}"
+    assert "the run's own seed 1 gives the recorded number" in rows[2].note, rows[2].note
+    assert rows[0].status == "reproduced"  # the baseline ignores the seed
 
 
 # -- 4. the edit format's apply reads the editable file whole ---------------------------------------------------------
