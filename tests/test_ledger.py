@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -87,3 +88,27 @@ def test_the_harness_lock_tells_a_live_run_from_a_killed_one(tmp_path):
         holder.wait()
     assert alive(run_dir) is False
     assert shown_status("running", run_dir) == "killed" and shown_status("finished", run_dir) == "finished"
+
+
+def test_an_interrupt_just_after_a_commit_reaches_the_caller_as_itself(tmp_path: Path) -> None:
+    """Ctrl-C landing between the COMMIT and the end of the write used to end in "cannot rollback - no
+    transaction is active", an sqlite error the CLI reported as a damaged ledger (exit 2, not 130)."""
+    ledger = Ledger(tmp_path)
+    ledger.save_run(Run("t", task="q", agent="random", metric="loss"))
+    real = ledger.db
+
+    class InterruptedAfterCommit:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def execute(self, sql, *args):
+            out = real.execute(sql, *args)
+            if sql == "COMMIT":
+                raise KeyboardInterrupt
+            return out
+
+    ledger.db = InterruptedAfterCommit()
+    with pytest.raises(KeyboardInterrupt):
+        ledger.begin(Experiment("t", 0, commit_sha="a" * 40, status="keep", metric=1.0))
+    ledger.db = real
+    assert [e.n for e in ledger.experiments("t")] == [0]  # committed: nothing rolled back or lost

@@ -338,12 +338,19 @@ class Ledger:
             chain.append(self, self._key, kind, row["tag"], n, chain.digest(stored))
             self.db.execute("COMMIT")
         except sqlite3.Error as exc:  # a schema something planted since the open (an index that fails)
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise OuroborosError(f"{self.records / 'ledger.sqlite'} refused a write ({exc}): the records were "
                                  "edited while the run went on; inspect them with sqlite3, then `--resume`") from None
-        except BaseException:
-            self.db.execute("ROLLBACK")
+        except BaseException:  # Ctrl-C or SIGTERM, also after the COMMIT: it goes on up, never an sqlite error
+            self._rollback()
             raise
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     # runs
     def save_run(self, run: Run) -> None:
