@@ -1,11 +1,9 @@
 """Thirteenth red-team pass: the perf15 shortcuts on the trust path (ulimit in bash at level process)."""
-import os
 from pathlib import Path
 
 import pytest
 
 from ouroboros import sandbox
-
 
 
 @pytest.mark.xfail(strict=True, reason=(
