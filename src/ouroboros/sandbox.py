@@ -33,6 +33,7 @@ Does not protect against (see `isolation.py` for the levels that do more):
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import re
 import select
@@ -464,9 +465,19 @@ def _limits_in_shell(argv: list[str], fsize: int | None, address_space: int | No
     names = os.environ if env is None else env
     if any(k in _SHELL_STARTUP or k.startswith("BASH_FUNC_") for k in names):
         return argv, fsize, address_space
+    bash = _system_bash()
+    if bash is None:
+        return argv, fsize, address_space
     limits = (f" -f {fsize // 1024}" if fsize is not None else "") + \
         (f" -v {address_space // 1024}" if address_space is not None else "")  # both in KiB in bash
-    return ["bash", "-c", f"ulimit{limits} || exit 126\n{argv[2]}"], None, None
+    return [bash, "-c", f"ulimit{limits} || exit 126\n{argv[2]}"], None, None
+
+
+@functools.cache
+def _system_bash() -> str | None:
+    """The system's bash by its absolute path: never one found through PATH, whose first entries (the
+    run's venv) a run at level process can write (a planted `bash` would skip the ulimit line)."""
+    return next((p for p in ("/usr/bin/bash", "/bin/bash") if os.access(p, os.X_OK)), None)
 
 
 def tail_text(log: Path, size: int = 64_000) -> str:
