@@ -218,6 +218,22 @@ def test_what_changed_is_read_without_git_only_where_it_is_what_git_says(quadrat
     assert calls[-1] == "status" and without == with_git
 
 
+def test_where_a_write_may_leave_the_change_time_the_change_list_asks_git(quadratic: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a file system with coarse change times (kernels before 6.13, vfat, some NFS) a write in the same
+    tick as the last change leaves the change time: there the worktree alone never answers (red team 13)."""
+    from ouroboros import workspace
+
+    loop = Loop(load_task(quadratic), Options(agent="scripted", tag="c", max_experiments=0), agent=_Scripted([]))
+    loop.run()
+    CHANGES["edit"][0](loop.ws.task_dir)
+    monkeypatch.setattr(workspace, "_FINE", {os.stat(loop.ws.task_dir).st_dev: False})
+    calls = _counting(monkeypatch)
+    loop.ws.exact = (loop._as_head[0], loop._as_head[1], loop._files_of(loop.best.commit_sha).get)
+    assert [(c.status, c.path) for c in loop.ws.changes()] == [(" M", "train.py")]
+    assert calls == ["status"]
+
+
 RUN_WRITES = '''
 import os as _os
 _os.makedirs("out", exist_ok=True) if _os.environ.get("MKDIR") else None

@@ -228,6 +228,39 @@ DEEP_BYTES = 1024  # folders nested past this many bytes of path in the worktree
 MAX_SNAPSHOT = 200_000  # worktree entries `Workspace.snapshot` lists; past it the loop resets with git
 
 
+_FINE: dict[int, bool] = {}
+
+
+def fine_ctime(folder: Path | str) -> bool:
+    """Whether every write on folder's file system moves a file's change time, however soon after the last
+    (probed once per file system: a scratch file written twice right after a stat). Kernels before 6.13 keep
+    coarse change times (a clock tick, milliseconds) on most file systems, and so do vfat and some NFS: a
+    write in the same tick as the last change leaves the change time as it was, and the guard's change list
+    without git (`_changes_known`) would miss it. Where this says no, git status is asked every time."""
+    try:
+        dev = os.stat(folder).st_dev
+    except OSError:
+        return False
+    if dev not in _FINE:
+        fine = True
+        try:
+            fd, scratch = tempfile.mkstemp(prefix=".ouroboros-ctime-", dir=folder)
+        except OSError:
+            return False
+        try:
+            for _ in range(4):
+                before = os.fstat(fd).st_ctime_ns
+                os.write(fd, b"x")
+                if os.fstat(fd).st_ctime_ns == before:
+                    fine = False
+                    break
+        finally:
+            os.close(fd)
+            os.unlink(scratch)
+        _FINE[dev] = fine
+    return _FINE[dev]
+
+
 class Workspace:
     """The run's worktree. `task_rel` is the task folder inside the repo ('.' for the root).
 
@@ -451,7 +484,8 @@ class Workspace:
         change time back) is a folder (git lists none) or a regular file of HEAD whose bytes the caller
         holds, with HEAD's executable bit (a mode change is git's to judge, core.fileMode). Then git
         lists exactly those files whose bytes differ from HEAD's, as " M". The `.git` file is the guard's."""
-        if index is None or self.index_key() != index or self.attributes_apply(before):
+        if index is None or not fine_ctime(os.path.dirname(os.path.abspath(self.path))) or self.index_key() != index \
+                or self.attributes_apply(before):
             return None
         now = meta(self.path)
         if now.keys() != before.keys():
