@@ -174,7 +174,7 @@ class VersionAgent(CommandAgent):
         """The scratch folder (the inner agent's records, kept in the experiment's) holds at most max_artifact_mb,
         as an agent's artifacts do: past that, all of it is removed; how much it held then (None: within)."""
         scratch = ctx.exp_dir / "version"
-        held = _held(scratch)
+        held = sandbox.du(scratch)  # as every other disk cap counts it: blocks, preallocation, depth
         if held <= int(ctx.task.bound.max_artifact_mb * 2**20):
             return None
         remove(scratch)  # never through a link
@@ -189,26 +189,6 @@ class VersionAgent(CommandAgent):
         self.name = "self"
         raise AgentError(f"version {self.version[:12]} failed to start: {' '.join(why.split())[:300]}; rolled back "
                          "to the last good version", Proposal("", model=self.version[:12]))
-
-
-def _held(folder: Path) -> int:
-    """Bytes an untrusted folder holds on disk, every entry counted (a `.git` too), at least 512 bytes each,
-    blocks preallocated past a file's end included; links never followed."""
-    total, stack = 0, [folder]
-    while stack:
-        try:
-            with os.scandir(stack.pop()) as it:
-                for entry in it:
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    total += max(st.st_size, st.st_blocks * 512, 512)
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(Path(entry.path))
-        except OSError:
-            continue
-    return total
 
 
 @contextmanager
