@@ -263,6 +263,16 @@ class Isolation:
         return glob_files(self.task_dir, self.task.bound.hidden) if self.task.bound.hidden else []
 
     @functools.cached_property
+    def _hidden(self) -> list[str]:
+        return self.hidden_files()  # committed files, protected: the same for the whole run
+
+    @functools.cached_property
+    def _home(self) -> Path | None:
+        """$HOME resolved (a link's target is what a mask must cover), or None where it is / or missing."""
+        home = Path(os.path.realpath(os.path.expanduser("~")))
+        return home if str(home) not in ("/", "") and home.is_dir() else None
+
+    @functools.cached_property
     def checkout_hidden(self) -> list[Path]:
         """The hidden files at their places in the user's checkout (committed or not), masked wherever a
         read-only path of the checkout (`read_only = ["data"]`) would show them to the run phase."""
@@ -418,11 +428,6 @@ class Unshare(Isolation):
         return cmds
 
     @functools.cached_property
-    def _home(self) -> Path | None:
-        home = Path(os.path.realpath(os.path.expanduser("~")))
-        return home if str(home) not in ("/", "") and home.is_dir() else None
-
-    @functools.cached_property
     def _masks(self) -> tuple[list[Path], list[Path]]:
         """The large masks (/tmp, /dev/shm, $HOME and the chain key's folder outside it: private, size-capped)
         and the small ones (the checkout, the records, the git common dir), the outermost of each kind."""
@@ -439,10 +444,6 @@ class Unshare(Isolation):
         small = sorted({m for m in small if not any(o != m and _under(m, [o]) for o in small)},
                        key=lambda p: len(p.parts))
         return large, small
-
-    @functools.cached_property
-    def _hidden(self) -> list[str]:
-        return self.hidden_files()  # committed files, protected: the same for the whole run
 
 
 class Bwrap(Isolation):
@@ -499,10 +500,6 @@ class Bwrap(Isolation):
         return args, self.level
 
     @functools.cached_property
-    def _hidden(self) -> list[str]:
-        return self.hidden_files()  # committed files, protected: the same for the whole run
-
-    @functools.cached_property
     def _mounts(self) -> tuple[list[str], list[Path], list[Path]]:
         """The mounts every experiment of the run shares (computed once: they walk PATH and sys paths), the
         repository's masks and the other tmpfs masks (/tmp, /run, $HOME, folders NOBODY cannot cross)."""
@@ -516,10 +513,9 @@ class Bwrap(Isolation):
         for dev in sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri")):
             args += ["--dev-bind", dev, dev]
         masked = [Path("/tmp"), Path("/run")]
-        home = Path(os.path.realpath(os.path.expanduser("~")))
-        if str(home) not in ("/", "") and home.is_dir():
-            args += [*(["--perms", "0777"] if drops_root() else []), "--size", size, "--tmpfs", str(home)]
-            masked.append(home)
+        if self._home is not None:
+            args += [*(["--perms", "0777"] if drops_root() else []), "--size", size, "--tmpfs", str(self._home)]
+            masked.append(self._home)
         if drops_root():  # folders NOBODY cannot cross (/root): empty, with what the run needs bound back in them
             for closed in _closed_ancestors([*_runtime_candidates(), *self.read_only(), self.repo,
                                              Path(tempfile.gettempdir())], masked):
