@@ -613,12 +613,21 @@ def _new_session_keyring() -> None:
     whatever namespaces they enter: without this, a key an unshare phase adds to it is there for the
     next phase, the confirmation re-run included. Level unshare has no seccomp filter (bwrap's denies the
     keyring calls); a non-root harness's unshare phase gets fresh user keyrings with its user namespace."""
-    import ctypes
-    import platform
+    call = _syscall()
+    number = _KEYCTL.get(os.uname().machine)
+    if call is not None and number is not None:
+        call(number, 1, None)  # a failure leaves the old one: best effort
 
-    number = _KEYCTL.get(platform.machine())
-    if number is not None:
-        ctypes.CDLL(None, use_errno=True).syscall(number, 1, None)  # a failure leaves the old one: best effort
+
+@functools.cache
+def _syscall():
+    """libc's syscall(2), loaded once (every unshare phase calls it)."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).syscall
+    except OSError:
+        return None
 
 
 def _shell(argv: list[str]) -> str:
