@@ -602,6 +602,54 @@ def attack_agent(attack: Attack, workdir: Path, task: Path, marker: str, outside
     return f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(script))}"
 
 
+def train_source(code: str, *, task: Path | str = "/nonexistent", outside: Path | str = "/nonexistent",
+                 marker: str = "m") -> str:
+    """examples/quadratic's train.py replaced by the attack frame (_TRAIN) around `code`, which defines cheat()."""
+    return Template(_TRAIN).safe_substitute(marker=marker, outside=str(outside), task=str(task), port="0",
+                                            optimum=repr(OPTIMUM), code=code.strip("\n"))
+
+
+def writer_agent(train: str) -> str:
+    """The source of a `cmd:` agent that writes `train` as train.py each time it is asked."""
+    return f"from pathlib import Path\nPath('train.py').write_text({train!r})\n"
+
+
+def attack_loop(workdir: Path, agent_src: str, *, level: str, experiments: int = 1, budget: float = 8.0,
+                judge: dict | None = None, seed: int = 1, task: dict | None = None,
+                files: dict[str, str] | None = None, bound: dict | None = None):
+    """A quadratic task under workdir/task at `level` (with the given task keys, files, [bound] and [judge] keys,
+    committed), run for `experiments` experiments by the `cmd:` agent whose source is agent_src, with its own
+    data cache (workdir/cache); the finished loop, its ledger closed. The test kit of tests/cheats."""
+    from ouroboros.loop import Loop, Options
+    from ouroboros.task import load_task
+
+    workdir = Path(workdir)
+    attack = Attack("kit", title="kit", task=task or {}, files=files or {},
+                    bound={"isolation": level, **(bound or {})})
+    task_dir = make_task(attack, workdir)
+    if judge:
+        _set_keys(task_dir / "ouroboros.toml", "judge", judge)
+        _git(task_dir, "commit", "-qam", "judge settings")
+    agent = workdir / "agent.py"
+    agent.write_text(agent_src)
+    old_cache = os.environ.get("OUROBOROS_CACHE")
+    os.environ["OUROBOROS_CACHE"] = str(workdir / "cache")
+    try:
+        loop = Loop(load_task(task_dir), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
+                                                 max_experiments=experiments, budget=budget, tag="t", seed=seed,
+                                                 allow_weak_isolation=True))
+        try:
+            loop.run()
+        finally:
+            loop.ledger.close()
+    finally:
+        if old_cache is None:
+            os.environ.pop("OUROBOROS_CACHE", None)
+        else:
+            os.environ["OUROBOROS_CACHE"] = old_cache
+    return loop
+
+
 def run_attack(attack: Attack, workdir: Path, isolation: str | None = None,
                on_task: Callable[[Path], None] | None = None) -> Result:
     """Run one attack as experiment 1 of a fresh run; workdir must be empty and is left with the records."""

@@ -4,7 +4,6 @@ with files the run or the agent wrote. Each attack that gets through is marked x
 cause and the fix recommended."""
 
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -17,26 +16,11 @@ BWRAP = isolation.available("bwrap")
 LEVEL = "bwrap" if BWRAP else "process"
 
 
-def _loop(tmp_path: Path, monkeypatch, agent_src: str, *, experiments: int, judge: dict | None = None,
-          seed: int = 1, bound: dict | None = None):
+def _loop(tmp_path: Path, agent_src: str, *, experiments: int, judge: dict | None = None, seed: int = 1,
+          bound: dict | None = None):
     """A quadratic task run with the given cmd: agent script at the strongest level here; the finished loop."""
-    from ouroboros.loop import Loop, Options
-    from ouroboros.task import load_task
-
-    attack = cheats.Attack("rt11", title="rt11", task={}, files={}, bound={"isolation": LEVEL, **(bound or {})})
-    task_dir = cheats.make_task(attack, tmp_path)
-    if judge:
-        cheats._set_keys(task_dir / "ouroboros.toml", "judge", judge)
-        cheats._git(task_dir, "commit", "-qam", "judge settings")
-    agent = tmp_path / "agent.py"
-    agent.write_text(agent_src)
-    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
-    loop = Loop(load_task(task_dir), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
-                                             max_experiments=experiments, budget=8.0, tag="t", seed=seed,
-                                             allow_weak_isolation=True))
-    loop.run()
-    loop.ledger.close()
-    return loop
+    return cheats.attack_loop(tmp_path, agent_src, level=LEVEL, experiments=experiments, judge=judge, seed=seed,
+                              bound=bound)
 
 
 # -- 1. the confirmation re-run's seed is known to the agent -------------------------------------------------------
@@ -87,7 +71,7 @@ def test_code_lucky_on_the_two_seeds_the_agent_can_predict_is_not_a_confirmed_ke
     # draw to a number the agent never sees, so its outcome is not left to chance: 5 of the 64 restarts beat the
     # baseline, so about 1 fresh seed in 13 would confirm this code by the re-run's own luck, not the agent's.
     monkeypatch.setattr("ouroboros.loop.secret_seed", lambda: 12345)
-    loop = _loop(tmp_path, monkeypatch, _SEED_AGENT, experiments=2, judge=judge)
+    loop = _loop(tmp_path, _SEED_AGENT, experiments=2, judge=judge)
     exps = {e.n: e for e in loop.history}
     assert exps[1].status == "crash", exps[1].reason
     lucky = exps[2]
@@ -132,7 +116,7 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("simplify train.py")
 @pytest.mark.parametrize("how", ["fold", "move"])
 def test_the_same_code_in_fewer_counted_lines_is_not_a_simplicity_keep(how, tmp_path, monkeypatch):
     agent, bound = (_FOLD_AGENT, None) if how == "fold" else (_MOVE_AGENT, {"allow_new_files": ["helpers.py"]})
-    loop = _loop(tmp_path, monkeypatch, agent, experiments=1, bound=bound)
+    loop = _loop(tmp_path, agent, experiments=1, bound=bound)
     exps = {e.n: e for e in loop.history}
     folded = exps[1]
     assert folded.metric is None or folded.metric == exps[0].metric, "the fold changed what the code computes"
@@ -157,7 +141,7 @@ def test_a_description_with_mathtext_does_not_crash_the_report(tmp_path, monkeyp
 
     pytest.importorskip("matplotlib", reason="the report extra is not installed")
 
-    loop = _loop(tmp_path, monkeypatch, _MATH_AGENT, experiments=1)
+    loop = _loop(tmp_path, _MATH_AGENT, experiments=1)
     assert loop.history[-1].status == "keep", loop.history[-1].reason
     src = Path(cheats.__file__).parent.parent
     done = subprocess.run([sys.executable, "-m", "ouroboros.cli", "report", "--run", "t", "-C", str(loop.task.root)],
@@ -173,7 +157,7 @@ def test_audit_does_not_call_code_lucky_on_the_predictable_seeds_reproduced(tmp_
     # on the run's seed alone, the audit's input. The audit's fresh seed is pinned as in test 1 (1 in 64 draws picks
     # the same restart and would reproduce the number honestly).
     monkeypatch.setattr("ouroboros.loop.secret_seed", lambda: 12345)
-    loop = _loop(tmp_path, monkeypatch, _SEED_AGENT, experiments=2)
+    loop = _loop(tmp_path, _SEED_AGENT, experiments=2)
     assert {e.n: e for e in loop.history}[2].status == "keep"
     result = audit(loop.task, "t")
     rows = {r.n: r for r in result.rows}
@@ -237,7 +221,7 @@ def test_the_report_does_not_hold_an_attempts_whole_diff(tmp_path, monkeypatch):
     from ouroboros.ledger import Ledger
     from ouroboros.report.load import run_data
 
-    loop = _loop(tmp_path, monkeypatch, _BIG_DIFF_AGENT, experiments=1)
+    loop = _loop(tmp_path, _BIG_DIFF_AGENT, experiments=1)
     patch = loop.ledger.exp_dir("t", 1) / "diff.patch"
     assert patch.stat().st_size > 8 << 20, "the attempt's diff was not written"
     ledger = Ledger(loop.task.root / ".ouroboros")
@@ -297,7 +281,7 @@ def test_an_evaluation_folder_nested_past_the_recursion_limit_is_removed(tmp_pat
     monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
     monkeypatch.setattr(cheats, "make_task", _with_files(cheats.make_task, {"evaluate.py": cheats._EVAL_IMPORTS_TRAIN}))
     try:
-        loop = _loop(tmp_path, monkeypatch, _DEEP_EVAL_AGENT, experiments=1)
+        loop = _loop(tmp_path, _DEEP_EVAL_AGENT, experiments=1)
         assert loop.history[-1].status != "keep", loop.history[-1].reason
         evaluate._finish_removals()
         left = [p for p in made if p.exists()]
@@ -345,7 +329,7 @@ def test_an_agent_nesting_folders_in_its_artifacts_fails_only_its_proposal(tmp_p
     from ouroboros import readfile
 
     try:
-        loop = _loop(tmp_path, monkeypatch, _DEEP_ARTIFACTS_AGENT, experiments=1)
+        loop = _loop(tmp_path, _DEEP_ARTIFACTS_AGENT, experiments=1)
         assert loop.history[-1].status in ("crash", "violation"), loop.history[-1].reason
     finally:
         for run in (tmp_path / "task" / ".ouroboros" / "runs").glob("*"):

@@ -422,29 +422,10 @@ def cheat():
 '''
 
 
-def test_a_confirmation_rerun_starts_from_the_commit_not_from_what_the_first_run_wrote(tmp_path, monkeypatch):
-    import shlex
-    import sys
-
-    from ouroboros.loop import Loop, Options
-    from ouroboros.task import load_task
-
-    attack = cheats.Attack("lucky-carry", title="carry a lucky result into the confirmation", train=_LUCKY_CARRY,
-                           task={}, bound={"isolation": LEVEL})
-    task = cheats.make_task(attack, tmp_path)
-    cheats._set_keys(task / "ouroboros.toml", "judge", {"confirm": True})
-    cheats._git(task, "commit", "-qam", "confirm every keep")
-    from string import Template
-    train = Template(cheats._TRAIN).safe_substitute(marker="m", outside=str(tmp_path / "o"), task=str(task), port="0",
-                                                    optimum=repr(cheats.OPTIMUM), code=_LUCKY_CARRY.strip("\n"))
-    agent = tmp_path / "agent.py"
-    agent.write_text(f"from pathlib import Path\nPath('train.py').write_text({train!r})\n")
-    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
-    loop = Loop(load_task(task), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
-                                         max_experiments=1, budget=3.0, tag="t", seed=1))
-    loop.run()
+def test_a_confirmation_rerun_starts_from_the_commit_not_from_what_the_first_run_wrote(tmp_path):
+    loop = cheats.attack_loop(tmp_path, cheats.writer_agent(cheats.train_source(_LUCKY_CARRY)), level=LEVEL,
+                              judge={"confirm": True}, budget=3.0)
     exp = loop.history[-1]
-    loop.ledger.close()
     assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm_metric {exp.metrics.get('confirm_metric')}"
 
 

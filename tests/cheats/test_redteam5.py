@@ -196,32 +196,14 @@ def cheat():
 
 
 @pytest.mark.parametrize("level", ["bwrap", "unshare", "process"])
-def test_a_lucky_result_cannot_be_carried_into_the_confirmation_through_a_fifo(level, tmp_path, monkeypatch):
-    import shlex
-    from string import Template
-
+def test_a_lucky_result_cannot_be_carried_into_the_confirmation_through_a_fifo(level, tmp_path):
     from ouroboros import cheats
-    from ouroboros.loop import Loop, Options
-    from ouroboros.task import load_task
 
     if level != "process" and not isolation.available(level):
         pytest.skip(f"{level} does not work here")
-    attack = cheats.Attack("fifo-carry", title="carry a lucky result in a FIFO", train=_FIFO_CARRY,
-                           task={}, bound={"isolation": level})
-    task = cheats.make_task(attack, tmp_path)
-    cheats._set_keys(task / "ouroboros.toml", "judge", {"confirm": True})
-    cheats._git(task, "commit", "-qam", "confirm every keep")
-    train = Template(cheats._TRAIN).safe_substitute(marker="m", outside=str(tmp_path / "o"), task=str(task), port="0",
-                                                    optimum=repr(cheats.OPTIMUM), code=_FIFO_CARRY.strip("\n"))
-    agent = tmp_path / "agent.py"
-    agent.write_text(f"from pathlib import Path\nPath('train.py').write_text({train!r})\n")
-    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
-    loop = Loop(load_task(task), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
-                                         max_experiments=1, budget=3.0, tag="t", seed=1,
-                                         allow_weak_isolation=True))
-    loop.run()
+    loop = cheats.attack_loop(tmp_path, cheats.writer_agent(cheats.train_source(_FIFO_CARRY)), level=level,
+                              judge={"confirm": True}, budget=3.0)
     exp = loop.history[-1]
-    loop.ledger.close()
     assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm_metric {exp.metrics.get('confirm_metric')}"
 
 

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
-import shlex
-import sys
 from pathlib import Path
-from string import Template
 
 import pytest
 
@@ -27,39 +24,14 @@ LEVELS = [pytest.param("bwrap", marks=pytest.mark.skipif(not BWRAP, reason="bubb
           "process"]
 
 
-def _train(code: str) -> str:
-    """train.py: cheats._TRAIN around cheat() (win() writes a solution.json and prints its loss)."""
-    return Template(cheats._TRAIN).safe_substitute(marker="m", outside="/nonexistent", task="/nonexistent", port="0",
-                                                   optimum=repr(cheats.OPTIMUM), code=code.strip("\n"))
-
-
-def _experiment(tmp_path: Path, monkeypatch, level: str, agent_src: str, *, confirm: bool = True,
-                task: dict | None = None, files: dict | None = None, bound: dict | None = None,
-                budget: float = 8.0):
-    """One experiment of a quadratic task at this level with the given agent script (a cmd: agent); the loop."""
-    from ouroboros.loop import Loop, Options
-    from ouroboros.task import load_task
-
-    attack = cheats.Attack("rt6", title="rt6", task=task or {}, files=files or {},
-                           bound={"isolation": level, **(bound or {})})
-    task_dir = cheats.make_task(attack, tmp_path)
-    if confirm:
-        cheats._set_keys(task_dir / "ouroboros.toml", "judge", {"confirm": True})
-        cheats._git(task_dir, "commit", "-qam", "confirm every keep")
-    agent = tmp_path / "agent.py"
-    agent.write_text(agent_src)
-    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
-    loop = Loop(load_task(task_dir), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
-                                             max_experiments=1, budget=budget, tag="t", seed=1,
-                                             allow_weak_isolation=True))
-    loop.run()
-    loop.ledger.close()
-    return loop
-
-
 def _writes_train(code: str, extra: str = "") -> str:
     """An agent script that writes train.py around cheat(), then runs `extra` (more Python)."""
-    return f"from pathlib import Path\nPath('train.py').write_text({_train(code)!r})\n{extra}\n"
+    return f"{cheats.writer_agent(cheats.train_source(code))}{extra}\n"
+
+
+def _experiment(tmp_path: Path, level: str, agent_src: str, *, confirm: bool = True, **keys):
+    """One experiment of a quadratic task at this level with the given agent script; every keep confirmed."""
+    return cheats.attack_loop(tmp_path, agent_src, level=level, judge={"confirm": True} if confirm else None, **keys)
 
 
 def _log(loop, name: str) -> str:
@@ -102,7 +74,7 @@ def test_which_files_the_scrub_remade_cannot_tell_the_confirmation_the_first_run
                                                                                            monkeypatch):
     readings, verdicts = {}, {}
     for touch in (True, False):
-        loop = _experiment(tmp_path / str(touch), monkeypatch, level,
+        loop = _experiment(tmp_path / str(touch), level,
                            _writes_train(f"TOUCH = {touch}\n" + _SCRUB_TRACE))
         exp = loop.history[-1]
         readings[touch], verdicts[touch] = _reading(_log(loop, "confirm.log")), exp.status
@@ -156,7 +128,7 @@ def test_a_lucky_result_cannot_be_carried_in_a_folder_whose_name_is_too_long_to_
         pytest.skip("this filesystem has no user extended attributes")
     agent = _writes_train(_LONG_NAME_CARRY, f"Path('lib/{_LONG}').mkdir(parents=True)\n"
                                             f"Path('lib/{_LONG}/helper.py').write_text('X = 1\\n')")
-    loop = _experiment(tmp_path, monkeypatch, level, agent, task={"editable": ["train.py", "lib/**"]},
+    loop = _experiment(tmp_path, level, agent, task={"editable": ["train.py", "lib/**"]},
                        files={"lib/README.md": "helpers\n"})
     exp = loop.history[-1]
     assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm {exp.metrics.get('confirm_metric')}"
@@ -222,7 +194,7 @@ def test_a_lucky_result_cannot_be_carried_in_the_kernel_keyring(level, tmp_path,
     if os.geteuid() != 0 and level == "process":
         pytest.xfail("at level process the run shares the user's keyrings (no namespace of its own)")
     code = f"SYSCALLS = {_SYSCALLS[platform.machine()]!r}\nNAME = 'ouroboros-rt6-{os.urandom(6).hex()}'\n"
-    loop = _experiment(tmp_path, monkeypatch, level, _writes_train(code + _KEYRING_CARRY))
+    loop = _experiment(tmp_path, level, _writes_train(code + _KEYRING_CARRY))
     exp = loop.history[-1]
     assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); confirm {exp.metrics.get('confirm_metric')}"
 
@@ -254,7 +226,7 @@ _TMP_OPEN = pytest.mark.xfail(strict=True, reason="at level process /tmp (and $H
 def test_a_lucky_result_cannot_be_carried_in_tmp_at_the_weaker_levels(level, tmp_path, monkeypatch):
     name = f"ouroboros-rt6-{os.urandom(6).hex()}"
     try:
-        loop = _experiment(tmp_path, monkeypatch, level, _writes_train(f"NAME = {name!r}\n" + _TMP_CARRY))
+        loop = _experiment(tmp_path, level, _writes_train(f"NAME = {name!r}\n" + _TMP_CARRY))
     finally:
         Path("/tmp", name).unlink(missing_ok=True)
     exp = loop.history[-1]
@@ -295,7 +267,7 @@ def test_the_scrub_does_not_turn_an_agents_sparse_files_into_disk_use(tmp_path, 
     monkeypatch.setattr(loop_module, "scrub", measured)
     mb, files = 4, 16
     agent = f"FILES, EACH = {files}, {mb << 20}\n" + _SPARSE_AGENT
-    loop = _experiment(tmp_path, monkeypatch, "bwrap", agent, confirm=False, bound={"max_artifact_mb": mb})
+    loop = _experiment(tmp_path, "bwrap", agent, confirm=False, bound={"max_artifact_mb": mb})
     exp = loop.history[-1]
     assert exp.status == "violation", (exp.status, exp.reason)  # 64 MB in all > 4 MB: the guard saw it
     assert max(allocated) < files * mb * 2**20 // 4, \
@@ -338,7 +310,7 @@ Path("helper.py").write_text("X = 1\\n")
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_an_editable_file_past_path_max_does_not_crash_the_harness(level, tmp_path, monkeypatch):
-    loop = _experiment(tmp_path, monkeypatch, level, _DEEP_AGENT, confirm=False,
+    loop = _experiment(tmp_path, level, _DEEP_AGENT, confirm=False,
                        task={"editable": ["train.py", "lib/**"]}, files={"lib/README.md": "helpers\n"})
     assert loop.history[-1].n == 1
 
@@ -393,7 +365,7 @@ def test_an_honest_attempt_in_a_repository_with_a_utf16_file_is_not_a_violation(
         return task_dir
 
     monkeypatch.setattr(c, "make_task", make_task)
-    loop = _experiment(tmp_path, monkeypatch, level, _HONEST_AGENT, confirm=False, files=files)
+    loop = _experiment(tmp_path, level, _HONEST_AGENT, confirm=False, files=files)
     exp = loop.history[-1]
     assert exp.status in ("keep", "discard"), (exp.status, exp.reason)
 
@@ -446,7 +418,7 @@ def test_a_lucky_result_cannot_be_carried_in_an_acl_the_scrubs_own_copy_inherits
     if not _acls_here(tmp_path):
         pytest.skip("this filesystem has no POSIX ACLs")
     agent = _writes_train(_ACL_CARRY, "Path('lib').mkdir(exist_ok=True)\nPath('lib/helper.py').write_text('X = 1\\n')")
-    loop = _experiment(tmp_path, monkeypatch, level, agent, task={"editable": ["train.py", "lib*/*.py"]},
+    loop = _experiment(tmp_path, level, agent, task={"editable": ["train.py", "lib*/*.py"]},
                        files={"lib0/__init__.py": ""})  # lib/ itself is the agent's (its owner the run's uid)
     exp = loop.history[-1]
     assert _log(loop, "run.log").strip(), "the first run did not run"
@@ -487,7 +459,7 @@ def test_a_file_git_takes_for_another_under_core_ignorecase_is_seen(level, tmp_p
         return task_dir
 
     monkeypatch.setattr(c, "make_task", make_task)
-    loop = _experiment(tmp_path, monkeypatch, level, _HIDDEN_AGENT, confirm=True)
+    loop = _experiment(tmp_path, level, _HIDDEN_AGENT, confirm=True)
     exp = loop.history[-1]
     left = (loop.ws.task_dir / "TRAIN.PY").exists()
     assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); TRAIN.PY still in the worktree: {left}"
@@ -514,7 +486,7 @@ def cheat():
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_a_lucky_result_cannot_be_carried_in_a_fifo_git_does_not_see(level, tmp_path, monkeypatch):
-    loop = _experiment(tmp_path, monkeypatch, level, _writes_train(_FIFO_CARRY))
+    loop = _experiment(tmp_path, level, _writes_train(_FIFO_CARRY))
     exp = loop.history[-1]
     left = os.path.lexists(loop.ws.task_dir / "found")
     assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); the FIFO is still in the worktree: {left}"
@@ -616,7 +588,7 @@ def test_code_hidden_in_a_submodules_folder_is_seen(level, tmp_path, monkeypatch
         return task_dir
 
     monkeypatch.setattr(c, "make_task", make_task)
-    loop = _experiment(tmp_path, monkeypatch, level, _SUBMODULE_AGENT, confirm=True)
+    loop = _experiment(tmp_path, level, _SUBMODULE_AGENT, confirm=True)
     exp = loop.history[-1]
     left = (loop.ws.task_dir / "vendor" / "boost.py").exists()
     assert exp.status != "keep", f"kept with {exp.metric} ({exp.reason}); vendor/boost.py still in the worktree: {left}"
@@ -664,7 +636,7 @@ def test_a_folder_chain_git_clean_cannot_reach_neither_stops_the_harness_nor_car
     from ouroboros.errors import OuroborosError
 
     try:
-        loop = _experiment(tmp_path, monkeypatch, level, _writes_train(_DEEP_RUN_CARRY))
+        loop = _experiment(tmp_path, level, _writes_train(_DEEP_RUN_CARRY))
     except OuroborosError as exc:
         pytest.fail(f"the harness stopped: {str(exc)[:160]}")
     exp = loop.history[-1]
@@ -699,7 +671,7 @@ def test_a_fifo_named_gitattributes_cannot_hang_the_harness(level, tmp_path, mon
 
     def run():
         try:
-            outcome["loop"] = _experiment(tmp_path, monkeypatch, level, _writes_train(_FIFO_ATTRIBUTES))
+            outcome["loop"] = _experiment(tmp_path, level, _writes_train(_FIFO_ATTRIBUTES))
         except Exception as exc:  # noqa: BLE001 - reported below
             outcome["error"] = exc
 

@@ -22,26 +22,10 @@ LEVELS = [pytest.param("bwrap", marks=pytest.mark.skipif(not BWRAP, reason="bubb
           "process"]
 
 
-def _experiment(tmp_path: Path, monkeypatch, level: str, agent_src: str, *, confirm: bool = True,
-                budget: float = 8.0):
-    """One experiment of a quadratic task at this level with the given agent script (a cmd: agent); the loop."""
-    from ouroboros.loop import Loop, Options
-    from ouroboros.task import load_task
-
-    attack = cheats.Attack("rt7", title="rt7", task={}, files={}, bound={"isolation": level})
-    task_dir = cheats.make_task(attack, tmp_path)
-    if confirm:
-        cheats._set_keys(task_dir / "ouroboros.toml", "judge", {"confirm": True})
-        cheats._git(task_dir, "commit", "-qam", "confirm every keep")
-    agent = tmp_path / "agent.py"
-    agent.write_text(agent_src)
-    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
-    loop = Loop(load_task(task_dir), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
-                                             max_experiments=1, budget=budget, tag="t", seed=1,
-                                             allow_weak_isolation=True))
-    loop.run()
-    loop.ledger.close()
-    return loop
+def _experiment(tmp_path: Path, level: str, agent_src: str, *, confirm: bool = True, budget: float = 8.0):
+    """One experiment of a quadratic task at this level with the given agent script."""
+    return cheats.attack_loop(tmp_path, agent_src, level=level, judge={"confirm": True} if confirm else None,
+                              budget=budget)
 
 
 # -- 1. empty_gitlinks follows a link the agent put in place of a submodule's parent folder ------------------------
@@ -89,7 +73,7 @@ def test_emptying_a_submodule_folder_never_follows_a_link_out_of_the_worktree(le
     # (<checkout>/.ouroboros/runs/t/worktree) up to the user's checkout, whose submodule copy is then emptied
     target = str(outside) if victim == "outside" else "../../../../ext"
     monkeypatch.setattr(c, "make_task", make_task)
-    loop = _experiment(tmp_path, monkeypatch, level, _GITLINK_LINK_AGENT.format(outside=target), confirm=False)
+    loop = _experiment(tmp_path, level, _GITLINK_LINK_AGENT.format(outside=target), confirm=False)
     exp = loop.history[-1]
     precious = (outside if victim == "outside" else made["task"] / "ext") / "victim" / "precious.txt"
     assert precious.exists(), f"{precious} was deleted by the harness (experiment: {exp.status}, {exp.reason[:200]})"
@@ -293,16 +277,11 @@ def cheat():
 @pytest.mark.parametrize("level", [LEVELS[1], "process"])
 def test_resume_after_a_run_replaced_its_harness_lock_fails_with_a_clear_error_or_goes_on(level, tmp_path,
                                                                                           monkeypatch):
-    from string import Template
-
     from ouroboros.errors import OuroborosError
     from ouroboros.loop import Loop, Options
     from ouroboros.task import load_task
 
-    train = Template(cheats._TRAIN).safe_substitute(marker="m", outside="/nonexistent", task="/nonexistent", port="0",
-                                                    optimum=repr(cheats.OPTIMUM), code=_LOCK_SWAP.strip())
-    agent = f"from pathlib import Path\nPath('train.py').write_text({train!r})\n"
-    loop = _experiment(tmp_path, monkeypatch, level, agent, confirm=False)
+    loop = _experiment(tmp_path, level, cheats.writer_agent(cheats.train_source(_LOCK_SWAP)), confirm=False)
     lock = loop.ledger.run_dir("t") / "harness.lock"
     if level == "unshare":  # the records are masked there (since the eleventh pass): the run never reaches its lock
         assert lock.is_file(), f"the run reached its lock at level unshare ({loop.history[-1].status})"
@@ -345,7 +324,7 @@ def test_an_editable_file_linked_to_a_huge_file_outside_does_not_stop_the_harnes
         f.truncate(1 << 40)  # sparse: no disk taken
     os.chmod(tmp_path, 0o755)
     try:
-        loop = _experiment(tmp_path, monkeypatch, level, _LOC_LINK_AGENT.format(target=str(big)), confirm=False)
+        loop = _experiment(tmp_path, level, _LOC_LINK_AGENT.format(target=str(big)), confirm=False)
     except MemoryError:
         pytest.fail("the harness read the 1 TiB file behind the agent's link and stopped with MemoryError")
     exp = loop.history[-1]

@@ -6,7 +6,6 @@ gets through is marked xfail(strict=True) with its root cause and the fix recomm
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 import types
 from pathlib import Path
@@ -20,24 +19,6 @@ UNSHARE = isolation.available("unshare")
 LEVELS = [pytest.param("bwrap", marks=pytest.mark.skipif(not BWRAP, reason="bubblewrap does not work here")),
           pytest.param("unshare", marks=pytest.mark.skipif(not UNSHARE, reason="unshare does not work here")),
           "process"]
-
-
-def _experiment(tmp_path: Path, monkeypatch, level: str, agent_src: str, *, budget: float = 8.0):
-    """One experiment of a quadratic task at this level with the given agent script (a cmd: agent); the loop."""
-    from ouroboros.loop import Loop, Options
-    from ouroboros.task import load_task
-
-    attack = cheats.Attack("rt8", title="rt8", task={}, files={}, bound={"isolation": level})
-    task_dir = cheats.make_task(attack, tmp_path)
-    agent = tmp_path / "agent.py"
-    agent.write_text(agent_src)
-    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
-    loop = Loop(load_task(task_dir), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
-                                             max_experiments=1, budget=budget, tag="t", seed=1,
-                                             allow_weak_isolation=True))
-    loop.run()
-    loop.ledger.close()
-    return loop
 
 
 # -- 1. remove_specials unlinks by a path joined from the worktree, after the walk ------------------------------------
@@ -100,12 +81,8 @@ def cheat():
 @pytest.mark.parametrize("level", [LEVELS[1], "process"])
 def test_resume_after_a_run_nested_folders_deep_in_its_lock_fails_with_a_clear_error_or_goes_on(level, tmp_path,
                                                                                                  monkeypatch):
-    from string import Template
-
-    train = Template(cheats._TRAIN).safe_substitute(marker="m", outside="/nonexistent", task="/nonexistent", port="0",
-                                                    optimum=repr(cheats.OPTIMUM), code=_DEEP_LOCK.strip())
-    agent = f"from pathlib import Path\nPath('train.py').write_text({train!r})\n"
-    loop = _experiment(tmp_path, monkeypatch, level, agent)
+    loop = cheats.attack_loop(tmp_path, cheats.writer_agent(cheats.train_source(_DEEP_LOCK)), level=level,
+                              judge={"confirm": True})
     lock = loop.ledger.run_dir("t") / "harness.lock"
     try:
         if level == "unshare":  # the records are masked there (since the eleventh pass): the lock stays as it was
@@ -255,29 +232,14 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("link")
 
 
 @pytest.mark.parametrize("level", LEVELS)
-def test_an_editable_folder_linked_outside_is_not_listed_or_counted(level, tmp_path, monkeypatch):
-    from ouroboros.loop import Loop, Options
-    from ouroboros.task import load_task
-
+def test_an_editable_folder_linked_outside_is_not_listed_or_counted(level, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
     secret = outside / "secret.py"
     secret.write_text("".join(f"x{i} = {i}\n" for i in range(5000)))
     secret.chmod(0o600)
-    attack = cheats.Attack("rt8", title="rt8", task={}, files={}, bound={"isolation": level})
-    task_dir = cheats.make_task(attack, tmp_path / "w")
-    (task_dir / "lib_a.py").write_text("A = 1\n")
-    cheats._set_keys(task_dir / "ouroboros.toml", "task", {"editable": ["train.py", "lib*"]})
-    cheats._git(task_dir, "add", "-A")
-    cheats._git(task_dir, "commit", "-qm", "editable: lib*, a file or a folder")
-    agent = tmp_path / "agent.py"
-    agent.write_text(_LOC_FOLDER_LINK_AGENT.format(target=str(outside)))
-    monkeypatch.setenv("OUROBOROS_CACHE", str(tmp_path / "cache"))
-    loop = Loop(load_task(task_dir), Options(agent=f"cmd:{shlex.quote(sys.executable)} {shlex.quote(str(agent))}",
-                                             max_experiments=1, budget=8.0, tag="t", seed=1,
-                                             allow_weak_isolation=True))
-    loop.run()
-    loop.ledger.close()
+    loop = cheats.attack_loop(tmp_path / "w", _LOC_FOLDER_LINK_AGENT.format(target=str(outside)), level=level,
+                              task={"editable": ["train.py", "lib*"]}, files={"lib_a.py": "A = 1\n"})
     exp = loop.history[-1]
     assert exp.loc is None or exp.loc < 5000, f"the recorded loc {exp.loc} counts the lines of {secret}"
 
