@@ -650,6 +650,24 @@ def attack_loop(workdir: Path, agent_src: str, *, level: str, experiments: int =
     return loop
 
 
+def attack_resume(loop, experiments: int = 2) -> None:
+    """Resume attack_loop's run with an agent that changes nothing, up to `experiments`; a clear one-line error
+    (OuroborosError) is an acceptable ending, anything else raises."""
+    from ouroboros.errors import OuroborosError
+    from ouroboros.loop import Loop, Options
+    from ouroboros.task import load_task
+
+    try:
+        again = Loop(load_task(loop.task.root), Options(agent="cmd:true", max_experiments=experiments, budget=8.0,
+                                                        tag="t", seed=1, resume=True, allow_weak_isolation=True))
+        try:
+            again.run()
+        finally:
+            again.ledger.close()
+    except OuroborosError:
+        pass
+
+
 def run_attack(attack: Attack, workdir: Path, isolation: str | None = None,
                on_task: Callable[[Path], None] | None = None) -> Result:
     """Run one attack as experiment 1 of a fresh run; workdir must be empty and is left with the records."""

@@ -275,28 +275,14 @@ def cheat():
 
 
 @pytest.mark.parametrize("level", [LEVELS[1], "process"])
-def test_resume_after_a_run_replaced_its_harness_lock_fails_with_a_clear_error_or_goes_on(level, tmp_path,
-                                                                                          monkeypatch):
-    from ouroboros.errors import OuroborosError
-    from ouroboros.loop import Loop, Options
-    from ouroboros.task import load_task
-
+def test_resume_after_a_run_replaced_its_harness_lock_fails_with_a_clear_error_or_goes_on(level, tmp_path):
     loop = _experiment(tmp_path, level, cheats.writer_agent(cheats.train_source(_LOCK_SWAP)), confirm=False)
     lock = loop.ledger.run_dir("t") / "harness.lock"
     if level == "unshare":  # the records are masked there (since the eleventh pass): the run never reaches its lock
         assert lock.is_file(), f"the run reached its lock at level unshare ({loop.history[-1].status})"
         return
     assert lock.is_dir(), f"the run did not reach its lock ({loop.history[-1].status}: {loop.history[-1].reason})"
-    task = loop.task.root
-    try:
-        again = Loop(load_task(task), Options(agent="cmd:true", max_experiments=2, budget=8.0, tag="t", seed=1,
-                                              resume=True, allow_weak_isolation=True))
-        try:
-            again.run()
-        finally:
-            again.ledger.close()
-    except OuroborosError:
-        pass  # a clear one-line error: stopped
+    cheats.attack_resume(loop)
 
 
 # -- 8. count_loc reads an editable file through the agent's link, to anywhere ---------------------------------------
