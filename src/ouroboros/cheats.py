@@ -799,10 +799,10 @@ def run_all(names: list[str] | None = None, keep: Path | None = None) -> list[Re
             continue
         base = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="ouroboros-cheats-"))
         results.append(run_attack(attack, base / attack.name))
-        if keep is None:
-            import shutil
+        if keep is None:  # an attack's tree may be nested past the recursion limit
+            from ouroboros import readfile
 
-            shutil.rmtree(base, ignore_errors=True)
+            readfile.clear(base)
     return results
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
+from ouroboros import readfile
 from ouroboros.errors import OuroborosError
 from ouroboros.workspace import git
 
@@ -62,8 +62,8 @@ def install(repo: Path, sha: str, cache: Path) -> Path:
     (tmp / ".complete").write_text(sha + "\n")
     try:
         tmp.rename(dest)
-    except OSError:  # another process exported it meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:  # another process exported it meanwhile (a candidate's tree may be nested however deep)
+        readfile.clear(tmp)
     return dest / "src"
 
 
