@@ -237,6 +237,30 @@ def test_network_true_shares_the_network(tmp_path):
     srv.close()
 
 
+@VIEWS
+def test_network_true_keeps_a_resolv_conf_that_lies_under_the_masked_run(quadratic, monkeypatch, level):
+    """systemd-resolved's and NetworkManager's /etc/resolv.conf lead into /run, which both levels mask."""
+    folder = Path("/run") / f"ouroboros-test-{uuid.uuid4().hex[:8]}"
+    try:
+        folder.mkdir()
+    except OSError:
+        pytest.skip("/run is not writable here")
+    try:
+        (folder / "resolv.conf").write_text("nameserver 192.0.2.53\n")
+        (folder / "other").write_text("host socket\n")
+        monkeypatch.setattr(isolation, "_resolver", lambda: folder / "resolv.conf")
+        loop = _loop(quadratic, f'network = true\nisolation = "{level}"')
+        rc, out = _sh(loop, f"cat {folder}/resolv.conf; ls {folder}")
+        loop.ledger.close()
+        assert rc == 0, out
+        assert "nameserver 192.0.2.53" in out
+        assert "other" not in out  # the rest of /run stays masked
+    finally:
+        for child in folder.iterdir():
+            child.unlink()
+        folder.rmdir()
+
+
 @pytest.mark.parametrize("level", [pytest.param("bwrap", marks=needs_bwrap),
                                    pytest.param("unshare", marks=needs_unshare), "process"])
 def test_a_daemon_dies_with_the_run_and_fails_it(quadratic, level):

@@ -385,8 +385,15 @@ class Unshare(Isolation):
         cmds += ["mount -o remount,bind,ro /proc",  # /proc/sys, /proc/irq, /proc/sysrq-trigger: host-wide knobs
                  "{ mount -t sysfs -o ro,nosuid,nodev,noexec none /sys 2>/dev/null || { { [ ! -d /sys/fs/cgroup ] || "
                  "mount -t tmpfs -o ro,size=1m,mode=755 none /sys/fs/cgroup; } && mount -o remount,bind,ro /sys; }; }",
-                 "mount -o remount,bind,ro /", *(f"mount -o remount,bind,ro {q(str(m))}" for m in small),
-                 f"umount -l {old}", "mount -t tmpfs -o size=1m,mode=755 none /run", f"cd {q(str(cwd))}"]
+                 "mount -o remount,bind,ro /", *(f"mount -o remount,bind,ro {q(str(m))}" for m in small)]
+        resolv = _resolver() if self.task.bound.network and Path("/tmp") in masks else None
+        if resolv is not None:  # name resolution (/etc/resolv.conf into /run): kept aside in the private /tmp
+            cmds.append(f": > /tmp/.resolv && mount --bind -o ro {q(old + str(resolv))} /tmp/.resolv")
+        cmds += [f"umount -l {old}", "mount -t tmpfs -o size=1m,mode=755 none /run"]
+        if resolv is not None:
+            cmds.append(f"mkdir -p {q(str(resolv.parent))} && : > {q(str(resolv))} && "
+                        f"mount --move /tmp/.resolv {q(str(resolv))} && rm /tmp/.resolv")
+        cmds.append(f"cd {q(str(cwd))}")
         return ("{ " + " && ".join(cmds) + "; } 2>/dev/null || { echo '[ouroboros] could not make the "
                 "sandbox mounts (masks, read-only binds)'; exit 97; }; ")
 
@@ -483,10 +490,8 @@ class Bwrap(Isolation):
         network = self.task.bound.network or phase == "agent"
         if not network:
             args.append("--unshare-net")
-        else:  # name resolution: /etc/resolv.conf often points into the masked /run
-            resolv = Path(os.path.realpath("/etc/resolv.conf"))
-            if _under(resolv, [Path("/run")]) and resolv.exists():
-                args += ["--ro-bind", str(resolv), str(resolv)]
+        elif (resolv := _resolver()) is not None:  # name resolution: often points into the masked /run
+            args += ["--ro-bind", str(resolv), str(resolv)]
         args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
         command = ["bash", "-c", _REAPER, _shell(argv)]
         if drops_root():  # root would keep reading root's own files: the command runs as NOBODY instead
@@ -545,6 +550,13 @@ _BWRAP_OPS = {"--ro-bind": 2, "--ro-bind-try": 2, "--bind": 2, "--bind-try": 2, 
               "--tmpfs": 1, "--dir": 1, "--dev": 1, "--proc": 1, "--remount-ro": 1, "--chdir": 1, "--size": 1,
               "--perms": 1, "--cap-add": 1, "--cap-drop": 1, "--chmod": 2}
 _MOUNTS = {"--ro-bind", "--ro-bind-try", "--bind", "--bind-try", "--dev-bind", "--dev-bind-try", "--tmpfs", "--dir"}
+
+
+def _resolver() -> Path | None:
+    """The file /etc/resolv.conf leads to where it lies under /run (systemd-resolved's stub, NetworkManager's),
+    which both levels replace by an empty tmpfs: a run with network bound back to it can resolve names."""
+    resolv = Path(os.path.realpath("/etc/resolv.conf"))
+    return resolv if _under(resolv, [Path("/run")]) and resolv.is_file() else None
 
 
 def drops_root() -> bool:
