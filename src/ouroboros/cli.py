@@ -369,6 +369,9 @@ def report(
 
         if study is not None:
             assert out is not None
+            from ouroboros.study.runner import study_dir
+
+            views.warn_study(err, study_dir(study))  # records changed outside Ouroboros: said, as for --run
             page = build.study_report(study, out)
         else:
             t = load_task(task)

@@ -346,13 +346,29 @@ def status(console: Console, task: Task, tsv: bool = False) -> None:
     console.print(table)
 
 
-def warn(console: Console, ledger: Ledger, task: Task, tag: str | None) -> None:
+def warn(console: Console, ledger: Ledger, task: Task | Path, tag: str | None) -> None:
     """One warning line when the records (of one run, or all) do not verify; `verify` lists why."""
     problems = chain.check(ledger, tag)
     if problems:
+        root = task if isinstance(task, Path) else task.root
         console.print(f"[bold red]warning:[/] the records{' of run ' + text(tag) if tag else ''} do not verify "
                       f"({len(problems)} problem(s), first: {text(problems[0], 200)}); they were changed outside "
-                      f"Ouroboros. See `ouroboros verify -C {escape(str(task.root))}`")
+                      f"Ouroboros. See `ouroboros verify -C {escape(str(root))}`")
+
+
+def warn_study(console: Console, folder: Path) -> None:
+    """warn() for the records of each condition of a study (its folder, with study.json)."""
+    import json
+
+    manifest = json.loads((folder / "study.json").read_text())
+    for task_dir in dict.fromkeys(Path(d) for d in manifest["conditions"].values()):
+        records = task_dir / RECORDS_DIR
+        if (records / "ledger.sqlite").is_file():
+            ledger = Ledger(records)
+            try:
+                warn(console, ledger, task_dir, None)
+            finally:
+                ledger.close()
 
 
 def verify(console: Console, task: Task, tag: str | None) -> int:

@@ -112,3 +112,28 @@ def test_page_renders_every_figure_offline_in_headless_chromium(tmp_path: Path) 
         finally:
             browser.close()
     assert all(u.startswith("file://") for u in requests), requests
+
+
+def test_a_study_report_warns_about_a_condition_whose_records_were_changed(tmp_path: Path) -> None:
+    import io
+    import sqlite3
+
+    from rich.console import Console
+
+    from ouroboros import views
+
+    folder = fake_study(tmp_path / "study", runs=1, exps=3)
+    said = io.StringIO()
+    views.warn_study(Console(file=said, width=300), folder)
+    assert said.getvalue() == ""  # records as Ouroboros wrote them: nothing to say
+    with sqlite3.connect(folder / "conditions" / "tpe" / ".ouroboros" / "ledger.sqlite") as db:
+        db.execute("UPDATE experiments SET metric = 0.001 WHERE n = 3")
+    views.warn_study(Console(file=said, width=300), folder)
+    out = said.getvalue()
+    assert "do not verify" in out and str(folder / "conditions" / "tpe") in out
+    assert str(folder / "conditions" / "random") not in out
+    from ouroboros.testing import cli
+
+    shown = cli("report", "--study", str(folder), "--out", str(tmp_path / "out"))
+    assert shown.returncode == 0, shown.stderr
+    assert "do not verify" in shown.stderr and (tmp_path / "out" / "index.html").is_file()
