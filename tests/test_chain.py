@@ -212,3 +212,22 @@ def test_processes_making_the_key_at_once_all_get_the_same_whole_key(tmp_path: P
             keys = set(pool.map(_key_in, [str(folder)] * 12))
         assert len(keys) == 1 and len(keys.pop()) == 64
         assert [p.name for p in folder.iterdir()] == ["ledger.key"]  # no temporary file left
+
+
+def test_the_row_key_digest_keeps_the_format_anchors_were_written_in():
+    """A `.verified` anchor holds this digest: another encoding would read every earlier anchor as rows removed."""
+    import hashlib
+    import json
+    import random
+
+    def written(keys):  # the format: one JSON list [kind, tag, n] a line, sorted
+        h = hashlib.sha256()
+        for key in sorted(keys):
+            h.update(json.dumps(list(key)).encode() + b"\n")
+        return h.hexdigest()
+
+    rng = random.Random(0)
+    tags = ["t", 'a"b', "é\u2028x", "x\\y", "\x00z", "[1, 2]", "exp"]
+    for _ in range(100):
+        keys = {(rng.choice(["exp", "run"]), rng.choice(tags), rng.randint(-1, 10**6)) for _ in range(rng.randint(0, 40))}
+        assert chain._keys_digest(keys) == written(keys)

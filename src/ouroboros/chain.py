@@ -245,8 +245,13 @@ def _row_keys(ledger: Ledger) -> set[tuple[str, str, int]]:
 def _keys_digest(keys) -> str:
     """One hash of a set of row keys: the anchor holds the one of every row there was when it was written."""
     h = hashlib.sha256()
-    for key in sorted(keys):  # one JSON list a line: no tag, whatever it holds, reads as two keys
-        h.update(json.dumps(list(key)).encode() + b"\n")
+    quoted: dict[str, str] = {}  # json.dumps of each tag and kind, once (a run has thousands of rows)
+    lines = []
+    for kind, tag, n in sorted(keys):  # one JSON list a line: no tag, whatever it holds, reads as two keys
+        k = quoted.get(kind) or quoted.setdefault(kind, json.dumps(kind))
+        t = quoted.get(tag) or quoted.setdefault(tag, json.dumps(tag))
+        lines.append(f"[{k}, {t}, {int(n)}]\n")  # the bytes of json.dumps([kind, tag, n]) + newline
+    h.update("".join(lines).encode())
     return h.hexdigest()
 
 
@@ -257,31 +262,34 @@ def check(ledger: Ledger, tag: str | None = None) -> list[Problem]:
     k = key()
     ledger.db.execute("BEGIN")  # one snapshot of the ledger, however many queries
     try:
-        problems, end = _check(ledger, k)
-        keys = _keys_digest(_row_keys(ledger)) if not problems and end[0] > 0 else ""
+        problems, end, keys = _check(ledger, k)
+        if not problems and end[0] > 0 and keys is None:
+            keys = _keys_digest(_row_keys(ledger))
     finally:
         ledger.db.execute("COMMIT")
-    if keys:
+    if keys and not problems and end[0] > 0:
         _write_anchor(ledger, k, *end, keys)
     return [p for p in problems if tag is None or p.tag is None or p.tag == tag]
 
 
-def _check(ledger: Ledger, k: bytes) -> tuple[list[Problem], tuple[int, str]]:
+def _check(ledger: Ledger, k: bytes) -> tuple[list[Problem], tuple[int, str], str | None]:
+    """The problems, the last entry checked (seq, mac), and the digest of every row key when it was computed
+    on the way (None: not)."""
     anchor = _read_anchor(ledger, k)
     if not isinstance(anchor, tuple):
         problems, end = _verify_all(ledger, k, None)
-        return ([anchor] if anchor else []) + problems, end
+        return ([anchor] if anchor else []) + problems, end, None
     seq, mac, keys = anchor
     entries = ledger.db.execute("SELECT * FROM chain WHERE seq >= ? ORDER BY seq", (seq - 1,)).fetchall()
     if len(entries) > max(seq, 1000):  # more written since than before: row by row would be slower than all
-        return _verify_all(ledger, k, None)
+        return *_verify_all(ledger, k, None), None
     before = entries.pop(0) if entries and entries[0]["seq"] == seq - 1 else None
     at = entries.pop(0) if entries and entries[0]["seq"] == seq else None
     if at is None or at["mac"] != mac or (before is None) != (seq == 1) or _entry(k, at, before["mac"] if before
                                                                                     else "", seq):
         problems, end = _verify_all(ledger, k, None)
         return [Problem("chain", f"entry {seq}, the last one a check passed, was changed or removed since; "
-                                 "everything was checked instead")] + problems, end
+                                 "everything was checked instead")] + problems, end, None
     problems: list[Problem] = []
     prev, expect_seq, last_of = mac, seq + 1, {(at["kind"], at["tag"], at["n"]): at["digest"]}
     for e in entries:
@@ -294,13 +302,29 @@ def _check(ledger: Ledger, k: bytes) -> tuple[list[Problem], tuple[int, str]]:
     # The rows no entry since names must be the rows there were: an entry left unchecked below the anchor
     # (numbered 0, or an old one renamed) cannot then vouch for a row added, or stand in for one removed.
     named = set(last_of)
-    old = {(kind, t, n) for kind, t, n in ledger.db.execute("SELECT DISTINCT kind, tag, n FROM chain WHERE seq <= ?",
-                                                            (seq,))}
-    if _keys_digest((_row_keys(ledger) - named) | (named & old)) != keys:
+    old = _named_before(ledger, named, seq)
+    rows = _row_keys(ledger)
+    seen = (rows - named) | (named & old)
+    found = _keys_digest(seen)
+    if found != keys:
         problems.append(Problem("chain", "the ledger's rows are not the ones the last check saw plus those "
                                          "written since: rows were added or removed outside Ouroboros; run "
                                          "`ouroboros verify` to see which"))
-    return list(dict.fromkeys(problems)), (expect_seq - 1, prev)  # a deleted row is found both ways: once
+    # a deleted row is found both ways: once; the digest of every row is the one just made when they are the same
+    return list(dict.fromkeys(problems)), (expect_seq - 1, prev), found if seen == rows else None
+
+
+def _named_before(ledger: Ledger, keys: set, seq: int) -> set:
+    """Those of keys that an entry numbered seq or lower names: SQLite matches them in one pass (a set of
+    every old entry's key, made in Python, is most of what `status` spends after a long run)."""
+    found: set = set()
+    listed = sorted(keys)
+    for i in range(0, len(listed), 300):  # SQLite's limit on bound values, with room
+        part = listed[i:i + 300]
+        values = ",".join("(?,?,?)" for _ in part)
+        found |= {tuple(r) for r in ledger.db.execute(f"SELECT DISTINCT kind, tag, n FROM chain WHERE seq <= ? AND (kind, tag, n) IN "
+                                       f"(VALUES {values})", (seq, *(v for key in part for v in key)))}
+    return found
 
 
 def _rows_named(ledger: Ledger, last_of: dict) -> list[Problem]:
