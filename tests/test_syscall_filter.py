@@ -61,6 +61,34 @@ def test_every_phase_at_bwrap_gets_eperm_from_the_keyring_calls(quadratic, phase
     assert "Seccomp:\t2" in out or "Seccomp: 2" in out, out  # a filter, not a missing syscall
 
 
+@pytest.mark.skipif(platform.machine() not in _CALLS, reason="the probe knows x86_64's and aarch64's numbers only")
+@pytest.mark.parametrize("level", [pytest.param("unshare", marks=pytest.mark.skipif(
+    not isolation.available("unshare"), reason="unshare missing or refused here")), "process"])
+def test_the_weaker_levels_get_eperm_from_the_keyring_calls_and_the_harness_does_not(quadratic, level):
+    if syscall_filter.problem():
+        pytest.skip(syscall_filter.problem())
+    calls = _CALLS[platform.machine()]
+    # the harness, and a process it starts itself (git), keep the calls: only its starts of phases are filtered
+    own = subprocess.run([sys.executable, "-c", f"CALLS = {calls[:1]!r}" + _PROBE], capture_output=True, text=True)
+    if "EPERM" in own.stdout or "ENOSYS" in own.stdout:
+        pytest.skip(f"the keyring calls are refused here already: {own.stdout.strip()}")
+    toml = quadratic / "ouroboros.toml"
+    toml.write_text(toml.read_text() + f'\n[bound]\nisolation = "{level}"\n')
+    commit_all(quadratic, level)
+    loop = Loop(load_task(quadratic), Options(agent="random", max_experiments=1, tag="sc", allow_weak_isolation=True))
+    argv, got = loop.isolation.wrap(["bash", "-c", f"python -c {shlex.quote(f'CALLS = {calls!r}' + _PROBE)}"], "run")
+    assert got == level
+    log = loop.records / "probe.log"
+    sandbox.run(argv, loop.ws.task_dir, 30, 1, log, env=sandbox.scrubbed_env(), isolation=level,
+                overhead=loop.isolation.overhead)
+    loop.ledger.close()
+    out = log.read_text()
+    results = [line.split()[1:] for line in out.splitlines() if line.startswith("call ")]
+    assert results == [[hex(nr), "-1", "EPERM"] for nr in calls], out
+    again = subprocess.run([sys.executable, "-c", f"CALLS = {calls[:1]!r}" + _PROBE], capture_output=True, text=True)
+    assert "EPERM" not in again.stdout, again.stdout  # the filtered thread's filter stayed on that thread
+
+
 @needs_bwrap
 def test_an_honest_run_is_judged_the_same_with_the_filter(tmp_path, monkeypatch):
     """The same seeded quadratic run with the filter and with one that allows every call: same verdicts, metrics."""

@@ -527,9 +527,13 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
     with open(log_path, "wb") as log:
         try:
             with syscall_filter.attached(argv) as (started, fds):  # bwrap's seccomp program: an fd per start
-                proc = subprocess.Popen(_with_limits(started, fsize, address_space), cwd=cwd, env=env,
-                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, pass_fds=fds)
+                def popen() -> subprocess.Popen:
+                    return subprocess.Popen(_with_limits(started, fsize, address_space), cwd=cwd, env=env,
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True, pass_fds=fds)
+
+                # levels unshare and process: started from the harness's filtered thread (bwrap loads its own)
+                proc = popen() if fds else syscall_filter.started_filtered(popen)
         except OSError as exc:
             log.write(f"could not start {argv[0]}: {exc}\n".encode())
             return Outcome(127, False, 0.0, 0.0, isolation=isolation)

@@ -15,8 +15,13 @@ a wrapped argv holds PLACEHOLDER where the fd goes, and `attached` makes a memfd
 passes it with pass_fds and it is closed when the block ends, right after the start). An argv whose
 placeholder was not replaced makes bwrap fail ("Invalid fd"), never run unfiltered.
 
-Does not protect against: anything but the keyring calls (this is no general syscall filter); levels unshare
-and process (no filter there: it would need a preexec hook in every spawn, see docs/security.md).
+Levels unshare and process get the same program another way (`started_filtered`): the harness starts their
+phases from one thread of its own that has loaded it (with no_new_privs, which it needs), and a process
+inherits the filter of the thread that forks it. No Python runs in the forked child and no other thread of the
+harness is filtered. Where the program cannot be built those two levels go without it, as they always did;
+level bwrap is not there at all.
+
+Does not protect against: anything but the keyring calls (this is no general syscall filter).
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ import contextlib
 import errno
 import functools
 import os
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from ouroboros.errors import OuroborosError
 
@@ -108,3 +116,82 @@ def _placeholder(argv: list[str]) -> int | None:
         if word == "--seccomp" and argv[i + 1] == PLACEHOLDER:
             return i + 1
     return None
+
+
+T = TypeVar("T")
+_PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 38, 22, 2
+
+
+def started_filtered(start: Callable[[], T]) -> T:
+    """start() (a subprocess.Popen) called on the harness's filtered thread, so that the process it makes and all
+    that process starts have the keyring calls denied; start() as it is where the program cannot be built or
+    loaded here. A Ctrl-C while the start is under way waits for it to end, so the caller can stop what started."""
+    spawner = _spawner()
+    if spawner is None:
+        return start()
+    done: queue.SimpleQueue = queue.SimpleQueue()
+    spawner.put((start, done))
+    try:
+        ok, value = done.get()
+    except KeyboardInterrupt:
+        ok, value = done.get()  # the start is under way: it ends, and its process is the caller's to stop
+        if ok:
+            _stop(value)
+        raise
+    if not ok:
+        raise value
+    return value
+
+
+def _stop(proc) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    proc.wait()
+
+
+@functools.cache
+def _spawner() -> queue.SimpleQueue | None:
+    """The filtered thread's queue of starts (made once), or None where the filter cannot be had here."""
+    try:
+        code = program()
+    except OuroborosError:
+        return None
+    jobs: queue.SimpleQueue = queue.SimpleQueue()
+    ready: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_serve, args=(code, jobs, ready), name="ouroboros-filtered-starts", daemon=True).start()
+    return jobs if ready.get() else None
+
+
+def _serve(code: bytes, jobs: queue.SimpleQueue, ready: queue.SimpleQueue) -> None:
+    loaded = _load_here(code)
+    ready.put(loaded)
+    if not loaded:
+        return
+    while True:
+        start, done = jobs.get()
+        try:
+            done.put((True, start()))
+        except BaseException as exc:  # handed to the caller, as if it had called start() itself
+            done.put((False, exc))
+
+
+def _load_here(code: bytes) -> bool:
+    """Load the program on this thread only (no TSYNC): no_new_privs, then the filter; False if refused."""
+    import ctypes
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return False
+    buf = ctypes.create_string_buffer(code, len(code))
+    prog = SockFprog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        return False
+    return libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) == 0

@@ -178,21 +178,10 @@ def _keyctl_works() -> bool:
     return True
 
 
-_NO_FILTER = pytest.mark.xfail(
-    os.geteuid() == 0, strict=True,
-    reason="levels unshare and process have no seccomp filter (it would take a preexec hook in every spawn): under "
-    "a root harness the run is uid 0, whose user keyring outlives it, and its confirmation re-run reads the key. "
-    "Level bwrap denies the keyring calls; a non-root harness's unshare gives each phase fresh keyrings")
-_KEYRING_LEVELS = [LEVELS[0], pytest.param("unshare", marks=[*LEVELS[1].marks, _NO_FILTER]),
-                   pytest.param("process", marks=_NO_FILTER)]
-
-
-@pytest.mark.parametrize("level", _KEYRING_LEVELS)
+@pytest.mark.parametrize("level", LEVELS)
 def test_a_lucky_result_cannot_be_carried_in_the_kernel_keyring(level, tmp_path, monkeypatch):
     if not _keyctl_works():
         pytest.skip("no keyctl here (seccomp, or not x86_64/aarch64)")
-    if os.geteuid() != 0 and level == "process":
-        pytest.xfail("at level process the run shares the user's keyrings (no namespace of its own)")
     code = f"SYSCALLS = {_SYSCALLS[platform.machine()]!r}\nNAME = 'ouroboros-rt6-{os.urandom(6).hex()}'\n"
     loop = _experiment(tmp_path, level, _writes_train(code + _KEYRING_CARRY))
     exp = loop.history[-1]
