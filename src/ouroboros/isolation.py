@@ -34,15 +34,15 @@ description and the run's notes and artifacts writable, and private copies of th
 folders at their places in $HOME (nothing it writes there reaches the real ones, but a refreshed
 login); the records, the checkout, the git common dir and the rest of $HOME stay invisible.
 Level `unshare` (util-linux, fallback): network, PID, IPC, UTS and mount namespaces: no network, no
-view of the harness, nothing survives the run; in its mount namespace the view bwrap gives, made with
-`mount` (see `Unshare._view`): private /tmp, /dev/shm and $HOME, the checkout, records, git common dir
+view of the harness, nothing survives the run; in its mount namespace the view bwrap gives, made by
+mountview.py in one process (see `Unshare._view`): private /tmp, /dev/shm and $HOME, the checkout, records, git common dir
 and key folder masked, the worktree and the evaluation folder bound back writable, the cache, the
 `read_only` paths and the harness's Python read-only, hidden files masked in the run phase, the root
 mount read-only; under a root harness a /dev and a sysfs of its own. NOT protected: other mounts of the
 host (a separate /home or /var) stay writable, and under a root harness the run is uid 0 without
-capabilities (root-only files open by ownership), and there is no seccomp filter (it would take a
-preexec hook in every spawn): it shares the harness's kernel keyrings (a non-root harness's unshare
-gives it a user namespace, whose keyrings are its own).
+capabilities (root-only files open by ownership). The kernel keyring calls are denied by bwrap's
+seccomp program, loaded on the harness thread that starts the phase (syscall_filter.started_filtered),
+at this level and at process, where libseccomp is there.
 Level `process` (always available): its own process group and session, a scrubbed environment,
 the harness's time, memory, process, artifact and log limits, and a subreaper that freezes and
 kills whole re-forking process trees. It stops neither file access outside the worktree, nor the
@@ -91,7 +91,12 @@ _REAPER = (
 )
 
 
-_NO_CAPS = "setpriv --bounding-set=-all --inh-caps=-all --ambient-caps=-all --no-new-privs --"
+_NO_CAPS = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--no-new-privs", "--"]
+
+
+def _mountview() -> list[str]:
+    """The harness's interpreter running mountview.py, isolated: level unshare's view in one process."""
+    return [sys.executable, "-I", "-S", str(Path(__file__).with_name("mountview.py"))]
 
 
 def _mb(value: float) -> str:
@@ -320,100 +325,95 @@ class Unshare(Isolation):
              readable: list[Path] | None = None, cwd: Path | None = None,
              binds: list[tuple[Path, Path]] | None = None) -> tuple[list[str], str]:
         flags = ["--fork", "--pid", "--kill-child", "--mount-proc", "--ipc", "--mount", "--uts"]
-        if not self.task.bound.network:
+        if not self._network(phase):
             flags.append("--net")
         # The view's mounts are undone by whoever keeps CAP_SYS_ADMIN in the namespace (umount /proc shows
         # the host's, the read-only binds come off): the rest runs with no capability left to get back.
         view = self._view(phase, writable or [], readable or [], cwd or self.task_dir, binds or [])
         _new_session_keyring()  # inherited by the command: no key one phase leaves there reaches the next
-        return ["unshare", *flags, *_unshare_user(), "--", "bash", "-c",
-                view + f"exec {_NO_CAPS} bash -c {shlex.quote(_REAPER)} \"$0\"", _shell(argv)], self.level
+        return ["unshare", *flags, *_unshare_user(), "--", *_mountview(), *view, "--", *_NO_CAPS,
+                "bash", "-c", _REAPER, _shell(argv)], self.level
+
+    def _network(self, phase: str) -> bool:
+        return self.task.bound.network or phase == "agent"
 
     _OLD = "/run"  # the host's tree while the view is made, bound over /run: every bind's source is read there
 
     def _view(self, phase: str, writable: list[Path], readable: list[Path], cwd: Path,
-              binds: list[tuple[Path, Path]]) -> str:
-        """The shell lines that make the run's view of the filesystem in its own mount namespace, as bwrap's
-        (util-linux's mount, one call per mount): the host's tree bound over /run first, so that what a mask
-        hides can be bound back from it; a /dev of its own under a root harness; private /tmp, /dev/shm and $HOME; the checkout,
-        the records, the git common dir and the chain key's folder masked; the worktree and what the phase
-        may write bound back writable, the harness's Python, the cache and `read_only` paths read-only;
-        `[bound] hidden` files masked in the run phase; the root mount, /proc/sys and /sys read-only; the
-        host's tree let go and /run an empty tmpfs; the working folder entered anew. A mount that fails ends the run: it never goes
-        on weaker than it claims."""
-        q = shlex.quote
+              binds: list[tuple[Path, Path]]) -> list[str]:
+        """The operations (mountview.py's) that make the run's view of the filesystem in its own mount namespace,
+        as bwrap's: the host's tree bound over /run first, so that what a mask hides can be bound back from
+        it; a /dev of its own under a root harness; private /tmp, /dev/shm and $HOME; the checkout, the
+        records, the git common dir and the chain key's folder masked; the worktree and what the phase may
+        write bound back writable, the harness's Python, the cache and `read_only` paths read-only; `[bound]
+        hidden` files masked in the run phase; the root mount, /proc and /sys read-only; the host's tree let
+        go and /run an empty tmpfs; the working folder entered anew. An operation that fails ends the run: it
+        never goes on weaker than it claims."""
         old = self._OLD
         size = int(self.task.bound.max_artifact_mb * 2**20)
         keep = [self.worktree, *writable, *(place for _, place in binds)]
         masks, small = self._masks
         ro = [p for p in self.read_only() if os.path.exists(p)]
-        cmds = [f"mount --rbind / {old}"]
+        ops = ["rbind", "/", old]
         if os.geteuid() == 0:  # the run is the host's uid 0 (no user namespace): device nodes open by ownership
-            cmds += self._minimal_dev()
+            ops += self._minimal_dev()
         else:  # the host's ptys (the user's terminal) and POSIX message queues are the user's: fresh instances
-            cmds.append("mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts")
-            if os.path.isdir("/dev/mqueue"):
-                cmds.append("mount -t mqueue none /dev/mqueue")
-        for mask in masks:
-            mode = "755" if mask == self._home else "1777"
-            cmds.append(f"mount -t tmpfs -o size={size},mode={mode} none {q(str(mask))}")
+            ops += ["devpts", "/dev/pts", "mqueue", "/dev/mqueue"]
+        for m in masks:
+            ops += ["tmpfs", str(m), f"size={size},mode={'755' if m == self._home else '1777'}"]
         early = [p for p in ro if _covers(p, small)]  # a read-only folder holding the repo: under its masks
-        cmds += self._bind_back(early, masks, read_only=True)
-        inside = [m for m in small if _under(m, masks)]  # their place is made where a mask above hides them
-        if inside:
-            cmds.append("mkdir -p " + " ".join(q(str(m)) for m in inside))
-        cmds += [f"mount -t tmpfs -o size=1m,mode=755 none {q(str(m))}" for m in small]  # read-only at the end
+        ops += self._bind_back(early, masks, read_only=True)
+        for m in small:  # their place is made where a mask above hides them; read-only at the end
+            if _under(m, masks):
+                ops += ["mkdir", str(m)]
+            ops += ["tmpfs", str(m), "size=1m,mode=755"]
         hidden_by = [*masks, *small]
         rw = sorted({Path(os.path.realpath(p)) for p in keep if os.path.exists(p)}, key=lambda p: len(p.parts))
         back = [p for p in ro if p not in early]
         back += _runtime_paths(hidden_by, [self.repo, self.records, self.worktree])
         back += [Path(os.path.realpath(p)) for p in readable
                  if _under(Path(os.path.realpath(p)), hidden_by) and os.path.exists(p)]
-        cmds += self._bind_back(sorted(set(back) - set(rw), key=lambda p: len(p.parts)), hidden_by, read_only=True,
-                                after=rw)
+        ops += self._bind_back(sorted(set(back) - set(rw), key=lambda p: len(p.parts)), hidden_by, read_only=True,
+                               after=rw)
         for source, place in binds:
-            cmds.append(f"mount --bind {q(old + str(source))} {q(str(place))}")
+            ops += ["bind", old + str(source), str(place)]
         if phase in ("run", "agent"):  # the hidden files: /dev/null in their place, in the worktree and the checkout
             shown = [*back, *early]
             for path in [*(self.task_dir / rel for rel in self._hidden),
                          *(p for p in self.checkout_hidden if _under(p, shown) and _under(p, hidden_by))]:
-                cmds.append(f"{{ [ ! -f {q(str(path))} ] || mount --bind /dev/null {q(str(path))}; }}")
+                ops += ["mask", str(path)]
         # /proc/sys and /sys take writes by ownership alone: under a root harness the run is uid 0 there
         # (core_pattern would run a program as root), capabilities or not. A fresh sysfs has none of the host's
         # cgroup mounts under it (their files take writes by ownership too); where it cannot be made (a user
         # namespace sharing the host's network) /sys itself is made read-only. The root mount as at bwrap.
-        cmds += ["mount -o remount,bind,ro /proc",  # /proc/sys, /proc/irq, /proc/sysrq-trigger: host-wide knobs
-                 "{ mount -t sysfs -o ro,nosuid,nodev,noexec none /sys 2>/dev/null || { { [ ! -d /sys/fs/cgroup ] || "
-                 "mount -t tmpfs -o ro,size=1m,mode=755 none /sys/fs/cgroup; } && mount -o remount,bind,ro /sys; }; }",
-                 "mount -o remount,bind,ro /", *(f"mount -o remount,bind,ro {q(str(m))}" for m in small)]
-        resolv = _resolver() if self.task.bound.network and Path("/tmp") in masks else None
+        ops += ["ro", "/proc",  # /proc/sys, /proc/irq, /proc/sysrq-trigger: host-wide knobs
+                "sysfs", "/sys", "ro", "/"]
+        for m in small:
+            ops += ["ro", str(m)]
+        resolv = _resolver() if self._network(phase) and Path("/tmp") in masks else None
         if resolv is not None:  # name resolution (/etc/resolv.conf into /run): kept aside in the private /tmp
-            cmds.append(f": > /tmp/.resolv && mount --bind -o ro {q(old + str(resolv))} /tmp/.resolv")
-        cmds += [f"umount -l {old}", "mount -t tmpfs -o size=1m,mode=755 none /run"]
+            ops += ["file", "/tmp/.resolv", "robind", old + str(resolv), "/tmp/.resolv"]
+        ops += ["detach", old, "tmpfs", "/run", "size=1m,mode=755"]
         if resolv is not None:
-            cmds.append(f"mkdir -p {q(str(resolv.parent))} && : > {q(str(resolv))} && "
-                        f"mount --move /tmp/.resolv {q(str(resolv))} && rm /tmp/.resolv")
-        cmds.append(f"cd {q(str(cwd))}")
-        return ("{ " + " && ".join(cmds) + "; } 2>/dev/null || { echo '[ouroboros] could not make the "
-                "sandbox mounts (masks, read-only binds)'; exit 97; }; ")
+            ops += ["file", str(resolv), "move", "/tmp/.resolv", str(resolv), "remove", "/tmp/.resolv"]
+        return [*ops, "cd", str(cwd)]
 
     def _minimal_dev(self) -> list[str]:
-        """A /dev of its own, as bwrap's `--dev`: the harmless nodes and the usual links copied from the host's
-        (`cp -a` makes the nodes anew, one process for all), the GPUs', a fresh devpts; the disks, /dev/kmsg and
-        the rest of the host's nodes are not there."""
+        """A /dev of its own, as bwrap's `--dev`: the harmless nodes and the usual links copied from the host's,
+        the GPUs', a fresh devpts; the disks, /dev/kmsg and the rest of the host's nodes are not there."""
         names = ["null", "zero", "full", "random", "urandom", "tty", "ptmx", "fd", "stdin", "stdout", "stderr"]
         present = [f"/dev/{n}" for n in names if os.path.lexists(f"/dev/{n}")]
         present += sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri"))
-        return ["mount -t tmpfs -o size=1m,mode=755,nosuid none /dev", "mkdir /dev/pts /dev/shm",
-                "cp -a " + " ".join(shlex.quote(self._OLD + d) for d in present) + " /dev/",
-                "mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts"]
+        ops = ["devtmpfs", "/dev", "size=1m,mode=755", "mkdir", "/dev/pts", "mkdir", "/dev/shm"]
+        for dev in present:
+            ops += ["node", self._OLD + dev, dev]
+        return [*ops, "devpts", "/dev/pts"]
 
     def _bind_back(self, paths: list[Path], masks: list[Path], read_only: bool,
                    after: list[Path] | None = None) -> list[str]:
-        """Mounts putting each path (and first those of `after`, writable) back in place from the host's tree:
+        """Operations putting each path (and first those of `after`, writable) back in place from the host's tree:
         its place is made first where a mask hides it (a folder, or an empty file for a file)."""
-        q = shlex.quote
-        cmds: list[str] = []
+        ops: list[str] = []
         order = [(p, False) for p in after or []] + [(p, read_only) for p in paths]
         order.sort(key=lambda item: len(item[0].parts))  # a folder before what is bound inside it
         bound: list[Path] = []
@@ -424,15 +424,14 @@ class Unshare(Isolation):
             elif ro:
                 bound.append(path)
         order = [(p, ro) for p, ro in order if ro is not None]
-        folders = [p for p, _ in order if _under(p, masks) and os.path.isdir(p)]
-        if folders:
-            cmds.append("mkdir -p " + " ".join(q(str(p)) for p in folders))
+        for path, _ in order:
+            if _under(path, masks) and os.path.isdir(path):
+                ops += ["mkdir", str(path)]
         for path, ro in order:
             if _under(path, masks) and not os.path.isdir(path):
-                cmds.append(f"mkdir -p {q(str(path.parent))} && : > {q(str(path))}")
-            opts = "--bind -o ro" if ro else "--bind"
-            cmds.append(f"mount {opts} {q(self._OLD + str(path))} {q(str(path))}")
-        return cmds
+                ops += ["file", str(path)]
+            ops += ["robind" if ro else "bind", self._OLD + str(path), str(path)]
+        return ops
 
     @functools.cached_property
     def _masks(self) -> tuple[list[Path], list[Path]]:
@@ -646,7 +645,6 @@ def _shell(argv: list[str]) -> str:
     """argv as one shell command line (the reaper runs it with `bash -c`)."""
     if len(argv) == 3 and argv[:2] == ["bash", "-c"]:
         return argv[2]
-    import shlex
 
     return shlex.join(argv)
 
