@@ -261,6 +261,34 @@ def test_network_true_keeps_a_resolv_conf_that_lies_under_the_masked_run(quadrat
         folder.rmdir()
 
 
+@VIEWS
+def test_a_path_entry_through_a_link_in_the_masked_run_still_finds_its_programs(quadratic, monkeypatch, tmp_path,
+                                                                                level):
+    """NixOS puts /run/current-system/sw/bin on PATH: a link in /run, which both levels mask, to the system."""
+    system = Path("/opt") / f"ouroboros-test-system-{uuid.uuid4().hex[:8]}"
+    link = Path("/run") / f"ouroboros-test-current-{uuid.uuid4().hex[:8]}"
+    try:
+        (system / "sw" / "bin").mkdir(parents=True)
+        link.symlink_to(system)
+    except OSError:
+        pytest.skip("/opt or /run is not writable here")
+    try:
+        tool = system / "sw" / "bin" / "ouroboros-hello"
+        tool.write_text("#!/bin/sh\necho hello from the system profile\n")
+        tool.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{link}/sw/bin:{os.environ['PATH']}")
+        loop = _loop(quadratic, f'isolation = "{level}"')
+        rc, out = _sh(loop, "ouroboros-hello; ls /run")
+        loop.ledger.close()
+        assert rc == 0 and "hello from the system profile" in out, out
+        assert link.name in out.split()  # made again in the empty /run
+    finally:
+        link.unlink()
+        tool.unlink()
+        for d in (system / "sw" / "bin", system / "sw", system):
+            d.rmdir()
+
+
 @pytest.mark.parametrize("level", [pytest.param("bwrap", marks=needs_bwrap),
                                    pytest.param("unshare", marks=needs_unshare), "process"])
 def test_a_daemon_dies_with_the_run_and_fails_it(quadratic, level):

@@ -146,6 +146,24 @@ def _runtime_paths(masked: list[Path], keep_out: list[Path]) -> list[Path]:
     return out
 
 
+def _path_links(masked: list[Path]) -> list[tuple[str, Path]]:
+    """(target, link) for each link in a mask that a PATH entry goes through, to make again inside: NixOS puts
+    /run/current-system/sw/bin and /run/wrappers/bin on PATH, a user may have ~/bin linked elsewhere, and in an
+    empty /run or $HOME the entry would lead nowhere (its target, outside the mask or bound back, is there)."""
+    out: dict[Path, str] = {}
+    for entry in os.environ.get("PATH", "").split(os.pathsep):
+        if not entry.startswith("/"):
+            continue
+        at = Path("/")
+        for part in Path(os.path.normpath(entry)).parts[1:]:
+            at = at / part
+            if os.path.islink(at):
+                if _under(at, masked) and at not in masked:
+                    out.setdefault(at, os.readlink(at))
+                break
+    return [(target, link) for link, target in out.items()]
+
+
 def harness_code() -> list[Path]:
     """The harness's own package folder and the import path entry holding it (outside sys.prefix in an
     editable install, `pip install -e .`): read-only to experiments, so no run rewrites the code of the
@@ -396,6 +414,8 @@ class Unshare(Isolation):
         ops += ["detach", old, "tmpfs", "/run", "size=1m,mode=755"]
         if resolv is not None:
             ops += ["file", str(resolv), "move", "/tmp/.resolv", str(resolv), "remove", "/tmp/.resolv"]
+        for target, link in _path_links([Path("/run"), *masks]):  # PATH entries through a link the masks hid
+            ops += ["link", target, str(link)]
         return [*ops, "cd", str(cwd)]
 
     def _minimal_dev(self) -> list[str]:
@@ -536,6 +556,8 @@ class Bwrap(Isolation):
                 repo_masks.append(hide)
         for path in _runtime_paths([*masked, *repo_masks], [self.repo, self.records, self.worktree]):
             args += ["--ro-bind", str(path), str(path)]
+        for target, link in _path_links([*masked, Path("/var/run")]):  # PATH entries through a link the masks hid
+            args += ["--symlink", target, str(link)]
         return args, repo_masks, masked
 
 
@@ -547,8 +569,9 @@ _DROP_ROOT = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-grou
               "--bounding-set=-all", "--"]
 _BWRAP_OPS = {"--ro-bind": 2, "--ro-bind-try": 2, "--bind": 2, "--bind-try": 2, "--dev-bind": 2, "--dev-bind-try": 2,
               "--tmpfs": 1, "--dir": 1, "--dev": 1, "--proc": 1, "--remount-ro": 1, "--chdir": 1, "--size": 1,
-              "--perms": 1, "--cap-add": 1, "--cap-drop": 1, "--chmod": 2}
-_MOUNTS = {"--ro-bind", "--ro-bind-try", "--bind", "--bind-try", "--dev-bind", "--dev-bind-try", "--tmpfs", "--dir"}
+              "--perms": 1, "--cap-add": 1, "--cap-drop": 1, "--chmod": 2, "--symlink": 2}
+_MOUNTS = {"--ro-bind", "--ro-bind-try", "--bind", "--bind-try", "--dev-bind", "--dev-bind-try", "--tmpfs", "--dir",
+           "--symlink"}
 
 
 def _resolver() -> Path | None:

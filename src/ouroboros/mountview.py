@@ -25,6 +25,7 @@ Operations (fixed arity):
                          over DST/fs/cgroup and DST made read-only
     detach PATH          unmount PATH lazily
     move SRC DST         move the mount at SRC to DST
+    link TARGET PATH     a symbolic link at PATH to TARGET (its missing parents made)
     remove PATH          remove the file PATH
     cd PATH              enter PATH
 """
@@ -94,6 +95,11 @@ def make_file(path):
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
 
 
+def link(target, path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.symlink(target, path)
+
+
 def detach(path):
     if _libc.umount2(_b(path), MNT_DETACH) != 0:
         err = ctypes.get_errno()
@@ -135,10 +141,11 @@ OPS = {
     "sysfs": sysfs,
     "detach": detach,
     "move": lambda src, dst: mount(src, dst, None, MS_MOVE),
+    "link": link,
     "remove": os.unlink,
     "cd": os.chdir,
 }
-ARITY = {"rbind": 2, "bind": 2, "robind": 2, "tmpfs": 2, "devtmpfs": 2, "node": 2, "move": 2}
+ARITY = {"rbind": 2, "bind": 2, "robind": 2, "tmpfs": 2, "devtmpfs": 2, "node": 2, "move": 2, "link": 2}
 
 
 def main(argv):
