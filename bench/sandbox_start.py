@@ -9,7 +9,9 @@ A: the loop's own wrapper, `Bwrap.wrap(["true"], "run")` on examples/quadratic, 
 B: one bwrap (the same mounts, capabilities kept so that it can make namespaces) whose shell starts
    `--phases` phases, each `unshare --pid --fork --mount-proc --mount` with a fresh tmpfs over /tmp
    and the reaper shell, as a per-run sandbox would; timed inside, so B excludes the one start it pays.
-Both print the median and mean per phase in ms.
+U: level unshare's wrapper, `Unshare.wrap(["true"], "run")` on the same task, started `--phases` times
+   (interleaved with A; its view is made by mountview.py in one process), where unshare works.
+Each prints the median and mean per phase in ms.
 """
 
 from __future__ import annotations
@@ -47,8 +49,16 @@ def main() -> None:
         argv, _ = iso.wrap(["true"], "run")
         at = argv.index("--seccomp")
         bare = argv[:at] + argv[at + 2:]
-        a, a0 = [], []
+        a, a0, u = [], [], []
+        unshare = None
+        if isolation.available("unshare"):
+            unshare = isolation.Unshare(loop.task, loop.ws.task_dir, loop.records, None)
+            uargv, _ = unshare.wrap(["true"], "run")
         for _ in range(args.phases):
+            if unshare is not None:
+                t = time.perf_counter()
+                subprocess.run(uargv, stdin=subprocess.DEVNULL, check=True, cwd=loop.ws.task_dir)
+                u.append(time.perf_counter() - t)
             t = time.perf_counter()
             with syscall_filter.attached(argv) as (started, fds):
                 subprocess.run(started, stdin=subprocess.DEVNULL, check=True, cwd=loop.ws.task_dir, pass_fds=fds)
@@ -70,7 +80,10 @@ def main() -> None:
         loop.ledger.close()
     print(f"command: python bench/sandbox_start.py --phases {args.phases}; load {os.getloadavg()[0]:.1f}; "
           f"{os.cpu_count()} cores; bwrap {shutil.which('bwrap')}")
-    for name, xs in (("A bwrap per phase", a), ("A0 the same, no filter", a0), ("B phase in a per-run bwrap", b)):
+    for name, xs in (("A bwrap per phase", a), ("A0 the same, no filter", a0), ("B phase in a per-run bwrap", b),
+                     ("U unshare per phase", u)):
+        if not xs:
+            continue
         print(f"{name:<28} median {statistics.median(xs) * 1000:6.1f} ms  mean {statistics.fmean(xs) * 1000:6.1f} ms")
     print(f"B's whole run incl. its one start: {total * 1000:.0f} ms for {args.phases} phases")
     diff = [x - y for x, y in zip(a, a0, strict=True)]
