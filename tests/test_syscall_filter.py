@@ -151,3 +151,25 @@ def test_without_its_filter_bwrap_is_not_there_and_says_why_in_one_line(quadrati
         monkeypatch.undo()
         syscall_filter.program.cache_clear()
         isolation.available.cache_clear()
+
+
+def test_a_forked_harness_starts_filtered_phases_too():
+    """parallel.py and self mode fork the harness after it has started phases: the child has the parent's
+    cached queue but not its thread, and must not wait forever on it."""
+    import os
+    import signal
+
+    if syscall_filter.problem():
+        pytest.skip(syscall_filter.problem())
+    syscall_filter.started_filtered(lambda: subprocess.Popen(["true"])).wait()  # the parent's thread exists
+    pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            signal.alarm(20)  # a hang ends the child: the test sees a signal, not a pass
+            proc = syscall_filter.started_filtered(lambda: subprocess.Popen(["true"]))
+            code = proc.wait()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -166,6 +166,11 @@ def _spawner() -> queue.SimpleQueue | None:
     return jobs if ready.get() else None
 
 
+# A forked child of the harness (parallel slots, self mode's inner runs) has the cached queue but not the thread
+# that serves it: it makes its own on its first start.
+os.register_at_fork(after_in_child=_spawner.cache_clear)
+
+
 def _serve(code: bytes, jobs: queue.SimpleQueue, ready: queue.SimpleQueue) -> None:
     loaded = _load_here(code)
     ready.put(loaded)
