@@ -82,3 +82,17 @@ def test_a_round_where_every_proposal_fails_is_recorded_and_the_run_goes_on(quad
     exps = Ledger(quadratic / ".ouroboros").experiments("f")
     assert [(e.status, e.reason) for e in exps[1:]] == [("crash", "no idea")] * 4
     assert loop.run_rec.status == "finished"
+
+
+def test_parallel_slots_at_level_process_start_their_phases(quadratic: Path) -> None:
+    """At levels unshare and process each phase is started from the harness's filtered thread; a slot is a forked
+    harness, which makes its own (the parent's would never answer it)."""
+    toml = quadratic / "ouroboros.toml"
+    toml.write_text(toml.read_text() + '\n[bound]\nisolation = "process"\n')
+    commit_all(quadratic, "level process")
+    loop = Loop(load_task(quadratic), Options(agent="random", tag="pp", max_experiments=2, seed=3,
+                                              allow_weak_isolation=True))
+    ParallelLoop(loop, 2).run()
+    exps = Ledger(quadratic / ".ouroboros").experiments("pp")
+    assert [e.n for e in exps] == [0, 1, 2]
+    assert all(e.metric is not None and e.isolation == "process" for e in exps), [(e.status, e.reason) for e in exps]
