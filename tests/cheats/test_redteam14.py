@@ -60,3 +60,56 @@ def test_code_moved_into_an_editable_file_code_size_does_not_list_is_not_a_simpl
     exp = loop.history[-1]
     assert exp.n == 1 and exp.status != "violation", (exp.status, exp.reason)  # the guard let the new file in
     assert exp.status != "keep", (exp.status, exp.reason, exp.loc, loop.history[0].loc)
+
+
+# -- hidden data the mask does not list ---------------------------------------------------------------------------
+# The same two glob semantics on the hidden files: `[bound] hidden = ["secret/*.txt"]` makes secret/deep/answer.txt
+# hidden and protected for the guard (matches: `*` crosses folders, as the README's globs do), but the run phase's
+# masks are made from glob_files (Path.glob: `*` stays in one folder), so that file is not masked and the run reads it.
+def _hidden_repo(quadratic: Path, level: str):
+    from ouroboros.loop import Loop, Options
+    from ouroboros.task import load_task
+    from ouroboros.testing import commit_all
+
+    (quadratic / "secret" / "deep").mkdir(parents=True)
+    (quadratic / "secret" / "top.txt").write_text("TOP-SECRET\n")
+    (quadratic / "secret" / "deep" / "answer.txt").write_text("DEEP-SECRET\n")
+    toml = quadratic / "ouroboros.toml"
+    toml.write_text(toml.read_text() + f'\n[bound]\nisolation = "{level}"\nhidden = ["secret/*.txt"]\n')
+    commit_all(quadratic, "hidden data")
+    loop = Loop(load_task(quadratic), Options(agent="random", max_experiments=1, tag="rt14"))
+    assert loop.isolation.level == level
+    assert loop.task.is_protected("secret/deep/answer.txt")  # the guard's own view: a hidden file
+    return loop
+
+
+def _run_in(loop, command: str) -> str:
+    from ouroboros import sandbox
+
+    wrapped, level = loop.isolation.wrap(["bash", "-c", command], "run")
+    log = loop.records / "rt14-probe.log"
+    sandbox.run(wrapped, loop.ws.task_dir, 30, 1, log, env=sandbox.scrubbed_env(), isolation=level,
+                overhead=loop.isolation.overhead)
+    return log.read_text()
+
+
+_HIDDEN_REASON = ("the masks list [bound] hidden with glob_files (Path.glob: `*` stays in one folder) while is_protected "
+                  "(matches) lets `*` cross folders: a hidden file in a subfolder is protected but not masked")
+
+
+@pytest.mark.skipif(not BWRAP, reason="bubblewrap missing or refused here")
+@pytest.mark.xfail(strict=True, reason=_HIDDEN_REASON)
+def test_a_hidden_file_in_a_subfolder_of_a_star_glob_is_masked_at_bwrap(quadratic):
+    loop = _hidden_repo(quadratic, "bwrap")
+    out = _run_in(loop, "cat secret/top.txt; cat secret/deep/answer.txt; echo probe-done")
+    assert "probe-done" in out and "TOP-SECRET" not in out, out  # the sandbox ran, and masks what glob lists
+    assert "DEEP-SECRET" not in out, out
+
+
+@pytest.mark.skipif(not isolation.available("unshare"), reason="unshare missing or refused here")
+@pytest.mark.xfail(strict=True, reason=_HIDDEN_REASON)
+def test_a_hidden_file_in_a_subfolder_of_a_star_glob_is_masked_at_unshare(quadratic):
+    loop = _hidden_repo(quadratic, "unshare")
+    out = _run_in(loop, "cat secret/top.txt; cat secret/deep/answer.txt; echo probe-done")
+    assert "probe-done" in out and "TOP-SECRET" not in out, out
+    assert "DEEP-SECRET" not in out, out
