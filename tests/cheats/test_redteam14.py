@@ -19,12 +19,12 @@ LEVEL = "bwrap" if BWRAP else "process"
 
 
 def _loop(tmp_path: Path, monkeypatch, agent_src: str, *, experiments: int, task: dict | None = None,
-          bound: dict | None = None, level: str = LEVEL):
+          bound: dict | None = None, level: str = LEVEL, files: dict | None = None):
     """A quadratic task run with the given cmd: agent script; the finished loop."""
     from ouroboros.loop import Loop, Options
     from ouroboros.task import load_task
 
-    attack = cheats.Attack("rt14", title="rt14", task=task or {}, files={}, bound={"isolation": level, **(bound or {})})
+    attack = cheats.Attack("rt14", title="rt14", task=task or {}, files=files or {}, bound={"isolation": level, **(bound or {})})
     task_dir = cheats.make_task(attack, tmp_path)
     agent = tmp_path / "agent.py"
     agent.write_text(agent_src)
@@ -113,3 +113,31 @@ def test_a_hidden_file_in_a_subfolder_of_a_star_glob_is_masked_at_unshare(quadra
     out = _run_in(loop, "cat secret/top.txt; cat secret/deep/answer.txt; echo probe-done")
     assert "probe-done" in out and "TOP-SECRET" not in out, out
     assert "DEEP-SECRET" not in out, out
+
+
+# -- a protected file the run-phase check does not list -----------------------------------------------------------
+# guard.after (the run phase's check, without git) compares the stat keys of Guard.protected, which comes from
+# protected_files (Path.glob); `protected = ["evaluate.py", "evalpkg/*.py"]` protects evalpkg/sub/helper.py for
+# the guard's git path (matches), but a run that rewrites it is no violation (docs: "a protected file touched during
+# the phase (even if put back byte for byte) is a violation").
+_TOUCH_AGENT = r'''
+import os
+from pathlib import Path
+src = Path("train.py").read_text()
+Path("train.py").write_text("open('evalpkg/sub/helper.py', 'a').write('# touched by the run\\n')\n" + src)
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("touch a protected helper at run time")
+'''
+
+
+@pytest.mark.xfail(strict=True, reason="Guard.protected lists the protected globs with Path.glob (`*` stays in one "
+                   "folder) while is_protected lets `*` cross folders: guard.after never checks a protected file in a "
+                   "subfolder")
+def test_a_run_that_writes_a_protected_file_in_a_subfolder_of_a_star_glob_is_a_violation(tmp_path, monkeypatch):
+    from ouroboros.task import load_task
+
+    loop = _loop(tmp_path, monkeypatch, _TOUCH_AGENT, experiments=1,
+                 task={"protected": ["evaluate.py", "evalpkg/*.py"]}, files={"evalpkg/sub/helper.py": "X = 1\n"})
+    assert load_task(loop.task.root).is_protected("evalpkg/sub/helper.py")
+    exp = loop.history[-1]
+    assert exp.n == 1, exp
+    assert exp.status == "violation", (exp.status, exp.reason)
