@@ -5,7 +5,6 @@ cause and the fix recommended."""
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from pathlib import Path
