@@ -5,6 +5,7 @@ cause and the fix recommended."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -140,3 +141,28 @@ def test_a_run_that_writes_a_protected_file_in_a_subfolder_of_a_star_glob_is_a_v
     exp = loop.history[-1]
     assert exp.n == 1, exp
     assert exp.status == "violation", (exp.status, exp.reason)
+
+
+# -- 6. a folder the harness cannot clear ------------------------------------------------------------------------
+# Under a non-root harness the run's files are the user's own: a run leaves a folder with mode 000 in the worktree
+# (its owner may), and `git clean -ffdx` after the run cannot enter it ("failed to remove carry/: Directory not
+# empty", exit 1). Workspace.clean raises, and the OuroborosError ends the whole loop; `run --resume` resets the
+# worktree first and fails the same way, so one run phase ends the run for good (at every level: the worktree is
+# the run's to write). A root harness removes the folder anyway (CAP_DAC_OVERRIDE), hence the skip.
+_LOCK_AGENT = r'''
+import os
+from pathlib import Path
+src = Path("train.py").read_text()
+Path("train.py").write_text("import os\nos.makedirs('carry', exist_ok=True)\nopen('carry/x', 'w').write('state')\n"
+                            "os.chmod('carry', 0)\n" + src)
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("leave a locked folder")
+'''
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="a root harness enters and removes a mode 000 folder anyway")
+@pytest.mark.xfail(strict=True, reason="Workspace.clean (git clean -ffdx) cannot enter a folder the run made mode 000 "
+                   "and raises: the loop ends, and --resume fails the same way")
+def test_a_run_that_leaves_a_folder_without_permissions_does_not_end_the_loop(tmp_path, monkeypatch):
+    loop = _loop(tmp_path, monkeypatch, _LOCK_AGENT, experiments=2)
+    assert [e.n for e in loop.history] == [0, 1, 2], [(e.n, e.status, e.reason) for e in loop.history]
+    assert not (loop.ws.task_dir / "carry").exists()
