@@ -198,3 +198,24 @@ def test_code_hidden_in_a_folder_the_guard_cannot_read_is_not_kept(tmp_path, mon
     assert exp.n == 1, exp
     committed = loop.ws.git("ls-tree", "-r", "--name-only", exp.commit_sha).split()
     assert exp.status != "keep" or "stash/impl.py" in committed, (exp.status, exp.reason, exp.loc, committed)
+
+
+# The same ownership, on a protected file: the agent takes every permission off evaluate.py (chmod 000). The guard
+# hashes it (_Hashes -> _digest opens it) and the PermissionError is no OuroborosError: it ends the harness with a
+# traceback, and `run --resume` (whose guard hashes it again) the same way.
+_UNREADABLE_AGENT = r'''
+import os
+from pathlib import Path
+Path("train.py").write_text(Path("train.py").read_text().replace("LEARNING_RATE = 0.001", "LEARNING_RATE = 0.005"))
+os.chmod("evaluate.py", 0)
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("lock the evaluator")
+'''
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="a root harness reads a mode 000 file anyway")
+@pytest.mark.xfail(strict=True, reason="guard._digest opens protected files unguarded: a protected file the agent made "
+                   "unreadable raises PermissionError out of Guard.check and ends the loop")
+def test_an_agent_that_makes_the_evaluator_unreadable_gets_a_violation_not_a_harness_crash(tmp_path, monkeypatch):
+    loop = _loop(tmp_path, monkeypatch, _UNREADABLE_AGENT, experiments=2)
+    assert [e.n for e in loop.history] == [0, 1, 2], [(e.n, e.status, e.reason) for e in loop.history]
+    assert loop.history[1].status == "violation", loop.history[1]
