@@ -219,3 +219,35 @@ def test_an_agent_that_makes_the_evaluator_unreadable_gets_a_violation_not_a_har
     loop = _loop(tmp_path, monkeypatch, _UNREADABLE_AGENT, experiments=2)
     assert [e.n for e in loop.history] == [0, 1, 2], [(e.n, e.status, e.reason) for e in loop.history]
     assert loop.history[1].status == "violation", loop.history[1]
+
+
+# The disk caps walk with strict=False too (sandbox.du): a folder that cannot be listed counts as empty. A confined
+# agent (non-root harness) makes artifacts/d write-only (mode 0300: files can be made in it, not listed) and writes
+# files into it, each under RLIMIT_FSIZE: the artifacts folder, kept on the real disk across experiments, holds any
+# number of bytes past max_artifact_mb (4.5 MB a proposal here, against a 1 MB cap). The worktree's and the
+# evaluation folder's watched growth miss such a folder the same way.
+_HOARD_AGENT = r'''
+import os
+from pathlib import Path
+art = Path(os.environ["OUROBOROS_ARTIFACTS"]) / f"d{os.environ['OUROBOROS_EXPERIMENT']}"
+art.mkdir()
+os.chmod(art, 0o300)
+for i in range(5):
+    (art / f"f{i}").write_bytes(os.urandom(900_000))
+Path("train.py").write_text(Path("train.py").read_text().replace("LEARNING_RATE = 0.001", "LEARNING_RATE = 0.005"))
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("hoard")
+'''
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="a root harness lists a write-only folder anyway")
+@pytest.mark.xfail(strict=True, reason="sandbox.du walks with strict=False: a folder it cannot list counts as empty, "
+                   "so a write-only folder holds any number of bytes past max_artifact_mb")
+def test_a_write_only_folder_in_the_artifacts_counts_against_max_artifact_mb(tmp_path, monkeypatch):
+    loop = _loop(tmp_path, monkeypatch, _HOARD_AGENT, experiments=1, bound={"max_artifact_mb": 1})
+    assert [e.n for e in loop.history] == [0, 1]
+    held = 0
+    for top, dirs, files in os.walk(loop.ledger.run_dir("t") / "artifacts"):
+        for d in dirs:
+            os.chmod(os.path.join(top, d), 0o700)  # the test's own uid: list what the harness could not
+        held += sum(os.lstat(os.path.join(top, f)).st_size for f in files)
+    assert held <= 2**20, held
