@@ -251,3 +251,24 @@ def test_a_write_only_folder_in_the_artifacts_counts_against_max_artifact_mb(tmp
             os.chmod(os.path.join(top, d), 0o700)  # the test's own uid: list what the harness could not
         held += sum(os.lstat(os.path.join(top, f)).st_size for f in files)
     assert held <= 2**20, held
+
+
+# And from the run phase: the run takes every permission off the worktree itself (chmod 000 .). guard.after puts
+# the `.git` file back (restore_dotgit: it cannot read it, so it writes it anew) and the PermissionError ends the
+# harness.
+_CLOSE_WORKTREE_AGENT = r'''
+import os
+from pathlib import Path
+src = Path("train.py").read_text().replace("import json", "import json, os")
+Path("train.py").write_text(src.replace("    main()\n", "    main()\n    os.chmod('.', 0)\n"))
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("close the worktree")
+'''
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="a root harness writes in a mode 000 folder anyway")
+@pytest.mark.xfail(strict=True, reason="the harness's writes in the worktree after a phase (restore_dotgit, settle, "
+                   "git reset/clean) assume the folders are still writable: a PermissionError ends the loop")
+def test_a_run_that_closes_the_worktree_gets_a_failed_experiment_not_a_harness_crash(tmp_path, monkeypatch):
+    loop = _loop(tmp_path, monkeypatch, _CLOSE_WORKTREE_AGENT, experiments=2)
+    assert [e.n for e in loop.history] == [0, 1, 2], [(e.n, e.status, e.reason) for e in loop.history]
+    assert loop.history[1].status != "keep", loop.history[1]
