@@ -16,6 +16,7 @@ from ouroboros import cheats, isolation
 
 BWRAP = isolation.available("bwrap")
 LEVEL = "bwrap" if BWRAP else "process"
+LEVELS = [lv for lv in isolation.LEVELS if isolation.available(lv)]  # the worktree is the run's at every level
 
 
 def _loop(tmp_path: Path, monkeypatch, agent_src: str, *, experiments: int, task: dict | None = None,
@@ -162,8 +163,9 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("leave a locked folder")
 @pytest.mark.skipif(os.geteuid() == 0, reason="a root harness enters and removes a mode 000 folder anyway")
 @pytest.mark.xfail(strict=True, reason="Workspace.clean (git clean -ffdx) cannot enter a folder the run made mode 000 "
                    "and raises: the loop ends, and --resume fails the same way")
-def test_a_run_that_leaves_a_folder_without_permissions_does_not_end_the_loop(tmp_path, monkeypatch):
-    loop = _loop(tmp_path, monkeypatch, _LOCK_AGENT, experiments=2)
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_run_that_leaves_a_folder_without_permissions_does_not_end_the_loop(tmp_path, monkeypatch, level):
+    loop = _loop(tmp_path, monkeypatch, _LOCK_AGENT, experiments=2, level=level)
     assert [e.n for e in loop.history] == [0, 1, 2], [(e.n, e.status, e.reason) for e in loop.history]
     assert not (loop.ws.task_dir / "carry").exists()
 
@@ -192,8 +194,9 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("faster")
 @pytest.mark.skipif(os.geteuid() == 0, reason="a root harness's git reads a mode 000 folder anyway")
 @pytest.mark.xfail(strict=True, reason="git status, meta (strict=False) and the guard's walk skip a folder they cannot "
                    "read: code the agent hides in a mode 000 folder is never judged, committed or measured")
-def test_code_hidden_in_a_folder_the_guard_cannot_read_is_not_kept(tmp_path, monkeypatch):
-    loop = _loop(tmp_path, monkeypatch, _STASH_AGENT, experiments=1)
+@pytest.mark.parametrize("level", LEVELS)
+def test_code_hidden_in_a_folder_the_guard_cannot_read_is_not_kept(tmp_path, monkeypatch, level):
+    loop = _loop(tmp_path, monkeypatch, _STASH_AGENT, experiments=1, level=level)
     exp = loop.history[-1]
     assert exp.n == 1, exp
     committed = loop.ws.git("ls-tree", "-r", "--name-only", exp.commit_sha).split()
