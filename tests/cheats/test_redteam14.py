@@ -275,3 +275,23 @@ def test_a_run_that_closes_the_worktree_gets_a_failed_experiment_not_a_harness_c
     loop = _loop(tmp_path, monkeypatch, _CLOSE_WORKTREE_AGENT, experiments=2)
     assert [e.n for e in loop.history] == [0, 1, 2], [(e.n, e.status, e.reason) for e in loop.history]
     assert loop.history[1].status != "keep", loop.history[1]
+
+
+# The agent's own record files too: a confined agent (non-root harness) takes every permission off its notes file
+# (bound writable into its sandbox; chmod reaches the real file). bound_notes reads it unguarded after the proposal,
+# and the PermissionError ends the harness.
+_CLOSE_NOTES_AGENT = r'''
+import os
+from pathlib import Path
+Path("train.py").write_text(Path("train.py").read_text().replace("LEARNING_RATE = 0.001", "LEARNING_RATE = 0.005"))
+os.chmod(os.environ["OUROBOROS_NOTES"], 0)
+Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("close the notes")
+'''
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="a root harness reads a mode 000 file anyway")
+@pytest.mark.xfail(strict=True, reason="bound_notes (and the prompt's notes) read the agent's notes file unguarded: one "
+                   "the agent made unreadable raises PermissionError and ends the loop")
+def test_an_agent_that_makes_its_notes_unreadable_does_not_end_the_loop(tmp_path, monkeypatch):
+    loop = _loop(tmp_path, monkeypatch, _CLOSE_NOTES_AGENT, experiments=2)
+    assert [e.n for e in loop.history] == [0, 1, 2], [(e.n, e.status, e.reason) for e in loop.history]
