@@ -1,7 +1,14 @@
 """Fourteenth red-team pass: level unshare's view, the change list without git, the long-lived ref writer, the
 secret re-run seeds, the simplicity rule by compressed code size, readfile.clear and the ulimit line. Each test
 asserts the attack is stopped; the ones that get through on current code are xfail(strict=True) with the root
-cause and the fix recommended."""
+cause and the fix recommended.
+
+The permission attacks (mode 000 and write-only folders) need a non-root harness: a root harness reads, lists and
+removes them anyway, so they skip under root. On a root machine with a user 1000 and the system's Python 3.11, run:
+    setpriv --reuid=1000 --regid=1000 --init-groups env -i HOME=/tmp PATH=<folder with a `python` link>:/usr/bin:/bin \
+      PYTHONPATH=$PWD/src:/work/main/.venv/lib/python3.11/site-packages TMPDIR=<a folder of user 1000> \
+      GIT_AUTHOR_NAME=a GIT_AUTHOR_EMAIL=a@b GIT_COMMITTER_NAME=a GIT_COMMITTER_EMAIL=a@b \
+      python3.11 -m pytest -p no:cacheprovider -n 0 tests/cheats/test_redteam14.py"""
 
 from __future__ import annotations
 
