@@ -237,7 +237,38 @@ def glob_files(root: Path, patterns: tuple[str, ...] | list[str], through_links:
                                  if p.is_file() and (through_links or not first_link(root, p)))
         except OSError:
             continue
+    found.update(_crossing(root, patterns, through_links))
     return sorted(found)
+
+
+_WILD = re.compile(r"[*?\[]")
+
+
+def _crossing(root: Path, patterns: tuple[str, ...] | list[str], through_links: bool) -> set[str]:
+    """The files `matches` names that Path.glob does not: fnmatch's `*` crosses folders (`secret/*.txt` names
+    secret/deep/a.txt), glob's stays in one. Walked from each wildcard pattern's literal folder, never into .git
+    or the records, links to folders not followed (those a pattern names by glob are listed above)."""
+    out: set[str] = set()
+    starts: dict[str, list[str]] = {}
+    for pattern in patterns:
+        parts = pattern.strip("/").split("/")
+        cut = next((i for i, part in enumerate(parts) if _WILD.search(part)), None)
+        if cut is not None:
+            starts.setdefault("/".join(parts[:cut]), []).append(pattern)
+    for start, pats in starts.items():
+        top = root / start if start else root
+        if not top.is_dir() or (not through_links and first_link(root, top)):
+            continue
+        for folder, dirs, files in os.walk(top):
+            dirs[:] = [d for d in dirs if d not in (".git", RECORDS_DIR)]
+            for name in files:
+                full = os.path.join(folder, name)
+                rel = os.path.relpath(full, root).replace(os.sep, "/")
+                if not matches(rel, pats) or (not through_links and os.path.islink(full)):
+                    continue
+                if os.path.isfile(full):
+                    out.add(rel)
+    return out
 
 
 def first_link(root: Path, path: Path) -> Path | None:

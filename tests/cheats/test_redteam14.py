@@ -61,8 +61,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("simplify train.py")
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="code_files lists editable globs with Path.glob (`*` stays in one folder) while "
-                   "the guard's matches() lets `*` cross folders: a new editable file in a subfolder is not measured")
 def test_code_moved_into_an_editable_file_code_size_does_not_list_is_not_a_simplification(tmp_path, monkeypatch):
     loop = _loop(tmp_path, monkeypatch, _MOVE_AGENT, experiments=1, task={"editable": ["*.py"]})
     exp = loop.history[-1]
@@ -101,12 +99,7 @@ def _run_in(loop, command: str) -> str:
     return log.read_text()
 
 
-_HIDDEN_REASON = ("the masks list [bound] hidden with glob_files (Path.glob: `*` stays in one folder) while is_protected "
-                  "(matches) lets `*` cross folders: a hidden file in a subfolder is protected but not masked")
-
-
 @pytest.mark.skipif(not BWRAP, reason="bubblewrap missing or refused here")
-@pytest.mark.xfail(strict=True, reason=_HIDDEN_REASON)
 def test_a_hidden_file_in_a_subfolder_of_a_star_glob_is_masked_at_bwrap(quadratic):
     loop = _hidden_repo(quadratic, "bwrap")
     out = _run_in(loop, "cat secret/top.txt; cat secret/deep/answer.txt; echo probe-done")
@@ -115,7 +108,6 @@ def test_a_hidden_file_in_a_subfolder_of_a_star_glob_is_masked_at_bwrap(quadrati
 
 
 @pytest.mark.skipif(not isolation.available("unshare"), reason="unshare missing or refused here")
-@pytest.mark.xfail(strict=True, reason=_HIDDEN_REASON)
 def test_a_hidden_file_in_a_subfolder_of_a_star_glob_is_masked_at_unshare(quadratic):
     loop = _hidden_repo(quadratic, "unshare")
     out = _run_in(loop, "cat secret/top.txt; cat secret/deep/answer.txt; echo probe-done")
@@ -137,9 +129,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("touch a protected helper a
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="Guard.protected lists the protected globs with Path.glob (`*` stays in one "
-                   "folder) while is_protected lets `*` cross folders: guard.after never checks a protected file in a "
-                   "subfolder")
 def test_a_run_that_writes_a_protected_file_in_a_subfolder_of_a_star_glob_is_a_violation(tmp_path, monkeypatch):
     from ouroboros.task import load_task
 
