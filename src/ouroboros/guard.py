@@ -41,6 +41,7 @@ import os
 import stat
 from pathlib import Path
 
+from ouroboros import readfile
 from ouroboros.readfile import read_regular, remove_path
 from ouroboros.task import Task, matches
 from ouroboros.workspace import Workspace
@@ -324,6 +325,7 @@ class Guard:
 
     def after(self, phase: str, best_commit: str) -> list[str]:
         """The bound after a phase (run or evaluate) ended, checked from files alone (no git)."""
+        readfile.reopen(self.ws.path)  # what the phase closed (mode 000) is seen, judged and cleaned like the rest
         out: list[str] = []
         head = self.head()
         if head != best_commit:

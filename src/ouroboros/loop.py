@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from ouroboros import chain, evaluate, isolation, noise, sandbox
+from ouroboros import chain, evaluate, isolation, noise, readfile, sandbox
 from ouroboros.agents import Agent, AgentError, Context, Proposal, StopRun, make_agent
 from ouroboros.agents.base import experiment_seed
 from ouroboros.errors import OuroborosError
@@ -466,6 +466,7 @@ class Loop:
             exp.status, exp.reason = Verdict.CRASH, "interrupted with its round; not re-run"
             self.ledger.finish(exp)
             self.history.append(exp)
+        readfile.reopen(self.ws.path)  # what a killed run closed (mode 000) stops git clean
         self.ws.reset(self.best.commit_sha)
         self._exact(self.best.commit_sha)
         self.guard = Guard(self.task, self.ws)
@@ -522,10 +523,14 @@ class Loop:
                          session=proposal.session or ctx.session,
                          tokens_in=proposal.tokens_in, tokens_out=proposal.tokens_out, cost_usd=proposal.cost_usd,
                          params=proposal.params, agent_s=time.monotonic() - start)
+        closed = readfile.reopen(self.ws.path)  # a folder the agent closed (mode 000) hides its files from git
         self.ws.remove_specials()  # before any git call: git would block on a FIFO named .gitattributes
         if exact is not None and exact[2] == best.commit_sha:  # what git status says, read without it where it can be
             self.ws.exact = (exact[0], exact[1], self._files_of(best.commit_sha).get)
         violations = self.guard.check(best.commit_sha)  # also after a failed agent: it lists what must not reach git
+        violations += [f"protected file {rel} had its permissions taken away" for rel in
+                       (os.path.relpath(self.ws.path / name, self.ws.task_dir) for name in closed)
+                       if not rel.startswith("..") and self.task.is_protected(rel)]
         self.ws.exact = None
         if failure:
             violations = []

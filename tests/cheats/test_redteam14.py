@@ -1,7 +1,7 @@
 """Fourteenth red-team pass: level unshare's view, the change list without git, the long-lived ref writer, the
 secret re-run seeds, the simplicity rule by compressed code size, readfile.clear and the ulimit line. Each test
-asserts the attack is stopped; the ones that get through on current code are xfail(strict=True) with the root
-cause and the fix recommended.
+asserts the attack is stopped. All got through when written (the glob mismatch and the permission attacks); all
+are fixed: one meaning of `*` for every file list (task._crossing), and readfile.reopen after every phase.
 
 The permission attacks (mode 000 and write-only folders) need a non-root harness: a root harness reads, lists and
 removes them anyway, so they skip under root. On a root machine with a user 1000 and the system's Python 3.11, run:
@@ -157,8 +157,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("leave a locked folder")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="a root harness enters and removes a mode 000 folder anyway")
-@pytest.mark.xfail(strict=True, reason="Workspace.clean (git clean -ffdx) cannot enter a folder the run made mode 000 "
-                   "and raises: the loop ends, and --resume fails the same way")
 @pytest.mark.parametrize("level", LEVELS)
 def test_a_run_that_leaves_a_folder_without_permissions_does_not_end_the_loop(tmp_path, monkeypatch, level):
     loop = _loop(tmp_path, monkeypatch, _LOCK_AGENT, experiments=2, level=level)
@@ -188,8 +186,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("faster")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="a root harness's git reads a mode 000 folder anyway")
-@pytest.mark.xfail(strict=True, reason="git status, meta (strict=False) and the guard's walk skip a folder they cannot "
-                   "read: code the agent hides in a mode 000 folder is never judged, committed or measured")
 @pytest.mark.parametrize("level", LEVELS)
 def test_code_hidden_in_a_folder_the_guard_cannot_read_is_not_kept(tmp_path, monkeypatch, level):
     loop = _loop(tmp_path, monkeypatch, _STASH_AGENT, experiments=1, level=level)
@@ -212,8 +208,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("lock the evaluator")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="a root harness reads a mode 000 file anyway")
-@pytest.mark.xfail(strict=True, reason="guard._digest opens protected files unguarded: a protected file the agent made "
-                   "unreadable raises PermissionError out of Guard.check and ends the loop")
 def test_an_agent_that_makes_the_evaluator_unreadable_gets_a_violation_not_a_harness_crash(tmp_path, monkeypatch):
     loop = _loop(tmp_path, monkeypatch, _UNREADABLE_AGENT, experiments=2)
     assert [e.n for e in loop.history] == [0, 1, 2], [(e.n, e.status, e.reason) for e in loop.history]
@@ -239,8 +233,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("hoard")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="a root harness lists a write-only folder anyway")
-@pytest.mark.xfail(strict=True, reason="sandbox.du walks with strict=False: a folder it cannot list counts as empty, "
-                   "so a write-only folder holds any number of bytes past max_artifact_mb")
 def test_a_write_only_folder_in_the_artifacts_counts_against_max_artifact_mb(tmp_path, monkeypatch):
     loop = _loop(tmp_path, monkeypatch, _HOARD_AGENT, experiments=1, bound={"max_artifact_mb": 1})
     assert [e.n for e in loop.history] == [0, 1]
@@ -265,8 +257,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("close the worktree")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="a root harness writes in a mode 000 folder anyway")
-@pytest.mark.xfail(strict=True, reason="the harness's writes in the worktree after a phase (restore_dotgit, settle, "
-                   "git reset/clean) assume the folders are still writable: a PermissionError ends the loop")
 def test_a_run_that_closes_the_worktree_gets_a_failed_experiment_not_a_harness_crash(tmp_path, monkeypatch):
     loop = _loop(tmp_path, monkeypatch, _CLOSE_WORKTREE_AGENT, experiments=2)
     assert [e.n for e in loop.history] == [0, 1, 2], [(e.n, e.status, e.reason) for e in loop.history]
@@ -286,8 +276,6 @@ Path(os.environ["OUROBOROS_DESCRIPTION"]).write_text("close the notes")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="a root harness reads a mode 000 file anyway")
-@pytest.mark.xfail(strict=True, reason="bound_notes (and the prompt's notes) read the agent's notes file unguarded: one "
-                   "the agent made unreadable raises PermissionError and ends the loop")
 def test_an_agent_that_makes_its_notes_unreadable_does_not_end_the_loop(tmp_path, monkeypatch):
     loop = _loop(tmp_path, monkeypatch, _CLOSE_NOTES_AGENT, experiments=2)
     assert [e.n for e in loop.history] == [0, 1, 2], [(e.n, e.status, e.reason) for e in loop.history]

@@ -285,6 +285,8 @@ class CommandAgent(Agent):
                 outcome = sandbox.run(argv, ctx.worktree, timeout, 0.0, ctx.exp_dir / "agent.log", env=env,
                                       max_log_mb=50, max_artifact_mb=ctx.task.bound.max_artifact_mb, watch=artifacts)
             finally:
+                for path in (ctx.run_dir / NOTES_FILE, artifacts, desc_path):  # what the agent closed (mode 000)
+                    readfile.reopen(path)
                 bound_notes(ctx.run_dir / NOTES_FILE, ctx.task.agent.notes_max_chars)
                 if home is not None and self.confinement != "none":
                     home.give_back()
