@@ -412,6 +412,8 @@ class Unshare(Isolation):
         if resolv is not None:  # name resolution (/etc/resolv.conf into /run): kept aside in the private /tmp
             ops += ["file", "/tmp/.resolv", "robind", old + str(resolv), "/tmp/.resolv"]
         ops += ["detach", old, "tmpfs", "/run", "size=1m,mode=755"]
+        if os.path.isdir("/var/run") and not os.path.islink("/var/run"):  # an old system's own folder, as at bwrap
+            ops += ["tmpfs", "/var/run", "size=1m,mode=755"]
         if resolv is not None:
             ops += ["file", str(resolv), "move", "/tmp/.resolv", str(resolv), "remove", "/tmp/.resolv"]
         for target, link in _path_links([Path("/run"), *masks]):  # PATH entries through a link the masks hid
