@@ -42,6 +42,7 @@ import stat
 from pathlib import Path
 
 from ouroboros import readfile
+from ouroboros.ledger import HARNESS_LOCK, drop_planted, hold
 from ouroboros.readfile import read_regular, remove_path
 from ouroboros.task import Task, matches
 from ouroboros.workspace import Workspace
@@ -320,8 +321,28 @@ class Guard:
         return out
 
     def arm(self) -> None:
-        """Note the protected files' inodes and change times just before a phase starts."""
+        """Note the protected files' and the records' inodes and change times just before a phase starts."""
         self._stats = {rel: _stat_key(self.ws.task_dir / rel) for rel in self.protected}
+        self._record_keys = {p: _stat_key(p) for p in self._records()}
+
+    _record_keys: dict[Path, tuple[int, ...] | None] = {}
+    _lock_fd: int | None = None
+
+    def _hold_again(self) -> None:
+        fd = hold(self.ws.records / "runs" / self.ws.tag)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+        self._lock_fd = fd
+
+    def _records(self) -> list[Path]:
+        """The run's records that no phase writes (the harness writes them between phases): at level process a
+        run reaches them (docs/security.md), at bwrap and unshare they are masked."""
+        records = getattr(self.ws, "records", None)
+        if records is None:
+            return []
+        run_dir = records / "runs" / self.ws.tag
+        return [records / "ledger.sqlite", records / "ledger.sqlite-wal", run_dir / "results.tsv",
+                run_dir / HARNESS_LOCK]
 
     def after(self, phase: str, best_commit: str) -> list[str]:
         """The bound after a phase (run or evaluate) ended, checked from files alone (no git)."""
@@ -334,6 +355,12 @@ class Guard:
             out.append(f"git config, hooks or info changed during the {phase} (put back as it was)")
             self._restore_git()
         out += [f"{v} (during the {phase})" for v in self._git_entries()]
+        touched = [p.name for p, key in self._record_keys.items() if _stat_key(p) != key]
+        if touched:  # a planted index or trigger would fail or forge the harness's next write: dropped now
+            out.append(f"the records ({', '.join(touched)}) were written during the {phase}")
+            drop_planted(self.ws.records)
+            if HARNESS_LOCK in touched:  # a lock file put in its place: held again, or readers think the run dead
+                self._hold_again()
         for rel, digest in self.protected.items():
             path = self.ws.task_dir / rel
             if self._stats and _stat_key(path) != self._stats.get(rel):

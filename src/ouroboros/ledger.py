@@ -112,6 +112,29 @@ def _ours(row: sqlite3.Row) -> bool:
     return row["type"] == "index" and not sql  # the automatic index of a UNIQUE or PRIMARY KEY: Ouroboros makes no other
 
 
+def drop_planted(records: Path) -> None:
+    """Drop every index, trigger and view in the ledger that Ouroboros did not make (a run at level process reaches
+    the records): it would fail or forge the harness's next write. OuroborosError where one stays."""
+    path = records / "ledger.sqlite"
+    if not path.is_file():
+        return
+    db = sqlite3.connect(path, timeout=30, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    try:
+        for row in [r for r in db.execute("SELECT type, name, sql FROM sqlite_master") if not _ours(r)]:
+            if row["type"] in ("index", "trigger", "view"):
+                db.execute(f'DROP {row["type"].upper()} IF EXISTS "{row["name"].replace(chr(34), chr(34) * 2)}"')
+        left = next((r for r in db.execute("SELECT type, name, sql FROM sqlite_master") if not _ours(r)), None)
+    except sqlite3.DatabaseError as exc:
+        raise OuroborosError(f"{path} cannot be read ({exc}): a run edited the records; inspect them with sqlite3 "
+                             "and `ouroboros verify` before going on") from None
+    finally:
+        db.close()
+    if left is not None:
+        raise OuroborosError(f"{path} holds a {left['type']} {clean_text(left['name'])[:80]!r} that a run planted and "
+                             "that cannot be dropped; inspect it with sqlite3 and drop it, then `ouroboros verify`")
+
+
 HARNESS_LOCK = "harness.lock"  # in a run's folder: held (shared) by the process that drives the run
 
 

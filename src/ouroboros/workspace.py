@@ -269,7 +269,7 @@ class Workspace:
     """
 
     def __init__(self, repo: Path, task_rel: str, records: Path, tag: str):
-        self.repo, self.task_rel, self.tag = repo, task_rel, tag
+        self.repo, self.task_rel, self.tag, self.records = repo, task_rel, tag, records
         self.path = records / "runs" / tag / "worktree"
         self.branch = f"ouroboros/{tag}"
         self._admin: Path | None = None

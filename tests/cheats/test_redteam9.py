@@ -178,15 +178,7 @@ def cheat():
 '''
 
 
-_PLANTED_INDEX_OPEN = pytest.mark.xfail(strict=True, reason=(
-    "at level process the run reaches the records (docs/security.md): an index it plants makes the "
-    "harness's next write fail; the ledger now refuses that write with one clear OuroborosError (the run stops, "
-    "the experiment stays `running` for --resume) instead of a traceback, but the run is still stopped. Fix: keep "
-    "the records out of the run's reach at every level, or re-check the schema before each write and drop what "
-    "was planted"))
-
-
-@pytest.mark.parametrize("level", [*LEVELS[:2], pytest.param("process", marks=_PLANTED_INDEX_OPEN)])
+@pytest.mark.parametrize("level", [*LEVELS[:2], "process"])
 def test_an_index_planted_by_the_run_does_not_crash_the_harness(level, tmp_path):
     result = cheats.run_attack(cheats.Attack("plant-index", title="an index whose expression fails",
                                              train=_PLANT_INDEX), tmp_path / "attack", isolation=level)
@@ -200,18 +192,29 @@ def test_an_index_planted_by_the_run_does_not_crash_the_harness(level, tmp_path)
 # new empty one. The harness still holds its lock on the old inode; every reader now finds a lock nobody holds and shows
 # the live run as "killed" ("--resume goes on"), inviting a second harness onto the same worktree and ledger. The test
 # plays the run's two system calls while this process holds the lock.
-@pytest.mark.xfail(strict=True, reason="alive() judges by whatever file now has the lock's name, not the inode the "
-                   "harness locked; the run reaches the run folder at level process")
-def test_a_run_that_replaces_the_lock_file_does_not_make_a_live_run_look_killed(tmp_path):
+def test_a_run_that_replaces_the_lock_file_does_not_make_a_live_run_look_killed(quadratic):
+    """At level process the run reaches its run folder: the guard sees the lock file replaced after the phase (a
+    violation) and holds the new one, so readers still see the harness alive."""
+    from ouroboros.guard import Guard
     from ouroboros.ledger import HARNESS_LOCK, alive, hold, shown_status
+    from ouroboros.loop import Loop, Options
+    from ouroboros.task import load_task
 
-    run_dir = tmp_path / "runs" / "t"
-    run_dir.mkdir(parents=True)
+    cheats._set_keys(quadratic / "ouroboros.toml", "bound", {"isolation": "process"})
+    cheats._git(quadratic, "commit", "-qam", "level process")
+    loop = Loop(load_task(quadratic), Options(agent="random", max_experiments=0, tag="t", allow_weak_isolation=True))
+    loop.ws.open(loop.run_rec.base_commit)
+    guard = Guard(loop.task, loop.ws)
+    run_dir = loop.ledger.run_dir("t")
     fd = hold(run_dir)
     try:
+        guard.arm()
         os.unlink(run_dir / HARNESS_LOCK)  # the run's move
         (run_dir / HARNESS_LOCK).write_text("")
-        assert alive(run_dir) is not False and shown_status("running", run_dir) == "running", \
+        broke = guard.after("run", loop.ws.head())
+        assert any(HARNESS_LOCK in b for b in broke), broke
+        assert alive(run_dir) is True and shown_status("running", run_dir) == "running", \
             "a run whose harness is alive is shown as killed"
     finally:
         os.close(fd)
+        loop.ledger.close()
