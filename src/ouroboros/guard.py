@@ -42,7 +42,8 @@ import stat
 from pathlib import Path
 
 from ouroboros import readfile
-from ouroboros.ledger import HARNESS_LOCK, drop_planted, hold
+from ouroboros.isolation import available
+from ouroboros.ledger import HARNESS_LOCK, drop_planted, hold, planted, schema_version
 from ouroboros.readfile import read_regular, remove_path
 from ouroboros.task import Task, matches
 from ouroboros.workspace import Workspace
@@ -324,6 +325,7 @@ class Guard:
         """Note the protected files' and the records' inodes and change times just before a phase starts."""
         self._stats = {rel: _stat_key(self.ws.task_dir / rel) for rel in self.protected}
         self._record_keys = {p: _stat_key(p) for p in self._records()}
+        self._schema = schema_version(self.ws.records) if self._records_reachable() else None
 
     _record_keys: dict[Path, tuple[int, ...] | None] = {}
     _lock_fd: int | None = None
@@ -334,15 +336,23 @@ class Guard:
             os.close(self._lock_fd)
         self._lock_fd = fd
 
+    _schema: int | None = None
+
     def _records(self) -> list[Path]:
-        """The run's records that no phase writes (the harness writes them between phases): at level process a
-        run reaches them (docs/security.md), at bwrap and unshare they are masked."""
+        """The run's own records that no phase writes (the harness writes them between phases): at level process
+        a run reaches them (docs/security.md), at bwrap and unshare they are masked. Not the ledger itself,
+        which other runs of the task (a study's repeats) write at any time: its schema is checked instead."""
         records = getattr(self.ws, "records", None)
         if records is None:
             return []
         run_dir = records / "runs" / self.ws.tag
-        return [records / "ledger.sqlite", records / "ledger.sqlite-wal", run_dir / "results.tsv",
-                run_dir / HARNESS_LOCK]
+        return [run_dir / "results.tsv", run_dir / HARNESS_LOCK]
+
+    def _records_reachable(self) -> bool:
+        """Whether this run's phases can reach the records: level process, asked for or the only one here."""
+        level = self.task.bound.isolation
+        return getattr(self.ws, "records", None) is not None and (
+            level == "process" or (level == "auto" and not any(available(lv) for lv in ("bwrap", "unshare"))))
 
     def after(self, phase: str, best_commit: str) -> list[str]:
         """The bound after a phase (run or evaluate) ended, checked from files alone (no git)."""
@@ -356,9 +366,11 @@ class Guard:
             self._restore_git()
         out += [f"{v} (during the {phase})" for v in self._git_entries()]
         touched = [p.name for p, key in self._record_keys.items() if _stat_key(p) != key]
-        if touched:  # a planted index or trigger would fail or forge the harness's next write: dropped now
-            out.append(f"the records ({', '.join(touched)}) were written during the {phase}")
+        if self._schema is not None and schema_version(self.ws.records) != self._schema and planted(self.ws.records):
+            touched.append("an index, trigger or view in ledger.sqlite")  # it would fail or forge the next write
             drop_planted(self.ws.records)
+        if touched:
+            out.append(f"the records ({', '.join(touched)}) were written during the {phase}")
             if HARNESS_LOCK in touched:  # a lock file put in its place: held again, or readers think the run dead
                 self._hold_again()
         for rel, digest in self.protected.items():

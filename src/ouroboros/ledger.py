@@ -112,6 +112,35 @@ def _ours(row: sqlite3.Row) -> bool:
     return row["type"] == "index" and not sql  # the automatic index of a UNIQUE or PRIMARY KEY: Ouroboros makes no other
 
 
+def schema_version(records: Path) -> int | None:
+    """The ledger's schema cookie (it moves with every CREATE or DROP), read without writing; None without one."""
+    try:
+        db = sqlite3.connect(f"file:{records / 'ledger.sqlite'}?mode=ro", uri=True, timeout=30)
+    except sqlite3.Error:
+        return None
+    try:
+        return db.execute("PRAGMA schema_version").fetchone()[0]
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+
+
+def planted(records: Path) -> bool:
+    """Whether the ledger holds a schema row Ouroboros never makes (or one SQLite cannot read)."""
+    try:
+        db = sqlite3.connect(f"file:{records / 'ledger.sqlite'}?mode=ro", uri=True, timeout=30)
+    except sqlite3.Error:
+        return False
+    db.row_factory = sqlite3.Row
+    try:
+        return any(not _ours(r) for r in db.execute("SELECT type, name, sql FROM sqlite_master"))
+    except sqlite3.DatabaseError:
+        return True
+    finally:
+        db.close()
+
+
 def drop_planted(records: Path) -> None:
     """Drop every index, trigger and view in the ledger that Ouroboros did not make (a run at level process reaches
     the records): it would fail or forge the harness's next write. OuroborosError where one stays."""

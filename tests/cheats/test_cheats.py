@@ -31,13 +31,20 @@ def test_attack_is_stopped(attack: cheats.Attack, tmp_path):
     assert result.effects == []
 
 
-@pytest.mark.parametrize("name", ["network", "read-hidden", "forge-records", "steal-secret", "write-outside",
-                                  "cache-carry"])
+@pytest.mark.parametrize("name", ["network", "read-hidden", "steal-secret", "write-outside", "cache-carry"])
 def test_isolation_attacks_win_without_isolation(name: str, tmp_path):
     """The run-time attacks are real: at level `process` (no namespaces) they get their keep."""
     result = cheats.run_attack(cheats.BY_NAME[name], tmp_path / "attack", isolation="process")
     assert result.verdict == "keep"
     assert result.effects  # and they leave their mark: a connection, a forged ledger, ...
+
+
+def test_forged_records_at_level_process_are_a_violation_but_leave_their_mark(tmp_path):
+    """At level process the run reaches the records: the guard sees its results.tsv written after the phase (a
+    violation), but the ledger rows it rewrote stay rewritten (the chain shows them; docs/security.md)."""
+    result = cheats.run_attack(cheats.BY_NAME["forge-records"], tmp_path / "attack", isolation="process")
+    assert result.verdict == "violation" and "results.tsv" in result.reason, (result.verdict, result.reason)
+    assert result.effects
 
 
 def test_table_lists_every_attack_with_its_verdict(tmp_path):
