@@ -48,13 +48,15 @@ class TooDeep(OSError):
     """A folder nested past MAX_DEPTH: no honest run makes one, and walking one would take a descriptor a level."""
 
 
-def walk(root: Path, strict: bool = True, on_deep=None, max_bytes: int | None = None, on_special=None):
+def walk(root: Path, strict: bool = True, on_deep=None, max_bytes: int | None = None, on_special=None, visit=None):
     """(name relative to root, lstat) of every entry under root, folders before what they hold, links never
     followed, without recursion. Folders are opened by descriptor from their parent's, so no path grows
     with depth past PATH_MAX; only the folders on the way down are held open. A folder nested past
     MAX_DEPTH (or whose relative name is longer than max_bytes) is passed to on_deep(parent_fd, name,
     relative name) if given, else raises TooDeep (strict) or is skipped; it is not walked. An entry that is
-    no file, folder or link goes to on_special(parent_fd, name) instead of the caller, if given. An entry or folder that cannot be read raises OSError, or with strict=False is skipped."""
+    no file, folder or link goes to on_special(parent_fd, name) instead of the caller, if given. visit(parent_fd,
+    name, relative name, lstat), if given, sees every entry first, before a folder is opened. An entry or folder
+    that cannot be read raises OSError, or with strict=False is skipped."""
     try:
         top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
@@ -77,6 +79,8 @@ def walk(root: Path, strict: bool = True, on_deep=None, max_bytes: int | None = 
                 if strict:
                     raise
                 continue
+            if visit is not None:
+                visit(fd, name, rel, st)
             if on_special is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
                                                or stat.S_ISLNK(st.st_mode)):
                 on_special(fd, name)
@@ -126,39 +130,9 @@ def reopen(root: Path | str) -> list[str]:
     except OSError:
         return fixed
     fix(st, os.fspath(root), None, "")
-    if not stat.S_ISDIR(st.st_mode):
-        return fixed
-    try:
-        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        stack = [(top, "", iter(os.listdir(top)))]
-    except OSError:
-        return fixed
-    try:
-        while stack:
-            fd, base, names = stack[-1]
-            name = next(names, None)
-            if name is None:
-                os.close(fd)
-                stack.pop()
-                continue
-            rel = f"{base}/{name}" if base else name
-            try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except OSError:
-                continue
-            fix(st, name, fd, rel)
-            if stat.S_ISDIR(st.st_mode) and len(stack) < MAX_DEPTH:
-                try:
-                    sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-                except OSError:
-                    continue
-                try:
-                    stack.append((sub, rel, iter(os.listdir(sub))))
-                except OSError:
-                    os.close(sub)
-    finally:
-        for fd, _, _ in stack:
-            os.close(fd)
+    if stat.S_ISDIR(st.st_mode):  # each folder opened again before the walk enters it
+        for _ in walk(root, strict=False, visit=lambda fd, name, rel, st: fix(st, name, fd, rel)):
+            pass
     return fixed
 
 
