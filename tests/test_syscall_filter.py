@@ -78,13 +78,17 @@ def test_the_weaker_levels_get_eperm_from_the_keyring_calls_and_the_harness_does
     loop = Loop(load_task(quadratic), Options(agent="random", max_experiments=1, tag="sc", allow_weak_isolation=True))
     argv, got = loop.isolation.wrap(["bash", "-c", f"python -c {shlex.quote(f'CALLS = {calls!r}' + _PROBE)}"], "run")
     assert got == level
-    log = loop.records / "probe.log"
+    log, unfiltered = loop.records / "probe.log", loop.records / "agent.log"
     sandbox.run(argv, loop.ws.task_dir, 30, 1, log, env=sandbox.scrubbed_env(), isolation=level,
-                overhead=loop.isolation.overhead)
+                overhead=loop.isolation.overhead, filtered=True)  # as the loop starts the run and evaluation
+    # an unconfined agent or a [task] setup keeps the user's rights, keyring included
+    sandbox.run(["bash", "-c", f"python -c {shlex.quote(f'CALLS = {calls[:1]!r}' + _PROBE)}"], loop.ws.task_dir,
+                30, 1, unfiltered, env=sandbox.scrubbed_env())
     loop.ledger.close()
     out = log.read_text()
     results = [line.split()[1:] for line in out.splitlines() if line.startswith("call ")]
     assert results == [[hex(nr), "-1", "EPERM"] for nr in calls], out
+    assert "EPERM" not in unfiltered.read_text(), unfiltered.read_text()
     again = subprocess.run([sys.executable, "-c", f"CALLS = {calls[:1]!r}" + _PROBE], capture_output=True, text=True)
     assert "EPERM" not in again.stdout, again.stdout  # the filtered thread's filter stayed on that thread
 

@@ -268,7 +268,8 @@ def sealed(task: Task, source: Path, fixed: dict[str, tuple[bytes, int]], log_pa
         # code) may not fill the disk (the whole evaluation folder is watched), memory or the log.
         outcome = sandbox.run(argv, work, task.task.eval_timeout, 0.0, log_path, env=eval_env, isolation=isolation,
                               memory_mb=task.bound.memory_mb, max_log_mb=task.bound.max_log_mb,
-                              gpu=sandbox.cuda_present(), max_artifact_mb=task.bound.max_artifact_mb, watch=root)
+                              gpu=sandbox.cuda_present(), max_artifact_mb=task.bound.max_artifact_mb, watch=root,
+                              filtered=True)
         output = sandbox.tail_text(log_path)  # the evaluator's own output: read before any note of ours follows it
         if notes:
             with open(log_path, "a") as log:

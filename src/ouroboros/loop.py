@@ -717,7 +717,7 @@ class Loop:
                            memory_mb=self.task.bound.memory_mb, max_log_mb=self.task.bound.max_log_mb,
                            isolation=level, gpu=sandbox.cuda_present(), max_processes=self.task.bound.max_processes,
                            max_artifact_mb=self.task.bound.max_artifact_mb, watch=self.ws.path,
-                           overhead=self.isolation.overhead, watched=watched)
+                           overhead=self.isolation.overhead, watched=watched, filtered=True)
 
     def _measure(self, exp_dir: Path, env: dict[str, str], name: str = "eval.log",
                  command: str | None = None) -> evaluate.Measurement:

@@ -501,8 +501,10 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
         env: dict[str, str] | None = None, memory_mb: int | None = None, max_log_mb: float = 20.0,
         isolation: str = "process", gpu: bool = False, max_processes: int | None = None,
         max_artifact_mb: float | None = None, watch: Path | None = None, overhead: int = 0,
-        watched: int | None = None) -> Outcome:
+        watched: int | None = None, filtered: bool = False) -> Outcome:
     """Run argv (or a shell command) in cwd; output goes to log_path; killed at budget + grace.
+    With filtered=True (the run and evaluation phases) an argv that bwrap does not wrap is started from the
+    harness's filtered thread: the kernel keyring is denied to it at levels unshare and process too.
 
     The caller chooses the isolation wrapper (argv already wrapped; `overhead` is how many of the
     tree's processes are the wrapper's); this function owns time, memory, processes, file sizes,
@@ -532,8 +534,8 @@ def run(argv: list[str] | str, cwd: Path, budget: float, grace: float, log_path:
                                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True, pass_fds=fds)
 
-                # levels unshare and process: started from the harness's filtered thread (bwrap loads its own)
-                proc = popen() if fds else syscall_filter.started_filtered(popen)
+                # the phases at levels unshare and process: from the harness's filtered thread (bwrap loads its own)
+                proc = syscall_filter.started_filtered(popen) if filtered and not fds else popen()
         except OSError as exc:
             log.write(f"could not start {argv[0]}: {exc}\n".encode())
             return Outcome(127, False, 0.0, 0.0, isolation=isolation)
